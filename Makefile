@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine (see README).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mixprec-installed
+# Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: setup demo test lint typecheck clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_CPU)"; fi
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/uniform_sweep.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) tools/typecheck.py
+
+test: $(STAMP) lint typecheck
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,326 @@
+"""Number-format registry: every fact about a format lives in its one `NumberFormat` entry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from mixprec.errors import MixprecError
+
+if TYPE_CHECKING:
+    import torch
+
+Family = Literal["int", "fp", "mx", "nv", "native"]
+ElementKind = Literal["float", "int", "native"]
+ScaleFormat = Literal["fp32", "fp16", "e8m0", "e4m3", "none"]
+# How a float element type spends its top encodings: IEEE-style (top exponent is inf/NaN),
+# OCP "fn" (only S.1111.111 is NaN, as E4M3), or none reserved (FP6, FP4).
+Specials = Literal["ieee", "fn", "none"]
+
+_SCALE_BITS: dict[ScaleFormat, int] = {"fp32": 32, "fp16": 16, "e8m0": 8, "e4m3": 8, "none": 0}
+_NATIVE_BITS = {"bf16": 16, "fp16": 16, "fp32": 32}
+
+
+class UnknownFormatError(MixprecError):
+    """Raised for a format name that is not in the registry."""
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """One element/block number format and how its scales are stored.
+
+    `block_size` 0 means one scale per output channel (dim 0); otherwise one scale per
+    `block_size` consecutive elements of the last dim. Integer elements are symmetric in
+    [-qmax, qmax] unless `zero_point_bits` > 0 (asymmetric, codes 0..2^bits-1).
+    """
+
+    name: str
+    family: Family
+    element_kind: ElementKind
+    element_bits: int
+    exponent_bits: int = 0
+    mantissa_bits: int = 0
+    bias: int = 0
+    fraction_bits: int = 0
+    block_size: int = 0
+    scale_format: ScaleFormat = "none"
+    zero_point_bits: int = 0
+    tensor_scale_bits: int = 0
+    specials: Specials = "none"
+    description: str = ""
+
+    @property
+    def scale_bits(self) -> int:
+        """Bits of one block/group/channel scale."""
+        return _SCALE_BITS[self.scale_format]
+
+    @property
+    def is_quantized(self) -> bool:
+        """False for bf16/fp16/fp32, which only carry a storage cost."""
+        return self.family != "native"
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point_bits == 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer code magnitude (symmetric) or largest code (asymmetric)."""
+        if self.element_kind != "int":
+            raise MixprecError(f"{self.name} has float elements; qmax is for integer formats")
+        if self.symmetric:
+            return 2 ** (self.element_bits - 1) - 1
+        return 2**self.element_bits - 1
+
+    @property
+    def max_normal(self) -> float:
+        """Largest finite element magnitude (for integers: qmax * 2^-fraction_bits)."""
+        if self.element_kind == "float":
+            top_exponent = 2**self.exponent_bits - 1 - self.bias
+            mantissa = 2.0 - 2.0 ** (-self.mantissa_bits)
+            if self.specials == "ieee":
+                top_exponent -= 1
+            elif self.specials == "fn":
+                mantissa -= 2.0 ** (-self.mantissa_bits)
+            return math.ldexp(mantissa, top_exponent)
+        if self.element_kind == "int":
+            return self.qmax / 2**self.fraction_bits
+        raise MixprecError(f"{self.name} is not quantized; it has no element grid")
+
+    @property
+    def emax(self) -> int:
+        """Exponent of the largest power of two <= max_normal (OCP MX `emax_elem`)."""
+        return math.floor(math.log2(self.max_normal))
+
+    @property
+    def min_normal_exponent(self) -> int:
+        return 1 - self.bias
+
+    @property
+    def bits_per_element(self) -> float:
+        """Element bits plus block/group scale and zero-point bits amortised per element.
+
+        Per-channel and per-tensor scales depend on the shape, so they are left to
+        `storage_bytes` and not amortised here.
+        """
+        if self.family == "native":
+            return float(_NATIVE_BITS[self.name])
+        overhead = 0.0
+        if self.block_size:
+            overhead = (self.scale_bits + self.zero_point_bits) / self.block_size
+        return self.element_bits + overhead
+
+    def storage_bytes(self, shape: Sequence[int]) -> int:
+        """Exact bytes to store a tensor of `shape`: bit-packed elements, scales, zero points."""
+        dims = _validated_shape(shape, self.name)
+        numel = math.prod(dims)
+        if self.family == "native":
+            return numel * _NATIVE_BITS[self.name] // 8
+        if self.block_size:
+            groups = numel // dims[-1] * math.ceil(dims[-1] / self.block_size)
+        else:
+            groups = dims[0]
+        bits = numel * self.element_bits
+        bits += groups * (self.scale_bits + self.zero_point_bits)
+        bits += self.tensor_scale_bits
+        return math.ceil(bits / 8)
+
+    def element_values(self) -> torch.Tensor:
+        """Every finite value one element can take, sorted ascending, as float32."""
+        import torch
+
+        if self.element_kind == "float":
+            mags = {0.0}
+            for exp_field in range(2**self.exponent_bits):
+                for mant in range(2**self.mantissa_bits):
+                    if exp_field == 0:
+                        value = math.ldexp(mant / 2**self.mantissa_bits, 1 - self.bias)
+                    else:
+                        value = math.ldexp(1 + mant / 2**self.mantissa_bits, exp_field - self.bias)
+                    if value <= self.max_normal:
+                        mags.add(value)
+            values = sorted({-m for m in mags if m} | mags)
+            return torch.tensor(values, dtype=torch.float32)
+        if self.element_kind == "int":
+            codes = range(-self.qmax, self.qmax + 1) if self.symmetric else range(self.qmax + 1)
+            return torch.tensor([c / 2**self.fraction_bits for c in codes], dtype=torch.float32)
+        if self.name == "fp32":
+            raise MixprecError("fp32 has 2^32 encodings; element_values() stops at 16 bits")
+        return _native_values(self.name)
+
+    def quantize_dequantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize `x` with the torch reference (float32 in and out, same shape)."""
+        from mixprec.kernels.reference import quantize_dequantize
+
+        return quantize_dequantize(x, self)
+
+
+def _validated_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in shape)
+    if not dims or any(d <= 0 for d in dims):
+        raise MixprecError(
+            f"shape {tuple(shape)} is not valid for {name}: need at least one dimension, all > 0"
+        )
+    return dims
+
+
+def _native_values(name: str) -> torch.Tensor:
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    codes = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = codes.view(dtype).float()
+    finite = values[torch.isfinite(values)]
+    return torch.unique(finite)  # unique also sorts and merges +0/-0
+
+
+def _specials(e: int, m: int) -> Specials:
+    """OCP FP8: E5M2 is IEEE-like, E4M3 is 'fn'; FP6/FP4 reserve nothing."""
+    if e + m + 1 < 8:
+        return "none"
+    return "ieee" if e == 5 else "fn"
+
+
+def _fp(name: str, e: int, m: int, bias: int, desc: str) -> NumberFormat:
+    return NumberFormat(
+        name,
+        "fp",
+        "float",
+        1 + e + m,
+        e,
+        m,
+        bias,
+        scale_format="fp32",
+        specials=_specials(e, m),
+        description=desc,
+    )
+
+
+def _int(name: str, bits: int, group: int = 0, zero_point_bits: int = 0) -> NumberFormat:
+    where = f"per group of {group}" if group else "per output channel"
+    kind = "asymmetric" if zero_point_bits else "symmetric"
+    return NumberFormat(
+        name,
+        "int",
+        "int",
+        bits,
+        block_size=group,
+        scale_format="fp16",
+        zero_point_bits=zero_point_bits,
+        description=f"{kind} INT{bits}, FP16 scale {where}",
+    )
+
+
+def _mx_fp(name: str, e: int, m: int, bias: int) -> NumberFormat:
+    return NumberFormat(
+        name,
+        "mx",
+        "float",
+        1 + e + m,
+        e,
+        m,
+        bias,
+        block_size=32,
+        scale_format="e8m0",
+        specials=_specials(e, m),
+        description=f"OCP MX: E{e}M{m} elements, E8M0 scale per 32",
+    )
+
+
+def _native(name: str, e: int, m: int, bias: int, what: str) -> NumberFormat:
+    return NumberFormat(
+        name,
+        "native",
+        "native",
+        1 + e + m,
+        e,
+        m,
+        bias,
+        specials="ieee",
+        description=f"{what}, no quantization (storage cost only)",
+    )
+
+
+_REGISTRY: dict[str, NumberFormat] = {
+    f.name: f
+    for f in (
+        _fp("fp8_e4m3", 4, 3, 7, "OCP FP8 E4M3 elements, FP32 scale per output channel"),
+        _fp("fp8_e5m2", 5, 2, 15, "OCP FP8 E5M2 elements, FP32 scale per output channel"),
+        _fp("fp6_e3m2", 3, 2, 3, "OCP FP6 E3M2 elements, FP32 scale per output channel"),
+        _fp("fp6_e2m3", 2, 3, 1, "OCP FP6 E2M3 elements, FP32 scale per output channel"),
+        _fp("fp4_e2m1", 2, 1, 1, "OCP FP4 E2M1 elements, FP32 scale per output channel"),
+        _int("int8", 8),
+        _int("int4", 4),
+        _int("int3", 3),
+        _int("int2", 2),
+        _int("int8_g128", 8, 128),
+        _int("int4_g128", 4, 128),
+        _int("int4_g64", 4, 64),
+        _int("int4_g32", 4, 32),
+        _int("int3_g128", 3, 128),
+        _int("int2_g64", 2, 64),
+        _int("int4_asym_g128", 4, 128, zero_point_bits=4),
+        _mx_fp("mxfp8_e4m3", 4, 3, 7),
+        _mx_fp("mxfp8_e5m2", 5, 2, 15),
+        _mx_fp("mxfp6_e3m2", 3, 2, 3),
+        _mx_fp("mxfp6_e2m3", 2, 3, 1),
+        _mx_fp("mxfp4", 2, 1, 1),
+        NumberFormat(
+            "mxint8",
+            "mx",
+            "int",
+            8,
+            fraction_bits=6,
+            block_size=32,
+            scale_format="e8m0",
+            description="OCP MX: INT8 elements (implicit 2^-6), E8M0 scale per 32",
+        ),
+        NumberFormat(
+            "nvfp4",
+            "nv",
+            "float",
+            4,
+            2,
+            1,
+            1,
+            block_size=16,
+            scale_format="e4m3",
+            tensor_scale_bits=32,
+            description="NVIDIA: E2M1 elements, E4M3 scale per 16, FP32 per-tensor scale",
+        ),
+        NumberFormat(
+            "nvint4",
+            "nv",
+            "int",
+            4,
+            block_size=16,
+            scale_format="e4m3",
+            tensor_scale_bits=32,
+            description="INT4 elements, E4M3 scale per 16, FP32 per-tensor scale",
+        ),
+        _native("bf16", 8, 7, 127, "bfloat16"),
+        _native("fp16", 5, 10, 15, "IEEE half"),
+        _native("fp32", 8, 23, 127, "IEEE single"),
+    )
+}
+
+
+def get(name: str) -> NumberFormat:
+    """Look a format up by its public name; unknown names list the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownFormatError(
+            f"unknown number format {name!r}; valid formats: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def all() -> tuple[NumberFormat, ...]:
+    """Every registered format, in registry order."""
+    return tuple(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)

@@ -1,0 +1,171 @@
+"""Torch reference quantize-dequantize for every format: the ground truth kernels must match.
+
+Conventions (float32 in, float32 out, same shape):
+- elements round to nearest, ties to even, and saturate to +-max normal; NaN propagates;
+- per-channel formats scale each output channel (dim 0) by its amax; block/group formats scale
+  each run of `block_size` elements of the last dim; a last dim that is not a multiple of the
+  block is zero-padded internally and the padding is dropped from the result;
+- a NaN anywhere in a scale group makes that whole group NaN (its scale is NaN);
+- per-channel, group and NV formats take the group amax over finite values, so +-inf saturates
+  to the largest magnitude of its group; MX formats follow OCP MX v1.0 / torchao instead: the
+  E8M0 exponent of an inf amax is 128 - emax_elem (NaN scale when that exceeds 127);
+- an all-zero group gets scale 1 (MX: 2^-127, the smallest E8M0) and stays zero.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from mixprec.errors import MixprecError
+
+if TYPE_CHECKING:
+    from mixprec.kernels.formats import NumberFormat
+
+FP16_MAX = 65504.0
+FP16_MIN_SUBNORMAL = 2.0**-24
+E4M3_MAX = 448.0
+E4M3_MIN_NORMAL = 2.0**-6
+F32_EXPONENT_BIAS = 127
+E8M0_NAN = 255
+_NATIVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def quantize_dequantize(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Fake-quantize `x` under `fmt` and return float32 of the same shape."""
+    x = _validated_input(x, fmt)
+    if fmt.family == "native":
+        return x.to(_NATIVE_DTYPES[fmt.name]).to(torch.float32)
+    if fmt.block_size == 0:
+        rows = x.reshape(x.shape[0], -1)
+        return _per_group(rows, fmt).reshape(x.shape)
+    blocks, last = _to_blocks(x, fmt.block_size)
+    if fmt.family == "mx":
+        out = _mx(blocks, fmt)
+    elif fmt.family == "nv":
+        out = _nv(blocks, fmt)
+    else:
+        out = _per_group(blocks, fmt)
+    return _from_blocks(out, x.shape, last)
+
+
+def round_float_elements(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Round to the nearest value of a float element grid (ties to even), saturating."""
+    mags = y.abs().clamp(max=fmt.max_normal)
+    _, exponent = torch.frexp(mags)  # mags = m * 2^exponent with m in [0.5, 1)
+    binade = (exponent - 1).clamp(min=fmt.min_normal_exponent)
+    quantum = torch.ldexp(torch.ones_like(mags), binade - fmt.mantissa_bits)
+    return torch.copysign(torch.round(mags / quantum) * quantum, y)
+
+
+def round_int_elements(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Round to symmetric integer codes (times 2^-fraction_bits), saturating at +-qmax."""
+    step = 2.0**fmt.fraction_bits
+    return torch.clamp(torch.round(y * step), -fmt.qmax, fmt.qmax) / step
+
+
+def round_elements(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    if fmt.element_kind == "float":
+        return round_float_elements(y, fmt)
+    return round_int_elements(y, fmt)
+
+
+def finite_amax(groups: torch.Tensor) -> torch.Tensor:
+    """Row-wise max |x| over finite values; NaN still propagates."""
+    mags = groups.abs()
+    return torch.where(torch.isinf(mags), 0.0, mags).amax(dim=-1, keepdim=True)
+
+
+def _validated_input(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise MixprecError(f"expected a torch.Tensor to quantize, got {type(x).__name__}")
+    if x.dim() == 0 or x.numel() == 0:
+        raise MixprecError(
+            f"shape {tuple(x.shape)} cannot be quantized with {fmt.name}: "
+            "need at least one dimension and one element"
+        )
+    if not x.is_floating_point():
+        raise MixprecError(f"dtype {x.dtype} cannot be quantized: need a floating-point tensor")
+    return x.to(torch.float32)
+
+
+def _to_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    last = x.shape[-1]
+    pad = -last % block
+    flat = x.reshape(-1, last)
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    return flat.reshape(-1, block), last
+
+
+def _from_blocks(blocks: torch.Tensor, shape: torch.Size, last: int) -> torch.Tensor:
+    rows = blocks.reshape(-1, blocks.numel() // (shape.numel() // last))
+    return rows[:, :last].reshape(shape)
+
+
+def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
+    """Round a positive scale to FP16, keeping it inside FP16's finite nonzero range."""
+    return raw.clamp(FP16_MIN_SUBNORMAL, FP16_MAX).to(torch.float16).to(torch.float32)
+
+
+def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """One scale per row: FP32 scale for float elements, FP16 (and zero point) for integers."""
+    if not fmt.symmetric:
+        return _asymmetric(groups, fmt)
+    amax = finite_amax(groups)
+    if fmt.element_kind == "float":
+        raw = amax.clamp(max=torch.finfo(torch.float32).max) / fmt.max_normal
+        scale = torch.where(amax == 0, 1.0, raw)
+    else:
+        scale = torch.where(amax == 0, 1.0, _fp16_scale(amax / fmt.qmax))
+    return round_elements(groups / scale, fmt) * scale
+
+
+def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Unsigned codes with an FP16 scale and an integer zero point; the range always holds 0."""
+    finite = torch.where(torch.isinf(groups), 0.0, groups)
+    lo = finite.amin(dim=-1, keepdim=True).clamp(max=0.0)
+    hi = finite.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    span = hi - lo
+    scale = torch.where(span == 0, 1.0, _fp16_scale(span / fmt.qmax))
+    zero = torch.clamp(torch.round(-lo / scale), 0, fmt.qmax)
+    codes = torch.clamp(torch.round(groups / scale) + zero, 0, fmt.qmax)
+    return (codes - zero) * scale
+
+
+def mx_scale(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """E8M0 block scale 2^(floor(log2 amax) - emax_elem) as float32 (NaN for a NaN block)."""
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    exponent_field = torch.bitwise_right_shift(amax.view(torch.int32), 23) & 0xFF
+    unbiased = (exponent_field - F32_EXPONENT_BIAS - fmt.emax).clamp(
+        -F32_EXPONENT_BIAS, F32_EXPONENT_BIAS + 1
+    )
+    biased = unbiased + F32_EXPONENT_BIAS
+    biased = torch.where(torch.isnan(amax), E8M0_NAN, biased)
+    normal = torch.bitwise_left_shift(biased, 23).view(torch.float32)
+    scale = torch.where(biased == 0, 2.0**-127, normal)
+    return torch.where(biased == E8M0_NAN, float("nan"), scale)
+
+
+def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    scale = mx_scale(blocks, fmt)
+    return round_elements(blocks / scale, fmt) * scale
+
+
+def nv_tensor_scale(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """FP32 per-tensor scale amax / (448 * element max); 1 for an all-zero tensor."""
+    amax = finite_amax(x.reshape(1, -1)).reshape(())
+    return torch.where(amax == 0, 1.0, amax / (E4M3_MAX * fmt.max_normal))
+
+
+def _nv(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Two-level scaling: E4M3 scale per block on top of an FP32 per-tensor scale."""
+    tensor_scale = nv_tensor_scale(blocks, fmt)
+    block_scale = finite_amax(blocks) / fmt.max_normal
+    e4m3 = (block_scale / tensor_scale).clamp(E4M3_MIN_NORMAL, E4M3_MAX)
+    e4m3 = e4m3.to(torch.float8_e4m3fn).to(torch.float32)
+    scaled = blocks * ((1.0 / tensor_scale) / e4m3)
+    codes = round_elements(scaled.clamp(-fmt.max_normal, fmt.max_normal), fmt)
+    return codes * (tensor_scale * e4m3)

@@ -1,0 +1,159 @@
+"""The registry's public names and the facts each format carries, checked against ml_dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.kernels import formats
+
+PUBLIC_NAMES = """
+fp8_e4m3 fp8_e5m2 fp6_e3m2 fp6_e2m3 fp4_e2m1
+int8 int4 int3 int2 int8_g128 int4_g128 int4_g64 int4_g32 int3_g128 int2_g64 int4_asym_g128
+mxfp8_e4m3 mxfp8_e5m2 mxfp6_e3m2 mxfp6_e2m3 mxfp4 mxint8 nvfp4 nvint4 bf16 fp16 fp32
+""".split()
+
+ML_DTYPE_OF = {
+    "fp8_e4m3": ml_dtypes.float8_e4m3fn,
+    "fp8_e5m2": ml_dtypes.float8_e5m2,
+    "fp6_e3m2": ml_dtypes.float6_e3m2fn,
+    "fp6_e2m3": ml_dtypes.float6_e2m3fn,
+    "fp4_e2m1": ml_dtypes.float4_e2m1fn,
+    "mxfp8_e4m3": ml_dtypes.float8_e4m3fn,
+    "mxfp8_e5m2": ml_dtypes.float8_e5m2,
+    "mxfp6_e3m2": ml_dtypes.float6_e3m2fn,
+    "mxfp6_e2m3": ml_dtypes.float6_e2m3fn,
+    "mxfp4": ml_dtypes.float4_e2m1fn,
+    "nvfp4": ml_dtypes.float4_e2m1fn,
+}
+
+
+def all_finite_values(dtype: type, bits: int) -> np.ndarray:
+    """Decode every `bits`-wide encoding of an ml_dtypes float type; keep the finite values."""
+    values = np.arange(2**bits, dtype=np.uint8).view(dtype).astype(np.float32)
+    return np.unique(values[np.isfinite(values)])
+
+
+def test_every_public_name_is_registered_in_order() -> None:
+    assert [f.name for f in formats.all()] == PUBLIC_NAMES
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown number format 'mxfp3'.*mxfp4.*nvfp4"):
+        formats.get("mxfp3")
+
+
+@pytest.mark.parametrize(
+    ("name", "bits"),
+    [
+        ("mxfp4", 4.25),
+        ("nvfp4", 4.5),
+        ("int4_g128", 4.125),
+        ("mxfp8_e4m3", 8.25),
+        ("fp16", 16.0),
+        ("bf16", 16.0),
+        ("fp32", 32.0),
+        ("int4_asym_g128", 4 + 20 / 128),
+        ("int2_g64", 2.25),
+        ("mxint8", 8.25),
+        ("fp8_e4m3", 8.0),
+        ("int3", 3.0),
+        ("mxfp6_e2m3", 6.25),
+    ],
+)
+def test_bits_per_element(name: str, bits: float) -> None:
+    assert formats.get(name).bits_per_element == bits
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected"),
+    [
+        # 4096*4096 4-bit elements + one E8M0 byte per 32
+        ("mxfp4", (4096, 4096), 4096 * 4096 // 2 + 4096 * 128),
+        # 3072 E2M1 nibbles + 64*3 E4M3 bytes + one FP32 tensor scale
+        ("nvfp4", (64, 48), 1536 + 192 + 4),
+        # 1600 nibbles + 16 groups of (FP16 scale + 4-bit zero point)
+        ("int4_asym_g128", (8, 200), 800 + 16 * 20 // 8),
+        # 15 3-bit codes + 3 FP16 channel scales = 93 bits -> 12 bytes
+        ("int3", (3, 5), 12),
+        # 100 FP8 codes + 10 FP32 channel scales
+        ("fp8_e4m3", (10, 10), 100 + 40),
+        # a conv weight: scales per output channel, elements over all the rest
+        ("int8", (16, 3, 3, 3), 16 * 27 + 16 * 2),
+        # last dim 40 is not a multiple of 32: two partial-covering blocks per row
+        ("mxfp8_e5m2", (2, 40), 80 + 2 * 2),
+        ("bf16", (7, 3), 42),
+        ("fp32", (7, 3), 84),
+    ],
+)
+def test_storage_bytes_by_hand(name: str, shape: tuple[int, ...], expected: int) -> None:
+    assert formats.get(name).storage_bytes(shape) == expected
+
+
+@pytest.mark.parametrize("shape", [(), (0, 4), (3, -1)])
+def test_storage_bytes_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
+    with pytest.raises(MixprecError, match=r"shape .* is not valid for int4"):
+        formats.get("int4").storage_bytes(shape)
+
+
+@pytest.mark.parametrize("name", sorted(ML_DTYPE_OF))
+def test_element_values_match_ml_dtypes(name: str) -> None:
+    fmt = formats.get(name)
+    expected = all_finite_values(ML_DTYPE_OF[name], fmt.element_bits)
+    got = fmt.element_values().numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert fmt.max_normal == float(ml_dtypes.finfo(ML_DTYPE_OF[name]).max)
+
+
+def test_fp4_values_as_documented() -> None:
+    values = formats.get("fp4_e2m1").element_values().tolist()
+    assert values == [-6, -4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4, 6]
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "top"),
+    [
+        ("int8", 255, 127),
+        ("int4", 15, 7),
+        ("int3", 7, 3),
+        ("int2", 3, 1),
+        ("int4_asym_g128", 16, 15),
+        ("mxint8", 255, 127 / 64),
+        ("nvint4", 15, 7),
+    ],
+)
+def test_integer_element_grids(name: str, count: int, top: float) -> None:
+    values = formats.get(name).element_values()
+    assert len(values) == count
+    assert values.max().item() == top == formats.get(name).max_normal
+
+
+def test_native_element_values_are_every_finite_half() -> None:
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    expected = np.unique(halves[np.isfinite(halves)])
+    np.testing.assert_array_equal(formats.get("fp16").element_values().numpy(), expected)
+    with pytest.raises(MixprecError, match="fp32"):
+        formats.get("fp32").element_values()
+
+
+def test_mx_emax_matches_ocp_table() -> None:
+    emax = {f.name: f.emax for f in formats.all() if f.family == "mx"}
+    assert emax == {
+        "mxfp8_e4m3": 8,
+        "mxfp8_e5m2": 15,
+        "mxfp6_e3m2": 4,
+        "mxfp6_e2m3": 2,
+        "mxfp4": 2,
+        "mxint8": 0,
+    }
+
+
+def test_formats_are_frozen() -> None:
+    fmt = formats.get("mxfp4")
+    with pytest.raises(AttributeError):
+        fmt.block_size = 16  # type: ignore[misc]
+    assert math.isclose(fmt.bits_per_element, 4.25)
