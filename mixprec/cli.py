@@ -1,0 +1,151 @@
+"""The `mixprec` command line. User mistakes print one line `mixprec: ...` and exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mixprec.errors import MixprecError
+
+app = typer.Typer(
+    name="mixprec",
+    help="Find the best mixed-precision plan for a neural network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="minilm, digits-cnn, tiny-gpt, hf:/path/to/dir or module:pkg.mod:fn"
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+@app.command("formats")
+def formats_command(as_json: JsonOption = False) -> None:
+    """List every number format. Example: mixprec formats --json"""
+    from mixprec.kernels import formats
+
+    rows = [
+        {
+            "name": f.name,
+            "family": f.family,
+            "bits_per_element": f.bits_per_element,
+            "element_bits": f.element_bits,
+            "block_size": f.block_size or None,
+            "scale_format": f.scale_format,
+            "max_normal": f.max_normal if f.is_quantized else None,
+            "description": f.description,
+        }
+        for f in formats.all()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "family", "bits/element", "block", "scale format")
+    for row in rows:
+        block = str(row["block_size"]) if row["block_size"] else "channel"
+        if row["family"] == "native":
+            block = "-"
+        table.add_row(
+            str(row["name"]),
+            str(row["family"]),
+            f"{row['bits_per_element']:g}",
+            block,
+            str(row["scale_format"]),
+        )
+    console.print(table)
+
+
+@app.command("units")
+def units_command(
+    model: ModelOption,
+    as_json: JsonOption = False,
+    no_fusion: Annotated[
+        bool, typer.Option("--no-fusion", help="Do not tie q/k/v of one attention together.")
+    ] = False,
+) -> None:
+    """List a model's quantizable units. Example: mixprec units --model minilm --json"""
+    from mixprec.models import load_model
+    from mixprec.units import DEFAULT_FUSION, discover_units
+
+    bundle = load_model(model)
+    units = discover_units(bundle.model, fusion=None if no_fusion else DEFAULT_FUSION)
+    if as_json:
+        _print_json([u.to_json() for u in units])
+        return
+    table = Table("name", "level", "role", "group", "params", "modules")
+    for u in units:
+        table.add_row(
+            u.name, u.level, u.role or "-", u.group or "-", f"{u.params:,}", str(len(u.modules))
+        )
+    console.print(table)
+    counts = {lvl: sum(u.level == lvl for u in units) for lvl in ("layer", "component", "block")}
+    console.print(", ".join(f"{n} {lvl} units" for lvl, n in counts.items()))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: ModelOption,
+    scheme: Annotated[
+        str, typer.Option("--scheme", "-s", help="Uniform scheme: w:mxfp4, w:nvfp4,a:nvfp4, keep")
+    ],
+    as_json: JsonOption = False,
+    seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
+) -> None:
+    """Quantize every layer with one scheme and measure it.
+
+    Example: mixprec evaluate --model minilm --scheme w:mxfp4 --json
+    """
+    from mixprec.metrics import evaluate
+    from mixprec.models import load_model
+    from mixprec.plan import uniform_assignment
+    from mixprec.scheme import Scheme
+    from mixprec.units import discover_units
+
+    parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
+    bundle = load_model(model, seed=seed)
+    result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), parsed))
+    if as_json:
+        _print_json({"model": bundle.name, "scheme": str(parsed), **result.to_json()})
+        return
+    table = Table("metric", "value", title=f"{bundle.name} under {parsed}")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.6g}")
+    table.add_row("size (MB)", f"{result.size_mb:.3f}")
+    table.add_row("bits per weight", f"{result.bits_per_weight:.3f}")
+    console.print(table)
+
+
+def _quiet_third_party_logs() -> None:
+    """Optional back ends (torchao's CUDA extensions, torch.compile notes) log on import."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; a MixprecError becomes one line on stderr and exit code 2."""
+    _quiet_third_party_logs()
+    try:
+        app(args=argv, standalone_mode=True)
+    except MixprecError as err:
+        sys.stderr.write(f"mixprec: {err}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Judge a quantized model: task metrics vs FP32, size in MB and effective bits per weight."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mixprec.models import ModelBundle
+from mixprec.plan import Assignment, apply_plan, normalize_assignment
+from mixprec.scheme import Scheme
+from mixprec.units import quantizable_layers, weight_matrix
+
+BYTES_PER_MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of every parameter, and bits per element over the quantizable weights only."""
+
+    total_bytes: int
+    quantizable_bytes: int
+    quantizable_params: int
+
+    @property
+    def size_mb(self) -> float:
+        return self.total_bytes / BYTES_PER_MB
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.quantizable_bytes / self.quantizable_params
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `mixprec evaluate` reports."""
+
+    metrics: dict[str, float]
+    size_mb: float
+    bits_per_weight: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "metrics": dict(self.metrics),
+            "size_mb": self.size_mb,
+            "bits_per_weight": self.bits_per_weight,
+        }
+
+
+def footprint(model: nn.Module, assignment: Assignment) -> Footprint:
+    """Exact storage: assigned weights at their format's bytes, everything else as stored."""
+    schemes = normalize_assignment(model, assignment)
+    layers = quantizable_layers(model)
+    weight_ids = {id(mod.weight): name for name, mod in layers.items()}
+    total = quantizable = params = 0
+    for param in model.parameters():  # each shared (tied) tensor once
+        name = weight_ids.get(id(param))
+        if name is None:
+            total += param.numel() * param.element_size()
+            continue
+        shape = tuple(weight_matrix(layers[name]).shape)
+        scheme = schemes.get(name, Scheme(None))
+        size = scheme.weight_storage_bytes(shape, param.element_size())
+        total += size
+        quantizable += size
+        params += param.numel()
+    return Footprint(total, quantizable, params)
+
+
+def evaluate(bundle: ModelBundle, assignment: Mapping[str, Scheme | str]) -> Evaluation:
+    """Apply the assignment to a copy of the model and measure it on the evaluation split."""
+    quantized = apply_plan(bundle.model, assignment)
+    with torch.inference_mode():
+        outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
+    metrics = bundle.task.metrics(outputs, bundle.reference_outputs, bundle.evaluation)
+    size = footprint(bundle.model, assignment)
+    return Evaluation(metrics, size.size_mb, size.bits_per_weight)

@@ -1,0 +1,130 @@
+"""Model sources (`minilm`, `digits-cnn`, `tiny-gpt`, `hf:DIR`, `module:pkg.mod:factory`).
+
+Every source gives a `ModelBundle`: the FP32 model in eval mode, its task, and fixed, disjoint
+calibration and evaluation batches. Nothing is downloaded; trained models are cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.tasks import Batch, OutputTask, Task
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A model with its task and data: everything needed to quantize and judge it."""
+
+    name: str
+    model: nn.Module
+    task: Task
+    calibration: tuple[Batch, ...]
+    evaluation: tuple[Batch, ...]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.model)
+
+    @cached_property
+    def reference_outputs(self) -> tuple[torch.Tensor, ...]:
+        """FP32 outputs on the evaluation split, computed once."""
+        with torch.inference_mode():
+            return tuple(self.task.outputs(self.model, b) for b in self.evaluation)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Stable SHA-256 of the state dict: names, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where trained built-in models live: $MIXPREC_CACHE_DIR or the user cache dir."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("MIXPREC_CACHE_DIR") or user_cache_dir("mixprec"))
+
+
+def builtin_models() -> dict[str, Callable[[int], ModelBundle]]:
+    from mixprec import zoo
+
+    return {"minilm": zoo.minilm, "digits-cnn": zoo.digits_cnn, "tiny-gpt": zoo.tiny_gpt}
+
+
+def load_model(source: str, seed: int = 0) -> ModelBundle:
+    """Load a model by source string; unknown sources get an error listing the valid forms."""
+    builtins = builtin_models()
+    if source in builtins:
+        return builtins[source](seed)
+    if source.startswith("hf:"):
+        from mixprec.zoo import huggingface_dir
+
+        return huggingface_dir(Path(source[3:]), seed)
+    if source.startswith("module:"):
+        return _from_factory(source[len("module:") :], seed)
+    raise MixprecError(
+        f"unknown model {source!r}; valid: {', '.join(builtins)}, hf:/path/to/dir, "
+        "module:package.module:factory"
+    )
+
+
+def _from_factory(spec: str, seed: int) -> ModelBundle:
+    """`pkg.mod:factory` returning an nn.Module (judged by output MSE) or a ModelBundle."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise MixprecError(
+            f"bad model source 'module:{spec}': expected module:package.module:factory"
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise MixprecError(f"cannot load factory 'module:{spec}': {err}") from None
+    made = factory()
+    if isinstance(made, ModelBundle):
+        return made
+    if not isinstance(made, nn.Module):
+        raise MixprecError(
+            f"factory 'module:{spec}' returned {type(made).__name__}; "
+            "expected nn.Module or ModelBundle"
+        )
+    model = made.float().eval()
+    calibration, evaluation = random_inputs_for(model, seed)
+    return ModelBundle(f"module:{spec}", model, OutputTask(spec), calibration, evaluation)
+
+
+def random_inputs_for(
+    model: nn.Module, seed: int, batches: tuple[int, int] = (4, 4), batch_size: int = 8
+) -> tuple[tuple[Batch, ...], tuple[Batch, ...]]:
+    """Seeded Gaussian inputs shaped for the model's first quantizable layer."""
+    from transformers.pytorch_utils import Conv1D
+
+    from mixprec.units import quantizable_layers
+
+    first = next(iter(quantizable_layers(model).values()))
+    if isinstance(first, nn.Linear):
+        shape: tuple[int, ...] = (first.in_features,)
+    elif isinstance(first, Conv1D):
+        shape = (first.weight.shape[0],)
+    elif isinstance(first, nn.Conv1d):
+        shape = (first.in_channels, 32)
+    elif isinstance(first, nn.Conv2d):
+        shape = (first.in_channels, 16, 16)
+    else:
+        raise MixprecError(f"cannot make example inputs for a {type(first).__name__} first layer")
+    gen = torch.Generator().manual_seed(seed)
+    made = [{"inputs": torch.randn(batch_size, *shape, generator=gen)} for _ in range(sum(batches))]
+    return tuple(made[: batches[0]]), tuple(made[batches[0] :])

@@ -1,0 +1,105 @@
+"""`apply_plan`: the one way an assignment of schemes touches a model (fake quantization)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.kernels.formats import NumberFormat
+from mixprec.scheme import Scheme
+from mixprec.units import (
+    Unit,
+    activation_channel_dim,
+    layer_weight,
+    matrix_to_weight,
+    quantizable_layers,
+    weight_matrix,
+)
+
+Assignment = Mapping[str, Scheme | str]
+
+
+class ActivationQuantizer:
+    """Forward pre-hook that fake-quantizes a layer's input along its channel dim."""
+
+    def __init__(self, fmt: NumberFormat, channel_dim: int) -> None:
+        self.fmt = fmt
+        self.channel_dim = channel_dim
+
+    def __call__(self, module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            return args
+        moved = x.movedim(self.channel_dim, -1)
+        rows = moved.reshape(-1, moved.shape[-1])  # per-channel formats: one scale per token
+        quantized = self.fmt.quantize_dequantize(rows).reshape(moved.shape)
+        return (quantized.movedim(-1, self.channel_dim).to(x.dtype), *args[1:])
+
+
+def normalize_assignment(model: nn.Module, assignment: Assignment) -> dict[str, Scheme]:
+    """Parse schemes and check every name is a quantizable layer of `model`."""
+    layers = quantizable_layers(model)
+    parsed: dict[str, Scheme] = {}
+    for name, scheme in assignment.items():
+        if name not in layers:
+            some = ", ".join(list(layers)[:3])
+            raise MixprecError(
+                f"module {name!r} is not a quantizable layer of this model "
+                f"({len(layers)} are, e.g. {some})"
+            )
+        parsed[name] = Scheme.parse(scheme)
+    return parsed
+
+
+def apply_plan(model: nn.Module, assignment: Assignment, inplace: bool = False) -> nn.Module:
+    """Fake-quantize the named layers' weights (and inputs, where the scheme says) in a copy.
+
+    Each quantized weight becomes a new Parameter, so a weight tied elsewhere (an embedding
+    shared with an LM head) is untied rather than quantized behind the other user's back.
+    """
+    parsed = normalize_assignment(model, assignment)
+    target = model if inplace else copy.deepcopy(model)
+    layers = quantizable_layers(target)
+    with torch.no_grad():
+        for name, scheme in parsed.items():
+            module = layers[name]
+            _remove_activation_quantizers(module)
+            if scheme.weight is None:
+                continue
+            weight = layer_weight(module)
+            matrix = weight_matrix(module).float()
+            quantized = matrix_to_weight(module, scheme.weight.quantize_dequantize(matrix))
+            module.weight = nn.Parameter(
+                quantized.to(weight.dtype), requires_grad=weight.requires_grad
+            )
+            if scheme.activation is not None:
+                hook = ActivationQuantizer(scheme.activation, activation_channel_dim(module))
+                module.register_forward_pre_hook(hook)
+    return target
+
+
+def _remove_activation_quantizers(module: nn.Module) -> None:
+    hooks = module._forward_pre_hooks
+    for key in [k for k, h in hooks.items() if isinstance(h, ActivationQuantizer)]:
+        del hooks[key]
+
+
+def uniform_assignment(units: Iterable[Unit], scheme: Scheme | str) -> dict[str, Scheme]:
+    """Every layer unit under one scheme."""
+    parsed = Scheme.parse(scheme)
+    return {u.name: parsed for u in units if u.level == "layer"}
+
+
+def expand_units(units: Iterable[Unit], by_unit: Mapping[str, Scheme | str]) -> dict[str, Scheme]:
+    """Turn {unit name: scheme} (layers, components or blocks) into {module name: scheme}."""
+    index = {u.name: u for u in units}
+    out: dict[str, Scheme] = {}
+    for unit_name, scheme in by_unit.items():
+        if unit_name not in index:
+            raise MixprecError(f"unknown unit {unit_name!r}; see `mixprec units --model ...`")
+        out.update(dict.fromkeys(index[unit_name].modules, Scheme.parse(scheme)))
+    return out

@@ -1,0 +1,207 @@
+"""What a model is for: how to run it, its task loss, and the metrics that judge a quantized copy.
+
+The task loss has a nonzero gradient at the FP32 weights (cross-entropy, next-token loss,
+in-batch contrastive loss); a loss against the model's own FP32 output would not.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixprec.errors import MixprecError
+
+Batch = Mapping[str, torch.Tensor]
+
+
+class Task(ABC):
+    """How to run a model on a batch, its task loss, and its quality metrics vs FP32."""
+
+    #: "kl" where outputs are logits of a distribution, "mse" otherwise
+    divergence: str = "mse"
+
+    @abstractmethod
+    def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The tensor compared with the FP32 model's (logits or embeddings)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Scalar task loss whose gradient at the FP32 weights is not zero."""
+
+    def task_metrics(
+        self,
+        outputs: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+    ) -> dict[str, float]:
+        """Task-specific metrics of the quantized outputs (FP32 `reference` alongside)."""
+        return {}
+
+    def metrics(
+        self,
+        outputs: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+    ) -> dict[str, float]:
+        """Task metrics plus the output divergence to FP32 (KL or MSE)."""
+        result = self.task_metrics(outputs, reference, batches)
+        if self.divergence == "kl":
+            result["output_kl"] = _mean_kl(outputs, reference)
+        else:
+            result["output_mse"] = _mean_mse(outputs, reference)
+        return result
+
+
+def _mean_kl(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """Mean over positions of KL(P_fp32 || P_quantized) in nats."""
+    total, count = 0.0, 0
+    for out, ref in zip(outputs, reference, strict=True):
+        ref_logp = F.log_softmax(ref.float().reshape(-1, ref.shape[-1]), dim=-1)
+        out_logp = F.log_softmax(out.float().reshape(-1, out.shape[-1]), dim=-1)
+        kl = F.kl_div(out_logp, ref_logp, log_target=True, reduction="sum")
+        total += float(kl)
+        count += ref_logp.shape[0]
+    return total / count
+
+
+def _mean_mse(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    sq = sum(
+        float((o.float() - r.float()).pow(2).sum()) for o, r in zip(outputs, reference, strict=True)
+    )
+    return sq / sum(r.numel() for r in reference)
+
+
+class ClassificationTask(Task):
+    """Logits over classes; batches hold `inputs` and `labels`."""
+
+    divergence = "kl"
+
+    def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["inputs"])
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self.outputs(model, batch), batch["labels"])
+
+    def task_metrics(
+        self,
+        outputs: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+    ) -> dict[str, float]:
+        correct = sum(
+            int((o.argmax(-1) == b["labels"]).sum()) for o, b in zip(outputs, batches, strict=True)
+        )
+        return {"accuracy": correct / sum(len(b["labels"]) for b in batches)}
+
+
+class CausalLMTask(Task):
+    """Next-token prediction; batches hold `input_ids` (and optionally `attention_mask`)."""
+
+    divergence = "kl"
+
+    def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(**batch).logits
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return _next_token_nll(self.outputs(model, batch), batch["input_ids"]).mean()
+
+    def task_metrics(
+        self,
+        outputs: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+    ) -> dict[str, float]:
+        nll = torch.cat(
+            [_next_token_nll(o, b["input_ids"]) for o, b in zip(outputs, batches, strict=True)]
+        )
+        return {"perplexity": math.exp(float(nll.mean()))}
+
+
+def _next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(shifted, ids[:, 1:].reshape(-1), reduction="none")
+
+
+class SentenceEmbeddingTask(Task):
+    """Mean-pooled, L2-normalised sentence embeddings of (anchor, positive) pairs.
+
+    A batch holds 2N tokenised texts: rows 0..N-1 are anchors, rows N..2N-1 their positives.
+    """
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        self.temperature = temperature
+
+    def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.last_hidden_state.dtype)
+        pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """In-batch contrastive (InfoNCE) loss: each anchor should pick its own positive."""
+        emb = self.outputs(model, batch)
+        anchors, positives = emb.chunk(2)
+        logits = anchors @ positives.T / self.temperature
+        return F.cross_entropy(logits, torch.arange(len(anchors)))
+
+    def task_metrics(
+        self,
+        outputs: Sequence[torch.Tensor],
+        reference: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+    ) -> dict[str, float]:
+        out, ref = torch.cat(list(outputs)), torch.cat(list(reference))
+        cosine = float(F.cosine_similarity(out, ref, dim=-1).mean())
+        out_top1, ref_top1 = _pair_top1(outputs), _pair_top1(reference)
+        truth = torch.arange(len(out_top1))
+        return {
+            "cosine": cosine,
+            "top1_agreement": float((out_top1 == ref_top1).float().mean()),
+            "retrieval_top1": float((out_top1 == truth).float().mean()),
+        }
+
+
+def _pair_top1(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+    """For every anchor, the index of the nearest positive over the whole evaluation split."""
+    halves = [e.chunk(2) for e in embeddings]
+    anchors = torch.cat([a for a, _ in halves])
+    positives = torch.cat([p for _, p in halves])
+    return (anchors @ positives.T).argmax(-1)
+
+
+class OutputTask(Task):
+    """Any model: compare its main output with FP32 by MSE. It has no task loss of its own."""
+
+    def __init__(self, name: str, input_key: str = "inputs") -> None:
+        self.name = name
+        self.input_key = input_key
+
+    def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        if self.input_key == "inputs":
+            return main_tensor(model(batch["inputs"]))
+        return main_tensor(model(**batch))
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        raise MixprecError(
+            f"model {self.name!r} has no task loss (only its output is known): have the factory "
+            "return a mixprec.ModelBundle with a Task whose loss fits the model"
+        )
+
+
+def main_tensor(output: Any) -> torch.Tensor:
+    """The tensor a model call returns: itself, `.logits`, `.last_hidden_state` or item 0."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for attr in ("logits", "last_hidden_state"):
+        value = getattr(output, attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise MixprecError(f"cannot find the output tensor in a {type(output).__name__}")
