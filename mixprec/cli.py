@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixprec.errors import MixprecError
+from mixprec.logs import quiet_optional_backends
 
 app = typer.Typer(
     name="mixprec",
@@ -131,15 +131,9 @@ def evaluate_command(
     console.print(table)
 
 
-def _quiet_third_party_logs() -> None:
-    """Optional back ends (torchao's CUDA extensions, torch.compile notes) log on import."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; a MixprecError becomes one line on stderr and exit code 2."""
-    _quiet_third_party_logs()
+    quiet_optional_backends()
     try:
         app(args=argv, standalone_mode=True)
     except MixprecError as err:

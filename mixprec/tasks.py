@@ -109,7 +109,7 @@ class CausalLMTask(Task):
         return model(**batch).logits
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return _next_token_nll(self.outputs(model, batch), batch["input_ids"]).mean()
+        return _next_token_nll(self.outputs(model, batch), batch).mean()
 
     def task_metrics(
         self,
@@ -117,15 +117,16 @@ class CausalLMTask(Task):
         reference: Sequence[torch.Tensor],
         batches: Sequence[Batch],
     ) -> dict[str, float]:
-        nll = torch.cat(
-            [_next_token_nll(o, b["input_ids"]) for o, b in zip(outputs, batches, strict=True)]
-        )
+        nll = torch.cat([_next_token_nll(o, b) for o, b in zip(outputs, batches, strict=True)])
         return {"perplexity": math.exp(float(nll.mean()))}
 
 
-def _next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def _next_token_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per-token negative log-likelihood of each next token, padding positions dropped."""
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(shifted, ids[:, 1:].reshape(-1), reduction="none")
+    nll = F.cross_entropy(shifted, batch["input_ids"][:, 1:].reshape(-1), reduction="none")
+    mask = batch.get("attention_mask")
+    return nll if mask is None else nll[mask[:, 1:].reshape(-1).bool()]
 
 
 class SentenceEmbeddingTask(Task):

