@@ -1,5 +1,63 @@
-"""mixprec: find the best mixed-precision plan for a neural network."""
+"""mixprec: find the best mixed-precision plan for a neural network.
+
+The public API is imported lazily, so `mixprec formats` starts without loading transformers.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "MixprecError": "mixprec.errors",
+    "NumberFormat": "mixprec.kernels.formats",
+    "formats": "mixprec.kernels",
+    "quantize_dequantize": "mixprec.kernels",
+    "Scheme": "mixprec.scheme",
+    "Unit": "mixprec.units",
+    "discover_units": "mixprec.units",
+    "ModelBundle": "mixprec.models",
+    "load_model": "mixprec.models",
+    "fingerprint": "mixprec.models",
+    "apply_plan": "mixprec.plan",
+    "uniform_assignment": "mixprec.plan",
+    "Evaluation": "mixprec.metrics",
+    "evaluate": "mixprec.metrics",
+    "footprint": "mixprec.metrics",
+}
+
+__all__ = [
+    "Evaluation",
+    "MixprecError",
+    "ModelBundle",
+    "NumberFormat",
+    "Scheme",
+    "Unit",
+    "apply_plan",
+    "discover_units",
+    "evaluate",
+    "fingerprint",
+    "footprint",
+    "formats",
+    "load_model",
+    "quantize_dequantize",
+    "uniform_assignment",
+]
+
+if TYPE_CHECKING:
+    from mixprec.errors import MixprecError
+    from mixprec.kernels import formats, quantize_dequantize
+    from mixprec.kernels.formats import NumberFormat
+    from mixprec.metrics import Evaluation, evaluate, footprint
+    from mixprec.models import ModelBundle, fingerprint, load_model
+    from mixprec.plan import apply_plan, uniform_assignment
+    from mixprec.scheme import Scheme
+    from mixprec.units import Unit, discover_units
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mixprec' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
