@@ -11,6 +11,7 @@ from torch import nn
 from mixprec.models import ModelBundle
 from mixprec.plan import Assignment, apply_plan, normalize_assignment
 from mixprec.scheme import Scheme
+from mixprec.tasks import Observed
 from mixprec.units import quantizable_layers, weight_matrix
 
 BYTES_PER_MB = 1_000_000
@@ -74,6 +75,6 @@ def evaluate(bundle: ModelBundle, assignment: Mapping[str, Scheme | str]) -> Eva
     quantized = apply_plan(bundle.model, assignment)
     with torch.inference_mode():
         outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
-    metrics = bundle.task.metrics(outputs, bundle.reference_outputs, bundle.evaluation)
+    metrics = bundle.task.metrics(Observed(outputs, bundle.reference_outputs, bundle.evaluation))
     size = footprint(bundle.model, assignment)
     return Evaluation(metrics, size.size_mb, size.bits_per_weight)

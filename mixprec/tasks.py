@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,15 @@ from torch import nn
 from mixprec.errors import MixprecError
 
 Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A quantized model's outputs on the evaluation batches, beside the FP32 model's."""
+
+    outputs: Sequence[torch.Tensor]
+    reference: Sequence[torch.Tensor]
+    batches: Sequence[Batch]
 
 
 class Task(ABC):
@@ -34,27 +44,17 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Scalar task loss whose gradient at the FP32 weights is not zero."""
 
-    def task_metrics(
-        self,
-        outputs: Sequence[torch.Tensor],
-        reference: Sequence[torch.Tensor],
-        batches: Sequence[Batch],
-    ) -> dict[str, float]:
+    def task_metrics(self, run: Observed) -> dict[str, float]:
         """Task-specific metrics of the quantized outputs (FP32 `reference` alongside)."""
         return {}
 
-    def metrics(
-        self,
-        outputs: Sequence[torch.Tensor],
-        reference: Sequence[torch.Tensor],
-        batches: Sequence[Batch],
-    ) -> dict[str, float]:
+    def metrics(self, run: Observed) -> dict[str, float]:
         """Task metrics plus the output divergence to FP32 (KL or MSE)."""
-        result = self.task_metrics(outputs, reference, batches)
+        result = self.task_metrics(run)
         if self.divergence == "kl":
-            result["output_kl"] = _mean_kl(outputs, reference)
+            result["output_kl"] = _mean_kl(run.outputs, run.reference)
         else:
-            result["output_mse"] = _mean_mse(outputs, reference)
+            result["output_mse"] = _mean_mse(run.outputs, run.reference)
         return result
 
 
@@ -88,16 +88,12 @@ class ClassificationTask(Task):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.outputs(model, batch), batch["labels"])
 
-    def task_metrics(
-        self,
-        outputs: Sequence[torch.Tensor],
-        reference: Sequence[torch.Tensor],
-        batches: Sequence[Batch],
-    ) -> dict[str, float]:
+    def task_metrics(self, run: Observed) -> dict[str, float]:
         correct = sum(
-            int((o.argmax(-1) == b["labels"]).sum()) for o, b in zip(outputs, batches, strict=True)
+            int((o.argmax(-1) == b["labels"]).sum())
+            for o, b in zip(run.outputs, run.batches, strict=True)
         )
-        return {"accuracy": correct / sum(len(b["labels"]) for b in batches)}
+        return {"accuracy": correct / sum(len(b["labels"]) for b in run.batches)}
 
 
 class CausalLMTask(Task):
@@ -111,13 +107,9 @@ class CausalLMTask(Task):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return _next_token_nll(self.outputs(model, batch), batch).mean()
 
-    def task_metrics(
-        self,
-        outputs: Sequence[torch.Tensor],
-        reference: Sequence[torch.Tensor],
-        batches: Sequence[Batch],
-    ) -> dict[str, float]:
-        nll = torch.cat([_next_token_nll(o, b) for o, b in zip(outputs, batches, strict=True)])
+    def task_metrics(self, run: Observed) -> dict[str, float]:
+        pairs = zip(run.outputs, run.batches, strict=True)
+        nll = torch.cat([_next_token_nll(o, b) for o, b in pairs])
         return {"perplexity": math.exp(float(nll.mean()))}
 
 
@@ -151,15 +143,10 @@ class SentenceEmbeddingTask(Task):
         logits = anchors @ positives.T / self.temperature
         return F.cross_entropy(logits, torch.arange(len(anchors)))
 
-    def task_metrics(
-        self,
-        outputs: Sequence[torch.Tensor],
-        reference: Sequence[torch.Tensor],
-        batches: Sequence[Batch],
-    ) -> dict[str, float]:
-        out, ref = torch.cat(list(outputs)), torch.cat(list(reference))
+    def task_metrics(self, run: Observed) -> dict[str, float]:
+        out, ref = torch.cat(list(run.outputs)), torch.cat(list(run.reference))
         cosine = float(F.cosine_similarity(out, ref, dim=-1).mean())
-        out_top1, ref_top1 = _pair_top1(outputs), _pair_top1(reference)
+        out_top1, ref_top1 = _pair_top1(run.outputs), _pair_top1(run.reference)
         truth = torch.arange(len(out_top1))
         return {
             "cosine": cosine,

@@ -50,14 +50,18 @@ def tiny_gpt2() -> GPT2LMHeadModel:
     return make_gpt2()
 
 
-@pytest.fixture
-def tiny_bert() -> BertModel:
+def make_bert(vocab: int = 64, layers: int = 2) -> BertModel:
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=64,
+        vocab_size=vocab,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
     )
     return BertModel(config).eval()
+
+
+@pytest.fixture
+def tiny_bert() -> BertModel:
+    return make_bert()

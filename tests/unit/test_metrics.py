@@ -11,7 +11,7 @@ from torch import nn
 from mixprec.metrics import evaluate, footprint
 from mixprec.models import load_model
 from mixprec.plan import uniform_assignment
-from mixprec.tasks import SentenceEmbeddingTask, _mean_kl, _mean_mse
+from mixprec.tasks import Observed, SentenceEmbeddingTask, _mean_kl, _mean_mse
 from mixprec.units import discover_units
 
 from .conftest import make_gpt2
@@ -56,7 +56,7 @@ def test_retrieval_agreement_by_hand() -> None:
     # two pairs; anchors a0,a1 and positives p0,p1 (rows N..2N-1)
     ref = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     swapped = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # a1 now picks p0
-    metrics = SentenceEmbeddingTask().task_metrics([swapped], [ref], [{}])
+    metrics = SentenceEmbeddingTask().task_metrics(Observed([swapped], [ref], [{}]))
     assert metrics["top1_agreement"] == 0.5
     assert metrics["retrieval_top1"] == 0.5
     assert math.isclose(metrics["cosine"], 0.75)

