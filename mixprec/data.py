@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -99,7 +99,7 @@ def digits_splits(calibration: int = 200, evaluation: int = 400, seed: int = 0) 
     )
 
 
-def content_hash(batches: Sequence[dict[str, torch.Tensor]]) -> str:
+def content_hash(batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
     """Stable hash of a list of batches (keys, shapes, dtypes, bytes): names a calibration set."""
     digest = hashlib.sha256()
     for batch in batches:

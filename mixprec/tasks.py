@@ -51,11 +51,22 @@ class Task(ABC):
     def metrics(self, run: Observed) -> dict[str, float]:
         """Task metrics plus the output divergence to FP32 (KL or MSE)."""
         result = self.task_metrics(run)
-        if self.divergence == "kl":
-            result["output_kl"] = _mean_kl(run.outputs, run.reference)
-        else:
-            result["output_mse"] = _mean_mse(run.outputs, run.reference)
+        result[f"output_{self.divergence}"] = self.divergence_to_reference(
+            run.outputs, run.reference
+        )
         return result
+
+    def divergence_to_reference(
+        self, outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]
+    ) -> float:
+        """Mean KL(FP32 || quantized) per position for logits, else mean squared error."""
+        if self.divergence == "kl":
+            return _mean_kl(outputs, reference)
+        return _mean_mse(outputs, reference)
+
+    def samples(self, batch: Batch) -> int:
+        """How many examples a batch holds (the leading dim of its tensors)."""
+        return int(next(iter(batch.values())).shape[0])
 
 
 def _mean_kl(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:

@@ -1,0 +1,125 @@
+"""HAWQ-V2: average Hessian trace of the task loss per unit, times ||Q(W) - W||^2.
+
+Hutchinson's estimator with Rademacher probes and Hessian-vector products by double backward.
+One probe serves every layer at once; probes cycle over the calibration batches and are added
+until each layer's trace has a relative standard error below `tolerance` (layers whose trace is
+under 1% of the largest are not waited for) or `max_probes` is reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixprec.data import content_hash
+from mixprec.models import ModelBundle
+from mixprec.scheme import Scheme
+from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas, derive_seed
+from mixprec.tasks import Batch
+from mixprec.units import Unit, layer_weight, quantizable_layers
+
+Traces = dict[str, np.ndarray]  # layer -> trace estimate per calibration batch
+
+
+class HessianEstimator(SensitivityEstimator):
+    name = "hessian"
+
+    def __init__(
+        self, seed: int = 0, tolerance: float = 0.05, min_probes: int = 8, max_probes: int = 32
+    ) -> None:
+        super().__init__(seed)
+        self.tolerance = tolerance
+        self.min_probes = min_probes
+        self.max_probes = max_probes
+        self._traces: dict[tuple[str, str], Traces] = {}
+        self._deltas = WeightDeltas()
+
+    @property
+    def params(self) -> dict[str, object]:
+        return {
+            "tolerance": self.tolerance,
+            "min_probes": self.min_probes,
+            "max_probes": self.max_probes,
+        }
+
+    def traces(self, bundle: ModelBundle, batches: Sequence[Batch]) -> Traces:
+        """Per-layer, per-batch Hutchinson trace estimates, computed once per model and data."""
+        key = (bundle.fingerprint, content_hash(batches))
+        if key not in self._traces:
+            self._traces[key] = self._estimate(bundle, batches)
+        return self._traces[key]
+
+    def _estimate(self, bundle: ModelBundle, batches: Sequence[Batch]) -> Traces:
+        layers = quantizable_layers(bundle.model)
+        names = list(layers)
+        weights = [layer_weight(layers[n]) for n in names]
+        samples: list[np.ndarray] = []
+        batch_of: list[int] = []
+        with _double_backward_attention(bundle.model):
+            while True:
+                probe = len(samples)
+                batch = probe % len(batches)
+                gen = torch.Generator().manual_seed(derive_seed(self.seed, "probe", str(probe)))
+                samples.append(_hutchinson_sample(bundle, batches[batch], weights, gen))
+                batch_of.append(batch)
+                done = len(samples) >= max(self.min_probes, len(batches))
+                if done and (self._converged(np.stack(samples)) or probe + 1 >= self.max_probes):
+                    break
+        table, owner = np.stack(samples), np.asarray(batch_of)
+        per_batch = np.stack([table[owner == b].mean(axis=0) for b in range(len(batches))])
+        return {name: per_batch[:, i] for i, name in enumerate(names)}
+
+    def _converged(self, table: np.ndarray) -> bool:
+        mean = table.mean(axis=0)
+        error = table.std(axis=0, ddof=1) / np.sqrt(table.shape[0])
+        watched = np.abs(mean) >= 0.01 * np.abs(mean).max()
+        return bool(np.all(error[watched] <= self.tolerance * np.abs(mean[watched])))
+
+    def per_batch(
+        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+    ) -> list[float]:
+        traces = self.traces(bundle, batches)
+        layers = quantizable_layers(bundle.model)
+        params = sum(layer_weight(layers[m]).numel() for m in unit.modules)
+        distortion = sum(float(self._deltas.squared(bundle, m, scheme).sum()) for m in unit.modules)
+        trace = sum(traces[m] for m in unit.modules)
+        return [float(t) / params * distortion for t in np.atleast_1d(trace)]
+
+
+def _hutchinson_sample(
+    bundle: ModelBundle, batch: Batch, weights: list[torch.Tensor], gen: torch.Generator
+) -> np.ndarray:
+    """v_l . (H v)_l for each layer l, with one Rademacher v over all layers' weights."""
+    probes = [torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1 for w in weights]
+    loss = bundle.task.loss(bundle.model, batch)
+    grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    out = np.zeros(len(weights))
+    if not used:
+        return out
+    dot = torch.stack([(grads[i] * probes[i]).sum() for i in used]).sum()
+    products = torch.autograd.grad(dot, [weights[i] for i in used], allow_unused=True)
+    for i, hv in zip(used, products, strict=True):
+        if hv is not None:
+            out[i] = float((hv * probes[i]).sum())
+    return out
+
+
+@contextmanager
+def _double_backward_attention(model: nn.Module) -> Iterator[None]:
+    """Fused CPU attention kernels have no double backward; use eager attention meanwhile."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    setter = getattr(model, "set_attn_implementation", None)
+    switch = current not in (None, "eager") and callable(setter)
+    if switch:
+        setter("eager")  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        if switch:
+            setter(current)  # type: ignore[misc]

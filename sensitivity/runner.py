@@ -1,0 +1,291 @@
+"""Run estimators over (estimator, scheme, unit chunk) cells, serially or on Ray actors.
+
+Every finished unit score is written at once to a content-addressed cache (key: model
+fingerprint, unit, scheme, estimator and its parameters, calibration-set hash, seed), so a
+re-run after Ctrl-C or a lost worker computes only what is missing and gives the same table.
+Each worker runs torch with the same thread count, so serial and Ray tables are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mixprec.data import content_hash
+from mixprec.errors import MixprecError
+from mixprec.files import atomic_write_text
+from mixprec.models import ModelBundle, cache_dir, load_model
+from mixprec.scheme import Scheme
+from mixprec.sensitivity.base import make_estimator
+from mixprec.sensitivity.cache import CellCache, cell_key
+from mixprec.sensitivity.table import ScoreTable
+from mixprec.units import Unit, discover_units, quantizable_layers, weight_matrix
+
+DEFAULT_SCHEMES = (
+    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
+    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
+)  # fmt: skip
+LEVELS = ("layer", "component", "block")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """What to score. `model` is a source string, so every worker can load it itself."""
+
+    model: str
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    estimators: tuple[str, ...] = ("hessian", "fisher", "isolation")
+    levels: tuple[str, ...] = LEVELS
+    calib_batches: int | None = None
+    seed: int = 0
+    chunk: int = 8
+    threads: int = 1
+
+    def validated(self) -> AnalysisSpec:
+        for scheme in self.schemes:
+            Scheme.parse(scheme)
+        for name in self.estimators:
+            make_estimator(name)
+        bad = [lvl for lvl in self.levels if lvl not in LEVELS]
+        if bad:
+            raise MixprecError(f"unknown level {bad[0]!r}; valid levels: {', '.join(LEVELS)}")
+        if self.calib_batches is not None and self.calib_batches < 1:
+            raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The unit of work: one estimator and scheme over a chunk of units."""
+
+    estimator: str
+    scheme: str
+    units: tuple[Unit, ...]
+
+
+class CellWorker:
+    """Holds one loaded model and its estimators; scores cells. Wrapped as a Ray actor too."""
+
+    def __init__(self, spec: AnalysisSpec, bundle: ModelBundle | None = None) -> None:
+        torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.bundle = bundle or load_model(spec.model, seed=spec.seed)
+        self.batches = calibration_batches(self.bundle, spec.calib_batches)
+        self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
+
+    def run(self, cell: Cell) -> list[dict[str, Any]]:
+        estimator = self.estimators[cell.estimator]
+        scheme = Scheme.parse(cell.scheme)
+        results = []
+        for unit in cell.units:
+            start = time.perf_counter()
+            payload: dict[str, Any] = {"score": None, "ci_low": None, "ci_high": None}
+            status, error, samples = "failed", "", 0
+            try:
+                score = estimator.score(self.bundle, unit, scheme, self.batches)
+                payload.update(score=score.mean, ci_low=score.ci_low, ci_high=score.ci_high)
+                samples = score.samples
+                if all(map(_finite, (score.mean, score.ci_low, score.ci_high))):
+                    status = "ok"
+                else:
+                    error = f"loss is not finite for {unit.name} under {scheme}"
+            except (MixprecError, RuntimeError) as err:
+                error = f"{unit.name} under {scheme}: {err}"
+            payload.update(
+                samples=samples, seconds=time.perf_counter() - start, status=status, error=error
+            )
+            results.append(payload)
+        return results
+
+    def run_indexed(self, index: int, cell: Cell) -> tuple[int, list[dict[str, Any]]]:
+        return index, self.run(cell)
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def calibration_batches(bundle: ModelBundle, count: int | None) -> tuple[Any, ...]:
+    batches = bundle.calibration if count is None else bundle.calibration[:count]
+    if not batches:
+        raise MixprecError(f"model {bundle.name!r} has an empty calibration set")
+    return tuple(batches)
+
+
+def unit_cost_bytes(bundle: ModelBundle, unit: Unit, scheme: Scheme) -> int:
+    layers = quantizable_layers(bundle.model)
+    total = 0
+    for name in unit.modules:
+        matrix = weight_matrix(layers[name])
+        shape = tuple(matrix.shape)
+        total += scheme.weight_storage_bytes(shape, matrix.element_size())
+    return total
+
+
+def analyze(
+    spec: AnalysisSpec,
+    workers: int = 0,
+    address: str | None = None,
+    out: Path | None = None,
+    progress: bool = True,
+    cache: CellCache | None = None,
+) -> ScoreTable:
+    """Score every (estimator, unit, scheme); reuse cached cells; write DIR/scores.parquet."""
+    spec = spec.validated()
+    started = time.perf_counter()
+    bundle = load_model(spec.model, seed=spec.seed)
+    units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
+    batches = calibration_batches(bundle, spec.calib_batches)
+    calibration = content_hash(batches)
+    cache = cache or CellCache(cache_dir() / "cells")
+    keys = {
+        (estimator, scheme, unit.name): cell_key(
+            bundle.fingerprint, unit, scheme, estimator, params, calibration, spec.seed
+        )
+        for estimator in spec.estimators
+        for params in [make_estimator(estimator, spec.seed).params]
+        for scheme in spec.schemes
+        for unit in units
+    }
+    todo = []
+    for estimator in spec.estimators:
+        for scheme in spec.schemes:
+            pending = [u for u in units if cache.get(keys[estimator, scheme, u.name]) is None]
+            for i in range(0, len(pending), spec.chunk):
+                todo.append(Cell(estimator, scheme, tuple(pending[i : i + spec.chunk])))
+    failures: dict[str, dict[str, Any]] = {}
+    for cell, results in _execute(spec, bundle, todo, workers, address, progress):
+        for unit, result in zip(cell.units, results, strict=True):
+            key = keys[cell.estimator, cell.scheme, unit.name]
+            if result["status"] == "ok":
+                cache.put(key, result)
+            else:
+                failures[key] = result  # not cached: a re-run tries again
+    rows = []
+    for estimator in spec.estimators:
+        for scheme in spec.schemes:
+            parsed = Scheme.parse(scheme)
+            for unit in units:
+                key = keys[estimator, scheme, unit.name]
+                result = cache.get(key) or failures[key]
+                rows.append(
+                    {
+                        "unit": unit.name,
+                        "level": unit.level,
+                        "scheme": str(parsed),
+                        "estimator": estimator,
+                        "cost_bytes": unit_cost_bytes(bundle, unit, parsed),
+                        **result,
+                    }
+                )
+    table = ScoreTable.from_rows(rows)
+    if out is not None:
+        _write_outputs(out, table, spec, bundle, calibration, time.perf_counter() - started)
+    return table
+
+
+def _execute(
+    spec: AnalysisSpec,
+    bundle: ModelBundle,
+    cells: Sequence[Cell],
+    workers: int,
+    address: str | None,
+    progress: bool,
+) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} cells"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress or not cells) as bar:
+        task = bar.add_task(f"scoring {spec.model}", total=len(cells))
+        if not cells:
+            return
+        if workers == 0 and address is None:
+            worker = CellWorker(spec, bundle)
+            for cell in cells:
+                yield cell, worker.run(cell)
+                bar.advance(task)
+            return
+        for cell, results in _ray_map(spec, cells, max(workers, 1), address):
+            yield cell, results
+            bar.advance(task)
+
+
+def _ray_map(
+    spec: AnalysisSpec, cells: Sequence[Cell], workers: int, address: str | None
+) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
+    import ray
+    from ray.util import ActorPool
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address is None:
+            ray.init(
+                num_cpus=workers * spec.threads,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        else:
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
+    pool = ActorPool([actor.remote(spec) for _ in range(workers)])
+    try:
+        for index, results in pool.map_unordered(
+            lambda a, job: a.run_indexed.remote(*job), list(enumerate(cells))
+        ):
+            yield cells[index], results
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with the address in the message instead of Ray's long connection retries."""
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise MixprecError(f"Ray address {address!r} is not host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise MixprecError(f"cannot reach the Ray cluster at {address}: {err}") from None
+
+
+def _write_outputs(
+    out: Path,
+    table: ScoreTable,
+    spec: AnalysisSpec,
+    bundle: ModelBundle,
+    calibration: str,
+    seconds: float,
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    table.save(out / "scores.parquet")
+    frame = table.frame
+    failed = frame[frame["status"] != "ok"]
+    manifest = {
+        "spec": asdict(spec),
+        "model": bundle.name,
+        "fingerprint": bundle.fingerprint,
+        "calibration_hash": calibration,
+        "cells": len(frame),
+        "failed": failed[["estimator", "unit", "scheme", "error"]].to_dict("records"),
+        "seconds": seconds,
+        "torch": torch.__version__,
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
