@@ -1,0 +1,162 @@
+"""Every estimator passes the conformance suite; each also meets its own exact reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from mixprec.models import ModelBundle, load_model
+from mixprec.plan import apply_plan, temporarily_applied
+from mixprec.scheme import Scheme
+from mixprec.sensitivity.base import Score, make_estimator
+from mixprec.sensitivity.fisher import FisherEstimator, empirical_fisher
+from mixprec.sensitivity.hessian import HessianEstimator
+from mixprec.sensitivity.isolation import IsolationEstimator
+from mixprec.tasks import CausalLMTask, ClassificationTask
+from mixprec.units import discover_units, select, weight_matrix
+
+from ..conftest import make_gpt2
+from .conformance import check_estimator
+
+
+@pytest.mark.parametrize("name", ["hessian", "fisher", "isolation"])
+def test_conformance_on_digits_cnn(name: str) -> None:
+    check_estimator(lambda seed: make_estimator(name, seed), load_model("digits-cnn"))
+
+
+def tiny_mlp_bundle(seed: int = 0) -> ModelBundle:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    batches = tuple(
+        {
+            "inputs": torch.randn(5, 4, generator=gen),
+            "labels": torch.randint(0, 2, (5,), generator=gen),
+        }
+        for _ in range(2)
+    )
+    return ModelBundle("tiny-mlp", model, ClassificationTask(), batches, batches)
+
+
+def exact_trace(bundle: ModelBundle, name: str, batch: dict) -> float:
+    """Trace of the cross-entropy Hessian w.r.t. one layer's weight, by autograd."""
+    weight = dict(bundle.model.named_parameters())[f"{name}.weight"].detach()
+
+    def loss_of(w: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(bundle.model, {f"{name}.weight": w}, (batch["inputs"],))
+        return F.cross_entropy(logits, batch["labels"])
+
+    hessian = torch.autograd.functional.hessian(loss_of, weight.clone())
+    return float(hessian.reshape(weight.numel(), -1).diagonal().sum())
+
+
+def test_hutchinson_trace_matches_the_exact_hessian_trace() -> None:
+    bundle = tiny_mlp_bundle()
+    one = bundle.calibration[:1]
+    estimator = HessianEstimator(seed=0, tolerance=1e-9, min_probes=20_000, max_probes=20_000)
+    traces = estimator.traces(bundle, one)
+    for name in ["0", "2"]:
+        exact = exact_trace(bundle, name, one[0])
+        assert traces[name][0] == pytest.approx(exact, rel=0.03)  # ~4 standard errors
+        assert abs(exact) > 0.1
+
+
+def test_hessian_stops_early_when_converged_and_caps_probes() -> None:
+    bundle = tiny_mlp_bundle()
+    capped = HessianEstimator(seed=0, tolerance=1e-9, min_probes=2, max_probes=6)
+    capped.traces(bundle, bundle.calibration)  # must stop at the cap, not loop forever
+    loose = HessianEstimator(seed=0, tolerance=0.9, min_probes=2, max_probes=1000)
+    assert set(loose.traces(bundle, bundle.calibration)) == {"0", "2"}
+
+
+def brute_force_fisher(bundle: ModelBundle, batch: dict, layer: nn.Module, one) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    total = torch.zeros_like(weight_matrix(layer))
+    samples = bundle.task.samples(batch)
+    for i in range(samples):
+        single = one(batch, i)
+        (grad,) = torch.autograd.grad(bundle.task.loss(bundle.model, single), [layer.weight])
+        total += weight_matrix_of_grad(layer, grad).square()
+    return total / samples
+
+
+def weight_matrix_of_grad(layer: nn.Module, grad: torch.Tensor) -> torch.Tensor:
+    return grad.t() if type(layer).__name__ == "Conv1D" else grad.reshape(grad.shape[0], -1)
+
+
+def test_fisher_matches_per_sample_gradients_for_linear_and_conv() -> None:
+    bundle = load_model("digits-cnn")
+    batch = {k: v[:6] for k, v in bundle.calibration[0].items()}
+    fisher = empirical_fisher(bundle, batch)
+    for name in ["stem", "stages.1.conv2", "head"]:
+        layer = dict(bundle.model.named_modules())[name]
+        expected = brute_force_fisher(
+            bundle, batch, layer, lambda b, i: {k: v[i : i + 1] for k, v in b.items()}
+        )
+        torch.testing.assert_close(fisher[name], expected, rtol=1e-4, atol=1e-10)
+
+
+def test_fisher_matches_per_sequence_gradients_for_gpt2_conv1d() -> None:
+    model = make_gpt2()
+    gen = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 64, (3, 10), generator=gen)}
+    bundle = ModelBundle("tiny-gpt2", model, CausalLMTask(), (batch,), (batch,))
+    fisher = empirical_fisher(bundle, batch)
+    for name in ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj", "lm_head"]:
+        layer = dict(model.named_modules())[name]
+        expected = brute_force_fisher(
+            bundle, batch, layer, lambda b, i: {"input_ids": b["input_ids"][i : i + 1]}
+        )
+        torch.testing.assert_close(fisher[name], expected, rtol=1e-4, atol=1e-10)
+
+
+def test_fisher_score_is_the_weighted_distortion() -> None:
+    bundle = load_model("digits-cnn")
+    unit = select(discover_units(bundle.model), "layer")[2]
+    scheme = Scheme.parse("w:int4")
+    per_batch = FisherEstimator().per_batch(bundle, unit, scheme, bundle.calibration)
+    layer = dict(bundle.model.named_modules())[unit.name]
+    w = weight_matrix(layer).detach()
+    delta = (scheme.weight.quantize_dequantize(w) - w).square()  # type: ignore[union-attr]
+    for value, batch in zip(per_batch, bundle.calibration, strict=True):
+        expected = float((empirical_fisher(bundle, batch)[unit.name] * delta).sum())
+        assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_isolation_equals_the_divergence_of_a_quantized_copy() -> None:
+    bundle = load_model("digits-cnn")
+    unit = select(discover_units(bundle.model), "layer")[0]
+    assignment = dict.fromkeys(unit.modules, "w:nvfp4,a:nvfp4")
+    copy = apply_plan(bundle.model, assignment)
+    expected = []
+    with torch.no_grad():
+        for batch in bundle.calibration:
+            out = F.log_softmax(copy(batch["inputs"]), -1)
+            ref = F.log_softmax(bundle.model(batch["inputs"]), -1)
+            expected.append(float((ref.exp() * (ref - out)).sum(-1).mean()))
+    got = IsolationEstimator().per_batch(
+        bundle, unit, Scheme.parse("w:nvfp4,a:nvfp4"), bundle.calibration
+    )
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_temporarily_applied_restores_weights_and_hooks() -> None:
+    bundle = load_model("digits-cnn")
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    with temporarily_applied(bundle.model, {"head": "w:int2,a:mxfp4"}) as model:
+        assert not torch.equal(model.head.weight, before["head.weight"])
+        assert model.head._forward_pre_hooks
+    after = bundle.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not bundle.model.head._forward_pre_hooks
+
+
+def test_bootstrap_interval() -> None:
+    same = Score.from_batches([2.0, 2.0, 2.0], seed=0)
+    assert (same.mean, same.ci_low, same.ci_high) == (2.0, 2.0, 2.0)
+    spread = Score.from_batches([1.0, 2.0, 3.0, 10.0], seed=0)
+    assert spread.ci_low < spread.mean < spread.ci_high
+    assert spread.ci_low >= 1.0 and spread.ci_high <= 10.0
+    assert Score.from_batches([1.0, 2.0, 3.0, 10.0], seed=0) == spread
