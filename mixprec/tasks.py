@@ -35,6 +35,8 @@ class Task(ABC):
 
     #: "kl" where outputs are logits of a distribution, "mse" otherwise
     divergence: str = "mse"
+    #: False where the task knows only the model's output and so has no task loss
+    has_loss: bool = True
 
     @abstractmethod
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -176,6 +178,8 @@ def _pair_top1(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class OutputTask(Task):
     """Any model: compare its main output with FP32 by MSE. It has no task loss of its own."""
+
+    has_loss = False
 
     def __init__(self, name: str, input_key: str = "inputs") -> None:
         self.name = name

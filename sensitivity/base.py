@@ -62,6 +62,8 @@ class SensitivityEstimator(ABC):
     """Scores one (unit, scheme) pair; larger means the loss grows more."""
 
     name: str = ""
+    #: True for estimators built on the task loss (gradients, Hessians)
+    needs_loss: bool = True
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

@@ -21,6 +21,7 @@ from mixprec.units import Unit
 
 class IsolationEstimator(SensitivityEstimator):
     name = "isolation"
+    needs_loss = False
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)

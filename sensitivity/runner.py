@@ -145,6 +145,12 @@ def analyze(
     bundle = load_model(spec.model, seed=spec.seed)
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     batches = calibration_batches(bundle, spec.calib_batches)
+    for name in spec.estimators:
+        if make_estimator(name).needs_loss and not bundle.task.has_loss:
+            raise MixprecError(
+                f"estimator {name!r} needs a task loss and model {bundle.name!r} has none; "
+                "use --estimators isolation, or give the model a task (a ModelBundle factory)"
+            )
     calibration = content_hash(batches)
     cache = cache or CellCache(cache_dir() / "cells")
     keys = {

@@ -1,0 +1,157 @@
+"""The analysis runner: serial vs Ray, cache reuse, resume, corruption, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.sensitivity import runner
+from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.runner import AnalysisSpec, analyze
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8"), chunk=3)
+
+
+class CountingCache(CellCache):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.puts = 0
+
+    def put(self, key: str, payload: dict[str, Any]) -> None:
+        self.puts += 1
+        super().put(key, payload)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> CountingCache:
+    return CountingCache(tmp_path / "cells")
+
+
+def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
+    table = analyze(SPEC, out=tmp_path / "run", cache=cache, progress=False)
+    frame = table.frame
+    assert len(frame) == 3 * 2 * 8  # estimators x schemes x (6 layers + 2 blocks)
+    assert (frame["status"] == "ok").all() and (frame["samples"] == 2).all()
+    assert (frame["ci_low"] <= frame["score"]).all() and (frame["score"] <= frame["ci_high"]).all()
+    assert set(frame["level"]) == {"layer", "block"}
+    saved = table.load(tmp_path / "run" / "scores.parquet")
+    assert saved.same_scores(table)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["cells"] == 48 and manifest["failed"] == []
+    assert manifest["fingerprint"] and manifest["spec"]["schemes"] == ["w:mxfp4", "w:int8"]
+    mxfp4 = frame[(frame.scheme == "w:mxfp4") & (frame.unit == "head")]
+    assert (mxfp4["cost_bytes"] == 320 // 2 + 10).all()  # 320 nibbles + 10 E8M0 scales
+
+
+def test_ray_workers_give_the_identical_table(tmp_path: Path) -> None:
+    serial = analyze(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
+    on_ray = analyze(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
+    assert on_ray.same_scores(serial)
+
+
+def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
+    analyze(SPEC, cache=cache, progress=False)
+    assert cache.puts == 48
+    wider = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8", "w:nvfp4"), chunk=3)
+    table = analyze(wider, cache=cache, progress=False)
+    assert cache.puts == 48 + 24
+    assert len(table.frame) == 72
+
+
+def test_interrupted_run_resumes_to_the_same_table(
+    cache: CountingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = analyze(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
+    real_run = runner.CellWorker.run
+    calls = {"n": 0}
+
+    def interrupted(self: runner.CellWorker, cell: runner.Cell) -> list[dict[str, Any]]:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_run(self, cell)
+
+    monkeypatch.setattr(runner.CellWorker, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(SPEC, cache=cache, progress=False)
+    done = cache.puts
+    assert 0 < done < 48
+    monkeypatch.setattr(runner.CellWorker, "run", real_run)
+    resumed = analyze(SPEC, cache=cache, progress=False)
+    assert cache.puts == 48  # only the missing cells were computed
+    assert resumed.same_scores(reference)
+
+
+def test_corrupt_entries_are_recomputed(cache: CountingCache) -> None:
+    first = analyze(SPEC, cache=cache, progress=False)
+    files = sorted((cache.root).rglob("*.json"))
+    files[0].write_text(files[0].read_text().replace('"score": ', '"score": 1'))
+    files[1].write_text("{truncated")
+    again = analyze(SPEC, cache=cache, progress=False)
+    assert cache.puts == 48 + 2
+    assert again.same_scores(first)
+
+
+def test_a_nan_cell_is_marked_failed_and_the_rest_finish(
+    cache: CountingCache, tmp_path: Path
+) -> None:
+    spec = AnalysisSpec(
+        "module:tests.unit.factories:mlp_overflowing_fp16",
+        schemes=("w:fp16", "w:int8"),
+        estimators=("isolation",),
+    )
+    table = analyze(spec, cache=cache, out=tmp_path / "run", progress=False)
+    failed = table.frame[table.frame["status"] != "ok"]
+    assert list(zip(failed["unit"], failed["scheme"], strict=True)) == [("2", "w:fp16")]
+    assert "2 under w:fp16" in failed["error"].iloc[0]
+    assert (table.frame["status"] == "ok").sum() == 3
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [f["unit"] for f in manifest["failed"]] == ["2"]
+    assert cache.puts == 3  # the failed cell is retried next time, never cached
+
+
+def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
+    cache: CountingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    marker = tmp_path / "died"
+    monkeypatch.setenv("MIXPREC_TEST_DIE_MARKER", str(marker))
+    spec = AnalysisSpec(
+        "module:tests.unit.factories:dies_once",
+        schemes=("w:int8", "w:mxfp4"),
+        estimators=("isolation",),
+    )
+    table = analyze(spec, workers=1, cache=cache, progress=False)
+    assert marker.exists()  # a worker really died
+    assert (table.frame["status"] == "ok").all() and len(table.frame) == 4
+    serial = analyze(spec, cache=CellCache(tmp_path / "serial"), progress=False)
+    assert serial.same_scores(table)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (AnalysisSpec("digits-cnn", estimators=("taylor",)), "unknown estimator 'taylor'"),
+        (AnalysisSpec("digits-cnn", schemes=("w:int9",)), "unknown number format 'int9'"),
+        (AnalysisSpec("digits-cnn", levels=("row",)), "unknown level 'row'"),
+        (AnalysisSpec("digits-cnn", calib_batches=0), "must be at least 1"),
+        (AnalysisSpec("module:tests.unit.factories:no_calibration"), "empty calibration set"),
+        (
+            AnalysisSpec("module:tests.unit.factories:small_mlp", estimators=("fisher",)),
+            "needs a task loss",
+        ),
+    ],
+)
+def test_bad_input(spec: AnalysisSpec, message: str, cache: CountingCache) -> None:
+    with pytest.raises(MixprecError, match=message):
+        analyze(spec, cache=cache, progress=False)
+
+
+def test_unreachable_ray_address_names_it(cache: CountingCache) -> None:
+    with pytest.raises(MixprecError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:9"):
+        analyze(SPEC, address="127.0.0.1:9", cache=cache, progress=False)
