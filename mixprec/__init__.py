@@ -26,6 +26,8 @@ _EXPORTS = {
     "Evaluation": "mixprec.metrics",
     "evaluate": "mixprec.metrics",
     "footprint": "mixprec.metrics",
+    "analyze": "mixprec.sensitivity.runner",
+    "ScoreTable": "mixprec.sensitivity.table",
 }
 
 __all__ = [
@@ -34,7 +36,9 @@ __all__ = [
     "ModelBundle",
     "NumberFormat",
     "Scheme",
+    "ScoreTable",
     "Unit",
+    "analyze",
     "apply_plan",
     "discover_units",
     "evaluate",
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
     from mixprec.models import ModelBundle, fingerprint, load_model
     from mixprec.plan import apply_plan, uniform_assignment
     from mixprec.scheme import Scheme
+    from mixprec.sensitivity.runner import analyze
+    from mixprec.sensitivity.table import ScoreTable
     from mixprec.units import Unit, discover_units
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -131,6 +132,95 @@ def evaluate_command(
     console.print(table)
 
 
+@app.command("analyze")
+def analyze_command(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for scores.parquet.")],
+    schemes: Annotated[
+        str, typer.Option(help="'default' or a list: w:mxfp4,w:nvfp4,a:nvfp4 (a: joins its w:)")
+    ] = "default",
+    estimators: Annotated[str, typer.Option(help="Any of hessian,fisher,isolation.")] = (
+        "hessian,fisher,isolation"
+    ),
+    workers: Annotated[int, typer.Option(help="Ray workers; 0 runs serially without Ray.")] = 0,
+    address: Annotated[
+        str | None, typer.Option(help="Join a running Ray cluster, e.g. 127.0.0.1:6379.")
+    ] = None,
+    calib_batches: Annotated[
+        int | None, typer.Option("--calib-batches", help="Use the first K calibration batches.")
+    ] = None,
+    levels: Annotated[str, typer.Option(help="Any of layer,component,block.")] = (
+        "layer,component,block"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for probes, bootstrap and built-ins.")] = 0,
+) -> None:
+    """Score every unit under every scheme with each estimator (cached, resumable).
+
+    Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits
+    """
+    from mixprec.sensitivity.runner import analyze
+
+    table = analyze(
+        model,
+        schemes,
+        _split(estimators),
+        workers,
+        out,
+        address,
+        calib_batches,
+        seed,
+        _split(levels),
+    )
+    frame = table.frame
+    failed = int((frame["status"] != "ok").sum())
+    console.print(f"{len(frame)} scores ({failed} failed) -> {out / 'scores.parquet'}")
+    if failed:
+        for error in frame.loc[frame["status"] != "ok", "error"].head(5):
+            console.print(f"  failed: {error}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="A folder written by `mixprec analyze`.")],
+    top: Annotated[int, typer.Option(help="Units shown per estimator and scheme.")] = 5,
+) -> None:
+    """Most sensitive units per scheme, component and block roll-ups, block interactions.
+
+    Example: mixprec report runs/digits
+    """
+    import json
+
+    from mixprec.sensitivity.report import block_interactions, roll_up, top_units
+    from mixprec.sensitivity.table import ScoreTable
+
+    table = ScoreTable.load(run / "scores.parquet")
+    manifest = (
+        json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+    )
+    console.print(_frame_table(top_units(table, "layer", top), "Most sensitive layers"))
+    for level, title in (("component", "Components"), ("block", "Blocks")):
+        rolled = roll_up(table, level)
+        if not rolled.empty:
+            console.print(_frame_table(rolled.reset_index(), f"{title} (mean score)"))
+    interactions = block_interactions(table, manifest.get("blocks", {}))
+    if not interactions.empty:
+        console.print(_frame_table(interactions, "Blocks: measured vs sum of layers"))
+
+
+def _frame_table(frame: object, title: str) -> Table:
+    import pandas as pd
+
+    assert isinstance(frame, pd.DataFrame)
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; a MixprecError becomes one line on stderr and exit code 2."""
     quiet_optional_backends()
@@ -139,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     except MixprecError as err:
         sys.stderr.write(f"mixprec: {err}\n")
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("mixprec: interrupted; finished work is kept, re-run to resume\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def unit_cost_bytes(bundle: ModelBundle, unit: Unit, scheme: Scheme) -> int:
     return total
 
 
-def analyze(
+def run_analysis(
     spec: AnalysisSpec,
     workers: int = 0,
     address: str | None = None,
@@ -195,7 +195,9 @@ def analyze(
                 )
     table = ScoreTable.from_rows(rows)
     if out is not None:
-        _write_outputs(out, table, spec, bundle, calibration, time.perf_counter() - started)
+        blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
+        elapsed = time.perf_counter() - started
+        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed)
     return table
 
 
@@ -278,6 +280,7 @@ def _write_outputs(
     spec: AnalysisSpec,
     bundle: ModelBundle,
     calibration: str,
+    blocks: dict[str, list[str]],
     seconds: float,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -292,6 +295,40 @@ def _write_outputs(
         "cells": len(frame),
         "failed": failed[["estimator", "unit", "scheme", "error"]].to_dict("records"),
         "seconds": seconds,
+        "blocks": blocks,
         "torch": torch.__version__,
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def analyze(
+    model: str,
+    schemes: Sequence[str] | str = "default",
+    estimators: Sequence[str] = ("hessian", "fisher", "isolation"),
+    workers: int = 0,
+    out: Path | str | None = None,
+    address: str | None = None,
+    calib_batches: int | None = None,
+    seed: int = 0,
+    levels: Sequence[str] = LEVELS,
+    progress: bool = True,
+) -> ScoreTable:
+    """Score every unit of `model` under every scheme; what `mixprec analyze` runs."""
+    chosen = DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
+    spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
+    return run_analysis(spec, workers, address, Path(out) if out is not None else None, progress)
+
+
+def parse_list(text: Sequence[str] | str) -> list[str]:
+    """`w:mxfp4,w:nvfp4,a:nvfp4` -> [w:mxfp4, w:nvfp4,a:nvfp4]: an `a:` item joins the scheme
+    before it; ';' and spaces separate too."""
+    if not isinstance(text, str):
+        return list(text)
+    schemes: list[str] = []
+    for item in text.replace(";", ",").replace(" ", ",").split(","):
+        item = item.strip()
+        if item.startswith("a:") and schemes:
+            schemes[-1] += f",{item}"
+        elif item:
+            schemes.append(item)
+    return schemes

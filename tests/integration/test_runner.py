@@ -11,7 +11,8 @@ import pytest
 from mixprec.errors import MixprecError
 from mixprec.sensitivity import runner
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, analyze
+from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
+from mixprec.sensitivity.table import ScoreTable
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8"), chunk=3)
@@ -33,7 +34,7 @@ def cache(tmp_path: Path) -> CountingCache:
 
 
 def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
-    table = analyze(SPEC, out=tmp_path / "run", cache=cache, progress=False)
+    table = run_analysis(SPEC, out=tmp_path / "run", cache=cache, progress=False)
     frame = table.frame
     assert len(frame) == 3 * 2 * 8  # estimators x schemes x (6 layers + 2 blocks)
     assert (frame["status"] == "ok").all() and (frame["samples"] == 2).all()
@@ -49,16 +50,16 @@ def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
 
 
 def test_ray_workers_give_the_identical_table(tmp_path: Path) -> None:
-    serial = analyze(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
-    on_ray = analyze(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
+    serial = run_analysis(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
+    on_ray = run_analysis(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
     assert on_ray.same_scores(serial)
 
 
 def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
-    analyze(SPEC, cache=cache, progress=False)
+    run_analysis(SPEC, cache=cache, progress=False)
     assert cache.puts == 48
     wider = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8", "w:nvfp4"), chunk=3)
-    table = analyze(wider, cache=cache, progress=False)
+    table = run_analysis(wider, cache=cache, progress=False)
     assert cache.puts == 48 + 24
     assert len(table.frame) == 72
 
@@ -66,7 +67,7 @@ def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
 def test_interrupted_run_resumes_to_the_same_table(
     cache: CountingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reference = analyze(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
+    reference = run_analysis(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
     real_run = runner.CellWorker.run
     calls = {"n": 0}
 
@@ -78,21 +79,21 @@ def test_interrupted_run_resumes_to_the_same_table(
 
     monkeypatch.setattr(runner.CellWorker, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        analyze(SPEC, cache=cache, progress=False)
+        run_analysis(SPEC, cache=cache, progress=False)
     done = cache.puts
     assert 0 < done < 48
     monkeypatch.setattr(runner.CellWorker, "run", real_run)
-    resumed = analyze(SPEC, cache=cache, progress=False)
+    resumed = run_analysis(SPEC, cache=cache, progress=False)
     assert cache.puts == 48  # only the missing cells were computed
     assert resumed.same_scores(reference)
 
 
 def test_corrupt_entries_are_recomputed(cache: CountingCache) -> None:
-    first = analyze(SPEC, cache=cache, progress=False)
+    first = run_analysis(SPEC, cache=cache, progress=False)
     files = sorted((cache.root).rglob("*.json"))
     files[0].write_text(files[0].read_text().replace('"score": ', '"score": 1'))
     files[1].write_text("{truncated")
-    again = analyze(SPEC, cache=cache, progress=False)
+    again = run_analysis(SPEC, cache=cache, progress=False)
     assert cache.puts == 48 + 2
     assert again.same_scores(first)
 
@@ -105,7 +106,7 @@ def test_a_nan_cell_is_marked_failed_and_the_rest_finish(
         schemes=("w:fp16", "w:int8"),
         estimators=("isolation",),
     )
-    table = analyze(spec, cache=cache, out=tmp_path / "run", progress=False)
+    table = run_analysis(spec, cache=cache, out=tmp_path / "run", progress=False)
     failed = table.frame[table.frame["status"] != "ok"]
     assert list(zip(failed["unit"], failed["scheme"], strict=True)) == [("2", "w:fp16")]
     assert "2 under w:fp16" in failed["error"].iloc[0]
@@ -126,10 +127,10 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
         schemes=("w:int8", "w:mxfp4"),
         estimators=("isolation",),
     )
-    table = analyze(spec, workers=1, cache=cache, progress=False)
+    table = run_analysis(spec, workers=1, cache=cache, progress=False)
     assert marker.exists()  # a worker really died
     assert (table.frame["status"] == "ok").all() and len(table.frame) == 4
-    serial = analyze(spec, cache=CellCache(tmp_path / "serial"), progress=False)
+    serial = run_analysis(spec, cache=CellCache(tmp_path / "serial"), progress=False)
     assert serial.same_scores(table)
 
 
@@ -149,9 +150,64 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
 )
 def test_bad_input(spec: AnalysisSpec, message: str, cache: CountingCache) -> None:
     with pytest.raises(MixprecError, match=message):
-        analyze(spec, cache=cache, progress=False)
+        run_analysis(spec, cache=cache, progress=False)
 
 
 def test_unreachable_ray_address_names_it(cache: CountingCache) -> None:
     with pytest.raises(MixprecError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:9"):
-        analyze(SPEC, address="127.0.0.1:9", cache=cache, progress=False)
+        run_analysis(SPEC, address="127.0.0.1:9", cache=cache, progress=False)
+
+
+def test_cli_analyze_then_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mixprec.cli import main
+
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8,w:nvfp4,a:nvfp4", "--out", str(run)]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--estimators", "fisher,isolation", "--calib-batches", "1"])
+    assert done.value.code == 0
+    table = ScoreTable.load(run / "scores.parquet")
+    assert set(table.frame["scheme"]) == {"w:int8", "w:nvfp4,a:nvfp4"}
+    assert (table.frame["samples"] == 1).all()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(run), "--top", "1"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "Most sensitive layers" in out and "measured vs sum of layers" in out
+
+
+def test_cli_analyze_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mixprec.cli import main
+
+    for argv, message in [
+        (["--estimators", "taylor"], "unknown estimator 'taylor'"),
+        (["--schemes", "w:int9"], "unknown number format 'int9'"),
+        (["--address", "127.0.0.1:9", "--estimators", "fisher"], "cannot reach the Ray cluster"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main(["analyze", "-m", "digits-cnn", "--out", str(tmp_path / "x"), *argv])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and message in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(tmp_path / "nothing")])
+    assert done.value.code == 2 and "run `mixprec analyze` first" in capsys.readouterr().err
+
+
+def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixprec
+
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
+    assert runner.parse_list("w:mxfp4,w:nvfp4,a:nvfp4;keep") == [
+        "w:mxfp4",
+        "w:nvfp4,a:nvfp4",
+        "keep",
+    ]
+    table = mixprec.analyze(
+        "digits-cnn", "w:int4", estimators=["isolation"], levels=["block"], progress=False
+    )
+    assert list(table.frame["unit"]) == ["stages.0", "stages.1"]
+    assert table.matrix("isolation", "block").shape == (2, 1)
