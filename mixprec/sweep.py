@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rich.progress import Progress
 
+from mixprec.markdown import cell, rows_markdown
 from mixprec.metrics import Evaluation, evaluate
 from mixprec.models import ModelBundle
 from mixprec.plan import uniform_assignment
@@ -61,10 +62,9 @@ def markdown_table(rows: Sequence[SweepRow]) -> str:
     """One row per scheme: bits per weight, size and every metric the task reports."""
     metric_names = list(rows[0].evaluation.metrics)
     head = ["scheme", "bits/weight", "size (MB)", *metric_names]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        ev = row.evaluation
-        cells = [f"`{row.scheme}`", f"{ev.bits_per_weight:.3f}", f"{ev.size_mb:.2f}"]
-        cells += [f"{ev.metrics[m]:.4g}" for m in metric_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    body = [
+        [f"`{r.scheme}`", f"{r.evaluation.bits_per_weight:.3f}", f"{r.evaluation.size_mb:.2f}"]
+        + [cell(r.evaluation.metrics[m]) for m in metric_names]
+        for r in rows
+    ]
+    return rows_markdown(head, body)
