@@ -12,7 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,8 +51,8 @@ class AnalysisSpec:
     threads: int = 1
 
     def validated(self) -> AnalysisSpec:
-        for scheme in self.schemes:
-            Scheme.parse(scheme)
+        """Checked, with schemes in canonical spelling (they are part of cache keys)."""
+        schemes = tuple(str(Scheme.parse(s)) for s in self.schemes)
         for name in self.estimators:
             make_estimator(name)
         bad = [lvl for lvl in self.levels if lvl not in LEVELS]
@@ -60,7 +60,7 @@ class AnalysisSpec:
             raise MixprecError(f"unknown level {bad[0]!r}; valid levels: {', '.join(LEVELS)}")
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
-        return self
+        return replace(self, schemes=schemes)
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,18 @@ class Cell:
 class CellWorker:
     """Holds one loaded model and its estimators; scores cells. Wrapped as a Ray actor too."""
 
-    def __init__(self, spec: AnalysisSpec, bundle: ModelBundle | None = None) -> None:
+    def __init__(
+        self, spec: AnalysisSpec, bundle: ModelBundle | None = None, fingerprint: str = ""
+    ) -> None:
         torch.set_num_threads(spec.threads)
         self.spec = spec
         self.bundle = bundle or load_model(spec.model, seed=spec.seed)
+        if fingerprint and self.bundle.fingerprint != fingerprint:
+            raise MixprecError(
+                f"a worker loaded {spec.model!r} with other weights than the driver "
+                f"({self.bundle.fingerprint[:12]} vs {fingerprint[:12]}); give every node the "
+                "same model files"
+            )
         self.batches = calibration_batches(self.bundle, spec.calib_batches)
         self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
 
@@ -225,13 +233,13 @@ def _execute(
                 yield cell, worker.run(cell)
                 bar.advance(task)
             return
-        for cell, results in _ray_map(spec, cells, max(workers, 1), address):
+        for cell, results in _ray_map(spec, bundle.fingerprint, cells, max(workers, 1), address):
             yield cell, results
             bar.advance(task)
 
 
 def _ray_map(
-    spec: AnalysisSpec, cells: Sequence[Cell], workers: int, address: str | None
+    spec: AnalysisSpec, fingerprint: str, cells: Sequence[Cell], workers: int, address: str | None
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
     import ray
@@ -250,7 +258,7 @@ def _ray_map(
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
-    pool = ActorPool([actor.remote(spec) for _ in range(workers)])
+    pool = ActorPool([actor.remote(spec, None, fingerprint) for _ in range(workers)])
     try:
         for index, results in pool.map_unordered(
             lambda a, job: a.run_indexed.remote(*job), list(enumerate(cells))

@@ -211,3 +211,8 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
     assert list(table.frame["unit"]) == ["stages.0", "stages.1"]
     assert table.matrix("isolation", "block").shape == (2, 1)
+
+
+def test_a_worker_with_other_weights_refuses_to_score() -> None:
+    with pytest.raises(MixprecError, match="other weights than the driver"):
+        runner.CellWorker(SPEC, fingerprint="0" * 64)

@@ -1,0 +1,49 @@
+"""The experiment scripts run end to end (quick settings) and write their results atomically."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MIXPREC_CACHE_DIR": os.environ.get("MIXPREC_CACHE_DIR", "")}
+    env = {k: v for k, v in env.items() if v}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+def test_uniform_sweep_script(tmp_path: Path) -> None:
+    out = tmp_path / "uniform.md"
+    script = str(ROOT / "experiments" / "uniform_sweep.py")
+    proc = run_script(
+        [script, "--model", "digits-cnn", "--schemes", "keep;w:int8;w:mxfp4", "--out", str(out)],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| `w:mxfp4` | 4.25" in text and "| `keep` | 32.000 |" in text
+    bad = run_script([script, "--model", "digits-cnn", "--schemes", "w:int9"], tmp_path)
+    assert bad.returncode == 2 and "unknown number format 'int9'" in bad.stderr
+
+
+def test_sensitivity_script_quick(tmp_path: Path) -> None:
+    out = tmp_path / "sensitivity.md"
+    script = str(ROOT / "experiments" / "sensitivity.py")
+    proc = run_script([script, "--quick", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "## 1. Spearman" in text and "| digits-cnn | w:mxfp4 | isolation | 6 |" in text
+    assert "| ray, 2 workers |" in text and "| True |" in text
+    assert "Block measured vs sum of its layers" in text
