@@ -64,6 +64,8 @@ class SensitivityEstimator(ABC):
     name: str = ""
     #: True for estimators built on the task loss (gradients, Hessians)
     needs_loss: bool = True
+    #: True where one expensive pass serves every unit (keep its cells on one worker)
+    shares_statistics: bool = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

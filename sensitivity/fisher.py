@@ -28,6 +28,7 @@ FisherDiagonals = dict[str, list[torch.Tensor]]  # layer -> F per batch, [out, i
 
 class FisherEstimator(SensitivityEstimator):
     name = "fisher"
+    shares_statistics = True
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)

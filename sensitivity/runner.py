@@ -243,7 +243,6 @@ def _ray_map(
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
     import ray
-    from ray.util import ActorPool
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -258,15 +257,56 @@ def _ray_map(
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
-    pool = ActorPool([actor.remote(spec, None, fingerprint) for _ in range(workers)])
+    actors: list[Any] = [actor.remote(spec, None, fingerprint) for _ in range(workers)]
+    queues = schedule(spec, cells, workers)
+    in_flight: dict[Any, int] = {}
+
+    def feed(worker: int) -> None:
+        if queues.has_work(worker):
+            index = queues.take(worker)
+            in_flight[actors[worker].run_indexed.remote(index, cells[index])] = worker
+
     try:
-        for index, results in pool.map_unordered(
-            lambda a, job: a.run_indexed.remote(*job), list(enumerate(cells))
-        ):
+        for worker in range(workers):
+            feed(worker)
+        while in_flight:
+            [done], _ = ray.wait(list(in_flight), num_returns=1)
+            worker = in_flight.pop(done)
+            index, results = ray.get(done)
+            feed(worker)
             yield cells[index], results
     finally:
         if started_here:
             ray.shutdown()
+
+
+@dataclass
+class WorkQueues:
+    """Cells of an estimator that builds shared statistics (Hessian traces, Fisher diagonals)
+    stay on one worker so the statistics are built once; the rest go to whoever is free."""
+
+    pinned: dict[int, list[int]]
+    free: list[int]
+
+    def has_work(self, worker: int) -> bool:
+        return bool(self.pinned.get(worker)) or bool(self.free)
+
+    def take(self, worker: int) -> int:
+        mine = self.pinned.get(worker)
+        return mine.pop(0) if mine else self.free.pop(0)
+
+
+def schedule(spec: AnalysisSpec, cells: Sequence[Cell], workers: int) -> WorkQueues:
+    shared = [n for n in spec.estimators if make_estimator(n).shares_statistics]
+    owner = {name: i % workers for i, name in enumerate(shared)}
+    pinned: dict[int, list[int]] = {}
+    free = []
+    for index, cell in enumerate(cells):
+        if cell.estimator in owner:
+            pinned.setdefault(owner[cell.estimator], []).append(index)
+        else:
+            free.append(index)
+    return WorkQueues(pinned, free)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

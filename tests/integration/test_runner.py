@@ -216,3 +216,14 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_worker_with_other_weights_refuses_to_score() -> None:
     with pytest.raises(MixprecError, match="other weights than the driver"):
         runner.CellWorker(SPEC, fingerprint="0" * 64)
+
+
+def test_statistics_heavy_cells_stay_on_one_worker() -> None:
+    cells = [runner.Cell(e, "w:int8", ()) for e in ("hessian", "isolation", "fisher", "isolation")]
+    queues = runner.schedule(SPEC, cells, workers=2)
+    assert queues.pinned == {0: [0], 1: [2]} and queues.free == [1, 3]
+    assert queues.take(0) == 0 and queues.take(0) == 1  # its own first, then shared work
+    assert queues.take(1) == 2 and queues.take(1) == 3
+    assert not queues.has_work(0) and not queues.has_work(1)
+    solo = runner.schedule(SPEC, cells, workers=1)
+    assert solo.pinned == {0: [0, 2]}
