@@ -160,17 +160,21 @@ def analyze_command(
     """
     from mixprec.sensitivity.runner import analyze
 
-    table = analyze(
-        model,
-        schemes,
-        _split(estimators),
-        workers,
-        out,
-        address,
-        calib_batches,
-        seed,
-        _split(levels),
-    )
+    try:
+        table = analyze(
+            model,
+            schemes,
+            _split(estimators),
+            workers,
+            out,
+            address,
+            calib_batches,
+            seed,
+            _split(levels),
+        )
+    except KeyboardInterrupt:
+        sys.stderr.write("mixprec: interrupted; finished cells are cached, re-run to resume\n")
+        raise typer.Exit(130) from None
     frame = table.frame
     failed = int((frame["status"] != "ok").sum())
     console.print(f"{len(frame)} scores ({failed} failed) -> {out / 'scores.parquet'}")
@@ -229,9 +233,6 @@ def main(argv: list[str] | None = None) -> None:
     except MixprecError as err:
         sys.stderr.write(f"mixprec: {err}\n")
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("mixprec: interrupted; finished work is kept, re-run to resume\n")
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,8 @@ DEFAULT_SCHEMES = (
     "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
 )  # fmt: skip
 LEVELS = ("layer", "component", "block")
+# Ray reads this at import: "0" makes a node use the loopback address rather than its NIC's.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -242,12 +245,16 @@ def _ray_map(
     spec: AnalysisSpec, fingerprint: str, cells: Sequence[Cell], workers: int, address: str | None
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
+    if address is None:
+        # A local cluster advertises its own node address; keep it on loopback instead.
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
         if address is None:
             ray.init(
+                address="local",  # a new local instance, never a cluster left running
                 num_cpus=workers * spec.threads,
                 include_dashboard=False,
                 log_to_driver=False,

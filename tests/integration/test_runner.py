@@ -227,3 +227,28 @@ def test_statistics_heavy_cells_stay_on_one_worker() -> None:
     assert not queues.has_work(0) and not queues.has_work(1)
     solo = runner.schedule(SPEC, cells, workers=1)
     assert solo.pinned == {0: [0, 2]}
+
+
+def test_cli_ctrl_c_keeps_finished_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mixprec.cli import main
+
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "cache"))
+    real_run = runner.CellWorker.run
+    calls = {"n": 0}
+
+    def interrupted(self: runner.CellWorker, cell: runner.Cell) -> list[dict[str, Any]]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_run(self, cell)
+
+    monkeypatch.setattr(runner.CellWorker, "run", interrupted)
+    argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--estimators", "fisher,isolation"])
+    assert done.value.code == 130
+    assert "interrupted; finished cells are cached" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "cells").rglob("*.json"))) > 0
+    assert not (tmp_path / "r" / "scores.parquet").exists()  # no partial table as if complete
