@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -99,12 +99,16 @@ def digits_splits(calibration: int = 200, evaluation: int = 400, seed: int = 0) 
     )
 
 
-def content_hash(batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
-    """Stable hash of a list of batches (keys, shapes, dtypes, bytes): names a calibration set."""
+def hash_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes, in the order given."""
     digest = hashlib.sha256()
-    for batch in batches:
-        for key in sorted(batch):
-            tensor = batch[key].detach().cpu().contiguous()
-            digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in named:
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def content_hash(batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
+    """Stable hash of a list of batches: names a calibration set."""
+    return hash_tensors((key, batch[key]) for batch in batches for key in sorted(batch))

@@ -50,6 +50,12 @@ class Evaluation:
         }
 
 
+def layer_weight_bytes(module: nn.Module, scheme: Scheme) -> int:
+    """Bytes to store one layer's weight under `scheme` (`keep`: its own dtype)."""
+    matrix = weight_matrix(module)
+    return scheme.weight_storage_bytes(tuple(matrix.shape), matrix.element_size())
+
+
 def footprint(model: nn.Module, assignment: Assignment) -> Footprint:
     """Exact storage: assigned weights at their format's bytes, everything else as stored."""
     schemes = normalize_assignment(model, assignment)
@@ -61,9 +67,7 @@ def footprint(model: nn.Module, assignment: Assignment) -> Footprint:
         if name is None:
             total += param.numel() * param.element_size()
             continue
-        shape = tuple(weight_matrix(layers[name]).shape)
-        scheme = schemes.get(name, Scheme(None))
-        size = scheme.weight_storage_bytes(shape, param.element_size())
+        size = layer_weight_bytes(layers[name], schemes.get(name, Scheme(None)))
         total += size
         quantizable += size
         params += param.numel()

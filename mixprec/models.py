@@ -6,7 +6,6 @@ calibration and evaluation batches. Nothing is downloaded; trained models are ca
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mixprec.data import hash_tensors
 from mixprec.errors import MixprecError
 from mixprec.tasks import Batch, OutputTask, Task
 
@@ -44,12 +44,7 @@ class ModelBundle:
 
 def fingerprint(model: nn.Module) -> str:
     """Stable SHA-256 of the state dict: names, shapes, dtypes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return hash_tensors(sorted(model.state_dict().items()))
 
 
 def cache_dir() -> Path:

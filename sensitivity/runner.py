@@ -9,6 +9,7 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -24,12 +25,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir, load_model
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cache import CellCache, cell_key
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.units import Unit, discover_units, quantizable_layers, weight_matrix
+from mixprec.units import Unit, discover_units, quantizable_layers
 
 DEFAULT_SCHEMES = (
     "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
@@ -105,7 +107,7 @@ class CellWorker:
                 score = estimator.score(self.bundle, unit, scheme, self.batches)
                 payload.update(score=score.mean, ci_low=score.ci_low, ci_high=score.ci_high)
                 samples = score.samples
-                if all(map(_finite, (score.mean, score.ci_low, score.ci_high))):
+                if all(map(math.isfinite, (score.mean, score.ci_low, score.ci_high))):
                     status = "ok"
                 else:
                     error = f"loss is not finite for {unit.name} under {scheme}"
@@ -121,25 +123,11 @@ class CellWorker:
         return index, self.run(cell)
 
 
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
-
-
 def calibration_batches(bundle: ModelBundle, count: int | None) -> tuple[Any, ...]:
     batches = bundle.calibration if count is None else bundle.calibration[:count]
     if not batches:
         raise MixprecError(f"model {bundle.name!r} has an empty calibration set")
     return tuple(batches)
-
-
-def unit_cost_bytes(bundle: ModelBundle, unit: Unit, scheme: Scheme) -> int:
-    layers = quantizable_layers(bundle.model)
-    total = 0
-    for name in unit.modules:
-        matrix = weight_matrix(layers[name])
-        shape = tuple(matrix.shape)
-        total += scheme.weight_storage_bytes(shape, matrix.element_size())
-    return total
 
 
 def run_analysis(
@@ -155,6 +143,7 @@ def run_analysis(
     started = time.perf_counter()
     bundle = load_model(spec.model, seed=spec.seed)
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
+    by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)
     for name in spec.estimators:
         if make_estimator(name).needs_loss and not bundle.task.has_loss:
@@ -173,37 +162,37 @@ def run_analysis(
         for scheme in spec.schemes
         for unit in units
     }
+    found = {key: cache.get(key) for key in keys.values()}
     todo = []
     for estimator in spec.estimators:
         for scheme in spec.schemes:
-            pending = [u for u in units if cache.get(keys[estimator, scheme, u.name]) is None]
+            pending = [u for u in units if found[keys[estimator, scheme, u.name]] is None]
             for i in range(0, len(pending), spec.chunk):
                 todo.append(Cell(estimator, scheme, tuple(pending[i : i + spec.chunk])))
-    failures: dict[str, dict[str, Any]] = {}
     for cell, results in _execute(spec, bundle, todo, workers, address, progress):
         for unit, result in zip(cell.units, results, strict=True):
             key = keys[cell.estimator, cell.scheme, unit.name]
+            found[key] = result
             if result["status"] == "ok":
-                cache.put(key, result)
-            else:
-                failures[key] = result  # not cached: a re-run tries again
+                cache.put(key, result)  # a failed cell is not cached: a re-run tries again
+    layers = quantizable_layers(bundle.model)
     rows = []
-    for estimator in spec.estimators:
-        for scheme in spec.schemes:
-            parsed = Scheme.parse(scheme)
-            for unit in units:
-                key = keys[estimator, scheme, unit.name]
-                result = cache.get(key) or failures[key]
-                rows.append(
-                    {
-                        "unit": unit.name,
-                        "level": unit.level,
-                        "scheme": str(parsed),
-                        "estimator": estimator,
-                        "cost_bytes": unit_cost_bytes(bundle, unit, parsed),
-                        **result,
-                    }
-                )
+    for (estimator, scheme, unit_name), key in keys.items():
+        unit, entry = by_name[unit_name], found[key]
+        if entry is None:
+            raise RuntimeError(f"no result for {unit_name} under {scheme} ({estimator})")
+        parsed = Scheme.parse(scheme)
+        cost = sum(layer_weight_bytes(layers[m], parsed) for m in unit.modules)
+        rows.append(
+            {
+                "unit": unit.name,
+                "level": unit.level,
+                "scheme": str(parsed),
+                "estimator": estimator,
+                "cost_bytes": cost,
+                **entry,
+            }
+        )
     table = ScoreTable.from_rows(rows)
     if out is not None:
         blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
