@@ -140,14 +140,25 @@ class SentenceEmbeddingTask(Task):
     A batch holds 2N tokenised texts: rows 0..N-1 are anchors, rows N..2N-1 their positives.
     """
 
-    def __init__(self, temperature: float = 0.05) -> None:
+    def __init__(self, temperature: float = 0.05, group: int = 8) -> None:
         self.temperature = temperature
+        self.group = group
 
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.last_hidden_state.dtype)
-        pooled = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled.float(), dim=-1)
+        """Texts embed independently, so they run `group` at a time sorted by length, each
+        group cut to its longest text: padded positions cost nothing."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        order = torch.argsort(mask.sum(1), stable=True)
+        pooled = []
+        for rows in order.split(self.group):
+            used = mask[rows].any(0).nonzero()
+            width = int(used.max()) + 1 if len(used) else 1
+            part = mask[rows, :width]
+            hidden = model(input_ids=ids[rows, :width], attention_mask=part).last_hidden_state
+            weights = part.unsqueeze(-1).to(hidden.dtype)
+            pooled.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9))
+        embeddings = torch.cat(pooled)[torch.argsort(order)]
+        return F.normalize(embeddings.float(), dim=-1)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """In-batch contrastive (InfoNCE) loss: each anchor should pick its own positive."""

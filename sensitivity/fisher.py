@@ -57,13 +57,14 @@ def empirical_fisher(bundle: ModelBundle, batch: Batch) -> dict[str, torch.Tenso
     """Diagonal empirical Fisher of every quantizable layer's weight on one batch."""
     layers = quantizable_layers(bundle.model)
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    grads: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    grads: dict[str, dict[int, torch.Tensor]] = {n: {} for n in layers}
 
     def capture(name: str):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            call = len(inputs[name])  # pairs each call's input with its output gradient
             inputs[name].append(args[0].detach())
             if output.requires_grad:
-                output.register_hook(lambda g: grads[name].append(g.detach()))
+                output.register_hook(lambda g: grads[name].__setitem__(call, g.detach()))
 
         return hook
 
@@ -79,9 +80,8 @@ def empirical_fisher(bundle: ModelBundle, batch: Batch) -> dict[str, torch.Tenso
     fisher = {}
     for name, module in layers.items():
         total = torch.zeros_like(weight_matrix(module), dtype=torch.float32)
-        # output gradients arrive in reverse call order
-        for x, dy in zip(inputs[name], reversed(grads[name]), strict=False):
-            total += _per_sample_grads(module, x, dy).square().sum(0)
+        for call, dy in grads[name].items():
+            total += _per_sample_grads(module, inputs[name][call], dy).square().sum(0)
         fisher[name] = total / max(samples, 1)
     return fisher
 

@@ -1,7 +1,8 @@
 """Output isolation: quantize only the unit and measure the output divergence to FP32.
 
 The direct measurement of "Diagnosing FP4 inference": KL for logits, MSE for embeddings,
-per calibration batch; activation formats in the scheme are applied too.
+per calibration batch; activation formats in the scheme are applied too. Blocks that run
+before the unit replay their recorded FP32 outputs (sensitivity/replay.py).
 """
 
 from __future__ import annotations
@@ -15,33 +16,37 @@ from mixprec.models import ModelBundle
 from mixprec.plan import temporarily_applied
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import SensitivityEstimator
+from mixprec.sensitivity.replay import BlockRecording, record_blocks, replaying
 from mixprec.tasks import Batch
 from mixprec.units import Unit
+
+Reference = tuple[list[torch.Tensor], BlockRecording]
 
 
 class IsolationEstimator(SensitivityEstimator):
     name = "isolation"
     needs_loss = False
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, replay: bool = True) -> None:
         super().__init__(seed)
-        self._references: dict[tuple[str, str], list[torch.Tensor]] = {}
+        self.replay = replay
+        self._references: dict[tuple[str, str], Reference] = {}
 
-    def _reference(self, bundle: ModelBundle, batches: Sequence[Batch]) -> list[torch.Tensor]:
+    def _reference(self, bundle: ModelBundle, batches: Sequence[Batch]) -> Reference:
         key = (bundle.fingerprint, content_hash(batches))
         if key not in self._references:
-            with torch.inference_mode():
-                self._references[key] = [bundle.task.outputs(bundle.model, b) for b in batches]
+            self._references[key] = record_blocks(bundle.model, batches, bundle.task.outputs)
         return self._references[key]
 
     def per_batch(
         self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
     ) -> list[float]:
-        reference = self._reference(bundle, batches)
+        reference, recording = self._reference(bundle, batches)
+        modules = unit.modules if self.replay else ()
         values = []
         with temporarily_applied(bundle.model, dict.fromkeys(unit.modules, scheme)) as model:
-            for batch, ref in zip(batches, reference, strict=True):
-                with torch.inference_mode():
+            for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
+                with torch.inference_mode(), replaying(model, recording, modules, index):
                     out = bundle.task.outputs(model, batch)
                 values.append(bundle.task.divergence_to_reference([out], [ref]))
         return values
