@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mixprec.cli_plans import register as register_plan_commands
 from mixprec.errors import MixprecError
 from mixprec.logs import quiet_optional_backends
 
@@ -101,30 +102,52 @@ def units_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model: ModelOption,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model source (with --scheme); a plan names its own."),
+    ] = None,
     scheme: Annotated[
-        str, typer.Option("--scheme", "-s", help="Uniform scheme: w:mxfp4, w:nvfp4,a:nvfp4, keep")
-    ],
+        str | None,
+        typer.Option("--scheme", "-s", help="Uniform scheme: w:mxfp4, w:nvfp4,a:nvfp4, keep"),
+    ] = None,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="A PLAN.json from `mixprec search`.")
+    ] = None,
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
 ) -> None:
-    """Quantize every layer with one scheme and measure it.
+    """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
-    Example: mixprec evaluate --model minilm --scheme w:mxfp4 --json
+    Examples: mixprec evaluate --model minilm --scheme w:mxfp4 --json;
+    mixprec evaluate --plan plan.json
     """
     from mixprec.metrics import evaluate
     from mixprec.models import load_model
-    from mixprec.plan import uniform_assignment
+    from mixprec.plan import PrecisionPlan, uniform_assignment
     from mixprec.scheme import Scheme
     from mixprec.units import discover_units
 
-    parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
-    bundle = load_model(model, seed=seed)
-    result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), parsed))
+    if (scheme is None) == (plan is None):
+        raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
+    if plan is not None:
+        loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
+        bundle = load_model(model or loaded.model, seed=seed)
+        loaded.check_model(bundle.model, bundle.fingerprint)
+        assignment: dict[str, Scheme | str] = dict(loaded.assignment)
+        label = {"plan": str(plan)}
+    else:
+        assert scheme is not None
+        parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
+        if model is None:
+            raise MixprecError("--scheme needs --model (minilm, digits-cnn, tiny-gpt, hf:DIR, ...)")
+        bundle = load_model(model, seed=seed)
+        assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
+        label = {"scheme": str(parsed)}
+    result = evaluate(bundle, assignment)
     if as_json:
-        _print_json({"model": bundle.name, "scheme": str(parsed), **result.to_json()})
+        _print_json({"model": bundle.name, **label, **result.to_json()})
         return
-    table = Table("metric", "value", title=f"{bundle.name} under {parsed}")
+    table = Table("metric", "value", title=f"{bundle.name} under {next(iter(label.values()))}")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.6g}")
     table.add_row("size (MB)", f"{result.size_mb:.3f}")
@@ -223,6 +246,9 @@ def _frame_table(frame: object, title: str) -> Table:
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+register_plan_commands(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,15 +1,21 @@
-"""`apply_plan`: the one way an assignment of schemes touches a model (fake quantization)."""
+"""`apply_plan`, the one way an assignment of schemes touches a model (fake quantization), and
+the PrecisionPlan that stores an assignment on disk (JSON, checked against plan.schema.json)."""
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
+from mixprec.files import atomic_write_text
 from mixprec.kernels.formats import NumberFormat
 from mixprec.scheme import Scheme
 from mixprec.units import (
@@ -123,3 +129,83 @@ def expand_units(units: Iterable[Unit], by_unit: Mapping[str, Scheme | str]) -> 
             raise MixprecError(f"unknown unit {unit_name!r}; see `mixprec units --model ...`")
         out.update(dict.fromkeys(index[unit_name].modules, Scheme.parse(scheme)))
     return out
+
+
+PLAN_VERSION = 1
+SCHEMA_FILE = Path(__file__).with_name("plan.schema.json")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """A versioned, JSON-only record of one scheme per module of one model's weights."""
+
+    model: str
+    fingerprint: str
+    assignment: Mapping[str, str]
+    budget: str
+    predicted: Mapping[str, float] = field(default_factory=dict)
+    measured: Mapping[str, float] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "assignment": dict(self.assignment),
+            "budget": self.budget,
+            "predicted": dict(self.predicted),
+            "measured": dict(self.measured),
+            "provenance": dict(self.provenance),
+        }
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
+
+    def with_measured(self, measured: Mapping[str, float]) -> PrecisionPlan:
+        return replace(self, measured=dict(measured))
+
+    def check_model(self, model: nn.Module, fingerprint: str) -> None:
+        """The plan was made for this model: same weights, every module a quantizable layer."""
+        if fingerprint != self.fingerprint:
+            raise MixprecError(
+                f"plan was made for model {self.model!r} with fingerprint {self.fingerprint[:12]}, "
+                f"not this model ({fingerprint[:12]})"
+            )
+        normalize_assignment(model, self.assignment)
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "plan") -> PrecisionPlan:
+        """Validate against plan.schema.json, then the version and every scheme."""
+        import jsonschema
+
+        if isinstance(data, dict) and data.get("version") not in (None, PLAN_VERSION):
+            raise MixprecError(
+                f"{source}: plan version {data.get('version')!r} is unknown; this mixprec reads "
+                f"version {PLAN_VERSION}"
+            )
+        schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+        try:
+            jsonschema.validate(data, schema)
+        except jsonschema.ValidationError as err:
+            where = "/".join(map(str, err.absolute_path)) or "top level"
+            raise MixprecError(f"{source}: not a valid plan at {where}: {err.message}") from None
+        assert isinstance(data, dict)
+        for module, scheme in data["assignment"].items():
+            try:
+                Scheme.parse(scheme)
+            except MixprecError as err:
+                raise MixprecError(f"{source}: module {module!r}: {err}") from None
+        fields = {k: data[k] for k in data if k != "version"}
+        return cls(**fields, version=data["version"])
+
+    @classmethod
+    def load(cls, path: Path) -> PrecisionPlan:
+        if not path.is_file():
+            raise MixprecError(f"no plan at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise MixprecError(f"{path} is not JSON: {err}") from None
+        return cls.from_json(data, str(path))

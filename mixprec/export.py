@@ -1,0 +1,208 @@
+"""Export a PrecisionPlan to what runtimes read: plain JSON, an HF-style quantization config,
+llama.cpp `--tensor-type` overrides, or a GGUF file that carries the plan.
+
+llama.cpp types for each format (LLAMACPP_TYPES): the same format where llama.cpp has it
+(mxfp4, nvfp4, f16, bf16, f32; int8 -> q8_0 and int4 per 32 -> q4_0 share element and block
+layout up to the scale's dtype), otherwise the nearest type of at least as many bits, with a
+warning naming the substitution.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.files import atomic_path, atomic_write_text
+from mixprec.kernels.formats import NumberFormat
+from mixprec.plan import PrecisionPlan, apply_plan
+from mixprec.scheme import Scheme
+from mixprec.units import layer_weight, quantizable_layers, weight_matrix
+
+TARGETS = ("json", "hf", "llamacpp", "gguf")
+# format -> (llama.cpp type, same format?)
+LLAMACPP_TYPES: dict[str, tuple[str, bool]] = {
+    "fp32": ("f32", True), "fp16": ("f16", True), "bf16": ("bf16", True),
+    "mxfp4": ("mxfp4", True), "nvfp4": ("nvfp4", True),
+    "int8": ("q8_0", True), "int8_g128": ("q8_0", True), "int4_g32": ("q4_0", True),
+    "int4": ("q4_0", False), "int4_g64": ("q4_0", False), "int4_g128": ("q4_0", False),
+    "int4_asym_g128": ("q4_1", False), "nvint4": ("q4_0", False),
+    "int3": ("q3_k", False), "int3_g128": ("q3_k", False),
+    "int2": ("q2_k", False), "int2_g64": ("q2_k", False),
+    "fp8_e4m3": ("q8_0", False), "fp8_e5m2": ("q8_0", False), "mxfp8_e4m3": ("q8_0", False),
+    "mxfp8_e5m2": ("q8_0", False), "mxint8": ("q8_0", False),
+    "fp6_e3m2": ("q6_k", False), "fp6_e2m3": ("q6_k", False), "mxfp6_e3m2": ("q6_k", False),
+    "mxfp6_e2m3": ("q6_k", False), "fp4_e2m1": ("iq4_nl", False),
+}  # fmt: skip
+PLAN_KEY = "mixprec.plan"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What was written, and what the user should know about it."""
+
+    path: Path
+    warnings: tuple[str, ...] = ()
+
+
+def format_fields(fmt: NumberFormat | None) -> dict[str, Any] | None:
+    """A format as a quantization config describes it."""
+    if fmt is None:
+        return None
+    return {
+        "format": fmt.name,
+        "type": "int" if fmt.element_kind == "int" else "float",
+        "num_bits": fmt.element_bits,
+        "bits_per_element": fmt.bits_per_element,
+        "block_size": fmt.block_size or None,
+        "strategy": "group" if fmt.block_size else "channel",
+        "scale_format": None if fmt.scale_format == "none" else fmt.scale_format,
+        "symmetric": not fmt.zero_point_bits,
+    }
+
+
+def to_json(plan: PrecisionPlan) -> dict[str, Any]:
+    layers = {}
+    for module, text in plan.assignment.items():
+        scheme = Scheme.parse(text)
+        layers[module] = {
+            "scheme": str(scheme),
+            "weight": scheme.weight.name if scheme.weight else None,
+            "activation": scheme.activation.name if scheme.activation else None,
+        }
+    return {"model": plan.model, "fingerprint": plan.fingerprint, "budget": plan.budget,
+            "layers": layers}  # fmt: skip
+
+
+def to_hf_config(plan: PrecisionPlan) -> dict[str, Any]:
+    """Modules grouped by scheme, in the shape of an HF `quantization_config`."""
+    groups: dict[str, list[str]] = {}
+    for module, text in plan.assignment.items():
+        groups.setdefault(str(Scheme.parse(text)), []).append(module)
+    config_groups = {}
+    for index, (text, modules) in enumerate(sorted(groups.items())):
+        scheme = Scheme.parse(text)
+        if scheme.is_keep:
+            continue
+        config_groups[f"group_{index}"] = {
+            "targets": sorted(modules),
+            "weights": format_fields(scheme.weight),
+            "input_activations": format_fields(scheme.activation),
+        }
+    return {
+        "quantization_config": {
+            "quant_method": "mixprec",
+            "plan_version": plan.version,
+            "model_fingerprint": plan.fingerprint,
+            "budget": plan.budget,
+            "config_groups": config_groups,
+            "ignore": sorted(groups.get("keep", [])),
+        }
+    }
+
+
+def gguf_names(model: nn.Module, modules: list[str]) -> tuple[dict[str, str], list[str]]:
+    """module -> GGUF tensor name (gguf's own HF name map for the model's architecture)."""
+    import gguf
+
+    model_type = _model_type(model)
+    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(model_type)
+    if arch is None:
+        raise MixprecError(
+            f"no GGUF architecture for model type {model_type!r}; export with --to json or hf"
+        )
+    config = getattr(model, "config", None)
+    blocks = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+    mapping = gguf.get_tensor_name_map(arch, blocks)
+    names, missing = {}, []
+    for module in modules:
+        found = mapping.get_name(module, try_suffixes=(".weight",))
+        if found is None:
+            missing.append(module)
+        else:
+            names[module] = f"{found}.weight"
+    return names, missing
+
+
+def _model_type(model: nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> tuple[list[str], list[str]]:
+    """`--tensor-type NAME=TYPE` arguments for llama-quantize, and warnings."""
+    names, missing = gguf_names(model, list(plan.assignment))
+    warnings = [f"module {m} has no GGUF tensor name; left out" for m in missing]
+    arguments = []
+    for module, tensor in names.items():
+        scheme = Scheme.parse(plan.assignment[module])
+        fmt = scheme.weight.name if scheme.weight else _keep_format(model, module)
+        kind, same = LLAMACPP_TYPES[fmt]
+        if not same:
+            warnings.append(f"{module}: llama.cpp has no {fmt} type; nearest is {kind}")
+        if scheme.activation is not None:
+            warnings.append(f"{module}: llama.cpp ignores the activation format of {scheme}")
+        arguments.append(f"--tensor-type {tensor}={kind}")
+    return arguments, warnings
+
+
+def _keep_format(model: nn.Module, module: str) -> str:
+    size = weight_matrix(quantizable_layers(model)[module]).element_size()
+    return {4: "fp32", 2: "fp16"}.get(size, "fp32")
+
+
+def write_gguf(plan: PrecisionPlan, model: nn.Module, path: Path) -> list[str]:
+    """The plan-applied weights (F32) under GGUF names, with the plan in the metadata."""
+    import gguf
+
+    names, missing = gguf_names(model, list(plan.assignment))
+    quantized = quantizable_layers(apply_plan(model, plan.assignment))
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), _model_type(model))
+        writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
+        for module, tensor in names.items():
+            data = layer_weight(quantized[module]).detach().float().contiguous().numpy()
+            writer.add_tensor(tensor, np.ascontiguousarray(data, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return [f"module {m} has no GGUF tensor name; left out" for m in missing]
+
+
+def read_gguf_plan(path: Path) -> PrecisionPlan:
+    """The plan a GGUF written by `write_gguf` carries."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get(PLAN_KEY)
+    if field is None:
+        raise MixprecError(f"{path} carries no mixprec plan ({PLAN_KEY} is missing)")
+    text = bytes(field.parts[field.data[0]]).decode("utf-8")
+    return PrecisionPlan.from_json(json.loads(text), str(path))
+
+
+def export_plan(
+    plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]]
+) -> Exported:
+    """Write `plan` as `target`; `load` gives the model and its fingerprint where needed."""
+    if target not in TARGETS:
+        raise MixprecError(f"unknown export target {target!r}; valid targets: {', '.join(TARGETS)}")
+    if target == "json":
+        atomic_write_text(out, json.dumps(to_json(plan), indent=2) + "\n")
+        return Exported(out)
+    if target == "hf":
+        atomic_write_text(out, json.dumps(to_hf_config(plan), indent=2) + "\n")
+        return Exported(out)
+    model, fingerprint = load()
+    plan.check_model(model, fingerprint)
+    if target == "llamacpp":
+        arguments, warnings = llamacpp_overrides(plan, model)
+        atomic_write_text(out, "\n".join(arguments) + "\n")
+        return Exported(out, tuple(warnings))
+    return Exported(out, tuple(write_gguf(plan, model, out)))

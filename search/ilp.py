@@ -1,0 +1,88 @@
+"""Multiple-choice knapsack as an ILP: one scheme per unit, minimum total score under budgets.
+
+A pure function of score and cost matrices. Schemes another scheme of the same unit beats on
+score and every cost are dropped first (the optimum never uses them), which keeps re-solving
+a budget fast; CBC (bundled with PuLP) or HiGHS then solves the rest exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pulp
+
+from mixprec.errors import MixprecError
+from mixprec.search.base import SearchStrategy
+from mixprec.search.cost import CostModel
+from mixprec.search.selection import Constraint, Selection, undominated
+
+SOLVERS = ("cbc", "highs")
+
+
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise MixprecError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+
+
+def solve_ilp(
+    scores: np.ndarray,
+    constraints: Sequence[Constraint],
+    solver: str = "cbc",
+    time_limit: float | None = None,
+) -> Selection:
+    """Minimise the summed score of one scheme per unit subject to sum(cost) <= limit for each
+    constraint. Cells with a non-finite score are never picked."""
+    check_solver(solver)
+    costs = [c for c, _ in constraints]
+    allowed = undominated(scores, costs)
+    if not allowed.any(axis=1).all():
+        return Selection((), "infeasible", float("nan"))
+    problem = pulp.LpProblem("mixprec", pulp.LpMinimize)
+    cells = list(zip(*np.nonzero(allowed), strict=True))
+    picks = pulp.LpVariable.dicts("x", range(len(cells)), cat=pulp.LpBinary)
+    problem += pulp.lpSum(float(scores[i, k]) * picks[n] for n, (i, k) in enumerate(cells))
+    by_unit: dict[int, list[int]] = {}
+    for n, (i, _) in enumerate(cells):
+        by_unit.setdefault(int(i), []).append(n)
+    for i, members in by_unit.items():
+        problem += pulp.lpSum(picks[n] for n in members) == 1, f"one_{i}"
+    for c, (cost, limit) in enumerate(constraints):
+        terms = [(picks[n], float(cost[i, k])) for n, (i, k) in enumerate(cells)]
+        problem += pulp.LpAffineExpression(terms) <= float(limit), f"budget_{c}"
+    backend = (
+        pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1)
+        if solver == "cbc"
+        else pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1)
+    )
+    problem.solve(backend)
+    status = pulp.LpStatus[problem.status].lower()
+    if status != "optimal":
+        return Selection((), status, float("nan"))
+    choice = [0] * scores.shape[0]
+    for n, (i, k) in enumerate(cells):
+        if (picks[n].value() or 0) > 0.5:
+            choice[int(i)] = int(k)
+    objective = float(sum(scores[i, k] for i, k in enumerate(choice)))
+    return Selection(tuple(choice), status, objective)
+
+
+class ILPStrategy(SearchStrategy):
+    """The exact optimum of the additive score model under the budget."""
+
+    name = "ilp"
+
+    def __init__(self, solver: str = "cbc", time_limit: float | None = None, **options: Any):
+        super().__init__(**options)
+        check_solver(solver)
+        self.solver = solver
+        self.time_limit = time_limit
+
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "solver": self.solver}
+
+    def select(
+        self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
+    ) -> Selection:
+        return solve_ilp(scores, constraints, self.solver, self.time_limit)

@@ -1,0 +1,168 @@
+"""Optuna search over per-unit schemes (TPE or NSGA-II), repaired into the budget.
+
+A trial's suggested plan that is over budget is repaired, not rejected: the unit whose
+downgrade frees the most of the violated cost per unit of score lost is downgraded until
+every limit holds. The objective is the table's prediction, or the measured divergence to
+FP32 on the evaluation split. Trials live in SQLite, so an interrupted search resumes; the
+ILP plan is the first trial (warm start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from mixprec.errors import MixprecError
+from mixprec.models import ModelBundle
+from mixprec.plan import temporarily_applied
+from mixprec.search.base import SearchStrategy
+from mixprec.search.cost import CostModel
+from mixprec.search.ilp import solve_ilp
+from mixprec.search.selection import Constraint, Selection, feasible_mask
+
+SAMPLERS = ("tpe", "nsga2")
+OBJECTIVES = ("predicted", "measured")
+
+
+def repair(
+    choice: Sequence[int], scores: np.ndarray, constraints: Sequence[Constraint]
+) -> list[int]:
+    """Downgrade units until every constraint holds; deterministic."""
+    picked = list(choice)
+    rows = np.arange(len(picked))
+    allowed = feasible_mask(scores)
+    for _ in range(scores.size):
+        over = [
+            (cost, limit)
+            for cost, limit in constraints
+            if cost[rows, picked].sum() > limit * (1 + 1e-12)
+        ]
+        if not over:
+            return picked
+        cost, _ = over[0]
+        saved = cost[rows, picked][:, None] - cost
+        lost = np.where(allowed, scores, np.inf) - scores[rows, picked][:, None]
+        ratio = np.where(allowed & (saved > 0), saved / np.maximum(lost, 1e-30), -np.inf)
+        if not (ratio > -np.inf).any():
+            break
+        i, k = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        picked[i] = int(k)
+    raise MixprecError("no plan within every limit could be reached by downgrading units")
+
+
+class OptunaStrategy(SearchStrategy):
+    name = "optuna"
+
+    def __init__(
+        self,
+        sampler: str = "tpe",
+        trials: int = 50,
+        objective: str = "predicted",
+        bundle: ModelBundle | None = None,
+        storage: Path | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if sampler not in SAMPLERS:
+            raise MixprecError(
+                f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}"
+            )
+        if objective not in OBJECTIVES:
+            raise MixprecError(
+                f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}"
+            )
+        if objective == "measured" and bundle is None:
+            raise MixprecError("the measured objective needs the model (a ModelBundle)")
+        if trials < 1:
+            raise MixprecError(f"trials {trials} must be at least 1")
+        self.sampler = sampler
+        self.trials = trials
+        self.objective = objective
+        self.bundle = bundle
+        self.storage = storage
+        self.progress = progress
+
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "solver": f"optuna-{self.sampler}-{self.objective}"}
+
+    def select(
+        self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
+    ) -> Selection:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        allowed = feasible_mask(scores)
+        options = [[costs.schemes[k] for k in np.nonzero(row)[0]] for row in allowed]
+        limits = ",".join(f"{limit:.6g}" for _, limit in constraints)
+        name = _study_name(costs, scores, limits, self.sampler, self.objective, self.seed)
+        study = optuna.create_study(
+            study_name=name,
+            storage=_storage(self.storage),
+            sampler=_make_sampler(self.sampler, self.seed),
+            directions=["minimize"] * (2 if self.sampler == "nsga2" else 1),
+            load_if_exists=True,
+        )
+        if not study.trials:
+            warm = solve_ilp(scores, constraints)
+            if warm.choice:
+                study.enqueue_trial({f"u{i}": costs.schemes[k] for i, k in enumerate(warm.choice)})
+        index = {s: k for k, s in enumerate(costs.schemes)}
+
+        def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+            suggested = [
+                index[trial.suggest_categorical(f"u{i}", opts)] for i, opts in enumerate(options)
+            ]
+            choice = repair(suggested, scores, constraints)
+            trial.set_user_attr("choice", choice)
+            value = self._value(choice, scores, costs)
+            if self.sampler == "nsga2":
+                return value, costs.totals(choice)["bits_per_weight"]
+            return value
+
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if done < self.trials:
+            study.optimize(objective, n_trials=self.trials - done, show_progress_bar=self.progress)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = min(complete, key=lambda t: (t.values[0], t.number))
+        choice = tuple(int(k) for k in best.user_attrs["choice"])
+        objective_value = float(sum(scores[i, k] for i, k in enumerate(choice)))
+        return Selection(choice, "feasible", objective_value)
+
+    def _value(self, choice: Sequence[int], scores: np.ndarray, costs: CostModel) -> float:
+        if self.objective == "predicted":
+            return float(sum(scores[i, k] for i, k in enumerate(choice)))
+        assert self.bundle is not None
+        bundle = self.bundle
+        assignment = costs.assignment(choice)
+        with temporarily_applied(bundle.model, assignment) as model, torch.inference_mode():
+            outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
+        return bundle.task.divergence_to_reference(outputs, list(bundle.reference_outputs))
+
+
+def _study_name(
+    costs: CostModel, scores: np.ndarray, limits: str, sampler: str, objective: str, seed: int
+) -> str:
+    """Same table, model, limits and settings -> same study, so a re-run resumes it."""
+    digest = hashlib.sha256()
+    digest.update(costs.fingerprint.encode())
+    digest.update(np.ascontiguousarray(scores).tobytes())
+    digest.update(f"{limits}|{sampler}|{objective}|{seed}".encode())
+    return f"mixprec-{digest.hexdigest()[:16]}"
+
+
+def _storage(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)

@@ -1,0 +1,120 @@
+"""Search and Pareto sweeps over a run folder written by `mixprec analyze`.
+
+The folder's manifest names the model; it is loaded once, checked against the fingerprint
+the scores were made with, and turned into a cost model. Every budget is then a re-solve.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from mixprec.errors import MixprecError
+from mixprec.files import atomic_path
+from mixprec.metrics import evaluate
+from mixprec.models import ModelBundle, load_model
+from mixprec.plan import PrecisionPlan
+from mixprec.search.base import make_strategy, table_schemes
+from mixprec.search.cost import Budget, CostModel, build_cost_model
+from mixprec.sensitivity.table import ScoreTable
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A run folder's scores with the model they were made for and its cost model."""
+
+    folder: Path
+    table: ScoreTable
+    bundle: ModelBundle
+    costs: CostModel
+
+
+def open_analysis(
+    folder: Path, estimator: str = "isolation", latency_table: Path | None = None
+) -> Analysis:
+    table = ScoreTable.load(folder / "scores.parquet")
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise MixprecError(f"no manifest.json in {folder}: run `mixprec analyze --out {folder}`")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    spec = manifest["spec"]
+    bundle = load_model(spec["model"], seed=int(spec.get("seed", 0)))
+    if bundle.fingerprint != manifest["fingerprint"]:
+        raise MixprecError(
+            f"{folder} was scored on other weights of {spec['model']!r} than load now "
+            f"({manifest['fingerprint'][:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
+        )
+    costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
+    return Analysis(folder, table, bundle, costs)
+
+
+def search(
+    analysis: Analysis, method: str, budget: Budget | str, measure: bool = False, **options: Any
+) -> PrecisionPlan:
+    """One plan; `measure` adds the evaluation-split metrics to it."""
+    if method == "optuna":
+        options.setdefault("storage", analysis.folder / "optuna.sqlite3")
+        options.setdefault("bundle", analysis.bundle)
+    strategy = make_strategy(method, **options)
+    plan = strategy.solve(analysis.table, analysis.costs, budget)
+    plan = replace(plan, provenance={**plan.provenance, "table": str(analysis.folder)})
+    if measure:
+        plan = plan.with_measured(evaluate(analysis.bundle, plan.assignment).metrics)
+    return plan
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    """`3:8:0.5` (bits, both ends included) or a comma list such as `3bits,12MB,0.3x`."""
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            start, stop, step = (float(p) for p in parts)
+        except ValueError:
+            raise MixprecError(f"bad budget range {text!r}: use START:STOP:STEP in bits") from None
+        if len(parts) != 3 or step <= 0 or stop < start or start <= 0:
+            raise MixprecError(f"bad budget range {text!r}: need 0 < START <= STOP and STEP > 0")
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        return [Budget(round(start + i * step, 10), "bits") for i in range(count)]
+    return [Budget.parse(item) for item in text.split(",") if item.strip()]
+
+
+def pareto(
+    analysis: Analysis,
+    budgets: Iterable[Budget],
+    method: str = "ilp",
+    measure: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """One plan per budget; infeasible budgets are rows with their reason, not a failure."""
+    rows = []
+    for budget in tqdm(list(budgets), desc="budgets", disable=not progress):
+        row: dict[str, Any] = {"budget": str(budget)}
+        try:
+            plan = search(analysis, method, budget, measure, **options)
+        except MixprecError as err:
+            rows.append({**row, "status": "infeasible", "reason": str(err)})
+            continue
+        rows.append(
+            {
+                **row,
+                "status": "ok",
+                "reason": "",
+                **{f"predicted_{k}": v for k, v in plan.predicted.items()},
+                **{f"measured_{k}": v for k, v in plan.measured.items()},
+                "plan": json.dumps(plan.to_json()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def save_frame(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

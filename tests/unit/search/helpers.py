@@ -1,0 +1,70 @@
+"""Score tables and cost models for search tests, and brute force as the ILP's oracle."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from mixprec.models import ModelBundle, load_model
+from mixprec.search.cost import CostModel, build_cost_model
+from mixprec.search.selection import Constraint, Selection
+from mixprec.sensitivity.table import ScoreTable
+from mixprec.units import discover_units
+
+SCHEMES = ("w:int8", "w:mxfp6_e2m3", "w:int4_g128", "w:mxfp4", "w:int2")
+
+
+def synthetic_table(
+    bundle: ModelBundle, schemes: Sequence[str] = SCHEMES, seed: int = 0
+) -> ScoreTable:
+    """Layer scores that grow as a scheme's bits shrink, times a random per-layer weight."""
+    gen = np.random.default_rng(seed)
+    rows = []
+    for unit in discover_units(bundle.model):
+        if unit.level != "layer":
+            continue
+        weight = gen.uniform(0.1, 10)
+        for rank, scheme in enumerate(schemes):
+            score = weight * 2.0**rank * gen.uniform(0.8, 1.2)
+            rows.append(
+                {
+                    "unit": unit.name,
+                    "level": "layer",
+                    "scheme": scheme,
+                    "estimator": "isolation",
+                    "score": score,
+                    "ci_low": 0.9 * score,
+                    "ci_high": 1.2 * score,
+                    "samples": 2,
+                    "cost_bytes": 0,
+                    "seconds": 0.0,
+                    "status": "ok",
+                    "error": "",
+                }
+            )
+    return ScoreTable.from_rows(rows)
+
+
+def digits_problem() -> tuple[ModelBundle, ScoreTable, CostModel]:
+    bundle = load_model("digits-cnn")
+    table = synthetic_table(bundle)
+    return bundle, table, build_cost_model(bundle, [*SCHEMES, "keep"])
+
+
+def brute_force(scores: np.ndarray, constraints: Sequence[Constraint]) -> Selection:
+    best: tuple[float, tuple[int, ...]] | None = None
+    rows = np.arange(scores.shape[0])
+    for choice in itertools.product(range(scores.shape[1]), repeat=scores.shape[0]):
+        picked = np.asarray(choice)
+        if not np.isfinite(scores[rows, picked]).all():
+            continue
+        if any(c[rows, picked].sum() > limit for c, limit in constraints):
+            continue
+        value = float(scores[rows, picked].sum())
+        if best is None or value < best[0] - 1e-12:
+            best = (value, choice)
+    if best is None:
+        return Selection((), "infeasible", float("nan"))
+    return Selection(best[1], "optimal", best[0])

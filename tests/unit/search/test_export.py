@@ -1,0 +1,117 @@
+"""Every export target round-trips: JSON, HF config, llama.cpp overrides and GGUF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.export import (
+    LLAMACPP_TYPES,
+    export_plan,
+    read_gguf_plan,
+    to_hf_config,
+)
+from mixprec.kernels import formats
+from mixprec.models import fingerprint
+from mixprec.plan import PrecisionPlan, apply_plan
+from mixprec.units import layer_weight, quantizable_layers
+
+from ..conftest import make_gpt2
+
+
+def plan_for(model: nn.Module, schemes: list[str]) -> PrecisionPlan:
+    layers = list(quantizable_layers(model))
+    assignment = {name: schemes[i % len(schemes)] for i, name in enumerate(layers)}
+    return PrecisionPlan("gpt2", fingerprint(model), assignment, "5bits", {"score": 1.0})
+
+
+def loader(model: nn.Module):  # type: ignore[no-untyped-def]
+    return lambda: (model, fingerprint(model))
+
+
+def test_every_format_has_a_llamacpp_type_that_gguf_knows() -> None:
+    assert set(LLAMACPP_TYPES) == set(formats.names())
+    known = {t.name.lower() for t in gguf.GGMLQuantizationType}
+    assert {kind for kind, _ in LLAMACPP_TYPES.values()} <= known
+
+
+def test_json_and_hf_round_trip(tmp_path: Path) -> None:
+    model = make_gpt2()
+    plan = plan_for(model, ["w:mxfp4", "w:nvfp4,a:nvfp4", "keep", "w:int8"])
+    export_plan(plan, "json", tmp_path / "plan.json", loader(model))
+    layers = json.loads((tmp_path / "plan.json").read_text())["layers"]
+    assert {m: v["scheme"] for m, v in layers.items()} == dict(plan.assignment)
+    export_plan(plan, "hf", tmp_path / "config.json", loader(model))
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    back = dict.fromkeys(config["ignore"], "keep")
+    for group in config["config_groups"].values():
+        scheme = f"w:{group['weights']['format']}"
+        if group["input_activations"]:
+            scheme += f",a:{group['input_activations']['format']}"
+        back.update(dict.fromkeys(group["targets"], scheme))
+    assert back == dict(plan.assignment)
+    mx = next(g for g in config["config_groups"].values() if g["weights"]["format"] == "mxfp4")
+    assert mx["weights"] | {"bits_per_element": 0} == {
+        "format": "mxfp4", "type": "float", "num_bits": 4, "bits_per_element": 0,
+        "block_size": 32, "strategy": "group", "scale_format": "e8m0", "symmetric": True,
+    }  # fmt: skip
+    assert to_hf_config(plan) == {"quantization_config": config}
+
+
+def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
+    model = make_gpt2()
+    plan = plan_for(model, ["w:mxfp4", "w:fp8_e4m3", "keep"])
+    out = tmp_path / "overrides.txt"
+    exported = export_plan(plan, "llamacpp", out, loader(model))
+    lines = out.read_text().splitlines()
+    assert lines[0] == "--tensor-type blk.0.attn_qkv.weight=mxfp4"
+    assert lines[1] == "--tensor-type blk.0.attn_output.weight=q8_0"
+    assert lines[2] == "--tensor-type blk.0.ffn_up.weight=f32"
+    assert lines[-1] == "--tensor-type output.weight=" + ["mxfp4", "q8_0", "f32"][8 % 3]
+    assert len(lines) == len(plan.assignment)
+    assert "transformer.h.0.attn.c_proj: llama.cpp has no fp8_e4m3 type; nearest is q8_0" in (
+        exported.warnings
+    )
+
+
+def test_gguf_carries_the_plan_and_the_planned_weights(tmp_path: Path) -> None:
+    model = make_gpt2()
+    plan = plan_for(model, ["w:mxfp4", "w:int4_g128", "keep"])
+    out = tmp_path / "model.gguf"
+    export_plan(plan, "gguf", out, loader(model))
+    assert read_gguf_plan(out) == plan
+    reader = gguf.GGUFReader(str(out))
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    planned = quantizable_layers(apply_plan(model, plan.assignment))
+    assert len(tensors) == len(plan.assignment)
+    for module, tensor in [("transformer.h.1.mlp.c_proj", "blk.1.ffn_down.weight"),
+                           ("lm_head", "output.weight")]:  # fmt: skip
+        expected = layer_weight(planned[module]).detach().numpy()
+        assert tensors[tensor].size == expected.size
+        np.testing.assert_array_equal(tensors[tensor].reshape(expected.shape), expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
+    model = make_gpt2()
+    plan = plan_for(model, ["w:int8"])
+    other = make_gpt2(tie=True)
+    other.lm_head.weight.data.mul_(2)
+    with pytest.raises(MixprecError, match="plan was made for model 'gpt2'"):
+        export_plan(plan, "gguf", tmp_path / "x.gguf", loader(other))
+    with pytest.raises(MixprecError, match="unknown export target 'onnx'; valid targets: json, hf"):
+        export_plan(plan, "onnx", tmp_path / "x", loader(model))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_without_gguf_architecture(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4))
+    plan = PrecisionPlan("seq", fingerprint(model), {"0": "w:int8"}, "8bits")
+    with pytest.raises(MixprecError, match="no GGUF architecture for model type 'None'"):
+        export_plan(plan, "llamacpp", tmp_path / "o.txt", loader(model))

@@ -1,0 +1,83 @@
+"""The ILP on hand-solved problems and against brute force; the greedy baseline's guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.search.greedy import solve_greedy
+from mixprec.search.ilp import solve_ilp
+from mixprec.search.selection import undominated
+
+from .helpers import brute_force
+
+
+def test_hand_solved_knapsack() -> None:
+    # two units, schemes (cheap, mid, keep); bytes 1/2/4 for unit 0, 2/3/8 for unit 1
+    scores = np.array([[5.0, 1.0, 0.0], [9.0, 2.0, 0.0]])
+    costs = np.array([[1.0, 2.0, 4.0], [2.0, 3.0, 8.0]])
+    assert solve_ilp(scores, [(costs, 3.0)]).choice == (0, 0)
+    assert solve_ilp(scores, [(costs, 4.0)]).choice == (0, 1)  # spend on the bigger saving
+    assert solve_ilp(scores, [(costs, 5.0)]).choice == (1, 1)
+    assert solve_ilp(scores, [(costs, 12.0)]).choice == (2, 2)
+    assert solve_ilp(scores, [(costs, 12.0)]).objective == 0.0
+    assert solve_ilp(scores, [(costs, 2.0)]).status == "infeasible"
+
+
+def test_secondary_constraint_changes_the_optimum() -> None:
+    scores = np.array([[5.0, 1.0], [9.0, 2.0]])
+    size = np.array([[1.0, 2.0], [1.0, 2.0]])
+    bops = np.array([[1.0, 1.0], [1.0, 5.0]])
+    assert solve_ilp(scores, [(size, 4.0)]).choice == (1, 1)
+    assert solve_ilp(scores, [(size, 4.0), (bops, 3.0)]).choice == (1, 0)
+
+
+def test_non_finite_scores_are_never_picked() -> None:
+    scores = np.array([[np.inf, 1.0], [3.0, np.inf]])
+    costs = np.array([[1.0, 5.0], [1.0, 0.5]])
+    assert solve_ilp(scores, [(costs, 10.0)]).choice == (1, 0)
+    assert solve_ilp(scores, [(costs, 6.0)]).choice == (1, 0)
+    assert solve_ilp(scores, [(costs, 5.5)]).status == "infeasible"
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_equals_brute_force(solver: str, seed: int) -> None:
+    gen = np.random.default_rng(seed)
+    units, schemes = int(gen.integers(2, 9)), int(gen.integers(2, 5))
+    scores = gen.uniform(0, 10, (units, schemes))
+    costs = gen.uniform(1, 10, (units, schemes))
+    bops = gen.uniform(1, 10, (units, schemes))
+    least, most = costs.min(1).sum(), costs.max(1).sum()
+    limit = least + gen.uniform(0, 1) * (most - least)
+    constraints = [(costs, limit)] + ([(bops, bops.mean(1).sum())] if seed % 2 else [])
+    exact, ilp = brute_force(scores, constraints), solve_ilp(scores, constraints, solver)
+    assert ilp.status == exact.status
+    if exact.choice:
+        assert ilp.objective == pytest.approx(exact.objective, rel=1e-9)
+        greedy = solve_greedy(scores, constraints)
+        if greedy.choice:  # the baseline is feasible and never better than the optimum
+            rows = np.arange(units)
+            assert all(
+                c[rows, list(greedy.choice)].sum() <= lim * (1 + 1e-9) for c, lim in constraints
+            )
+            assert greedy.objective >= exact.objective - 1e-9
+
+
+def test_dominated_schemes_are_dropped_and_ties_keep_one() -> None:
+    scores = np.array([[1.0, 2.0, 1.0, 0.5]])
+    costs = np.array([[2.0, 3.0, 2.0, 9.0]])
+    assert undominated(scores, [costs]).tolist() == [[True, False, False, True]]
+
+
+def test_unknown_solver() -> None:
+    with pytest.raises(MixprecError, match="unknown solver 'gurobi'; valid solvers: cbc, highs"):
+        solve_ilp(np.zeros((1, 1)), [(np.zeros((1, 1)), 1.0)], "gurobi")
+
+
+def test_greedy_takes_the_best_saving_per_byte_first() -> None:
+    scores = np.array([[10.0, 0.0], [10.0, 5.0]])
+    costs = np.array([[1.0, 3.0], [1.0, 2.0]])  # unit 0 saves 10 for 2 bytes, unit 1 5 for 1
+    assert solve_greedy(scores, [(costs, 4.0)]).choice == (1, 0)
+    assert solve_greedy(scores, [(costs, 5.0)]).choice == (1, 1)

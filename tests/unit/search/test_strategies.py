@@ -1,0 +1,110 @@
+"""ILP, greedy and Optuna pass the strategy conformance suite; the ILP is never beaten."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.search.base import make_strategy
+from mixprec.search.ilp import ILPStrategy
+from mixprec.search.optuna_search import OptunaStrategy, repair
+
+from .conformance import check_strategy
+from .helpers import digits_problem
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        partial(make_strategy, "ilp"),
+        partial(make_strategy, "ilp", solver="highs"),
+        partial(make_strategy, "greedy"),
+        partial(make_strategy, "optuna", trials=8),
+        partial(make_strategy, "optuna", trials=8, sampler="nsga2"),
+    ],
+    ids=["ilp-cbc", "ilp-highs", "greedy", "optuna-tpe", "optuna-nsga2"],
+)
+def test_conformance(make) -> None:  # type: ignore[no-untyped-def]
+    bundle, table, costs = digits_problem()
+    check_strategy(make, bundle, table, costs)
+
+
+def test_ilp_is_at_least_as_good_as_greedy_and_optuna() -> None:
+    _, table, costs = digits_problem()
+    for budget in ("3bits", "4.5bits", "6bits"):
+        ilp = make_strategy("ilp").solve(table, costs, budget).predicted["score"]
+        for other in (make_strategy("greedy"), make_strategy("optuna", trials=10)):
+            assert other.solve(table, costs, budget).predicted["score"] >= ilp - 1e-9
+
+
+def test_robust_plan_weighs_the_interval() -> None:
+    _, table, costs = digits_problem()
+    plain = ILPStrategy().solve(table, costs, "4.5bits")
+    robust = ILPStrategy(kappa=2.0).solve(table, costs, "4.5bits")
+    assert robust.provenance["kappa"] == 2.0
+    # synthetic intervals are 0.15 * score wide each side, so kappa scales every score alike
+    assert robust.assignment == plain.assignment
+    assert robust.predicted["score"] == pytest.approx(plain.predicted["score"] * 1.3)
+
+
+def test_optuna_resumes_from_its_sqlite_storage(tmp_path: Path) -> None:
+    _, table, costs = digits_problem()
+    storage = tmp_path / "optuna.sqlite3"
+    first = OptunaStrategy(trials=4, storage=storage).solve(table, costs, "4bits")
+    resumed = OptunaStrategy(trials=6, storage=storage).solve(table, costs, "4bits")
+    fresh = OptunaStrategy(trials=6).solve(table, costs, "4bits")
+    assert resumed == fresh  # 4 stored trials + 2 more = one run of 6
+    assert first.predicted["score"] >= resumed.predicted["score"]
+    import optuna
+
+    [summary] = optuna.get_all_study_summaries(f"sqlite:///{storage}")
+    assert summary.n_trials == 6
+
+
+def test_optuna_first_trial_is_the_ilp_plan() -> None:
+    _, table, costs = digits_problem()
+    ilp = ILPStrategy().solve(table, costs, "4bits")
+    assert OptunaStrategy(trials=1).solve(table, costs, "4bits").assignment == ilp.assignment
+
+
+def test_repair_brings_an_over_budget_plan_inside() -> None:
+    import numpy as np
+
+    scores = np.array([[3.0, 1.0, 0.0], [4.0, 2.0, 0.0]])
+    costs = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    assert repair([2, 2], scores, [(costs, 4.0)]) == [1, 1]
+    assert repair([2, 2], scores, [(costs, 3.0)]) == [0, 1]
+    with pytest.raises(MixprecError, match="no plan within every limit"):
+        repair([2, 2], scores, [(costs, 1.0)])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; valid samplers: tpe, nsga2"),
+        (
+            {"objective": "vibes"},
+            "unknown objective 'vibes'; valid objectives: predicted, measured",
+        ),
+        ({"objective": "measured"}, "the measured objective needs the model"),
+        ({"trials": 0}, "trials 0 must be at least 1"),
+    ],
+)
+def test_bad_optuna_options(options: dict, message: str) -> None:
+    with pytest.raises(MixprecError, match=message):
+        OptunaStrategy(**options)
+
+
+def test_unknown_method_and_estimator() -> None:
+    _, table, costs = digits_problem()
+    with pytest.raises(
+        MixprecError, match="unknown method 'anneal'; valid methods: ilp, greedy, optuna"
+    ):
+        make_strategy("anneal")
+    with pytest.raises(
+        MixprecError, match="no layer scores for estimator 'fisher'; it has: isolation"
+    ):
+        make_strategy("ilp", estimator="fisher").solve(table, costs, "4bits")
