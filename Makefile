@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mixprec-installed
 # Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test lint typecheck clean
+.PHONY: setup demo test bench lint typecheck clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(PY) experiments/uniform_sweep.py
+
+bench: $(STAMP)
+	$(PY) experiments/bench_search.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

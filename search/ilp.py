@@ -16,9 +16,11 @@ import pulp
 from mixprec.errors import MixprecError
 from mixprec.search.base import SearchStrategy
 from mixprec.search.cost import CostModel
-from mixprec.search.selection import Constraint, Selection, undominated
+from mixprec.search.greedy import solve_greedy
+from mixprec.search.selection import Constraint, Selection, reduced_cost_mask, undominated
 
 SOLVERS = ("cbc", "highs")
+GAP = 1e-9  # relative optimality gap: solve to optimality, not to the solvers' 1e-4 default
 
 
 def check_solver(solver: str) -> None:
@@ -39,6 +41,14 @@ def solve_ilp(
     allowed = undominated(scores, costs)
     if not allowed.any(axis=1).all():
         return Selection((), "infeasible", float("nan"))
+    incumbent = solve_greedy(scores, constraints)
+    # solver tolerances are partly absolute: bring the objective near 1
+    scale = incumbent.objective if incumbent.choice and incumbent.objective > 0 else 1.0
+    scores = scores / scale
+    if incumbent.choice:
+        allowed &= reduced_cost_mask(
+            scores, costs[0], constraints[0][1], incumbent.objective / scale
+        )
     problem = pulp.LpProblem("mixprec", pulp.LpMinimize)
     cells = list(zip(*np.nonzero(allowed), strict=True))
     picks = pulp.LpVariable.dicts("x", range(len(cells)), cat=pulp.LpBinary)
@@ -52,9 +62,9 @@ def solve_ilp(
         terms = [(picks[n], float(cost[i, k])) for n, (i, k) in enumerate(cells)]
         problem += pulp.LpAffineExpression(terms) <= float(limit), f"budget_{c}"
     backend = (
-        pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1)
+        pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1, gapRel=GAP, gapAbs=GAP)
         if solver == "cbc"
-        else pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1)
+        else pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1, gapRel=GAP, gapAbs=GAP)
     )
     problem.solve(backend)
     status = pulp.LpStatus[problem.status].lower()
@@ -64,7 +74,7 @@ def solve_ilp(
     for n, (i, k) in enumerate(cells):
         if (picks[n].value() or 0) > 0.5:
             choice[int(i)] = int(k)
-    objective = float(sum(scores[i, k] for i, k in enumerate(choice)))
+    objective = float(sum(scores[i, k] for i, k in enumerate(choice))) * scale
     return Selection(tuple(choice), status, objective)
 
 

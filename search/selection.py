@@ -45,3 +45,43 @@ def smallest_totals(scores: np.ndarray, costs: Sequence[np.ndarray]) -> list[flo
     """Per constraint, the least any plan can spend on it (ignoring the others)."""
     allowed = feasible_mask(scores)
     return [float(np.where(allowed, c, np.inf).min(axis=1).sum()) for c in costs]
+
+
+def lagrangian_bound(scores: np.ndarray, cost: np.ndarray, limit: float) -> tuple[float, float]:
+    """max over price >= 0 of sum_i min_k (score + price * cost) - price * limit, a lower
+    bound on every plan within `limit`; returns (bound, price). Bisection on the subgradient."""
+    allowed = feasible_mask(scores)
+    safe = np.where(allowed, scores, np.inf)
+
+    def spent(price: float) -> tuple[float, float]:
+        value = safe + price * np.where(allowed, cost, 0)
+        pick = value.argmin(axis=1)
+        rows = np.arange(len(pick))
+        return float(value[rows, pick].sum() - price * limit), float(cost[rows, pick].sum())
+
+    low, high = 0.0, 1.0
+    if spent(0.0)[1] <= limit:
+        return spent(0.0)[0], 0.0
+    while spent(high)[1] > limit and high < 1e30:
+        high *= 4
+    for _ in range(60):
+        middle = (low + high) / 2
+        if spent(middle)[1] > limit:
+            low = middle
+        else:
+            high = middle
+    best = max((spent(p)[0], p) for p in (low, high))
+    return best
+
+
+def reduced_cost_mask(
+    scores: np.ndarray, cost: np.ndarray, limit: float, incumbent: float
+) -> np.ndarray:
+    """Cells that can still be in a plan better than `incumbent` (Lagrangian reduced-cost
+    fixing: a plan using cell (i, k) scores at least bound + its reduced cost)."""
+    allowed = feasible_mask(scores)
+    bound, price = lagrangian_bound(scores, cost, limit)
+    value = np.where(allowed, scores + price * cost, np.inf)
+    reduced = value - value.min(axis=1, keepdims=True)
+    slack = 1e-9 * max(1.0, abs(incumbent))
+    return allowed & (bound + reduced <= incumbent + slack)

@@ -47,3 +47,27 @@ def test_sensitivity_script_quick(tmp_path: Path) -> None:
     assert "## 1. Spearman" in text and "| digits-cnn | w:mxfp4 | isolation | 6 |" in text
     assert "| ray, 2 workers |" in text and "| True |" in text
     assert "Block measured vs sum of its layers" in text
+
+
+def test_search_script_quick(tmp_path: Path) -> None:
+    out = tmp_path / "search.md"
+    script = str(ROOT / "experiments" / "search.py")
+    proc = run_script(
+        [script, "--quick", "--workers", "0", "--trials", "3", "--out", str(out)], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| digits-cnn | 4.5 |" in text and "## Where the ILP does not win" in text
+    assert "none (budget 3bits is infeasible)" in text
+
+
+def test_search_benchmark_script(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    script = str(ROOT / "experiments" / "bench_search.py")
+    proc = run_script(
+        [script, "--units", "40", "--schemes", "6", "--repeats", "1", "--out", str(out)], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "40 units x 6 schemes" in text
+    assert text.count("| optimal |") == 8 and text.count("| feasible |") == 4

@@ -8,7 +8,7 @@ import pytest
 from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.ilp import solve_ilp
-from mixprec.search.selection import undominated
+from mixprec.search.selection import lagrangian_bound, reduced_cost_mask, undominated
 
 from .helpers import brute_force
 
@@ -81,3 +81,15 @@ def test_greedy_takes_the_best_saving_per_byte_first() -> None:
     costs = np.array([[1.0, 3.0], [1.0, 2.0]])  # unit 0 saves 10 for 2 bytes, unit 1 5 for 1
     assert solve_greedy(scores, [(costs, 4.0)]).choice == (1, 0)
     assert solve_greedy(scores, [(costs, 5.0)]).choice == (1, 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lagrangian_bound_never_exceeds_the_optimum(seed: int) -> None:
+    gen = np.random.default_rng(seed)
+    scores, costs = gen.uniform(0, 10, (6, 4)), gen.uniform(1, 10, (6, 4))
+    limit = costs.min(1).sum() + 0.3 * (costs.max(1).sum() - costs.min(1).sum())
+    exact = brute_force(scores, [(costs, limit)])
+    bound, price = lagrangian_bound(scores, costs, limit)
+    assert price >= 0 and bound <= exact.objective + 1e-9
+    kept = reduced_cost_mask(scores, costs, limit, exact.objective)
+    assert all(kept[i, k] for i, k in enumerate(exact.choice))  # the optimum survives
