@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from mixprec.units import (
     weight_matrix,
 )
 
-Assignment = Mapping[str, Scheme | str]
+Assignment = Union[Mapping[str, Scheme | str], "PrecisionPlan"]
 
 
 class ActivationQuantizer:
@@ -49,6 +49,8 @@ class ActivationQuantizer:
 
 def normalize_assignment(model: nn.Module, assignment: Assignment) -> dict[str, Scheme]:
     """Parse schemes and check every name is a quantizable layer of `model`."""
+    if isinstance(assignment, PrecisionPlan):
+        assignment = assignment.assignment
     layers = quantizable_layers(model)
     parsed: dict[str, Scheme] = {}
     for name, scheme in assignment.items():

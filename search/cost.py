@@ -11,7 +11,7 @@ import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,8 @@ class CostModel:
     bops: np.ndarray  # [units, schemes]
     fixed_bytes: int  # parameters that are not quantizable weights, as stored
     latency: np.ndarray | None = None  # [units, schemes], seconds
+    #: decision unit -> the block it lies in (itself where it is in none)
+    block_of: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def total_params(self) -> int:
@@ -138,8 +140,14 @@ def build_cost_model(
     parsed = [Scheme.parse(s) for s in schemes]
     names = tuple(dict.fromkeys(str(s) for s in parsed))
     members: dict[str, list[str]] = {}
-    for unit in select(discover_units(model), "layer"):
+    discovered = discover_units(model)
+    for unit in select(discovered, "layer"):
         members.setdefault(unit.group or unit.name, []).append(unit.name)
+    blocks = select(discovered, "block")
+    block_of = {
+        decision: next((b.name for b in blocks if inside[0] in b.modules), decision)
+        for decision, inside in members.items()
+    }
     macs = trace_macs(model, bundle.calibration[0], bundle.task.outputs)
     units = tuple(members)
     size = np.zeros((len(units), len(names)))
@@ -161,7 +169,17 @@ def build_cost_model(
         latency = _latency_matrix(latency_csv, units, members, names, layers)
     frozen = {u: tuple(m) for u, m in members.items()}
     return CostModel(
-        bundle.name, bundle.fingerprint, units, frozen, names, params, size, bops, fixed, latency
+        bundle.name,
+        bundle.fingerprint,
+        units,
+        frozen,
+        names,
+        params,
+        size,
+        bops,
+        fixed,
+        latency,
+        block_of,
     )
 
 

@@ -28,6 +28,9 @@ from mixprec.search.selection import Constraint, Selection, feasible_mask
 
 SAMPLERS = ("tpe", "nsga2")
 OBJECTIVES = ("predicted", "measured")
+GRANULARITIES = ("auto", "unit", "block")
+#: above this many decision units, `auto` searches one scheme per block
+AUTO_BLOCK_UNITS = 64
 
 
 def repair(
@@ -67,9 +70,15 @@ class OptunaStrategy(SearchStrategy):
         bundle: ModelBundle | None = None,
         storage: Path | None = None,
         progress: bool = False,
+        granularity: str = "auto",
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if granularity not in GRANULARITIES:
+            raise MixprecError(
+                f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}"
+            )
+        self.granularity = granularity
         if sampler not in SAMPLERS:
             raise MixprecError(
                 f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}"
@@ -96,10 +105,15 @@ class OptunaStrategy(SearchStrategy):
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
     ) -> Selection:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        groups = self._groups(scores, costs)
         allowed = feasible_mask(scores)
-        options = [[costs.schemes[k] for k in np.nonzero(row)[0]] for row in allowed]
+        options = [
+            [costs.schemes[k] for k in np.nonzero(allowed[members].all(axis=0))[0]]
+            for members in groups
+        ]
         limits = ",".join(f"{limit:.6g}" for _, limit in constraints)
-        name = _study_name(costs, scores, limits, self.sampler, self.objective, self.seed)
+        settings = f"{limits}|{len(groups)}"
+        name = _study_name(costs, scores, settings, self.sampler, self.objective, self.seed)
         study = optuna.create_study(
             study_name=name,
             storage=_storage(self.storage),
@@ -109,14 +123,15 @@ class OptunaStrategy(SearchStrategy):
         )
         if not study.trials:
             warm = solve_ilp(scores, constraints)
-            if warm.choice:
+            if warm.choice and len(groups) == len(costs.units):
                 study.enqueue_trial({f"u{i}": costs.schemes[k] for i, k in enumerate(warm.choice)})
         index = {s: k for k, s in enumerate(costs.schemes)}
 
         def objective(trial: optuna.Trial) -> float | tuple[float, float]:
-            suggested = [
-                index[trial.suggest_categorical(f"u{i}", opts)] for i, opts in enumerate(options)
-            ]
+            suggested = [0] * len(costs.units)
+            for g, (members, opts) in enumerate(zip(groups, options, strict=True)):
+                for unit in members:
+                    suggested[unit] = index[trial.suggest_categorical(f"u{g}", opts)]
             choice = repair(suggested, scores, constraints)
             trial.set_user_attr("choice", choice)
             value = self._value(choice, scores, costs)
@@ -132,6 +147,25 @@ class OptunaStrategy(SearchStrategy):
         choice = tuple(int(k) for k in best.user_attrs["choice"])
         objective_value = float(sum(scores[i, k] for i, k in enumerate(choice)))
         return Selection(choice, "feasible", objective_value)
+
+    def _groups(self, scores: np.ndarray, costs: CostModel) -> list[list[int]]:
+        """Decision units searched together: each alone, or all of one block (where every
+        member can take some common scheme)."""
+        by_unit = [[i] for i in range(len(costs.units))]
+        blockwise = self.granularity == "block" or (
+            self.granularity == "auto" and len(costs.units) > AUTO_BLOCK_UNITS
+        )
+        if not blockwise or not costs.block_of:
+            return by_unit
+        allowed = feasible_mask(scores)
+        grouped: dict[str, list[int]] = {}
+        for i, unit in enumerate(costs.units):
+            grouped.setdefault(costs.block_of.get(unit, unit), []).append(i)
+        groups = []
+        for members in grouped.values():
+            shared = allowed[members].all(axis=0).any()
+            groups.extend([members] if shared else [[i] for i in members])
+        return groups
 
     def _value(self, choice: Sequence[int], scores: np.ndarray, costs: CostModel) -> float:
         if self.objective == "predicted":

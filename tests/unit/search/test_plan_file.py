@@ -74,3 +74,16 @@ def test_unknown_scheme_module_and_model(tmp_path: Path) -> None:
         odd.check_model(bundle.model, bundle.fingerprint)
     with pytest.raises(MixprecError, match="plan was made for model 'digits-cnn' with fingerprint"):
         plan.check_model(bundle.model, "0" * 64)
+
+
+def test_apply_plan_takes_a_plan_as_well_as_a_mapping() -> None:
+    import torch
+
+    from mixprec.plan import apply_plan
+
+    bundle = load_model("digits-cnn")
+    plan = PrecisionPlan("digits-cnn", bundle.fingerprint, {"head": "w:int2"}, "8bits")
+    from_plan = apply_plan(bundle.model, plan)
+    from_mapping = apply_plan(bundle.model, {"head": "w:int2"})
+    assert torch.equal(from_plan.head.weight, from_mapping.head.weight)
+    assert not torch.equal(from_plan.head.weight, bundle.model.head.weight)

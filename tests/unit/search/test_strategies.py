@@ -108,3 +108,22 @@ def test_unknown_method_and_estimator() -> None:
         MixprecError, match="no layer scores for estimator 'fisher'; it has: isolation"
     ):
         make_strategy("ilp", estimator="fisher").solve(table, costs, "4bits")
+
+
+def test_optuna_searches_one_scheme_per_block_when_asked(tmp_path: Path) -> None:
+    import optuna
+
+    _, table, costs = digits_problem()
+    blocks = set(costs.block_of.values())
+    assert 1 < len(blocks) < len(costs.units)
+    storage = tmp_path / "blocks.sqlite3"
+    strategy = OptunaStrategy(trials=5, granularity="block", storage=storage)
+    plan = strategy.solve(table, costs, "40bits")  # roomy: no repair, blocks stay uniform
+    [summary] = optuna.get_all_study_summaries(f"sqlite:///{storage}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{storage}")
+    assert all(len(t.params) == len(blocks) for t in study.trials)
+    for block in blocks:
+        members = [m for u in costs.units if costs.block_of[u] == block for m in costs.members[u]]
+        assert len({plan.assignment[m] for m in members}) == 1
+    with pytest.raises(MixprecError, match="unknown granularity 'layer'"):
+        OptunaStrategy(granularity="layer")
