@@ -6,6 +6,7 @@ the scores were made with, and turned into a cost model. Every budget is then a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -64,7 +65,10 @@ def search(
         options.setdefault("bundle", analysis.bundle)
     strategy = make_strategy(method, **options)
     plan = strategy.solve(analysis.table, analysis.costs, budget)
-    plan = replace(plan, provenance={**plan.provenance, "table": str(analysis.folder)})
+    table_file = analysis.folder / "scores.parquet"
+    table_hash = hashlib.sha256(table_file.read_bytes()).hexdigest() if table_file.is_file() else ""
+    provenance = {**plan.provenance, "table": str(analysis.folder), "table_sha256": table_hash}
+    plan = replace(plan, provenance=provenance)
     if measure:
         plan = plan.with_measured(evaluate(analysis.bundle, plan.assignment).metrics)
     return plan

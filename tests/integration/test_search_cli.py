@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_search_writes_a_plan_within_budget(
     plan = PrecisionPlan.load(out)
     assert plan.predicted["bits_per_weight"] <= 5
     assert plan.provenance["strategy"] == method
+    digest = hashlib.sha256((scored / "scores.parquet").read_bytes()).hexdigest()
+    assert plan.provenance["table_sha256"] == digest
     assert 0 < plan.measured["accuracy"] <= 1  # measured on the evaluation split
     code, text, _ = run(["evaluate", "--plan", str(out), "--json"], capsys)
     evaluation = json.loads(text)

@@ -14,6 +14,7 @@ from mixprec.errors import MixprecError
 from mixprec.export import (
     LLAMACPP_TYPES,
     export_plan,
+    gguf_names,
     read_gguf_plan,
     to_hf_config,
 )
@@ -70,6 +71,11 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
     out = tmp_path / "overrides.txt"
     exported = export_plan(plan, "llamacpp", out, loader(model))
     lines = out.read_text().splitlines()
+    parsed = dict(line.removeprefix("--tensor-type ").split("=") for line in lines)
+    names, _ = gguf_names(model, list(plan.assignment))
+    for module, text in plan.assignment.items():  # every module's type reads back
+        fmt = text.removeprefix("w:") if text != "keep" else "fp32"
+        assert parsed[names[module]] == LLAMACPP_TYPES[fmt][0]
     assert lines[0] == "--tensor-type blk.0.attn_qkv.weight=mxfp4"
     assert lines[1] == "--tensor-type blk.0.attn_output.weight=q8_0"
     assert lines[2] == "--tensor-type blk.0.ffn_up.weight=f32"
