@@ -139,15 +139,25 @@ def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> tuple[list[str]
     names, missing = gguf_names(model, list(plan.assignment))
     warnings = [f"module {m} has no GGUF tensor name; left out" for m in missing]
     arguments = []
+    substituted: dict[str, list[str]] = {}  # one warning per substitution, naming its modules
     for module, tensor in names.items():
         scheme = Scheme.parse(plan.assignment[module])
         fmt = scheme.weight.name if scheme.weight else _keep_format(model, module)
         kind, same = LLAMACPP_TYPES[fmt]
         if not same:
-            warnings.append(f"{module}: llama.cpp has no {fmt} type; nearest is {kind}")
+            substituted.setdefault(f"llama.cpp has no {fmt} type; nearest is {kind}", []).append(
+                module
+            )
         if scheme.activation is not None:
-            warnings.append(f"{module}: llama.cpp ignores the activation format of {scheme}")
+            substituted.setdefault(
+                f"llama.cpp ignores the activation format of {scheme}", []
+            ).append(module)
         arguments.append(f"--tensor-type {tensor}={kind}")
+    for message, modules in substituted.items():
+        shown = ", ".join(modules[:3]) + (
+            f" and {len(modules) - 3} more" if len(modules) > 3 else ""
+        )
+        warnings.append(f"{message} ({shown})")
     return arguments, warnings
 
 

@@ -81,8 +81,9 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
     assert lines[2] == "--tensor-type blk.0.ffn_up.weight=f32"
     assert lines[-1] == "--tensor-type output.weight=" + ["mxfp4", "q8_0", "f32"][8 % 3]
     assert len(lines) == len(plan.assignment)
-    assert "transformer.h.0.attn.c_proj: llama.cpp has no fp8_e4m3 type; nearest is q8_0" in (
-        exported.warnings
+    assert exported.warnings == (
+        "llama.cpp has no fp8_e4m3 type; nearest is q8_0 (transformer.h.0.attn.c_proj, "
+        "transformer.h.1.attn.c_attn, transformer.h.1.mlp.c_proj)",
     )
 
 
