@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mixprec.files import atomic_write_text
-from mixprec.markdown import frame_markdown
+from mixprec.markdown import frame_markdown, publish
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import undominated
@@ -81,9 +80,7 @@ def main() -> int:
         + frame_markdown(frame, digits=4)
         + "\n"
     )
-    atomic_write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mixprec.files import atomic_write_text
 from mixprec.logs import quiet_optional_backends
-from mixprec.markdown import frame_markdown
+from mixprec.markdown import frame_markdown, publish
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.base import make_strategy, table_schemes
@@ -126,9 +125,7 @@ def main() -> int:
         + frame_markdown(frame, digits=4)
         + "\n"
     )
-    atomic_write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ import pandas as pd
 import torch
 
 from mixprec.errors import MixprecError
-from mixprec.files import atomic_write_text
 from mixprec.logs import quiet_optional_backends
-from mixprec.markdown import frame_markdown
+from mixprec.markdown import frame_markdown, publish
 from mixprec.metrics import evaluate
 from mixprec.search.base import make_strategy, table_schemes
 from mixprec.search.cost import Budget, build_cost_model
@@ -160,9 +159,7 @@ def main() -> int:
         + "\n".join(verdicts(frame))
         + "\n"
     )
-    atomic_write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from mixprec.files import atomic_write_text
 from mixprec.logs import quiet_optional_backends
-from mixprec.markdown import frame_markdown
+from mixprec.markdown import frame_markdown, publish
 from mixprec.models import ModelBundle, load_model
 from mixprec.plan import temporarily_applied
 from mixprec.sensitivity.cache import CellCache
@@ -156,9 +155,7 @@ def main() -> int:
         + "\n\n## 3. Most sensitive components and blocks, mxfp4 vs nvfp4\n"
         + "".join(parts)
     )
-    atomic_write_text(args.out, text)
-    print(text)
-    return 0
+    return publish(args.out, text)
 
 
 if __name__ == "__main__":
