@@ -23,14 +23,13 @@ def solve_greedy(scores: np.ndarray, constraints: Sequence[Constraint]) -> Selec
     allowed = feasible_mask(scores)
     if not allowed.any(axis=1).all():
         return Selection((), "infeasible", float("nan"))
+    safe_scores = np.where(allowed, scores, np.inf)
     primary = np.where(allowed, costs[0], np.inf)
     rows = np.arange(scores.shape[0])
-    order = np.lexsort((np.where(allowed, scores, np.inf), primary), axis=1)
-    choice = order[:, 0].copy()
+    choice = np.lexsort((safe_scores, primary), axis=1)[:, 0].copy()
     spent = np.array([c[rows, choice].sum() for c in costs])
     if np.any(spent > limits):
         return Selection((), "infeasible", float("nan"))
-    safe_scores = np.where(allowed, scores, np.inf)
     for _ in range(scores.size):
         gain = safe_scores[rows, choice][:, None] - safe_scores
         extra = [c - c[rows, choice][:, None] for c in costs]

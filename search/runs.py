@@ -35,12 +35,14 @@ class Analysis:
     table: ScoreTable
     bundle: ModelBundle
     costs: CostModel
+    table_sha256: str = ""  # of scores.parquet, recorded in every plan's provenance
 
 
 def open_analysis(
     folder: Path, estimator: str = "isolation", latency_table: Path | None = None
 ) -> Analysis:
-    table = ScoreTable.load(folder / "scores.parquet")
+    table_file = folder / "scores.parquet"
+    table = ScoreTable.load(table_file)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise MixprecError(f"no manifest.json in {folder}: run `mixprec analyze --out {folder}`")
@@ -53,7 +55,8 @@ def open_analysis(
             f"({manifest['fingerprint'][:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
     costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
-    return Analysis(folder, table, bundle, costs)
+    digest = hashlib.sha256(table_file.read_bytes()).hexdigest()
+    return Analysis(folder, table, bundle, costs, digest)
 
 
 def search(
@@ -65,9 +68,8 @@ def search(
         options.setdefault("bundle", analysis.bundle)
     strategy = make_strategy(method, **options)
     plan = strategy.solve(analysis.table, analysis.costs, budget)
-    table_file = analysis.folder / "scores.parquet"
-    table_hash = hashlib.sha256(table_file.read_bytes()).hexdigest() if table_file.is_file() else ""
-    provenance = {**plan.provenance, "table": str(analysis.folder), "table_sha256": table_hash}
+    table = {"table": str(analysis.folder), "table_sha256": analysis.table_sha256}
+    provenance = {**plan.provenance, **table}
     plan = replace(plan, provenance=provenance)
     if measure:
         plan = plan.with_measured(evaluate(analysis.bundle, plan.assignment).metrics)
