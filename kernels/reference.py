@@ -14,6 +14,7 @@ Conventions (float32 in, float32 out, same shape):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,22 +34,63 @@ E8M0_NAN = 255
 _NATIVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+@dataclass(frozen=True)
+class QuantizedGroups:
+    """A tensor split into scale groups (one per row), before the scales are multiplied back.
+
+    `elements` are element-grid values (float32; asymmetric: unsigned codes); one `scale` per
+    row, plus an integer `zero` point (asymmetric) or a per-tensor scale (NV).
+    """
+
+    elements: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+    tensor_scale: torch.Tensor | None = None
+
+    def values(self) -> torch.Tensor:
+        """Dequantized rows, with exactly the reference's arithmetic."""
+        if self.zero is not None:
+            return (self.elements - self.zero) * self.scale
+        if self.tensor_scale is not None:
+            return self.elements * (self.tensor_scale * self.scale)
+        return self.elements * self.scale
+
+
 def quantize_dequantize(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """Fake-quantize `x` under `fmt` and return float32 of the same shape."""
-    x = _validated_input(x, fmt)
+    x = validated_input(x, fmt)
     if fmt.family == "native":
         return x.to(_NATIVE_DTYPES[fmt.name]).to(torch.float32)
+    return dequantize(quantize(x, fmt), x.shape, fmt)
+
+
+def group_rows(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """The 2-D (rows, cols) view scales apply to: per output channel, or last-dim runs."""
     if fmt.block_size == 0:
-        rows = x.reshape(x.shape[0], -1)
-        return _per_group(rows, fmt).reshape(x.shape)
-    blocks, last = _to_blocks(x, fmt.block_size)
+        return x.reshape(x.shape[0], -1)
+    return x.reshape(-1, x.shape[-1])
+
+
+def quantize(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
+    """Scales and element values of `x` (float32), one scale group per row of the result."""
+    if fmt.block_size == 0:
+        return _per_group(group_rows(x, fmt), fmt)
+    blocks = _to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
-        out = _mx(blocks, fmt)
-    elif fmt.family == "nv":
-        out = _nv(blocks, fmt)
-    else:
-        out = _per_group(blocks, fmt)
-    return _from_blocks(out, x.shape, last)
+        return _mx(blocks, fmt)
+    if fmt.family == "nv":
+        return _nv(blocks, fmt)
+    return _per_group(blocks, fmt)
+
+
+def dequantize(q: QuantizedGroups, shape: torch.Size, fmt: NumberFormat) -> torch.Tensor:
+    """Multiply the scales back and return the input's shape (block padding dropped)."""
+    out = q.values()
+    if fmt.block_size == 0:
+        return out.reshape(shape)
+    last = shape[-1]
+    rows = out.reshape(-1, out.numel() // (shape.numel() // last))
+    return rows[:, :last].reshape(shape)
 
 
 def round_float_elements(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -78,7 +120,7 @@ def finite_amax(groups: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(mags), 0.0, mags).amax(dim=-1, keepdim=True)
 
 
-def _validated_input(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def validated_input(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise MixprecError(f"expected a torch.Tensor to quantize, got {type(x).__name__}")
     if x.dim() == 0 or x.numel() == 0:
@@ -91,18 +133,13 @@ def _validated_input(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def _to_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+def _to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     last = x.shape[-1]
     pad = -last % block
     flat = x.reshape(-1, last)
     if pad:
         flat = F.pad(flat, (0, pad))
-    return flat.reshape(-1, block), last
-
-
-def _from_blocks(blocks: torch.Tensor, shape: torch.Size, last: int) -> torch.Tensor:
-    rows = blocks.reshape(-1, blocks.numel() // (shape.numel() // last))
-    return rows[:, :last].reshape(shape)
+    return flat.reshape(-1, block)
 
 
 def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
@@ -110,7 +147,7 @@ def _fp16_scale(raw: torch.Tensor) -> torch.Tensor:
     return raw.clamp(FP16_MIN_SUBNORMAL, FP16_MAX).to(torch.float16).to(torch.float32)
 
 
-def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """One scale per row: FP32 scale for float elements, FP16 (and zero point) for integers."""
     if not fmt.symmetric:
         return _asymmetric(groups, fmt)
@@ -120,10 +157,10 @@ def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
         scale = torch.where(amax == 0, 1.0, raw)
     else:
         scale = torch.where(amax == 0, 1.0, _fp16_scale(amax / fmt.qmax))
-    return round_elements(groups / scale, fmt) * scale
+    return QuantizedGroups(round_elements(groups / scale, fmt), scale)
 
 
-def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Unsigned codes with an FP16 scale and an integer zero point; the range always holds 0."""
     finite = torch.where(torch.isinf(groups), 0.0, groups)
     lo = finite.amin(dim=-1, keepdim=True).clamp(max=0.0)
@@ -132,7 +169,7 @@ def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     scale = torch.where(span == 0, 1.0, _fp16_scale(span / fmt.qmax))
     zero = torch.clamp(torch.round(-lo / scale), 0, fmt.qmax)
     codes = torch.clamp(torch.round(groups / scale) + zero, 0, fmt.qmax)
-    return (codes - zero) * scale
+    return QuantizedGroups(codes, scale, zero=zero)
 
 
 def mx_scale(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -149,9 +186,9 @@ def mx_scale(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return torch.where(biased == E8M0_NAN, float("nan"), scale)
 
 
-def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     scale = mx_scale(blocks, fmt)
-    return round_elements(blocks / scale, fmt) * scale
+    return QuantizedGroups(round_elements(blocks / scale, fmt), scale)
 
 
 def nv_tensor_scale(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -160,7 +197,7 @@ def nv_tensor_scale(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return torch.where(amax == 0, 1.0, amax / (E4M3_MAX * fmt.max_normal))
 
 
-def _nv(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def _nv(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Two-level scaling: E4M3 scale per block on top of an FP32 per-tensor scale."""
     tensor_scale = nv_tensor_scale(blocks, fmt)
     block_scale = finite_amax(blocks) / fmt.max_normal
@@ -168,4 +205,4 @@ def _nv(blocks: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     e4m3 = e4m3.to(torch.float8_e4m3fn).to(torch.float32)
     scaled = blocks * ((1.0 / tensor_scale) / e4m3)
     codes = round_elements(scaled.clamp(-fmt.max_normal, fmt.max_normal), fmt)
-    return codes * (tensor_scale * e4m3)
+    return QuantizedGroups(codes, e4m3, tensor_scale=tensor_scale)

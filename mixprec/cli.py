@@ -113,14 +113,24 @@ def evaluate_command(
     plan: Annotated[
         Path | None, typer.Option("--plan", help="A PLAN.json from `mixprec search`.")
     ] = None,
+    kernel: Annotated[
+        str,
+        typer.Option(
+            help="auto (Triton on CUDA), torch (reference) or triton (CPU: interpreter, slow)."
+        ),
+    ] = "auto",
+    packed: Annotated[
+        bool, typer.Option("--packed", help="Hold weights packed and run the dequant-matmul.")
+    ] = False,
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
 ) -> None:
     """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
     Examples: mixprec evaluate --model minilm --scheme w:mxfp4 --json;
-    mixprec evaluate --plan plan.json
+    mixprec evaluate --plan plan.json --kernel triton --packed
     """
+    from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model
     from mixprec.plan import PrecisionPlan, uniform_assignment
@@ -129,6 +139,7 @@ def evaluate_command(
 
     if (scheme is None) == (plan is None):
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
+    KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
         bundle = load_model(model or loaded.model, seed=seed)
@@ -143,7 +154,7 @@ def evaluate_command(
         bundle = load_model(model, seed=seed)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
-    result = evaluate(bundle, assignment)
+    result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
     if as_json:
         _print_json({"model": bundle.name, **label, **result.to_json()})
         return
@@ -152,6 +163,7 @@ def evaluate_command(
         table.add_row(name, f"{value:.6g}")
     table.add_row("size (MB)", f"{result.size_mb:.3f}")
     table.add_row("bits per weight", f"{result.bits_per_weight:.3f}")
+    table.add_row("kernel", result.kernel + (", packed weights" if result.packed else ""))
     console.print(table)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mixprec.kernels.dispatch import KernelPreference, choose
 from mixprec.models import ModelBundle
 from mixprec.plan import Assignment, apply_plan, normalize_assignment
 from mixprec.scheme import Scheme
@@ -41,12 +42,16 @@ class Evaluation:
     metrics: dict[str, float]
     size_mb: float
     bits_per_weight: float
+    kernel: str = "torch (reference)"
+    packed: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
             "metrics": dict(self.metrics),
             "size_mb": self.size_mb,
             "bits_per_weight": self.bits_per_weight,
+            "kernel": self.kernel,
+            "packed": self.packed,
         }
 
 
@@ -74,11 +79,20 @@ def footprint(model: nn.Module, assignment: Assignment) -> Footprint:
     return Footprint(total, quantizable, params)
 
 
-def evaluate(bundle: ModelBundle, assignment: Mapping[str, Scheme | str]) -> Evaluation:
-    """Apply the assignment to a copy of the model and measure it on the evaluation split."""
-    quantized = apply_plan(bundle.model, assignment)
+def evaluate(
+    bundle: ModelBundle,
+    assignment: Mapping[str, Scheme | str],
+    kernel: str | KernelPreference = KernelPreference.AUTO,
+    packed: bool = False,
+) -> Evaluation:
+    """Apply the assignment to a copy of the model and measure it on the evaluation split.
+
+    The result names the kernel that ran (`kernel` resolved for the model's device).
+    """
+    choice = choose(kernel, next(bundle.model.parameters()).device)
+    quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=packed)
     with torch.inference_mode():
         outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
     metrics = bundle.task.metrics(Observed(outputs, bundle.reference_outputs, bundle.evaluation))
     size = footprint(bundle.model, assignment)
-    return Evaluation(metrics, size.size_mb, size.bits_per_weight)
+    return Evaluation(metrics, size.size_mb, size.bits_per_weight, str(choice), packed)

@@ -16,6 +16,7 @@ from torch import nn
 
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.kernels.dispatch import KernelPreference, quantize_dequantize
 from mixprec.kernels.formats import NumberFormat
 from mixprec.scheme import Scheme
 from mixprec.units import (
@@ -33,9 +34,15 @@ Assignment = Union[Mapping[str, Scheme | str], "PrecisionPlan"]
 class ActivationQuantizer:
     """Forward pre-hook that fake-quantizes a layer's input along its channel dim."""
 
-    def __init__(self, fmt: NumberFormat, channel_dim: int) -> None:
+    def __init__(
+        self,
+        fmt: NumberFormat,
+        channel_dim: int,
+        kernel: KernelPreference = KernelPreference.AUTO,
+    ) -> None:
         self.fmt = fmt
         self.channel_dim = channel_dim
+        self.kernel = kernel
 
     def __call__(self, module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
         x = args[0]
@@ -43,7 +50,7 @@ class ActivationQuantizer:
             return args
         moved = x.movedim(self.channel_dim, -1)
         rows = moved.reshape(-1, moved.shape[-1])  # per-channel formats: one scale per token
-        quantized = self.fmt.quantize_dequantize(rows).reshape(moved.shape)
+        quantized = quantize_dequantize(rows, self.fmt, self.kernel).reshape(moved.shape)
         return (quantized.movedim(-1, self.channel_dim).to(x.dtype), *args[1:])
 
 
@@ -64,13 +71,23 @@ def normalize_assignment(model: nn.Module, assignment: Assignment) -> dict[str, 
     return parsed
 
 
-def apply_plan(model: nn.Module, assignment: Assignment, inplace: bool = False) -> nn.Module:
-    """Fake-quantize the named layers' weights (and inputs, where the scheme says) in a copy.
+def apply_plan(
+    model: nn.Module,
+    assignment: Assignment,
+    inplace: bool = False,
+    kernel: str | KernelPreference = KernelPreference.AUTO,
+    packed: bool = False,
+) -> nn.Module:
+    """Quantize the named layers' weights (and inputs, where the scheme says) in a copy.
 
-    Each quantized weight becomes a new Parameter, so a weight tied elsewhere (an embedding
-    shared with an LM head) is untied rather than quantized behind the other user's back.
+    `kernel` picks the torch reference or the Triton kernels (same bits). By default weights
+    are fake-quantized in their dtype; `packed=True` swaps each quantized layer for a
+    `PackedLayer` that holds codes and scales only and runs the dequant-matmul. Each quantized
+    weight is a new tensor, so a weight tied elsewhere (an embedding shared with an LM head)
+    is untied rather than quantized behind the other user's back.
     """
     parsed = normalize_assignment(model, assignment)
+    kernel = KernelPreference.parse(kernel)
     target = model if inplace else copy.deepcopy(model)
     layers = quantizable_layers(target)
     with torch.no_grad():
@@ -79,14 +96,21 @@ def apply_plan(model: nn.Module, assignment: Assignment, inplace: bool = False) 
             _remove_activation_quantizers(module)
             if scheme.weight is None:
                 continue
-            weight = layer_weight(module)
-            matrix = weight_matrix(module).float()
-            quantized = matrix_to_weight(module, scheme.weight.quantize_dequantize(matrix))
-            module.weight = nn.Parameter(
-                quantized.to(weight.dtype), requires_grad=weight.requires_grad
-            )
+            channel_dim = activation_channel_dim(module)
+            if packed and scheme.weight.is_quantized:
+                from mixprec.packed import PackedLayer, replace_module
+
+                module = PackedLayer(module, scheme.weight, kernel)
+                target = replace_module(target, name, module)
+            else:
+                weight = layer_weight(module)
+                matrix = quantize_dequantize(weight_matrix(module).float(), scheme.weight, kernel)
+                module.weight = nn.Parameter(
+                    matrix_to_weight(module, matrix).to(weight.dtype),
+                    requires_grad=weight.requires_grad,
+                )
             if scheme.activation is not None:
-                hook = ActivationQuantizer(scheme.activation, activation_channel_dim(module))
+                hook = ActivationQuantizer(scheme.activation, channel_dim, kernel)
                 module.register_forward_pre_hook(hook)
     return target
 

@@ -23,8 +23,10 @@ def build_link_tree(dest: Path) -> None:
     for package, folder in sorted(mapping.items()):
         target = dest.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
-        for source in sorted((ROOT / folder).glob("*.py")):
-            (target / source.name).symlink_to(source)
+        for source in sorted((ROOT / folder).rglob("*.py")):
+            link = target / source.relative_to(ROOT / folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
         typed = ROOT / folder / "py.typed"
         if typed.exists():
             (target / "py.typed").symlink_to(typed)

@@ -1,0 +1,217 @@
+"""Packed storage of a quantized tensor (torch reference): bit-packed codes plus stored scales.
+
+Layout (the Triton kernels read and write the same bytes):
+- the tensor is seen as 2-D (rows, cols): per-channel formats use (shape[0], rest), block and
+  group formats (numel / last dim, last dim); a scale group never crosses a row;
+- `codes` is uint8 (rows, ceil(cols * bits / 8)); each row is a little-endian bit stream in
+  which element j takes bits [j * bits, (j + 1) * bits) (bit 0 is the low bit of byte 0);
+- element codes: float elements are their OCP encoding (sign, exponent, mantissa), symmetric
+  integers two's complement, asymmetric integers the unsigned code;
+- `scales` is (rows, groups per row): float32 for FP per-channel formats, float16 for integer
+  formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
+- `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `tensor_scale` is the
+  FP32 per-tensor scale of NV formats.
+Packing needs finite input: FP4/FP6 have no encoding for inf or NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mixprec.errors import MixprecError
+from mixprec.kernels.formats import NumberFormat
+from mixprec.kernels.reference import E8M0_NAN, F32_EXPONENT_BIAS, quantize, validated_input
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    """A tensor stored in a format's packed layout (see the module docstring)."""
+
+    fmt: NumberFormat
+    shape: tuple[int, ...]
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zero_points: torch.Tensor | None = None
+    tensor_scale: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return math.prod(self.shape) // self.rows
+
+    @property
+    def group_size(self) -> int:
+        """Elements per scale group (the whole row for per-channel formats)."""
+        return self.fmt.block_size or self.cols
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: codes, scales, zero points and the per-tensor scale."""
+        parts = (self.codes, self.scales, self.zero_points, self.tensor_scale)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    def to(self, device: torch.device | str) -> PackedTensor:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return PackedTensor(
+            self.fmt,
+            self.shape,
+            self.codes.to(device),
+            self.scales.to(device),
+            move(self.zero_points),
+            move(self.tensor_scale),
+        )
+
+
+def packed_view(x: torch.Tensor, fmt: NumberFormat) -> tuple[int, int]:
+    """(rows, cols) of the 2-D view a format scales and packs `x` in."""
+    rows = x.shape[0] if fmt.block_size == 0 else x.numel() // x.shape[-1]
+    return rows, x.numel() // rows
+
+
+def check_packable(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Float32 `x`, or a one-line error for a native format or non-finite values."""
+    x = validated_input(x, fmt)
+    if not fmt.is_quantized:
+        raise MixprecError(f"{fmt.name} is not quantized; there is nothing to pack")
+    if not bool(torch.isfinite(x).all()):
+        raise MixprecError(
+            f"cannot pack a tensor with inf or NaN as {fmt.name}: packed codes hold finite values"
+        )
+    return x
+
+
+def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
+    """Quantize `x` and store it packed; `unpack` returns exactly `quantize_dequantize(x)`."""
+    x = check_packable(x, fmt)
+    rows, cols = packed_view(x, fmt)
+    q = quantize(x, fmt)
+
+    def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+        return t.reshape(rows, -1)[:, :width]
+
+    codes = encode_elements(as_rows(q.elements, cols), fmt)
+    scales = encode_scales(as_rows(q.scale, cols), fmt)
+    zero = None if q.zero is None else as_rows(q.zero, cols).to(torch.uint8)
+    return PackedTensor(
+        fmt,
+        tuple(x.shape),
+        pack_bits(codes, fmt.element_bits),
+        scales,
+        zero,
+        q.tensor_scale,
+    )
+
+
+def unpack(p: PackedTensor) -> torch.Tensor:
+    """Float32 values of a packed tensor, in its original shape."""
+    codes = unpack_bits(p.codes, p.fmt.element_bits, p.cols)
+    elements = decode_elements(codes, p.fmt)
+    scale = decode_scales(p.scales, p.fmt).repeat_interleave(p.group_size, dim=1)[:, : p.cols]
+    if p.zero_points is not None:
+        zero = p.zero_points.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
+        values = (elements - zero) * scale
+    elif p.tensor_scale is not None:
+        values = elements * (p.tensor_scale * scale)
+    else:
+        values = elements * scale
+    return values.reshape(p.shape)
+
+
+def packed_linear(
+    x: torch.Tensor, weight: PackedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`x @ W.T + bias` for a packed (out, in) weight: the reference dequant-matmul."""
+    dense = unpack(weight).reshape(weight.rows, weight.cols).to(x.dtype)
+    return F.linear(x, dense, None if bias is None else bias.to(x.dtype))
+
+
+def encode_elements(values: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Element-grid values -> uint8 codes of `fmt.element_bits` bits."""
+    if fmt.element_kind == "int":
+        if not fmt.symmetric:
+            return values.to(torch.uint8)
+        ints = torch.round(values * 2.0**fmt.fraction_bits).to(torch.int32)
+        return (ints & ((1 << fmt.element_bits) - 1)).to(torch.uint8)
+    mags = values.abs()
+    _, exponent = torch.frexp(mags)
+    normal = mags >= 2.0**fmt.min_normal_exponent
+    binade = torch.where(normal, exponent - 1, fmt.min_normal_exponent)
+    field = torch.where(normal, binade + fmt.bias, 0)
+    significand = torch.ldexp(mags, fmt.mantissa_bits - binade).to(torch.int32)
+    mantissa = significand & ((1 << fmt.mantissa_bits) - 1)
+    sign = torch.signbit(values).to(torch.int32)
+    width = fmt.exponent_bits + fmt.mantissa_bits
+    return ((sign << width) | (field << fmt.mantissa_bits) | mantissa).to(torch.uint8)
+
+
+def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """uint8 codes -> float32 element-grid values (inverse of `encode_elements`)."""
+    c = codes.to(torch.int32)
+    if fmt.element_kind == "int":
+        if not fmt.symmetric:
+            return c.float()
+        half = 1 << (fmt.element_bits - 1)
+        signed = torch.where(c >= half, c - 2 * half, c)
+        return signed.float() / 2.0**fmt.fraction_bits
+    mantissa = c & ((1 << fmt.mantissa_bits) - 1)
+    field = (c >> fmt.mantissa_bits) & ((1 << fmt.exponent_bits) - 1)
+    significand = torch.where(field == 0, mantissa, mantissa + (1 << fmt.mantissa_bits))
+    exponent = torch.where(field == 0, fmt.min_normal_exponent, field - fmt.bias)
+    mags = torch.ldexp(significand.float(), (exponent - fmt.mantissa_bits).float())
+    negative = (c >> (fmt.exponent_bits + fmt.mantissa_bits)) & 1
+    return torch.where(negative == 1, -mags, mags)
+
+
+def encode_scales(scale: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Float32 scales (rows, groups) -> their stored type (see the module docstring)."""
+    if fmt.family == "mx":
+        biased = torch.bitwise_right_shift(scale.view(torch.int32), 23) & 0xFF
+        return torch.where(torch.isnan(scale), E8M0_NAN, biased).to(torch.uint8)
+    if fmt.family == "nv":
+        return scale.to(torch.float8_e4m3fn).view(torch.uint8)
+    if fmt.scale_format == "fp16":
+        return scale.to(torch.float16)
+    return scale.contiguous()
+
+
+def decode_scales(stored: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """Stored scales -> float32, exactly the values the reference multiplied by."""
+    if fmt.family == "mx":
+        biased = stored.to(torch.int32)
+        normal = torch.bitwise_left_shift(biased, 23).view(torch.float32)
+        scale = torch.where(biased == 0, 2.0**-F32_EXPONENT_BIAS, normal)
+        return torch.where(biased == E8M0_NAN, float("nan"), scale)
+    if fmt.family == "nv":
+        return stored.view(torch.float8_e4m3fn).float()
+    return stored.float()
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(rows, cols) codes of `bits` bits -> (rows, ceil(cols*bits/8)) little-endian bytes."""
+    rows, cols = codes.shape
+    nbytes = math.ceil(cols * bits / 8)
+    position = torch.arange(cols, device=codes.device, dtype=torch.int32) * bits
+    shifted = codes.to(torch.int32) << (position % 8)
+    first = (position // 8).long().expand(rows, cols)
+    out = torch.zeros(rows, nbytes + 1, dtype=torch.int32, device=codes.device)
+    out.scatter_add_(1, first, shifted & 0xFF)
+    out.scatter_add_(1, first + 1, shifted >> 8)
+    return out[:, :nbytes].to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: (rows, cols) uint8 codes."""
+    padded = F.pad(packed.to(torch.int32), (0, 1))
+    position = torch.arange(cols, device=packed.device, dtype=torch.int32) * bits
+    first = (position // 8).long().expand(packed.shape[0], cols)
+    word = padded.gather(1, first) | (padded.gather(1, first + 1) << 8)
+    return ((word >> (position % 8)) & ((1 << bits) - 1)).to(torch.uint8)
