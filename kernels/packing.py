@@ -11,7 +11,8 @@ Layout (the Triton kernels read and write the same bytes):
   formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
 - `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `tensor_scale` is the
   FP32 per-tensor scale of NV formats.
-Packing needs finite input: FP4/FP6 have no encoding for inf or NaN.
+Packing needs finite input (FP4/FP6 have no encoding for inf or NaN); integer codes have no -0.0,
+so unpacking gives +0.0 where fake quantization gave -0.0 (equal values, other sign bit).
 """
 
 from __future__ import annotations
