@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_search.py
+	$(PY) experiments/bench_kernels.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

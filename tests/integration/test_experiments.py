@@ -71,3 +71,18 @@ def test_search_benchmark_script(tmp_path: Path) -> None:
     text = out.read_text()
     assert "40 units x 6 schemes" in text
     assert text.count("| optimal |") == 8 and text.count("| feasible |") == 4
+
+
+def test_kernel_benchmark_script(tmp_path: Path) -> None:
+    out = tmp_path / "kernels.md"
+    script = str(ROOT / "experiments" / "bench_kernels.py")
+    args = ["--sizes", "128", "--repeats", "1", "--interpreter-size", "64", "--out", str(out)]
+    proc = run_script([script, *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "Device: **" in text and "| nvfp4 | 128x128 |" in text
+    if "No GPU was available" in text:  # CPU: interpreter rows, each bit-exact
+        assert "## 2. Triton through its interpreter" in text
+        assert text.count("| True |") == 4 and "| False |" not in text
+    else:
+        assert "## 2. Dequant-matmul vs bf16 matmul" in text
