@@ -15,6 +15,8 @@ _EXPORTS = {
     "NumberFormat": "mixprec.kernels.formats",
     "formats": "mixprec.kernels",
     "quantize_dequantize": "mixprec.kernels",
+    "KernelPreference": "mixprec.kernels.dispatch",
+    "PackedTensor": "mixprec.kernels.packing",
     "Scheme": "mixprec.scheme",
     "Unit": "mixprec.units",
     "discover_units": "mixprec.units",
@@ -32,9 +34,11 @@ _EXPORTS = {
 
 __all__ = [
     "Evaluation",
+    "KernelPreference",
     "MixprecError",
     "ModelBundle",
     "NumberFormat",
+    "PackedTensor",
     "Scheme",
     "ScoreTable",
     "Unit",
@@ -53,7 +57,9 @@ __all__ = [
 if TYPE_CHECKING:
     from mixprec.errors import MixprecError
     from mixprec.kernels import formats, quantize_dequantize
+    from mixprec.kernels.dispatch import KernelPreference
     from mixprec.kernels.formats import NumberFormat
+    from mixprec.kernels.packing import PackedTensor
     from mixprec.metrics import Evaluation, evaluate, footprint
     from mixprec.models import ModelBundle, fingerprint, load_model
     from mixprec.plan import apply_plan, uniform_assignment

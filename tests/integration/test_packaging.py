@@ -30,6 +30,7 @@ def test_wheel_installs_the_mixprec_namespace(tmp_path: Path) -> None:
     [wheel] = tmp_path.glob("mixprec-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"mixprec/cli.py", "mixprec/py.typed", "mixprec/kernels/formats.py"} <= names
+    assert "mixprec/kernels/triton/qdq.py" in names
     assert not any(n.startswith(("kernels/", "tests/", "experiments/")) for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
