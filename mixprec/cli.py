@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixprec.cli_plans import register as register_plan_commands
+from mixprec.cli_service import register as register_service_commands
 from mixprec.errors import MixprecError
 from mixprec.logs import quiet_optional_backends
 
@@ -261,6 +262,7 @@ def _split(text: str) -> list[str]:
 
 
 register_plan_commands(app)
+register_service_commands(app)
 
 
 def main(argv: list[str] | None = None) -> None:

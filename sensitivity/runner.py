@@ -331,7 +331,12 @@ def _write_outputs(
     table.save(out / "scores.parquet")
     frame = table.frame
     failed = frame[frame["status"] != "ok"]
+    try:  # keep what else the run store keeps there (steps, config, status)
+        kept = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        kept = {}
     manifest = {
+        **(kept if isinstance(kept, dict) else {}),
         "spec": asdict(spec),
         "model": bundle.name,
         "fingerprint": bundle.fingerprint,

@@ -1,0 +1,5 @@
+"""`python -m mixprec ...` is the `mixprec` command (what Ray jobs run)."""
+
+from mixprec.cli import main
+
+main()

@@ -1,0 +1,187 @@
+"""`mixprec run`, `demo`, `runs`, `submit` and `jobs`: the pipeline, the run store, Ray jobs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mixprec.errors import MixprecError
+from mixprec.markdown import cell
+
+console = Console()
+jobs_app = typer.Typer(
+    help="Follow Ray cluster jobs. Example: mixprec jobs status raysubmit_XYZ",
+    no_args_is_help=True,
+)
+AddressOption = Annotated[
+    str, typer.Option(help="The Ray dashboard's job API, e.g. http://127.0.0.1:8265.")
+]
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+DEMO_SCHEMES = [
+    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
+    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1",
+]  # fmt: skip
+
+
+def _run(config: object, quiet: bool) -> None:
+    from mixprec.config import RunConfig
+    from mixprec.pipeline import run_pipeline
+
+    assert isinstance(config, RunConfig)
+    say = (lambda _: None) if quiet else (lambda line: console.print(line, soft_wrap=True))
+    try:
+        summary = run_pipeline(config, say=say, progress=not quiet)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"mixprec: interrupted; finished steps and cells are kept in {config.output}, "
+            "re-run to resume\n"
+        )
+        raise typer.Exit(130) from None
+    if summary.plans:
+        head = list(dict.fromkeys(k for row in summary.plans for k in row))
+        table = Table(*head, title=f"{config.model}: plans in {config.output}")
+        for row in summary.plans:
+            table.add_row(*[cell(row.get(k, "")) for k in head])
+        console.print(table)
+    console.print(
+        f"{len(summary.written)} files written, {len(summary.skipped)} steps up to date, "
+        f"{summary.seconds:.0f} s; report: {config.output / 'report.md'}",
+        soft_wrap=True,
+    )
+    for path in summary.written:
+        console.print(f"  {path}", highlight=False, soft_wrap=True)
+
+
+def run_command(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="A run config (TOML).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
+) -> None:
+    """Analyze, search every budget and method, evaluate, export and report; resumable.
+
+    Example: mixprec run study.toml  (a re-run skips the steps that are up to date)
+    """
+    from mixprec.config import load_config
+
+    _run(load_config(config_path), quiet)
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/demo"),
+    workers: Annotated[int, typer.Option(help="Ray workers for the analysis.")] = 2,
+) -> None:
+    """The whole pipeline on the bundled MiniLM: 10 schemes, 3 estimators, ILP at 3 budgets.
+
+    Example: mixprec demo --out runs/demo
+    """
+    from mixprec.config import RunConfig
+
+    config = RunConfig(
+        model="minilm",
+        output=out,
+        schemes=DEMO_SCHEMES,
+        levels=["layer"],
+        calib_batches=2,
+        budgets=["4.5bits", "5bits", "6bits"],
+        methods=["ilp"],
+        workers=workers,
+    )
+    _run(config, quiet=False)
+
+
+def runs_command(
+    root: Annotated[Path, typer.Option("--root", help="The run store.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs in the store with model, status and date. Example: mixprec runs --root runs"""
+    import json
+
+    from mixprec.store import list_runs
+
+    rows = list_runs(root)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("name", "model", "status", "date", title=f"runs in {root}")
+    for row in rows:
+        table.add_row(row["name"], row["model"], row["status"], row["date"])
+    console.print(table)
+
+
+def submit_command(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="A run config (TOML).")],
+    address: AddressOption = DEFAULT_ADDRESS,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    python: Annotated[
+        str | None, typer.Option(help="Python on the cluster (default: this one).")
+    ] = None,
+) -> None:
+    """Run a config on a Ray cluster as a job; results land in the config's output folder.
+
+    Example: mixprec submit study.toml --address http://127.0.0.1:8265 --wait
+    """
+    from mixprec import jobs
+    from mixprec.config import load_config
+
+    config = load_config(config_path)
+    job_id = jobs.submit(config, address, python)
+    output = jobs.shipped_config(config, Path.cwd()).output
+    console.print(f"submitted {job_id} -> {output}", soft_wrap=True)
+    if wait:
+        final = None
+        for info in jobs.wait(job_id, address, timeout):
+            console.print(f"{job_id}: {info.status}")
+            final = info
+        if final is None or final.status != "SUCCEEDED":
+            sys.stdout.write(jobs.logs(job_id, address)[-4000:])
+            raise MixprecError(f"job {job_id} ended {final.status if final else '?'}")
+
+
+@jobs_app.command("list")
+def jobs_list(address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """Every job on the cluster. Example: mixprec jobs list"""
+    from mixprec import jobs
+
+    table = Table("job", "status", "entrypoint", title=address)
+    for info in jobs.list_jobs(address):
+        table.add_row(info.job_id, info.status, info.entrypoint)
+    console.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """One job's status. Example: mixprec jobs status raysubmit_XYZ"""
+    from mixprec import jobs
+
+    info = jobs.status(job_id, address)
+    console.print(f"{info.job_id}: {info.status} {info.message}".rstrip())
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """A job's output so far. Example: mixprec jobs logs raysubmit_XYZ"""
+    from mixprec import jobs
+
+    sys.stdout.write(jobs.logs(job_id, address))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """Ask a running job to stop. Example: mixprec jobs stop raysubmit_XYZ"""
+    from mixprec import jobs
+
+    stopped = jobs.stop(job_id, address)
+    console.print(f"{job_id}: {'stopping' if stopped else 'not running'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("demo")(demo_command)
+    app.command("runs")(runs_command)
+    app.command("submit")(submit_command)
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,151 @@
+"""The TOML run config behind `mixprec run` and `mixprec submit`, validated by pydantic.
+
+Every error is one line naming the key, what was wrong and what is valid. Relative paths are
+relative to the directory `mixprec run` is started in.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mixprec.errors import MixprecError
+
+Estimator = Literal["hessian", "fisher", "isolation"]
+Level = Literal["layer", "component", "block"]
+Method = Literal["ilp", "greedy", "optuna"]
+Target = Literal["json", "hf", "llamacpp", "gguf"]
+EXPORT_SUFFIX: dict[str, str] = {
+    "json": ".json",
+    "hf": ".quantization_config.json",
+    "llamacpp": ".llamacpp.txt",
+    "gguf": ".gguf",
+}
+
+
+class RunConfig(BaseModel):
+    """One study: which model, what to score, which budgets and methods, where results go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="minilm, digits-cnn, tiny-gpt, hf:DIR or module:PKG:FACTORY")
+    output: Path = Field(description="the run folder, e.g. runs/digits")
+    schemes: list[str] | Literal["default"] = "default"
+    estimators: list[Estimator] = ["hessian", "fisher", "isolation"]
+    levels: list[Level] = ["layer", "component", "block"]
+    calib_batches: int | None = Field(default=None, ge=1)
+    budgets: list[str] = ["4.5bits", "6bits", "8bits"]
+    methods: list[Method] = ["ilp"]
+    search_estimator: Estimator | None = None
+    evaluate: bool = True
+    exports: list[Target] = ["json", "hf", "llamacpp", "gguf"]
+    workers: int = Field(default=0, ge=0)
+    address: str | None = None
+    seed: int = 0
+
+    @field_validator("schemes")
+    @classmethod
+    def _schemes_parse(cls, value: list[str] | str) -> list[str] | str:
+        from mixprec.scheme import Scheme
+
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("needs at least one scheme, e.g. ['w:mxfp4', 'w:int8']")
+            return [_parsed(Scheme.parse, s) for s in value]
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_parse(cls, value: list[str]) -> list[str]:
+        from mixprec.search.cost import Budget
+
+        if not value:
+            raise ValueError("needs at least one budget, e.g. ['4.5bits', '12MB', '0.3x']")
+        return [_parsed(Budget.parse, b) for b in value]
+
+    @field_validator("estimators", "levels", "methods")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one entry")
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.output.name
+
+    @property
+    def estimator_for_search(self) -> str:
+        """The scores the allocators use: as asked, else isolation when scored, else the first."""
+        if self.search_estimator is not None:
+            if self.search_estimator not in self.estimators:
+                raise MixprecError(
+                    f"search_estimator {self.search_estimator!r} is not among the estimators "
+                    f"scored ({', '.join(self.estimators)})"
+                )
+            return self.search_estimator
+        return "isolation" if "isolation" in self.estimators else self.estimators[0]
+
+    def to_toml(self) -> str:
+        """The config as TOML (what `mixprec submit` ships to the cluster)."""
+        lines = []
+        for key, value in self.model_dump(mode="json").items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _parsed(parse: Callable[[str], object], text: str) -> str:
+    """Canonical spelling, with a parse error turned into pydantic's ValueError."""
+    try:
+        return str(parse(text))
+    except MixprecError as err:
+        raise ValueError(str(err)) from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a parsed TOML table; the first problem becomes a one-line MixprecError."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise MixprecError(f"{source}: {_describe(err)}") from None
+
+
+def load_config(path: Path) -> RunConfig:
+    if not path.is_file():
+        raise MixprecError(f"no config file at {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise MixprecError(f"{path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise MixprecError(f"{path} is not UTF-8 text") from None
+    return parse_config(data, str(path))
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "top level"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    valid_keys = ", ".join(RunConfig.model_fields)
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {key!r}; valid keys: {valid_keys}{more}"
+    if first["type"] == "missing":
+        return f"missing key {key!r} (required: model, output){more}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"key {key!r}: {message}{more}"

@@ -1,0 +1,209 @@
+"""`mixprec run CONFIG`: analyze -> search -> evaluate -> export -> report, resumable.
+
+Each step has a name, a hash of its inputs and a list of outputs in the run manifest. A
+re-run skips a step that finished with the same inputs and still has its outputs, and redoes
+one whose inputs changed (a new budget, other scores, an edited plan). Analysis cells are
+also cached individually, so an interrupted analysis resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixprec.config import EXPORT_SUFFIX, RunConfig
+from mixprec.errors import MixprecError
+from mixprec.files import atomic_write_text
+from mixprec.store import RunFolder, inputs_hash
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did: one row per plan, and every file it wrote or kept."""
+
+    folder: Path
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Pipeline:
+    """The steps of one run over one run folder; `run()` executes what is not up to date."""
+
+    def __init__(self, config: RunConfig, say: Say = print, progress: bool = True) -> None:
+        self.config = config
+        self.folder = RunFolder(config.output)
+        self.say = say
+        self.progress = progress
+        self.summary = RunSummary(config.output)
+        self._analysis: Any = None
+        self.visited: list[str] = []
+
+    @property
+    def path(self) -> Path:
+        return self.config.output
+
+    def run(self) -> RunSummary:
+        started = time.perf_counter()
+        self.folder.prepare(self.config.model_dump(mode="json"), self.config.model)
+        atomic_write_text(self.path / "config.toml", self.config.to_toml())
+        try:
+            self.analyze()
+            plans = self.search()
+            for plan in plans:
+                if self.config.evaluate:
+                    self.evaluate(plan)
+                for target in self.config.exports:
+                    self.export(plan, target)
+            self.report(plans)
+        except KeyboardInterrupt:
+            self.folder.finish("interrupted")
+            raise
+        except BaseException:
+            self.folder.finish("failed")
+            raise
+        self.summary.seconds = time.perf_counter() - started
+        self.folder.finish("finished")
+        return self.summary
+
+    def step(
+        self, name: str, inputs: str, outputs: list[Path], work: Callable[[], str | None]
+    ) -> bool:
+        """Run `work` unless the step is up to date; True when it ran.
+
+        `work` returns None, or the reason it produced nothing (an infeasible budget, a
+        target the model has no mapping for); that is recorded and the run goes on.
+        """
+        self.visited.append(name)
+        if self.folder.is_done(name, inputs):
+            self.summary.skipped.append(name)
+            self.say(f"{name}: up to date")
+            return False
+        self.say(f"{name} ...")
+        self.folder.mark(name, "running", inputs)
+        try:
+            note = work()
+        except BaseException as err:
+            self.folder.mark(name, "failed", inputs, error=str(err) or type(err).__name__)
+            raise
+        if note:
+            self.say(f"  {name}: {note}")
+        self.folder.mark(name, "done", inputs, [p for p in outputs if p.exists()], note=note or "")
+        self.summary.written.extend(p for p in outputs if p.exists())
+        return True
+
+    def analyze(self) -> None:
+        from mixprec.sensitivity.runner import DEFAULT_SCHEMES, AnalysisSpec, run_analysis
+
+        c = self.config
+        schemes = DEFAULT_SCHEMES if c.schemes == "default" else tuple(c.schemes)
+        spec = AnalysisSpec(
+            c.model, schemes, tuple(c.estimators), tuple(c.levels), c.calib_batches, c.seed
+        )
+        inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
+                             c.calib_batches, c.seed)  # fmt: skip
+        scores = self.path / "scores.parquet"
+
+        def work() -> None:
+            run_analysis(spec, c.workers, c.address, self.path, self.progress)
+            return None
+
+        self.step("analyze", inputs, [scores], work)
+
+    def analysis(self) -> Any:
+        """The scored folder opened for search (loads the model once, only when needed)."""
+        from mixprec.search.runs import open_analysis
+
+        if self._analysis is None:
+            self._analysis = open_analysis(self.path, self.config.estimator_for_search)
+        return self._analysis
+
+    def search(self) -> list[Path]:
+        from mixprec.search.runs import search
+
+        c = self.config
+        estimator = c.estimator_for_search
+        plans = []
+        for method in c.methods:
+            for budget in c.budgets:
+                out = self.path / "plans" / f"{method}-{budget}.json"
+                name = f"search {method} {budget}"
+                inputs = inputs_hash(name, self.path / "scores.parquet", estimator, c.seed)
+
+                def work(method: str = method, budget: str = budget, out: Path = out) -> str | None:
+                    out.unlink(missing_ok=True)
+                    try:
+                        plan = search(self.analysis(), method, budget, estimator=estimator,
+                                      seed=c.seed)  # fmt: skip
+                    except MixprecError as err:  # an infeasible budget is a result, not a crash
+                        return str(err)
+                    plan.save(out)
+                    return None
+
+                self.step(name, inputs, [out], work)
+                if out.exists():
+                    plans.append(out)
+        return plans
+
+    def evaluate(self, plan_path: Path) -> None:
+        from mixprec.metrics import evaluate
+        from mixprec.plan import PrecisionPlan
+
+        out = self.path / "eval" / plan_path.name
+
+        def work() -> None:
+            plan = PrecisionPlan.load(plan_path)
+            result = evaluate(self.analysis().bundle, plan.assignment)
+            atomic_write_text(out, json.dumps(result.to_json(), indent=2) + "\n")
+            return None
+
+        self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path), [out], work)
+
+    def export(self, plan_path: Path, target: str) -> None:
+        from mixprec.export import export_plan
+        from mixprec.plan import PrecisionPlan
+
+        out = self.path / "exports" / f"{plan_path.stem}{EXPORT_SUFFIX[target]}"
+
+        def load() -> tuple[Any, str]:
+            bundle = self.analysis().bundle
+            return bundle.model, bundle.fingerprint
+
+        def work() -> str | None:
+            out.unlink(missing_ok=True)
+            try:
+                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load)
+            except MixprecError as err:  # e.g. no llama.cpp names for this architecture
+                return f"not exported: {err}"
+            for warning in exported.warnings:
+                self.say(f"  warning: {warning}")
+            return None
+
+        self.step(f"export {plan_path.stem} {target}", inputs_hash(plan_path, target), [out], work)
+
+    def report(self, plans: list[Path]) -> None:
+        from mixprec.report import plan_rows, write_report
+
+        out = self.path / "report.md"
+        evals = [self.path / "eval" / p.name for p in plans]
+        inputs = inputs_hash("report", self.config.model_dump(mode="json"), *plans, *evals)
+
+        def work() -> None:
+            self.folder.keep_only(self.visited)  # steps of an earlier config do not report
+            write_report(self.config, self.folder.manifest(), plans, out)
+            return None
+
+        self.step("report", inputs, [out], work)
+        self.summary.plans = plan_rows(plans, self.path)
+
+
+def run_pipeline(config: RunConfig, say: Say = print, progress: bool = True) -> RunSummary:
+    """Run (or resume) every step of `config`; see the module docstring."""
+    return Pipeline(config, say, progress).run()

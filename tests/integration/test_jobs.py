@@ -1,0 +1,102 @@
+"""`mixprec submit` / `jobs` against a real Ray head (with its job API) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.plan import PrecisionPlan
+from mixprec.sensitivity.runner import LOOPBACK_ONLY
+from tests.integration.test_ray_cluster import free_port
+from tests.unit.test_cli import run
+
+
+@pytest.fixture
+def job_api(tmp_path: Path) -> Iterator[str]:
+    """A head node with its dashboard (the job API) bound to 127.0.0.1; stopped after."""
+    port, dashboard = free_port(), free_port()
+    ray_temp = tempfile.mkdtemp(prefix="mxr", dir="/tmp")  # Ray's socket paths must stay short
+    ray = Path(sys.executable).parent / "ray"
+    command = [
+        str(ray), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+        "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", "--disable-usage-stats",
+        f"--temp-dir={ray_temp}",
+    ]  # fmt: skip
+    log = (tmp_path / "ray-head.log").open("w")
+    env = {**os.environ, LOOPBACK_ONLY: "0", "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        from mixprec import jobs
+
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()
+            try:
+                jobs.list_jobs(address)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail("the Ray job API did not answer within 120 s")
+                time.sleep(1.0)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_submit_runs_the_config_on_the_cluster(
+    job_api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store" / "job"
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'model = "digits-cnn"\noutput = "{out}"\nschemes = ["w:mxfp4", "w:int8"]\n'
+        'estimators = ["isolation"]\nlevels = ["layer"]\nbudgets = ["6bits"]\n'
+        'methods = ["ilp"]\nexports = ["json"]\n'
+    )
+    code, stdout, _ = run(["submit", str(config), "--address", job_api, "--wait",
+                           "--timeout", "300"], capsys)  # fmt: skip
+    assert code == 0, stdout
+    job_id = stdout.split()[1]
+    assert f"{job_id}: SUCCEEDED" in stdout
+    plan = PrecisionPlan.load(out / "plans" / "ilp-6bits.json")
+    assert plan.model == "digits-cnn" and plan.predicted["bits_per_weight"] <= 6
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+    code, stdout, _ = run(["jobs", "status", job_id, "--address", job_api], capsys)
+    assert code == 0 and "SUCCEEDED" in stdout
+    code, stdout, _ = run(["jobs", "logs", job_id, "--address", job_api], capsys)
+    assert code == 0 and "report.md" in stdout
+    code, stdout, _ = run(["jobs", "list", "--address", job_api], capsys)
+    assert code == 0 and job_id in stdout
+    code, _, err = run(["jobs", "stop", "raysubmit_nope", "--address", job_api], capsys)
+    assert code == 2 and "no job 'raysubmit_nope'" in err
+
+
+def test_unreachable_and_malformed_addresses() -> None:
+    from mixprec import jobs
+
+    with pytest.raises(
+        MixprecError, match=r"cannot reach the Ray dashboard at http://127\.0\.0\.1:"
+    ):
+        jobs.list_jobs(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(MixprecError, match="is not http://HOST:PORT"):
+        jobs.list_jobs("127.0.0.1:8265")

@@ -1,0 +1,69 @@
+"""Run configs: TOML parsing and one-line errors naming the key and what is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixprec.config import RunConfig, load_config, parse_config
+from mixprec.errors import MixprecError
+
+BASE = {"model": "digits-cnn", "output": "runs/digits"}
+
+
+def test_defaults_and_canonical_spellings(tmp_path: Path) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text(
+        'model = "digits-cnn"\noutput = "runs/x"\nschemes = ["w:nvfp4, a:nvfp4", "w:int8"]\n'
+        'budgets = ["4.50bits", "12MB"]\n'
+    )
+    config = load_config(path)
+    assert config.schemes == ["w:nvfp4,a:nvfp4", "w:int8"]
+    assert config.budgets == ["4.5bits", "12MB"]
+    assert config.methods == ["ilp"] and config.exports == ["json", "hf", "llamacpp", "gguf"]
+    assert config.name == "x" and config.estimator_for_search == "isolation"
+
+
+def test_toml_round_trip() -> None:
+    import tomllib
+
+    config = parse_config({**BASE, "methods": ["ilp", "optuna"], "calib_batches": 2})
+    assert parse_config(tomllib.loads(config.to_toml())) == config
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": "x"}, "missing key 'output'"),
+        ({**BASE, "budget": "4bits"}, "unknown key 'budget'; valid keys: model, output, schemes"),
+        ({**BASE, "methods": ["sac"]}, "key 'methods.0': Input should be 'ilp', 'greedy' or"),
+        ({**BASE, "estimators": ["taylor"]}, "key 'estimators.0': Input should be 'hessian'"),
+        ({**BASE, "schemes": ["w:int9"]}, "key 'schemes': bad scheme 'w:int9'"),
+        ({**BASE, "budgets": ["lots"]}, "key 'budgets': bad budget 'lots'"),
+        ({**BASE, "budgets": []}, "key 'budgets': needs at least one budget"),
+        ({**BASE, "workers": -1}, "key 'workers': Input should be greater than or equal to 0"),
+        ({**BASE, "exports": ["onnx"]}, "key 'exports.0': Input should be 'json', 'hf'"),
+    ],
+)
+def test_bad_configs_name_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(MixprecError, match=r"^study\.toml: ") as info:
+        parse_config(data, "study.toml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('model = "digits-cnn\noutput = 3\n')
+    with pytest.raises(MixprecError, match="is not valid TOML"):
+        load_config(path)
+    with pytest.raises(MixprecError, match="no config file at"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_search_estimator_must_have_been_scored() -> None:
+    config = RunConfig.model_validate(
+        {**BASE, "estimators": ["fisher"], "search_estimator": "isolation"}
+    )
+    with pytest.raises(MixprecError, match="'isolation' is not among the estimators scored"):
+        _ = config.estimator_for_search
