@@ -17,16 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-DEMO_RUN := runs/demo
-DEMO_SCHEMES := w:int8,w:mxfp6_e2m3,w:int4_g128,w:mxfp4,w:nvfp4
-
 demo: $(STAMP)
 	$(PY) experiments/uniform_sweep.py
-	$(VENV)/bin/mixprec analyze --model minilm --schemes $(DEMO_SCHEMES) --estimators isolation \
-		--levels layer --calib-batches 2 --workers 2 --out $(DEMO_RUN)
-	$(VENV)/bin/mixprec search $(DEMO_RUN) --budget 5bits --out $(DEMO_RUN)/plan.json
-	$(VENV)/bin/mixprec export $(DEMO_RUN)/plan.json --to llamacpp --out $(DEMO_RUN)/overrides.txt
-	$(VENV)/bin/mixprec export $(DEMO_RUN)/plan.json --to hf --out $(DEMO_RUN)/quantization_config.json
+	$(VENV)/bin/mixprec demo --out runs/demo
 
 bench: $(STAMP)
 	$(PY) experiments/bench_search.py

@@ -43,7 +43,8 @@ def _run(config: object, quiet: bool) -> None:
         )
         raise typer.Exit(130) from None
     if summary.plans:
-        head = list(dict.fromkeys(k for row in summary.plans for k in row))
+        brief = ("method", "budget", "predicted score")  # in the plan's name, or in report.md
+        head = [k for k in dict.fromkeys(k for row in summary.plans for k in row) if k not in brief]
         table = Table(*head, title=f"{config.model}: plans in {config.output}")
         for row in summary.plans:
             table.add_row(*[cell(row.get(k, "")) for k in head])

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +12,18 @@ import pytest
 
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
-from mixprec.sensitivity.runner import LOOPBACK_ONLY
-from tests.integration.test_ray_cluster import free_port
+from tests.integration.test_ray_cluster import free_port, running_head
 from tests.unit.test_cli import run
+
+
+def job_api_answers(address: str) -> bool:
+    from mixprec import jobs
+
+    try:
+        jobs.list_jobs(address)
+    except Exception:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -27,39 +31,15 @@ def job_api(tmp_path: Path) -> Iterator[str]:
     """A head node with its dashboard (the job API) bound to 127.0.0.1; stopped after."""
     port, dashboard = free_port(), free_port()
     ray_temp = tempfile.mkdtemp(prefix="mxr", dir="/tmp")  # Ray's socket paths must stay short
-    ray = Path(sys.executable).parent / "ray"
-    command = [
-        str(ray), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-        "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}", "--disable-usage-stats",
-        f"--temp-dir={ray_temp}",
+    extra = [
+        f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", f"--temp-dir={ray_temp}",
     ]  # fmt: skip
-    log = (tmp_path / "ray-head.log").open("w")
-    env = {**os.environ, LOOPBACK_ONLY: "0", "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        from mixprec import jobs
-
-        deadline = time.monotonic() + 120
-        while True:
-            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()
-            try:
-                jobs.list_jobs(address)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    pytest.fail("the Ray job API did not answer within 120 s")
-                time.sleep(1.0)
-        yield address
+        with running_head(extra, tmp_path / "ray-head.log", lambda: job_api_answers(address), 120):
+            yield address
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=30)
-        log.close()
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 

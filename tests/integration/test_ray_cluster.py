@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,36 +26,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def running_head(
+    extra: list[str], log_path: Path, ready: Callable[[], bool], timeout: float = 90.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`ray start --head --block` on 127.0.0.1 until `ready()`; SIGTERM (then kill) on exit."""
+    ray = Path(sys.executable).parent / "ray"
+    command = [
+        str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        "--disable-usage-stats", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, LOOPBACK_ONLY: "0", "RAY_AUTH_MODE": "disabled"}  # loopback only
+    with log_path.open("w") as log:
+        head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert head.poll() is None, log_path.read_text()
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the Ray head was not ready within {timeout:.0f} s")
+                time.sleep(0.5)
+            yield head
+        finally:
+            head.send_signal(signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait(timeout=30)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture
 def ray_head(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    ray = Path(sys.executable).parent / "ray"
-    command = [
-        str(ray), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-    ]  # fmt: skip
-    log = (tmp_path / "ray-head.log").open("w")
-    env = {**os.environ, LOOPBACK_ONLY: "0", "RAY_AUTH_MODE": "disabled"}  # loopback only
-    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Ray head did not open its port within 90 s")
+    extra = [f"--port={port}", "--include-dashboard=false"]
+    with running_head(extra, tmp_path / "ray-head.log", lambda: port_open(port)):
         yield f"127.0.0.1:{port}"
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=30)
-        log.close()
 
 
 def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path: Path) -> None:
