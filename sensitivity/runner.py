@@ -240,6 +240,7 @@ def _ray_map(
     import ray
 
     started_here = not ray.is_initialized()
+    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more; shutdown leaves them
     if started_here:
         if address is None:
             ray.init(
@@ -274,6 +275,8 @@ def _ray_map(
     finally:
         if started_here:
             ray.shutdown()
+            os.environ.clear()
+            os.environ.update(environment)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import LOOPBACK_ONLY, AnalysisSpec, run_analysis
+from mixprec.sensitivity.table import ScoreTable
 
 SPEC = AnalysisSpec("digits-cnn", schemes=("w:int4", "w:mxfp8_e4m3"), chunk=4)
 
@@ -70,9 +71,18 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 
 
 def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path: Path) -> None:
-    on_cluster = run_analysis(
-        SPEC, workers=2, address=ray_head, cache=CellCache(tmp_path / "a"), progress=False
-    )
+    """A local Ray run first: it must leave nothing behind (Ray sets RAY_AUTH_MODE=token in
+    os.environ) that breaks the cluster run of a `mixprec analyze` started from here after."""
+    local = run_analysis(SPEC, workers=1, cache=CellCache(tmp_path / "l"), progress=False)
+    command = [
+        sys.executable, "-m", "mixprec", "analyze", "--model", SPEC.model,
+        "--schemes", ",".join(SPEC.schemes), "--workers", "2", "--address", ray_head,
+        "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    env = {**os.environ, "MIXPREC_CACHE_DIR": str(tmp_path / "fresh")}  # every cell on the cluster
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    on_cluster = ScoreTable.load(tmp_path / "run" / "scores.parquet")
     serial = run_analysis(SPEC, cache=CellCache(tmp_path / "b"), progress=False)
     assert (on_cluster.frame["status"] == "ok").all()
-    assert on_cluster.same_scores(serial)
+    assert on_cluster.same_scores(serial) and local.same_scores(serial)
