@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mixprec-installed
 # Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test bench lint typecheck clean
+.PHONY: setup demo test bench dashboard lint typecheck clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_search.py
 	$(PY) experiments/bench_kernels.py
+
+dashboard: $(STAMP)
+	$(VENV)/bin/mixprec dashboard --runs runs
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

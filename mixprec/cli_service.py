@@ -180,9 +180,40 @@ def jobs_stop(job_id: str, address: AddressOption = DEFAULT_ADDRESS) -> None:
     console.print(f"{job_id}: {'stopping' if stopped else 'not running'}")
 
 
+def dashboard_command(
+    runs: Annotated[Path, typer.Option("--runs", help="The run store.")] = Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you say so.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+) -> None:
+    """Explore runs and their sensitivity in the browser (Streamlit).
+
+    Example: mixprec dashboard --runs runs --port 8501
+    """
+    import os
+    import subprocess
+
+    from mixprec.dashboard import views
+
+    app_file = Path(views.__file__).with_name("app.py")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
+        "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    env = {**os.environ, views.RUNS_ENV: str(runs.resolve())}
+    console.print(f"dashboard on http://{host}:{port} for {runs}", soft_wrap=True)
+    try:
+        raise typer.Exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command("demo")(demo_command)
     app.command("runs")(runs_command)
     app.command("submit")(submit_command)
     app.add_typer(jobs_app, name="jobs")
+    app.command("dashboard")(dashboard_command)

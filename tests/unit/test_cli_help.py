@@ -15,7 +15,7 @@ from tests.unit.test_cli import run
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     "formats", "units", "evaluate", "analyze", "report", "search", "pareto", "export", "run",
-    "demo", "runs", "submit", "jobs list", "jobs status", "jobs logs", "jobs stop",
+    "demo", "runs", "submit", "dashboard", "jobs list", "jobs status", "jobs logs", "jobs stop",
 }  # fmt: skip
 
 

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard (`mixprec dashboard`): app.py plus pure view helpers."""

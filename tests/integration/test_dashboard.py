@@ -1,0 +1,114 @@
+"""The dashboard through Streamlit's AppTest on a small real run; its view helpers directly."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mixprec.config import parse_config
+from mixprec.dashboard import views
+from mixprec.errors import MixprecError
+from mixprec.pipeline import run_pipeline
+
+APP = Path(views.__file__).with_name("app.py")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    config = {
+        "model": "digits-cnn", "output": str(root / "digits"), "schemes": ["w:mxfp4", "w:int8"],
+        "estimators": ["isolation", "fisher"], "levels": ["layer", "block"],
+        "budgets": ["6bits"], "exports": ["json"],
+    }  # fmt: skip
+    run_pipeline(parse_config(config), say=lambda _: None, progress=False)
+    (root / "half").mkdir()  # a run whose analysis never finished
+    shutil.copy(root / "digits" / "manifest.json", root / "half" / "manifest.json")
+    return root
+
+
+@pytest.fixture
+def app(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv(views.RUNS_ENV, str(store))
+    yield AppTest.from_file(str(APP), default_timeout=60)
+
+
+def test_runs_page_lists_the_store(app: AppTest) -> None:
+    app.run()
+    assert not app.exception
+    frame = app.dataframe[0].value
+    assert set(frame["name"]) == {"digits", "half"} and set(frame["status"]) == {"finished"}
+    assert app.selectbox(key="run_picker").options == list(frame["name"])
+
+
+def test_sensitivity_heatmap_of_the_picked_run(app: AppTest) -> None:
+    app.run()
+    app.selectbox(key="run_picker").select("digits").run()
+    app.sidebar.radio(key="page").set_value("Sensitivity").run()
+    assert not app.exception and not app.warning
+    assert app.selectbox(key="estimator").options == ["fisher", "isolation"]
+    assert len(app.get("plotly_chart")) == 1
+    app.selectbox(key="level").set_value("block").run()
+    assert not app.exception and len(app.get("plotly_chart")) == 1
+    assert app.caption[0].value.startswith("digits: fisher scores, block level")
+
+
+def test_a_half_finished_run_and_an_empty_store_explain_themselves(
+    app: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.run()
+    app.selectbox(key="run_picker").select("half").run()
+    app.sidebar.radio(key="page").set_value("Sensitivity").run()
+    assert not app.exception and "has no scores yet" in app.warning[0].value
+    monkeypatch.setenv(views.RUNS_ENV, str(tmp_path / "empty"))
+    empty = AppTest.from_file(str(APP), default_timeout=60)
+    empty.run()
+    assert not empty.exception and "No runs in" in empty.info[0].value
+
+
+def test_heatmap_frames_order_and_hover(store: Path) -> None:
+    scores = views.load_scores(store / "digits")
+    colour, text = views.heatmap_frames(scores, "isolation", "layer")
+    assert list(colour.columns) == ["w:int8", "w:mxfp4"]  # most bits first
+    assert list(colour.index) == list(dict.fromkeys(scores[scores["level"] == "layer"]["unit"]))
+    row = scores[(scores["estimator"] == "isolation") & (scores["level"] == "layer")].iloc[0]
+    assert colour.loc[row["unit"], row["scheme"]] == pytest.approx(math.log10(row["score"]))
+    assert text.loc[row["unit"], row["scheme"]].startswith(f"{row['score']:.3g} [")
+    with pytest.raises(MixprecError, match="no hessian scores at the layer level"):
+        views.heatmap_frames(scores, "hessian", "layer")
+
+
+def test_cli_serves_the_app_on_loopback(store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.integration.test_ray_cluster import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "mixprec", "dashboard", "--runs", str(store), "--port",
+               str(port)]  # fmt: skip
+    log = (tmp_path / "dashboard.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "dashboard.log").read_text()
+            try:
+                url = f"http://127.0.0.1:{port}/_stcore/health"
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    assert reply.read() == b"ok"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
