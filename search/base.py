@@ -165,11 +165,17 @@ def plan_from_selection(
 
 
 def strategies() -> dict[str, Callable[..., SearchStrategy]]:
+    from mixprec.agents.sac import SACStrategy
     from mixprec.search.greedy import GreedyStrategy
     from mixprec.search.ilp import ILPStrategy
     from mixprec.search.optuna_search import OptunaStrategy
 
-    return {"ilp": ILPStrategy, "greedy": GreedyStrategy, "optuna": OptunaStrategy}
+    return {
+        "ilp": ILPStrategy,
+        "greedy": GreedyStrategy,
+        "optuna": OptunaStrategy,
+        "sac": SACStrategy,
+    }
 
 
 def make_strategy(method: str, **options: Any) -> SearchStrategy:

@@ -22,6 +22,7 @@ from mixprec.errors import MixprecError
 from mixprec.metrics import BYTES_PER_MB, layer_weight_bytes
 from mixprec.models import ModelBundle
 from mixprec.scheme import Scheme
+from mixprec.search.features import unit_features
 from mixprec.units import discover_units, quantizable_layers, select, weight_matrix
 
 FP16_BITS = 16
@@ -85,6 +86,8 @@ class CostModel:
     latency: np.ndarray | None = None  # [units, schemes], seconds
     #: decision unit -> the block it lies in (itself where it is in none)
     block_of: Mapping[str, str] = field(default_factory=dict)
+    #: [units, len(search.features.FEATURES)]: what learned allocators see of each unit
+    features: np.ndarray | None = None
 
     @property
     def total_params(self) -> int:
@@ -180,6 +183,7 @@ def build_cost_model(
         fixed,
         latency,
         block_of,
+        unit_features(layers, frozen, units),
     )
 
 
