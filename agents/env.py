@@ -5,8 +5,9 @@ every candidate scheme (log scale, schemes ordered by bits), which schemes the b
 allows, budget used and left. Action: a number in [-1, 1] mapped onto the allowed schemes
 ordered by bits: 0 keeps the fallback plan's scheme, -1 the cheapest, 1 the dearest (a
 residual policy around the fallback, which is the greedy plan). The projection onto allowed
-schemes keeps the remaining units within every constraint at the feasible fallback plan, so
-an episode always ends with a feasible plan. Reward: minus the unit's score, scaled by the fallback
+schemes keeps the remaining units feasible: at their cheapest schemes under a single budget,
+at the fallback plan (jointly feasible) under several constraints; so an episode always ends
+with a feasible plan. Reward: minus the unit's score, scaled by the fallback
 plan's total score (so returns are comparable across models); optionally a final reward.
 """
 
@@ -56,8 +57,14 @@ class AllocationEnv(gym.Env[np.ndarray, np.ndarray]):
         ):
             raise MixprecError("the fallback plan must be scored and within every constraint")
         self.order = np.argsort(self.constraints[0][0].mean(axis=0), kind="stable")  # by bits
-        self.rest = [np.append(np.cumsum(c[rows, self.fallback][::-1])[::-1], 0.0)
-                     for c, _ in self.constraints]  # fmt: skip
+        # What the units after each step need at least: with one constraint, each at its
+        # cheapest scored scheme (exact); with several, the fallback plan (jointly feasible).
+        if len(self.constraints) == 1:
+            cost = self.constraints[0][0]
+            least = [np.where(np.isfinite(self.scores), cost, np.inf).min(axis=1)]
+        else:
+            least = [c[rows, self.fallback] for c, _ in self.constraints]
+        self.rest = [np.append(np.cumsum(need[::-1])[::-1], 0.0) for need in least]
         self.scale = max(float(self.scores[rows, self.fallback].sum()), SCORE_FLOOR)
         finite = self.scores[np.isfinite(self.scores) & (self.scores > 0)]
         self.reference = math.log10(float(np.median(finite))) if finite.size else 0.0

@@ -39,6 +39,8 @@ class SACStrategy(SearchStrategy):
         limits: Limits = Limits(),
         kappa: float = 0.0,
         timesteps: int = 3000,
+        learning_rate: float = 3e-3,
+        gradient_steps: int = 2,
         policy: Path | None = None,
         run_dir: Path | None = None,
         progress: bool = False,
@@ -52,7 +54,8 @@ class SACStrategy(SearchStrategy):
         self.run_dir = run_dir
         self.progress = progress
         self.hidden = hidden
-        self.trained_steps = 0
+        self.learning_rate = learning_rate
+        self.gradient_steps = gradient_steps
 
     def provenance(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"timesteps": self.timesteps}
@@ -89,6 +92,8 @@ class SACStrategy(SearchStrategy):
             seed=self.seed,
             device="cpu",
             learning_starts=min(200, max(self.timesteps // 4, 1)),
+            learning_rate=self.learning_rate,
+            gradient_steps=self.gradient_steps,
             batch_size=64,
             gamma=0.99,
             policy_kwargs={"net_arch": [self.hidden, self.hidden]},
