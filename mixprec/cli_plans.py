@@ -50,7 +50,13 @@ def _strategy_options(
     if method == "ilp":
         options["solver"] = solver
     if method == "optuna":
-        options.update(extra)
+        options.update(
+            {k: extra[k] for k in ("trials", "sampler", "objective", "progress") if k in extra}
+        )
+    if method == "sac":
+        options.update(
+            {k: extra[k] for k in ("timesteps", "policy", "progress", "run_dir") if k in extra}
+        )
     return options
 
 
@@ -58,7 +64,7 @@ def search_command(
     run: RunArgument,
     budget: Annotated[str, typer.Option(help="4.5bits, 12MB (whole model) or 0.3x (of FP16).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write PLAN.json.")],
-    method: Annotated[str, typer.Option(help="ilp, greedy or optuna.")] = "ilp",
+    method: Annotated[str, typer.Option(help="ilp, greedy, optuna or sac.")] = "ilp",
     estimator: EstimatorOption = "isolation",
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,
@@ -73,17 +79,25 @@ def search_command(
     measure: Annotated[
         bool, typer.Option(help="Measure the plan on the evaluation split and store it.")
     ] = True,
+    timesteps: Annotated[int, typer.Option(help="SAC training steps (0: use --policy as is).")] = (
+        3000
+    ),
+    policy: Annotated[
+        Path | None, typer.Option(help="SAC: start from a trained policy (sac_policy.pt).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for stochastic methods.")] = 0,
 ) -> None:
     """Find the plan with the least predicted loss within a budget.
 
-    Example: mixprec search runs/minilm --budget 4.5bits --out plan.json
+    Example: mixprec search runs/minilm --budget 4.5bits --out plan.json  (--method sac
+    trains an agent; its policy and CSV logs go to RUN/sac/)
     """
     from mixprec.search.cost import Budget
     from mixprec.search.runs import open_analysis, search
 
     parsed = Budget.parse(budget)
-    extra = {"trials": trials, "sampler": sampler, "objective": objective, "progress": True}
+    extra = {"trials": trials, "sampler": sampler, "objective": objective, "progress": True,
+             "timesteps": timesteps, "policy": policy, "run_dir": run / "sac"}  # fmt: skip
     options = _strategy_options(
         method, estimator, solver, kappa, seed, max_bops, max_latency, extra
     )

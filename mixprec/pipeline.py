@@ -140,8 +140,11 @@ class Pipeline:
                 def work(method: str = method, budget: str = budget, out: Path = out) -> str | None:
                     out.unlink(missing_ok=True)
                     try:
+                        extra: dict[str, Any] = {}
+                        if method == "sac":
+                            extra["run_dir"] = self.path / "sac"
                         plan = search(self.analysis(), method, budget, estimator=estimator,
-                                      seed=c.seed)  # fmt: skip
+                                      seed=c.seed, **extra)  # fmt: skip
                     except MixprecError as err:  # an infeasible budget is a result, not a crash
                         return str(err)
                     plan.save(out)

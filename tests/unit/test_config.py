@@ -37,7 +37,7 @@ def test_toml_round_trip() -> None:
     [
         ({"model": "x"}, "missing key 'output'"),
         ({**BASE, "budget": "4bits"}, "unknown key 'budget'; valid keys: model, output, schemes"),
-        ({**BASE, "methods": ["sac"]}, "key 'methods.0': Input should be 'ilp', 'greedy' or"),
+        ({**BASE, "methods": ["rl"]}, "key 'methods.0': Input should be 'ilp', 'greedy', 'optuna'"),
         ({**BASE, "estimators": ["taylor"]}, "key 'estimators.0': Input should be 'hessian'"),
         ({**BASE, "schemes": ["w:int9"]}, "key 'schemes': bad scheme 'w:int9'"),
         ({**BASE, "budgets": ["lots"]}, "key 'budgets': bad budget 'lots'"),
