@@ -86,3 +86,13 @@ def test_kernel_benchmark_script(tmp_path: Path) -> None:
         assert text.count("| True |") == 4 and "| False |" not in text
     else:
         assert "## 2. Dequant-matmul vs bf16 matmul" in text
+
+
+def test_agents_script_quick(tmp_path: Path) -> None:
+    out = tmp_path / "agents.md"
+    proc = run_script([str(ROOT / "experiments" / "agents.py"), "--quick", "--out", str(out)],
+                      tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| digits-cnn | 5bits | sac |" in text and "| digits-cnn | 6bits | ilp |" in text
+    assert "## 2. Transfer" in text and "| zero-shot |" in text and "| fine-tuned |" in text
