@@ -99,24 +99,28 @@ def list_jobs(address: str = DEFAULT_ADDRESS) -> list[JobInfo]:
 
 
 def status(job_id: str, address: str = DEFAULT_ADDRESS) -> JobInfo:
-    return _info(_known(client(address), job_id).get_job_info(job_id))
+    return _info(_details(client(address), job_id))
 
 
 def logs(job_id: str, address: str = DEFAULT_ADDRESS) -> str:
-    return str(_known(client(address), job_id).get_job_logs(job_id))
+    jobs = client(address)
+    _details(jobs, job_id)
+    return str(jobs.get_job_logs(job_id))
 
 
 def stop(job_id: str, address: str = DEFAULT_ADDRESS) -> bool:
-    return bool(_known(client(address), job_id).stop_job(job_id))
+    jobs = client(address)
+    _details(jobs, job_id)
+    return bool(jobs.stop_job(job_id))
 
 
 def wait(job_id: str, address: str = DEFAULT_ADDRESS, timeout: float = 600.0) -> Iterator[JobInfo]:
     """Poll until the job ends (or `timeout` seconds pass); yields each status change."""
-    jobs = _known(client(address), job_id)
+    jobs = client(address)
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        info = _info(jobs.get_job_info(job_id))
+        info = _info(_details(jobs, job_id))
         if info.status != last:
             last = info.status
             yield info
@@ -127,12 +131,11 @@ def wait(job_id: str, address: str = DEFAULT_ADDRESS, timeout: float = 600.0) ->
         time.sleep(1.0)
 
 
-def _known(jobs: Any, job_id: str) -> Any:
-    """The client, once `job_id` is known to it (a one-line error otherwise)."""
+def _details(jobs: Any, job_id: str) -> Any:
+    """The job's details from the cluster (a one-line error for an unknown id)."""
     try:
-        jobs.get_job_info(job_id)
+        return jobs.get_job_info(job_id)
     except RuntimeError as err:
         if "does not exist" in str(err) or "404" in str(err):
             raise MixprecError(f"no job {job_id!r} on this cluster; `mixprec jobs list`") from None
         raise
-    return jobs

@@ -10,9 +10,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAGIC = tl.constexpr(
-    12582912.0
-)  # 1.5 * 2^23: adding it leaves an fp32 with no fraction bits below 1
+# 1.5 * 2^23: adding it leaves an fp32 with no fraction bits below 1
+MAGIC = tl.constexpr(12582912.0)
+SMALLEST_E8M0 = tl.constexpr(2.0**-127)  # the E8M0 scale of code 0 (an fp32 subnormal)
 
 
 @triton.jit
@@ -33,6 +33,14 @@ def round_half_even(v):
 def pow2(exponent):
     """2^exponent as fp32 for integer exponents in [-126, 127]."""
     return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def e8m0_scale(biased):
+    """The fp32 value of E8M0 codes: 2^(code - 127), 2^-127 for 0, NaN for 255."""
+    normal = (biased << 23).to(tl.float32, bitcast=True)
+    scale = tl.where(biased == 0, SMALLEST_E8M0, normal)
+    return tl.where(biased == 255, float("nan"), scale)
 
 
 @triton.jit

@@ -10,10 +10,8 @@ import triton.language as tl
 from mixprec.errors import MixprecError
 from mixprec.kernels.packing import PackedTensor
 from mixprec.kernels.triton import check_device, interpreted, launching
-from mixprec.kernels.triton.elements import decode_float, decode_int, extract_code, pow2
+from mixprec.kernels.triton.elements import decode_float, decode_int, e8m0_scale, extract_code
 from mixprec.kernels.triton.qdq import TILE_ELEMENTS, format_constants
-
-MX_SMALLEST_SCALE = tl.constexpr(2.0**-127)
 
 
 @triton.jit
@@ -31,9 +29,7 @@ def dequant_tile(
     group = row * groups_per_row + col // group_len
     stored = tl.load(scales_ptr + group, mask=mask, other=0)
     if FAMILY == 3:
-        biased = stored.to(tl.int32)
-        scale = tl.where(biased == 0, MX_SMALLEST_SCALE, pow2(biased - 127))
-        scale = tl.where(biased == 255, float("nan"), scale)
+        scale = e8m0_scale(stored.to(tl.int32))
     elif FAMILY == 4:
         scale = decode_float(stored.to(tl.int32), 4, 3, 7, -6)
     else:

@@ -26,6 +26,7 @@ from mixprec.kernels.reference import (
 )
 from mixprec.kernels.triton import check_device, launching
 from mixprec.kernels.triton.elements import (
+    e8m0_scale,
     encode_float,
     exponent_of,
     fp16_scale,
@@ -43,7 +44,6 @@ STORED_SCALE_DTYPES = {
     "e4m3": torch.uint8,
 }
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
-MX_SMALLEST_SCALE = tl.constexpr(2.0**-127)  # E8M0 code 0
 NV_SCALE_MAX = tl.constexpr(E4M3_MAX)
 NV_SCALE_MIN = tl.constexpr(E4M3_MIN_NORMAL)
 
@@ -143,10 +143,7 @@ def qdq_kernel(
     elif FAMILY == 3:
         unbiased = tl.minimum(tl.maximum(exponent_of(amax_all) - EMAX, -127), 128)
         biased = tl.where(has_nan > 0, 255, unbiased + 127)
-        scale = tl.where(
-            biased == 0, MX_SMALLEST_SCALE, (biased << 23).to(tl.float32, bitcast=True)
-        )
-        scale = tl.where(biased == 255, float("nan"), scale)
+        scale = e8m0_scale(biased)
     else:
         ts = tl.load(ts_ptr)
         block_scale = tl.math.div_rn(amax_finite, MAX_NORMAL)
