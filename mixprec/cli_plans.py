@@ -55,7 +55,11 @@ def _strategy_options(
         )
     if method == "sac":
         options.update(
-            {k: extra[k] for k in ("timesteps", "policy", "progress", "run_dir") if k in extra}
+            {
+                k: extra[k]
+                for k in ("timesteps", "policy", "progress", "run_dir", "objective")
+                if k in extra
+            }
         )
     return options
 
@@ -74,7 +78,8 @@ def search_command(
     trials: Annotated[int, typer.Option(help="Optuna trials.")] = 50,
     sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe or nsga2.")] = "tpe",
     objective: Annotated[
-        str, typer.Option(help="Optuna objective: predicted (table) or measured (eval split).")
+        str,
+        typer.Option(help="Optuna/SAC objective: predicted (table) or measured (eval split)."),
     ] = "predicted",
     measure: Annotated[
         bool, typer.Option(help="Measure the plan on the evaluation split and store it.")
@@ -90,7 +95,8 @@ def search_command(
     """Find the plan with the least predicted loss within a budget.
 
     Example: mixprec search runs/minilm --budget 4.5bits --out plan.json  (--method sac
-    trains an agent; its policy and CSV logs go to RUN/sac/)
+    trains an agent; its policy, checkpoints and CSV logs go to RUN/sac/, and an interrupted
+    or longer training resumes from there)
     """
     from mixprec.search.cost import Budget
     from mixprec.search.runs import open_analysis, search

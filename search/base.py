@@ -65,6 +65,19 @@ def table_schemes(table: ScoreTable, estimator: str) -> list[str]:
     return [*schemes, KEEP]
 
 
+OBJECTIVES = ("predicted", "measured")
+
+
+def check_objective(objective: str, has_model: bool) -> None:
+    """`predicted` ranks plans by the table, `measured` on the evaluation split (needs a model)."""
+    if objective not in OBJECTIVES:
+        raise MixprecError(
+            f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}"
+        )
+    if objective == "measured" and not has_model:
+        raise MixprecError("the measured objective needs the model (a ModelBundle)")
+
+
 def constraints_for(costs: CostModel, budget: Budget, limits: Limits) -> list[Constraint]:
     """Bytes first (the greedy ratio uses it), then BOPs and latency where limited."""
     constraints: list[Constraint] = [(costs.bytes, budget.weight_bytes(costs))]

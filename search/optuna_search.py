@@ -16,18 +16,16 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from mixprec.errors import MixprecError
+from mixprec.metrics import measured_divergence
 from mixprec.models import ModelBundle
-from mixprec.plan import temporarily_applied
-from mixprec.search.base import SearchStrategy
+from mixprec.search.base import SearchStrategy, check_objective
 from mixprec.search.cost import CostModel
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import Constraint, Selection, feasible_mask
 
 SAMPLERS = ("tpe", "nsga2")
-OBJECTIVES = ("predicted", "measured")
 GRANULARITIES = ("auto", "unit", "block")
 #: above this many decision units, `auto` searches one scheme per block
 AUTO_BLOCK_UNITS = 64
@@ -83,12 +81,7 @@ class OptunaStrategy(SearchStrategy):
             raise MixprecError(
                 f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}"
             )
-        if objective not in OBJECTIVES:
-            raise MixprecError(
-                f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}"
-            )
-        if objective == "measured" and bundle is None:
-            raise MixprecError("the measured objective needs the model (a ModelBundle)")
+        check_objective(objective, bundle is not None)
         if trials < 1:
             raise MixprecError(f"trials {trials} must be at least 1")
         self.sampler = sampler
@@ -171,11 +164,7 @@ class OptunaStrategy(SearchStrategy):
         if self.objective == "predicted":
             return float(sum(scores[i, k] for i, k in enumerate(choice)))
         assert self.bundle is not None
-        bundle = self.bundle
-        assignment = costs.assignment(choice)
-        with temporarily_applied(bundle.model, assignment) as model, torch.inference_mode():
-            outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
-        return bundle.task.divergence_to_reference(outputs, list(bundle.reference_outputs))
+        return measured_divergence(self.bundle, costs.assignment(choice))
 
 
 def _study_name(

@@ -65,6 +65,7 @@ def search(
     """One plan; `measure` adds the evaluation-split metrics to it."""
     if method == "optuna":
         options.setdefault("storage", analysis.folder / "optuna.sqlite3")
+    if method in ("optuna", "sac"):
         options.setdefault("bundle", analysis.bundle)
     strategy = make_strategy(method, **options)
     plan = strategy.solve(analysis.table, analysis.costs, budget)

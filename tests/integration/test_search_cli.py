@@ -33,13 +33,14 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("method", ["ilp", "greedy", "optuna"])
+@pytest.mark.parametrize("method", ["ilp", "greedy", "optuna", "sac"])
 def test_search_writes_a_plan_within_budget(
     scored: Path, tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plan.json"
     argv = ["search", str(scored), "--budget", "5bits", "--method", method, "--out", str(out)]
-    code, text, _ = run([*argv, "--trials", "5"], capsys)
+    sac = ["--timesteps", "60", "--objective", "measured"] if method == "sac" else []
+    code, text, _ = run([*argv, "--trials", "5", *sac], capsys)
     assert code == 0, text
     plan = PrecisionPlan.load(out)
     assert plan.predicted["bits_per_weight"] <= 5
@@ -53,6 +54,10 @@ def test_search_writes_a_plan_within_budget(
     assert evaluation["bits_per_weight"] == pytest.approx(plan.predicted["bits_per_weight"])
     if method == "optuna":
         assert (scored / "optuna.sqlite3").is_file()
+    if method == "sac":  # policy, logs and a checkpoint a longer training would resume
+        assert (scored / "sac" / "sac_policy.pt").is_file()
+        assert len(list((scored / "sac" / "checkpoints").glob("*.pt"))) == 1
+        assert plan.provenance["objective"] == "measured"
 
 
 def test_fisher_scores_and_a_size_budget(
@@ -107,6 +112,8 @@ def test_export_from_the_cli(
         (["--budget", "4bits", "--method", "anneal"], "mixprec: unknown method 'anneal'"),
         (["--budget", "4bits", "--estimator", "hessian"], "mixprec: the score table has no"),
         (["--budget", "4bits", "--solver", "glpk"], "mixprec: unknown solver 'glpk'"),
+        (["--budget", "4bits", "--method", "sac", "--objective", "loss"],
+         "mixprec: unknown objective 'loss'; valid objectives: predicted, measured"),
         (["--budget", "4bits", "--max-latency", "1"], "mixprec: --max-latency needs a latency"),
     ],
 )  # fmt: skip

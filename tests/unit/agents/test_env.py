@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mixprec.agents.env import AllocationEnv
+from mixprec.agents.env import GAIN, AllocationEnv
 from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
 
@@ -58,31 +58,55 @@ def test_random_rollouts_never_exceed_any_constraint(bops: bool) -> None:
                 assert cost[rows, list(info["choice"])].sum() <= limit * (1 + 1e-9)
 
 
-def test_actions_span_cheapest_fallback_and_dearest() -> None:
-    env = make_env(fraction=1.0)  # everything allowed
-    plans = {}
-    for value in (-1.0, 0.0, 1.0):
-        env.reset()
-        done, info = False, {}
-        while not done:
-            _, _, done, _, info = env.step(np.array([value], dtype=np.float32))
-        plans[value] = info["choice"]
-    order = list(env.order)
-    assert all(c == order[0] for c in plans[-1.0])
-    assert plans[0.0] == tuple(int(c) for c in env.fallback)
-    assert all(c == order[-1] for c in plans[1.0])
+def test_zero_actions_give_the_greedy_plan_and_others_move_along_the_frontier() -> None:
+    env = make_env(fraction=0.5)
+    env.reset()
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(np.zeros(1, dtype=np.float32))
+    assert info["choice"] == tuple(int(c) for c in env.fallback)
+    env.reset()
+    options = [k for k in env.frontier[0] if env.allowed(0, k)]
+    here = options.index(env.plan[0])
+    for value, moved in ((-1.0, -3), (-0.5, -2), (-0.2, -1), (0.1, 0), (0.3, 1), (1.0, 3)):
+        assert env.project(value) == options[int(np.clip(here + moved, 0, len(options) - 1))]
 
 
-def test_rewards_sum_to_minus_the_plan_score_over_the_fallback_score() -> None:
+def test_the_frontier_holds_no_dominated_scheme() -> None:
+    env = make_env()
+    cost = env.constraints[0][0]
+    for unit, kept in enumerate(env.frontier):
+        assert kept == sorted(kept, key=lambda k: cost[unit, k])
+        assert all(np.diff(env.scores[unit, kept]) < 0)
+        for k in set(range(env.scores.shape[1])) - set(kept):
+            assert any(cost[unit, j] <= cost[unit, k] and env.scores[unit, j] <= env.scores[unit, k]
+                       for j in kept)  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [-0.6, 0.0, 0.3, 0.9])
+def test_returns_are_the_plans_improvement_over_the_fallback(value: float) -> None:
     env = make_env()
     env.reset(seed=0)
     total, done, info = 0.0, False, {}
     while not done:
-        _, reward, done, _, info = env.step(np.array([0.3], dtype=np.float32))
+        _, reward, done, _, info = env.step(np.array([value], dtype=np.float32))
         total += reward
     rows = np.arange(len(info["choice"]))
     plan = env.scores[rows, list(info["choice"])].sum()
-    assert total == pytest.approx(-plan / env.scale)
+    assert total == pytest.approx(GAIN * (1 - plan / env.scale))
+
+
+def test_an_outcome_replaces_the_prediction_in_the_return() -> None:
+    scores, costs = problem()
+    limit = float(costs.min(axis=1).sum() * 1.5)
+    fallback = solve_greedy(scores, [(costs, limit)]).choice
+    env = AllocationEnv(scores, [(costs, limit)], np.zeros((7, 2)), fallback, lambda c: 0.25)
+    env.reset()
+    total, done = 0.0, False
+    while not done:
+        _, reward, done, _, _ = env.step(np.array([-0.4], dtype=np.float32))
+        total += reward
+    assert total == pytest.approx(GAIN * (1 - 0.25))
 
 
 def test_observations_are_the_same_for_the_same_actions() -> None:
