@@ -148,6 +148,15 @@ def main() -> int:
     sac = comparison[comparison["method"] == "sac"]
     within = int((sac["gap to ilp %"].astype(float) <= 2.0).sum())
     greedy = comparison[comparison["method"] == "greedy"].set_index(["model", "budget"])
+    versus = [
+        float(r.objective) - float(greedy.loc[(r.model, r.budget), "objective"])
+        for _, r in sac.iterrows()
+    ]
+    tally = (
+        f"Against greedy (its starting point), SAC's plan scores the same in "
+        f"{sum(abs(v) <= 1e-12 for v in versus)}, better in {sum(v < -1e-12 for v in versus)} "
+        f"and worse in {sum(v > 1e-12 for v in versus)} of {len(versus)} cases.\n"
+    )
     missed = [
         f"{r.model} at {r.budget}: SAC {float(r['gap to ilp %']):.2f}%, greedy "
         f"{float(greedy.loc[(r.model, r.budget), 'gap to ilp %']):.2f}%"
@@ -169,6 +178,7 @@ def main() -> int:
         + frame_markdown(comparison, digits=5)
         + f"\nSAC is within 2% of the ILP objective in {within} of {len(sac)} cases (goal: all)"
         + (f"; not in: {'; '.join(missed)}.\n" if missed else ".\n")
+        + tally
         + "\n## 2. Transfer\n\n"
         + frame_markdown(pd.DataFrame(moved), digits=5)
     )
