@@ -71,6 +71,45 @@ def test_a_half_finished_run_and_an_empty_store_explain_themselves(
     assert not empty.exception and "No runs in" in empty.info[0].value
 
 
+def test_budget_slider_re_solves_within_the_budget_and_measures(app: AppTest) -> None:
+    app.run()
+    app.selectbox(key="run_picker").select("digits").run()
+    app.sidebar.radio(key="page").set_value("Budget").run()
+    assert not app.exception and not app.warning
+    slider = app.slider(key="budget_bits")
+    seen = set()
+    for bits in (slider.min, 5.0, 6.5, slider.max):
+        app.slider(key="budget_bits").set_value(bits).run()
+        assert not app.exception
+        shown = float(app.metric[1].value)
+        assert shown <= bits + 1e-3  # the plan respects the slider's budget
+        assert app.caption[0].value.startswith(f"digits: ILP plan within {bits:.2f} bits")
+        assert len(app.get("plotly_chart")) == 1
+        seen.add(app.metric[0].value)
+    assert len(seen) > 1  # a bigger budget gives another plan
+    app.button(key="measure").click().run()
+    assert not app.exception
+    measured = app.dataframe[0].value
+    assert 0 < float(measured["accuracy"].iloc[0]) <= 1
+
+
+def test_budget_helpers(store: Path) -> None:
+    from mixprec.dashboard import budget
+
+    analysis = budget.open_run(store / "digits", "isolation")
+    low, high = budget.bits_range(analysis, "isolation")
+    assert 4 < low < 5 and high == 32  # everything mxfp4 .. everything kept in FP32
+    tight, roomy = (budget.plan_within(analysis, "isolation", b) for b in (low, high))
+    assert tight.predicted["bits_per_weight"] <= low + 1e-9
+    assert roomy.predicted["score"] <= tight.predicted["score"]
+    bars = budget.plan_bars(analysis, tight)
+    assert list(bars["unit"]) == list(analysis.costs.units) and set(bars["scheme"]) == {"w:mxfp4"}
+    weights = analysis.costs.params / analysis.costs.params.sum()
+    assert float((bars["bits"] * weights).sum()) == pytest.approx(
+        tight.predicted["bits_per_weight"]
+    )
+
+
 def test_heatmap_frames_order_and_hover(store: Path) -> None:
     scores = views.load_scores(store / "digits")
     colour, text = views.heatmap_frames(scores, "isolation", "layer")
