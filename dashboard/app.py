@@ -16,7 +16,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mixprec.dashboard import budget, views
+from mixprec.config import EXPORT_SUFFIX
+from mixprec.dashboard import budget, plans, views
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.plan import PrecisionPlan
@@ -46,11 +47,10 @@ def runs_page() -> None:
 
 def sensitivity_page() -> None:
     st.header("Sensitivity")
-    name = st.session_state.get("run")
-    if not name:
-        st.info("Pick a run on the Runs page first.")
+    run = picked_run()
+    if run is None:
         return
-    run = ROOT / name
+    name = run.name
     try:
         path = views.scores_file(run)
         scores = cached_scores(str(run), path.stat().st_mtime)
@@ -93,11 +93,10 @@ def cached_plan(run: str, modified: float, estimator: str, bits: float) -> dict[
 
 def budget_page() -> None:
     st.header("Budget")
-    name = st.session_state.get("run")
-    if not name:
-        st.info("Pick a run on the Runs page first.")
+    run = picked_run()
+    if run is None:
         return
-    run = ROOT / name
+    name = run.name
     try:
         path = views.scores_file(run)
         modified = path.stat().st_mtime
@@ -130,7 +129,96 @@ def budget_page() -> None:
         st.dataframe(pd.DataFrame([measured]), hide_index=True)
 
 
-PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page}
+def picked_run() -> Path | None:
+    name = st.session_state.get("run")
+    if not name:
+        st.info("Pick a run on the Runs page first.")
+        return None
+    return ROOT / str(name)
+
+
+def plans_stamp(run: Path) -> float:
+    """Changes whenever a plan or a measurement of the run is written."""
+    files = [*run.glob("plans/*.json"), *run.glob("eval/*.json")]
+    return max((f.stat().st_mtime for f in files), default=0.0)
+
+
+@st.cache_data(show_spinner=False)
+def cached_plans(run: str, stamp: float) -> pd.DataFrame:
+    return plans.plans_frame(Path(run))
+
+
+def pareto_page() -> None:
+    st.header("Pareto")
+    run = picked_run()
+    if run is None:
+        return
+    try:
+        frame = cached_plans(str(run), plans_stamp(run))
+    except MixprecError as err:
+        st.warning(str(err))
+        return
+    metrics = plans.measured_metrics(frame)
+    if not metrics:
+        st.info("No plan of this run has been measured yet; showing predicted scores.")
+    metric = st.selectbox("Metric", metrics or ["predicted score"], key="pareto_metric")
+    figure = px.scatter(frame, x="bits/weight", y=metric, color="method", hover_name="plan",
+                        hover_data=["budget", "predicted score"])  # fmt: skip
+    st.plotly_chart(figure, use_container_width=True)
+    names = list(frame["plan"])
+    left, right = st.columns(2)
+    first = left.selectbox("First plan", names, key="diff_first")
+    second = right.selectbox("Second plan", names, index=min(1, len(names) - 1), key="diff_second")
+    diff = plans.plan_diff(
+        *(PrecisionPlan.load(run / "plans" / f"{n}.json") for n in (first, second))
+    )
+    st.caption(
+        f"{int(diff['differs'].sum())} of {len(diff)} layers differ between {first} and {second}."
+    )
+    st.dataframe(diff, hide_index=True, use_container_width=True)
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def cached_model(name: str) -> tuple[Any, str]:
+    from mixprec.models import load_model
+
+    bundle = load_model(name)
+    return bundle.model, bundle.fingerprint
+
+
+def export_page() -> None:
+    from mixprec.export import export_plan
+
+    st.header("Export")
+    run = picked_run()
+    if run is None:
+        return
+    try:
+        names = [f.stem for f in plans.plan_files(run)]
+    except MixprecError as err:
+        st.warning(str(err))
+        return
+    name = st.selectbox("Plan", names, key="export_plan")
+    plan = PrecisionPlan.load(run / "plans" / f"{name}.json")
+    written = plans.export_files(run, name)
+    for target, label in EXPORT_LABELS.items():
+        path = run / "exports" / f"{name}{EXPORT_SUFFIX[target]}"
+        if target in written:
+            st.download_button(f"Download {label}", path.read_bytes(), file_name=path.name,
+                               key=f"download_{target}")  # fmt: skip
+        elif st.button(f"Write {label}", key=f"write_{target}"):
+            try:
+                export_plan(plan, target, path, lambda: cached_model(plan.model))
+            except MixprecError as err:
+                st.warning(f"{label}: {err}")
+            else:
+                st.rerun()
+
+
+EXPORT_LABELS = {"json": "plan JSON", "hf": "HF quantization_config",
+                 "llamacpp": "llama.cpp arguments", "gguf": "GGUF"}  # fmt: skip
+PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,
+         "Pareto": pareto_page, "Export": export_page}  # fmt: skip
 page = st.sidebar.radio("Page", list(PAGES), key="page")
 st.sidebar.caption(f"run store: {ROOT}")
 PAGES[page]()

@@ -11,9 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from mixprec.config import parse_config
-from mixprec.dashboard import views
+from mixprec.dashboard import plans, views
 from mixprec.errors import MixprecError
 from mixprec.pipeline import run_pipeline
+from mixprec.plan import PrecisionPlan
 
 APP = Path(views.__file__).with_name("app.py")
 
@@ -24,7 +25,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = {
         "model": "digits-cnn", "output": str(root / "digits"), "schemes": ["w:mxfp4", "w:int8"],
         "estimators": ["isolation", "fisher"], "levels": ["layer", "block"],
-        "budgets": ["6bits"], "exports": ["json"],
+        "budgets": ["5bits", "6bits"], "methods": ["ilp", "greedy"], "exports": ["json"],
     }  # fmt: skip
     run_pipeline(parse_config(config), say=lambda _: None, progress=False)
     (root / "half").mkdir()  # a run whose analysis never finished
@@ -108,6 +109,46 @@ def test_budget_helpers(store: Path) -> None:
     assert float((bars["bits"] * weights).sum()) == pytest.approx(
         tight.predicted["bits_per_weight"]
     )
+
+
+def open_page(app: AppTest, page: str) -> None:
+    app.run()
+    app.selectbox(key="run_picker").select("digits").run()
+    app.sidebar.radio(key="page").set_value(page).run()
+    assert not app.exception
+
+
+def test_pareto_shows_every_plan_and_diffs_two(app: AppTest, store: Path) -> None:
+    open_page(app, "Pareto")
+    assert not app.warning
+    frame = plans.plans_frame(store / "digits")
+    assert set(frame["plan"]) == {"ilp-5bits", "ilp-6bits", "greedy-5bits", "greedy-6bits"}
+    assert "accuracy" in app.selectbox(key="pareto_metric").options
+    chart = app.get("plotly_chart")[0].proto.spec
+    for name in frame["plan"]:
+        assert name in chart  # every plan is a hover name
+    app.selectbox(key="diff_first").set_value("ilp-5bits").run()
+    app.selectbox(key="diff_second").set_value("ilp-6bits").run()
+    first, second = (PrecisionPlan.load(store / "digits" / "plans" / f"ilp-{b}.json")
+                     for b in ("5bits", "6bits"))  # fmt: skip
+    changed = sum(first.assignment[k] != second.assignment[k] for k in first.assignment)
+    assert app.caption[0].value.startswith(f"{changed} of {len(first.assignment)} layers differ")
+    diff = app.dataframe[0].value
+    assert int(diff["differs"].sum()) == changed
+
+
+def test_export_downloads_written_files_and_writes_missing_ones(app: AppTest, store: Path) -> None:
+    open_page(app, "Export")
+    app.selectbox(key="export_plan").set_value("ilp-6bits").run()
+    downloads = {b.proto.label for b in app.get("download_button")}
+    assert downloads == {"Download plan JSON"}  # the run exported json only
+    app.button(key="write_hf").click().run()
+    assert not app.exception and not app.warning
+    assert (store / "digits" / "exports" / "ilp-6bits.quantization_config.json").is_file()
+    downloads = {b.proto.label for b in app.get("download_button")}
+    assert downloads == {"Download plan JSON", "Download HF quantization_config"}
+    app.button(key="write_llamacpp").click().run()  # no llama.cpp names for a CNN
+    assert not app.exception and app.warning[0].value.startswith("llama.cpp arguments: ")
 
 
 def test_heatmap_frames_order_and_hover(store: Path) -> None:
