@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -215,10 +216,41 @@ def export_page() -> None:
                 st.rerun()
 
 
+def jobs_page() -> None:
+    from mixprec import jobs
+    from mixprec.config import load_config
+
+    st.header("Jobs")
+    address = st.text_input("Ray dashboard address", jobs.DEFAULT_ADDRESS, key="jobs_address")
+    config = st.text_input("Run config (TOML path)", key="jobs_config")
+    if st.button("Submit", key="jobs_submit"):
+        try:
+            st.success(f"submitted {jobs.submit(load_config(Path(config)), address)}")
+        except MixprecError as err:
+            st.warning(str(err))
+    try:
+        listed = jobs.list_jobs(address)
+    except MixprecError as err:
+        st.warning(str(err))
+        return
+    if not listed:
+        st.info(f"No jobs at {address} yet.")
+        return
+    st.dataframe(pd.DataFrame([asdict(j) for j in listed]), hide_index=True)
+    chosen = st.selectbox("Job", [j.job_id for j in listed], key="jobs_pick")
+    try:
+        text = jobs.logs(chosen, address)
+    except MixprecError as err:
+        st.warning(str(err))
+        return
+    st.code(text[-LOG_TAIL:] or "(no output yet)", language=None)
+
+
+LOG_TAIL = 20_000  # characters of a job's log shown
 EXPORT_LABELS = {"json": "plan JSON", "hf": "HF quantization_config",
                  "llamacpp": "llama.cpp arguments", "gguf": "GGUF"}  # fmt: skip
 PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,
-         "Pareto": pareto_page, "Export": export_page}  # fmt: skip
+         "Pareto": pareto_page, "Export": export_page, "Jobs": jobs_page}  # fmt: skip
 page = st.sidebar.radio("Page", list(PAGES), key="page")
 st.sidebar.caption(f"run store: {ROOT}")
 PAGES[page]()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
@@ -69,6 +70,30 @@ def test_submit_runs_the_config_on_the_cluster(
     assert code == 0 and job_id in stdout
     code, _, err = run(["jobs", "stop", "raysubmit_nope", "--address", job_api], capsys)
     assert code == 2 and "no job 'raysubmit_nope'" in err
+    page = jobs_page(job_api)
+    assert job_id in list(page.dataframe[0].value["job_id"])
+    page.selectbox(key="jobs_pick").set_value(job_id).run()
+    assert not page.exception and "report.md" in page.code[0].value
+
+
+def jobs_page(address: str) -> AppTest:
+    """The dashboard's Jobs page pointed at `address`."""
+    from mixprec.dashboard import views
+
+    page = AppTest.from_file(str(Path(views.__file__).with_name("app.py")), default_timeout=60)
+    page.run()
+    page.sidebar.radio(key="page").set_value("Jobs").run()
+    page.text_input(key="jobs_address").input(address).run()
+    assert not page.exception
+    return page
+
+
+def test_the_jobs_page_explains_an_unreachable_address_and_a_bad_config(tmp_path: Path) -> None:
+    page = jobs_page(f"http://127.0.0.1:{free_port()}")
+    assert page.warning[0].value.startswith("cannot reach the Ray dashboard at http://127.0.0.1:")
+    page.text_input(key="jobs_config").input(str(tmp_path / "absent.toml")).run()
+    page.button(key="jobs_submit").click().run()
+    assert not page.exception and "absent.toml" in page.warning[0].value
 
 
 def test_unreachable_and_malformed_addresses() -> None:
