@@ -39,7 +39,7 @@ def runs_page() -> None:
     if runs.empty:
         st.info(f"No runs in {ROOT} yet: `mixprec run CONFIG` or `mixprec demo` makes one.")
         return
-    st.dataframe(runs, hide_index=True, use_container_width=True)
+    st.dataframe(runs, hide_index=True, width="stretch")
     names = list(runs["name"])
     current = st.session_state.get("run")
     index = names.index(current) if current in names else 0
@@ -75,8 +75,34 @@ def sensitivity_page() -> None:
         )
     )  # fmt: skip
     figure.update_layout(height=max(300, 18 * len(colour)), yaxis={"autorange": "reversed"})
-    st.plotly_chart(figure, use_container_width=True)
+    st.plotly_chart(figure, width="stretch")
     st.caption(f"{name}: {estimator} scores, {level} level; hover shows the 95% interval.")
+    rollups = [lv for lv in ("block", "component") if lv in levels]
+    if rollups:
+        schemes = list(colour.columns)
+        scheme = st.selectbox("Scheme for the roll-up", schemes, key="rollup_scheme")
+        for lv in rollups:
+            bars = views.rollup_frame(scores, estimator, lv, scheme)
+            chart = go.Figure(go.Bar(
+                x=bars["unit"], y=bars["score"], name=lv,
+                error_y={"type": "data", "symmetric": False,
+                         "array": bars["ci_high"] - bars["score"],
+                         "arrayminus": bars["score"] - bars["ci_low"]},
+            ))  # fmt: skip
+            chart.update_layout(title=f"{lv} roll-up under {scheme}", height=320)
+            st.plotly_chart(chart, width="stretch")
+    try:
+        frame = cached_plans(str(run), plans_stamp(run))
+    except MixprecError:
+        return  # no plans yet: nothing measured to compare with
+    metrics = plans.measured_metrics(frame)
+    if metrics:
+        metric = st.selectbox("Measured metric", metrics, key="scatter_metric")
+        both, rho = views.predicted_vs_measured(frame, metric)
+        scatter = px.scatter(both, x="predicted score", y=metric, hover_name="plan",
+                             color="method", title="Plans: predicted vs measured")  # fmt: skip
+        st.plotly_chart(scatter, width="stretch")
+        st.caption(f"Spearman rank correlation over {len(both)} plans: {rho:.3f}")
 
 
 @st.cache_resource(show_spinner="Loading the run's model and table...")
@@ -122,7 +148,7 @@ def budget_page() -> None:
     bars = budget.plan_bars(analysis, plan)
     figure = px.bar(bars, x="unit", y="bits", color="scheme", hover_data=["scheme", "bits"])
     figure.update_layout(xaxis={"categoryorder": "array", "categoryarray": list(bars["unit"])})
-    st.plotly_chart(figure, use_container_width=True)
+    st.plotly_chart(figure, width="stretch")
     st.caption(f"{name}: ILP plan within {bits:.2f} bits per weight ({estimator} scores).")
     if st.button("Measure this plan", key="measure"):
         with st.spinner("Measuring on the evaluation split..."):
@@ -165,7 +191,7 @@ def pareto_page() -> None:
     metric = st.selectbox("Metric", metrics or ["predicted score"], key="pareto_metric")
     figure = px.scatter(frame, x="bits/weight", y=metric, color="method", hover_name="plan",
                         hover_data=["budget", "predicted score"])  # fmt: skip
-    st.plotly_chart(figure, use_container_width=True)
+    st.plotly_chart(figure, width="stretch")
     names = list(frame["plan"])
     left, right = st.columns(2)
     first = left.selectbox("First plan", names, key="diff_first")
@@ -176,7 +202,7 @@ def pareto_page() -> None:
     st.caption(
         f"{int(diff['differs'].sum())} of {len(diff)} layers differ between {first} and {second}."
     )
-    st.dataframe(diff, hide_index=True, use_container_width=True)
+    st.dataframe(diff, hide_index=True, width="stretch")
 
 
 @st.cache_resource(show_spinner="Loading the model...")

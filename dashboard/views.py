@@ -63,3 +63,24 @@ def heatmap_frames(
                zip(rows["score"], rows["ci_low"], rows["ci_high"], strict=True)]
     ).pivot(index="unit", columns="scheme", values="hover").loc[units, schemes]  # fmt: skip
     return colour, text
+
+
+def rollup_frame(scores: pd.DataFrame, estimator: str, level: str, scheme: str) -> pd.DataFrame:
+    """One row per unit of `level` (block or component) under `scheme`: score and 95% CI."""
+    rows = scores[
+        (scores["estimator"] == estimator)
+        & (scores["level"] == level)
+        & (scores["scheme"] == scheme)
+    ]
+    return rows[["unit", "score", "ci_low", "ci_high"]].reset_index(drop=True)
+
+
+def predicted_vs_measured(plans: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, float]:
+    """Plans with both a predicted score and `metric`, and their Spearman rank correlation
+    (nan with fewer than three plans)."""
+    from scipy.stats import spearmanr
+
+    both = plans.dropna(subset=["predicted score", metric])
+    if len(both) < 3:
+        return both, float("nan")
+    return both, float(spearmanr(both["predicted score"], both[metric]).statistic)

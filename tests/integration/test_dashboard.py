@@ -47,16 +47,24 @@ def test_runs_page_lists_the_store(app: AppTest) -> None:
     assert app.selectbox(key="run_picker").options == list(frame["name"])
 
 
-def test_sensitivity_heatmap_of_the_picked_run(app: AppTest) -> None:
+def test_sensitivity_heatmap_of_the_picked_run(app: AppTest, store: Path) -> None:
     app.run()
     app.selectbox(key="run_picker").select("digits").run()
     app.sidebar.radio(key="page").set_value("Sensitivity").run()
     assert not app.exception and not app.warning
     assert app.selectbox(key="estimator").options == ["fisher", "isolation"]
-    assert len(app.get("plotly_chart")) == 1
     app.selectbox(key="level").set_value("block").run()
-    assert not app.exception and len(app.get("plotly_chart")) == 1
+    assert not app.exception
     assert app.caption[0].value.startswith("digits: fisher scores, block level")
+    assert app.selectbox(key="rollup_scheme").options == ["w:int8", "w:mxfp4"]
+    charts = app.get("plotly_chart")
+    assert len(charts) == 3  # heatmap, block roll-up, predicted vs measured
+    assert "block roll-up under w:int8" in charts[1].proto.spec
+    rho = app.caption[1].value
+    assert rho.startswith("Spearman rank correlation over 4 plans: ")
+    plans_frame = plans.plans_frame(store / "digits")
+    _, expected = views.predicted_vs_measured(plans_frame, "accuracy")
+    assert rho.endswith(f"{expected:.3f}")
 
 
 def test_a_half_finished_run_and_an_empty_store_explain_themselves(
