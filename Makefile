@@ -6,9 +6,11 @@ STAMP := $(VENV)/.mixprec-installed
 # Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test bench dashboard lint typecheck clean
+.PHONY: setup demo test bench dashboard lint typecheck clean browser
 
 setup: $(STAMP)
+
+CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,8 +37,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) tools/typecheck.py
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(PY) -m pytest -q tests
+
+# The dashboard's browser test drives Debian's chromium; install it where it is missing.
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+		apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; } || \
+		{ echo "the browser test needs Debian's chromium (apt-get install chromium, as root)"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -138,8 +138,9 @@ def budget_page() -> None:
         st.warning(str(err))
         return
     low, high = math.ceil(low * 100) / 100, math.floor(high * 100) / 100
-    bits = st.slider("Budget (bits per weight)", low, high, value=round((low + high) / 2, 2),
-                     step=0.01, key="budget_bits")  # fmt: skip
+    start = min(max(DEFAULT_BITS, low), high)
+    bits = st.slider("Budget (bits per weight)", low, high, value=start, step=0.01,
+                     key="budget_bits")  # fmt: skip
     plan = PrecisionPlan.from_json(cached_plan(str(run), modified, estimator, bits))
     left, middle, right = st.columns(3)
     left.metric("Predicted loss", f"{plan.predicted['score']:.4g}")
@@ -272,11 +273,16 @@ def jobs_page() -> None:
     st.code(text[-LOG_TAIL:] or "(no output yet)", language=None)
 
 
+DEFAULT_BITS = 6.0  # where the Budget slider starts (clamped to the run's feasible range)
 LOG_TAIL = 20_000  # characters of a job's log shown
 EXPORT_LABELS = {"json": "plan JSON", "hf": "HF quantization_config",
                  "llamacpp": "llama.cpp arguments", "gguf": "GGUF"}  # fmt: skip
 PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,
          "Pareto": pareto_page, "Export": export_page, "Jobs": jobs_page}  # fmt: skip
+for key, valid in (("page", list(PAGES)), ("run", None)):  # deep links: ?run=NAME&page=Budget
+    linked = st.query_params.get(key)
+    if linked and key not in st.session_state and (valid is None or linked in valid):
+        st.session_state[key] = linked
 page = st.sidebar.radio("Page", list(PAGES), key="page")
 st.sidebar.caption(f"run store: {ROOT}")
 PAGES[page]()

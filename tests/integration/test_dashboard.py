@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from mixprec.dashboard import plans, views
 from mixprec.errors import MixprecError
 from mixprec.pipeline import run_pipeline
 from mixprec.plan import PrecisionPlan
+from tests.integration.test_ray_cluster import free_port
 
 APP = Path(views.__file__).with_name("app.py")
 
@@ -171,23 +177,19 @@ def test_heatmap_frames_order_and_hover(store: Path) -> None:
         views.heatmap_frames(scores, "hessian", "layer")
 
 
-def test_cli_serves_the_app_on_loopback(store: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.integration.test_ray_cluster import free_port
-
+@contextmanager
+def served(store: Path, log_path: Path) -> Iterator[str]:
+    """`mixprec dashboard` on a free loopback port, until its health check answers; stopped
+    after."""
     port = free_port()
     command = [sys.executable, "-m", "mixprec", "dashboard", "--runs", str(store), "--port",
                str(port)]  # fmt: skip
-    log = (tmp_path / "dashboard.log").open("w")
+    log = log_path.open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert server.poll() is None, (tmp_path / "dashboard.log").read_text()
+            assert server.poll() is None, log_path.read_text()
             try:
                 url = f"http://127.0.0.1:{port}/_stcore/health"
                 with urllib.request.urlopen(url, timeout=2) as reply:
@@ -196,7 +198,47 @@ def test_cli_serves_the_app_on_loopback(store: Path, tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
                 time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_cli_serves_the_app_on_loopback(store: Path, tmp_path: Path) -> None:
+    with served(store, tmp_path / "dashboard.log") as url:
+        assert url.startswith("http://127.0.0.1:")
+
+
+def test_pages_render_in_headless_chromium(store: Path, tmp_path: Path) -> None:
+    """Deep links open the Sensitivity and Budget pages; each draws its Plotly chart with no
+    error element; the screenshots land in experiments/results/screenshots/."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), (
+        f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with served(store, tmp_path / "dashboard.log") as url, sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for name, chart in (("Sensitivity", ".heatmaplayer"), ("Budget", ".barlayer")):
+                page.goto(f"{url}/?run=digits&page={name}", timeout=60_000)
+                page.wait_for_selector(f".js-plotly-plot {chart}", timeout=60_000)
+                page.wait_for_timeout(1000)  # let the chart finish drawing
+                assert page.locator('[data-testid="stException"]').count() == 0
+                assert page.locator(f"h1:has-text('{name}'), h2:has-text('{name}')").count() >= 1
+                page.screenshot(path=str(SCREENSHOTS / f"{name.lower()}.png"))
+        finally:
+            browser.close()
+    for name in ("sensitivity", "budget"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling out of a closed network.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]  # fmt: skip
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "screenshots"
