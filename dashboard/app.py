@@ -22,6 +22,7 @@ from mixprec.dashboard import budget, plans, views
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.plan import PrecisionPlan
+from mixprec.store import read_manifest
 
 st.set_page_config(page_title="mixprec", layout="wide")
 ROOT = Path(os.environ.get(views.RUNS_ENV, "runs"))
@@ -112,10 +113,12 @@ def cached_analysis(run: str, modified: float, estimator: str) -> budget.Analysi
 
 
 @st.cache_data(show_spinner=False)
-def cached_plan(run: str, modified: float, estimator: str, bits: float) -> dict[str, Any]:
-    """The ILP plan at `bits` as its JSON document (cached per slider position)."""
+def cached_plan(
+    run: str, modified: float, estimator: str, value: float, unit: str
+) -> dict[str, Any]:
+    """The ILP plan within `value` `unit` as its JSON document (cached per slider position)."""
     analysis = cached_analysis(run, modified, estimator)
-    return budget.plan_within(analysis, estimator, bits).to_json()
+    return budget.plan_within(analysis, estimator, value, unit).to_json()
 
 
 def budget_page() -> None:
@@ -131,17 +134,21 @@ def budget_page() -> None:
         estimators = sorted(scores.loc[scores["level"] == "layer", "estimator"].unique())
         if not estimators:
             raise MixprecError(f"run {name} has no layer-level scores to plan from")
-        estimator = st.selectbox("Estimator", estimators, key="budget_estimator")
+        left, right = st.columns(2)
+        estimator = left.selectbox("Estimator", estimators, key="budget_estimator")
+        label = right.radio("Budget in", list(budget.UNITS), horizontal=True, key="budget_unit")
+        unit = budget.UNITS[label]
         analysis = cached_analysis(str(run), modified, estimator)
-        low, high = budget.bits_range(analysis, estimator)
+        low, high = budget.budget_range(analysis, estimator, unit)
     except MixprecError as err:
         st.warning(str(err))
         return
-    low, high = math.ceil(low * 100) / 100, math.floor(high * 100) / 100
-    start = min(max(DEFAULT_BITS, low), high)
-    bits = st.slider("Budget (bits per weight)", low, high, value=start, step=0.01,
-                     key="budget_bits")  # fmt: skip
-    plan = PrecisionPlan.from_json(cached_plan(str(run), modified, estimator, bits))
+    digits = 2 if unit == "bits" else 4
+    low, high = math.ceil(low * 10**digits) / 10**digits, math.floor(high * 10**digits) / 10**digits
+    start = min(max(DEFAULT_BITS, low), high) if unit == "bits" else round((low + high) / 2, digits)
+    value = st.slider(f"Budget ({label})", low, high, value=start, step=10.0**-digits,
+                      key=f"budget_{unit}")  # fmt: skip
+    plan = PrecisionPlan.from_json(cached_plan(str(run), modified, estimator, value, unit))
     left, middle, right = st.columns(3)
     left.metric("Predicted loss", f"{plan.predicted['score']:.4g}")
     middle.metric("Bits per weight", f"{plan.predicted['bits_per_weight']:.3f}")
@@ -150,7 +157,7 @@ def budget_page() -> None:
     figure = px.bar(bars, x="unit", y="bits", color="scheme", hover_data=["scheme", "bits"])
     figure.update_layout(xaxis={"categoryorder": "array", "categoryarray": list(bars["unit"])})
     st.plotly_chart(figure, width="stretch")
-    st.caption(f"{name}: ILP plan within {bits:.2f} bits per weight ({estimator} scores).")
+    st.caption(f"{name}: ILP plan within {value:.{digits}f} {label} ({estimator} scores).")
     if st.button("Measure this plan", key="measure"):
         with st.spinner("Measuring on the evaluation split..."):
             measured = evaluate(analysis.bundle, plan.assignment).metrics
@@ -158,9 +165,15 @@ def budget_page() -> None:
 
 
 def picked_run() -> Path | None:
+    """The run picked on the Runs page, once its manifest reads (else a message says why)."""
     name = st.session_state.get("run")
     if not name:
         st.info("Pick a run on the Runs page first.")
+        return None
+    try:
+        read_manifest(ROOT / str(name))
+    except MixprecError as err:
+        st.warning(str(err))
         return None
     return ROOT / str(name)
 

@@ -16,7 +16,7 @@ from mixprec.search.base import make_strategy, score_matrix
 from mixprec.search.cost import Budget
 from mixprec.search.runs import Analysis, open_analysis
 
-__all__ = ["Analysis", "bits_range", "open_run", "plan_bars", "plan_within"]
+__all__ = ["UNITS", "Analysis", "budget_range", "open_run", "plan_bars", "plan_within"]
 
 
 def open_run(run: Path, estimator: str) -> Analysis:
@@ -24,19 +24,26 @@ def open_run(run: Path, estimator: str) -> Analysis:
     return open_analysis(run, estimator)
 
 
-def bits_range(analysis: Analysis, estimator: str) -> tuple[float, float]:
-    """The smallest and largest plans' bits per weight among the table's scored schemes."""
+UNITS = {"bits per weight": "bits", "MB": "MB"}  # slider label -> Budget unit
+
+
+def budget_range(analysis: Analysis, estimator: str, unit: str = "bits") -> tuple[float, float]:
+    """The smallest and largest plans among the table's scored schemes, in `unit`."""
     costs = analysis.costs
     scored = np.isfinite(score_matrix(analysis.table, costs, estimator))
     least = np.where(scored, costs.bytes, np.inf).min(axis=1).sum()
     most = np.where(scored, costs.bytes, -np.inf).max(axis=1).sum()
-    return 8 * float(least) / costs.total_params, 8 * float(most) / costs.total_params
+    scale = Budget(1.0, unit)
+    return (scale.from_weight_bytes(float(least), costs).value,
+            scale.from_weight_bytes(float(most), costs).value)  # fmt: skip
 
 
-def plan_within(analysis: Analysis, estimator: str, bits: float) -> PrecisionPlan:
-    """The ILP plan with the least predicted loss within `bits` per weight."""
+def plan_within(
+    analysis: Analysis, estimator: str, value: float, unit: str = "bits"
+) -> PrecisionPlan:
+    """The ILP plan with the least predicted loss within `value` (bits per weight or MB)."""
     strategy = make_strategy("ilp", estimator=estimator)
-    return strategy.solve(analysis.table, analysis.costs, Budget(bits, "bits"))
+    return strategy.solve(analysis.table, analysis.costs, Budget(value, unit))
 
 
 def plan_bars(analysis: Analysis, plan: PrecisionPlan) -> pd.DataFrame:

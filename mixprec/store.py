@@ -60,7 +60,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     version = data.get("store_version", STORE_VERSION)
     if version != STORE_VERSION:
         raise MixprecError(
-            f"{path} was written by store version {version}; this mixprec reads {STORE_VERSION}"
+            f"{path} was written by store version {version}; this mixprec reads {STORE_VERSION} "
+            "(re-run `mixprec run` on its config to rebuild it)"
         )
     return data
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -36,6 +37,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_pipeline(parse_config(config), say=lambda _: None, progress=False)
     (root / "half").mkdir()  # a run whose analysis never finished
     shutil.copy(root / "digits" / "manifest.json", root / "half" / "manifest.json")
+    old = json.loads((root / "digits" / "manifest.json").read_text())
+    (root / "old").mkdir()  # a run written by an older store schema
+    (root / "old" / "manifest.json").write_text(json.dumps({**old, "store_version": 0}))
     return root
 
 
@@ -49,7 +53,8 @@ def test_runs_page_lists_the_store(app: AppTest) -> None:
     app.run()
     assert not app.exception
     frame = app.dataframe[0].value
-    assert set(frame["name"]) == {"digits", "half"} and set(frame["status"]) == {"finished"}
+    assert set(frame["name"]) == {"digits", "half", "old"}
+    assert list(frame.loc[frame["name"] == "old", "status"]) == ["unreadable"]
     assert app.selectbox(key="run_picker").options == list(frame["name"])
 
 
@@ -80,6 +85,12 @@ def test_a_half_finished_run_and_an_empty_store_explain_themselves(
     app.selectbox(key="run_picker").select("half").run()
     app.sidebar.radio(key="page").set_value("Sensitivity").run()
     assert not app.exception and "has no scores yet" in app.warning[0].value
+    for page in ("Sensitivity", "Budget", "Pareto", "Export"):
+        app.sidebar.radio(key="page").set_value("Runs").run()
+        app.selectbox(key="run_picker").select("old").run()
+        app.sidebar.radio(key="page").set_value(page).run()
+        assert not app.exception
+        assert "was written by store version 0; this mixprec reads 1" in app.warning[0].value
     monkeypatch.setenv(views.RUNS_ENV, str(tmp_path / "empty"))
     empty = AppTest.from_file(str(APP), default_timeout=60)
     empty.run()
@@ -102,6 +113,13 @@ def test_budget_slider_re_solves_within_the_budget_and_measures(app: AppTest) ->
         assert len(app.get("plotly_chart")) == 1
         seen.add(app.metric[0].value)
     assert len(seen) > 1  # a bigger budget gives another plan
+    app.radio(key="budget_unit").set_value("MB").run()
+    size = app.slider(key="budget_MB")
+    target = round((size.min + size.max) / 2, 4)
+    size.set_value(target).run()
+    assert not app.exception and float(app.metric[2].value) <= target + 1e-3
+    assert app.caption[0].value.startswith(f"digits: ILP plan within {target:.4f} MB")
+    app.radio(key="budget_unit").set_value("bits per weight").run()
     app.button(key="measure").click().run()
     assert not app.exception
     measured = app.dataframe[0].value
@@ -112,7 +130,7 @@ def test_budget_helpers(store: Path) -> None:
     from mixprec.dashboard import budget
 
     analysis = budget.open_run(store / "digits", "isolation")
-    low, high = budget.bits_range(analysis, "isolation")
+    low, high = budget.budget_range(analysis, "isolation")
     assert 4 < low < 5 and high == 32  # everything mxfp4 .. everything kept in FP32
     tight, roomy = (budget.plan_within(analysis, "isolation", b) for b in (low, high))
     assert tight.predicted["bits_per_weight"] <= low + 1e-9
