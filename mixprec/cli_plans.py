@@ -68,7 +68,7 @@ def search_command(
     run: RunArgument,
     budget: Annotated[str, typer.Option(help="4.5bits, 12MB (whole model) or 0.3x (of FP16).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write PLAN.json.")],
-    method: Annotated[str, typer.Option(help="ilp, greedy, optuna or sac.")] = "ilp",
+    method: Annotated[str, typer.Option(help="ilp, greedy, optuna, sac or uniform.")] = "ilp",
     estimator: EstimatorOption = "isolation",
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,

@@ -17,7 +17,7 @@ from mixprec.errors import MixprecError
 
 Estimator = Literal["hessian", "fisher", "isolation"]
 Level = Literal["layer", "component", "block"]
-Method = Literal["ilp", "greedy", "optuna", "sac"]
+Method = Literal["ilp", "greedy", "optuna", "sac", "uniform"]
 Target = Literal["json", "hf", "llamacpp", "gguf"]
 EXPORT_SUFFIX: dict[str, str] = {
     "json": ".json",

@@ -182,12 +182,14 @@ def strategies() -> dict[str, Callable[..., SearchStrategy]]:
     from mixprec.search.greedy import GreedyStrategy
     from mixprec.search.ilp import ILPStrategy
     from mixprec.search.optuna_search import OptunaStrategy
+    from mixprec.search.uniform import UniformStrategy
 
     return {
         "ilp": ILPStrategy,
         "greedy": GreedyStrategy,
         "optuna": OptunaStrategy,
         "sac": SACStrategy,
+        "uniform": UniformStrategy,
     }
 
 

@@ -32,7 +32,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = {
         "model": "digits-cnn", "output": str(root / "digits"), "schemes": ["w:mxfp4", "w:int8"],
         "estimators": ["isolation", "fisher"], "levels": ["layer", "block"],
-        "budgets": ["5bits", "6bits"], "methods": ["ilp", "greedy"], "exports": ["json"],
+        "budgets": ["5bits", "6bits"], "methods": ["ilp", "greedy", "uniform"], "exports": ["json"],
     }  # fmt: skip
     run_pipeline(parse_config(config), say=lambda _: None, progress=False)
     (root / "half").mkdir()  # a run whose analysis never finished
@@ -72,7 +72,7 @@ def test_sensitivity_heatmap_of_the_picked_run(app: AppTest, store: Path) -> Non
     assert len(charts) == 3  # heatmap, block roll-up, predicted vs measured
     assert "block roll-up under w:int8" in charts[1].proto.spec
     rho = app.caption[1].value
-    assert rho.startswith("Spearman rank correlation over 4 plans: ")
+    assert rho.startswith("Spearman rank correlation over 6 plans: ")
     plans_frame = plans.plans_frame(store / "digits")
     _, expected = views.predicted_vs_measured(plans_frame, "accuracy")
     assert rho.endswith(f"{expected:.3f}")
@@ -154,7 +154,9 @@ def test_pareto_shows_every_plan_and_diffs_two(app: AppTest, store: Path) -> Non
     open_page(app, "Pareto")
     assert not app.warning
     frame = plans.plans_frame(store / "digits")
-    assert set(frame["plan"]) == {"ilp-5bits", "ilp-6bits", "greedy-5bits", "greedy-6bits"}
+    assert set(frame["plan"]) == {f"{m}-{b}" for m in ("ilp", "greedy", "uniform")
+                                  for b in ("5bits", "6bits")}  # fmt: skip
+    assert set(frame["method"]) == {"ilp", "greedy", "uniform"}
     assert "accuracy" in app.selectbox(key="pareto_metric").options
     chart = app.get("plotly_chart")[0].proto.spec
     for name in frame["plan"]:

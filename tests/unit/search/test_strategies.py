@@ -24,8 +24,9 @@ from .helpers import digits_problem
         partial(make_strategy, "greedy"),
         partial(make_strategy, "optuna", trials=8),
         partial(make_strategy, "optuna", trials=8, sampler="nsga2"),
+        partial(make_strategy, "uniform"),
     ],
-    ids=["ilp-cbc", "ilp-highs", "greedy", "optuna-tpe", "optuna-nsga2"],
+    ids=["ilp-cbc", "ilp-highs", "greedy", "optuna-tpe", "optuna-nsga2", "uniform"],
 )
 def test_conformance(make) -> None:  # type: ignore[no-untyped-def]
     bundle, table, costs = digits_problem()
@@ -36,7 +37,8 @@ def test_ilp_is_at_least_as_good_as_greedy_and_optuna() -> None:
     _, table, costs = digits_problem()
     for budget in ("3bits", "4.5bits", "6bits"):
         ilp = make_strategy("ilp").solve(table, costs, budget).predicted["score"]
-        for other in (make_strategy("greedy"), make_strategy("optuna", trials=10)):
+        others = ("greedy", "uniform")
+        for other in (*map(make_strategy, others), make_strategy("optuna", trials=10)):
             assert other.solve(table, costs, budget).predicted["score"] >= ilp - 1e-9
 
 
@@ -127,3 +129,15 @@ def test_optuna_searches_one_scheme_per_block_when_asked(tmp_path: Path) -> None
         assert len({plan.assignment[m] for m in members}) == 1
     with pytest.raises(MixprecError, match="unknown granularity 'layer'"):
         OptunaStrategy(granularity="layer")
+
+
+def test_uniform_takes_the_best_single_scheme_that_fits() -> None:
+    import numpy as np
+
+    from mixprec.search.uniform import solve_uniform
+
+    scores = np.array([[5.0, 1.0, 0.0], [4.0, 2.0, np.inf], [1.0, 0.5, 0.0]])
+    costs = np.array([[1.0, 2, 4], [1, 2, 4], [1, 2, 4]])
+    assert solve_uniform(scores, [(costs, 6.0)]).choice == (1, 1, 1)  # column 2 is not scored
+    assert solve_uniform(scores, [(costs, 5.0)]).choice == (0, 0, 0)
+    assert solve_uniform(scores, [(costs, 2.0)]).choice == ()
