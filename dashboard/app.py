@@ -34,6 +34,12 @@ def cached_scores(run: str, modified: float) -> pd.DataFrame:
     return views.load_scores(Path(run))
 
 
+def run_scores(run: Path) -> tuple[pd.DataFrame, float]:
+    """The run's finished scores (cached) and the modification time they are keyed by."""
+    modified = views.scores_file(run).stat().st_mtime
+    return cached_scores(str(run), modified), modified
+
+
 def runs_page() -> None:
     st.header("Runs")
     runs = views.runs_frame(ROOT)
@@ -54,8 +60,7 @@ def sensitivity_page() -> None:
         return
     name = run.name
     try:
-        path = views.scores_file(run)
-        scores = cached_scores(str(run), path.stat().st_mtime)
+        scores, _ = run_scores(run)
     except MixprecError as err:
         st.warning(str(err))
         return
@@ -128,9 +133,7 @@ def budget_page() -> None:
         return
     name = run.name
     try:
-        path = views.scores_file(run)
-        modified = path.stat().st_mtime
-        scores = cached_scores(str(run), modified)
+        scores, modified = run_scores(run)
         estimators = sorted(scores.loc[scores["level"] == "layer", "estimator"].unique())
         if not estimators:
             raise MixprecError(f"run {name} has no layer-level scores to plan from")
