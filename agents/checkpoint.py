@@ -48,13 +48,14 @@ def problem_key(arrays: Iterable[np.ndarray], settings: dict[str, Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_checkpoint(agent: Any, best: BestPolicy, path: Path, key: str) -> None:
+def save_checkpoint(agent: Any, best: BestPolicy, path: Path) -> None:
+    """Everything a resumed training needs, keyed by the file name (the problem key)."""
     buffer = agent.replay_buffer
     filled = buffer.buffer_size if buffer.full else buffer.pos
     generator: tuple[Any, ...] = tuple(np.random.get_state())
     state = {
         "version": CHECKPOINT_VERSION,
-        "key": key,
+        "key": path.stem,
         "num_timesteps": int(agent.num_timesteps),
         "n_updates": int(agent._n_updates),
         "episode_num": int(agent._episode_num),
@@ -81,7 +82,7 @@ def save_checkpoint(agent: Any, best: BestPolicy, path: Path, key: str) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(agent: Any, path: Path, key: str) -> BestPolicy:
+def load_checkpoint(agent: Any, path: Path) -> BestPolicy:
     """Restore `agent` in place from `path`; the best policy recorded with it is returned."""
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
@@ -89,7 +90,7 @@ def load_checkpoint(agent: Any, path: Path, key: str) -> BestPolicy:
         raise MixprecError(
             f"unreadable SAC checkpoint {path} ({type(err).__name__}); delete it to start over"
         ) from None
-    if state.get("version") != CHECKPOINT_VERSION or state.get("key") != key:
+    if state.get("version") != CHECKPOINT_VERSION or state.get("key") != path.stem:
         raise MixprecError(f"SAC checkpoint {path} is for another problem; delete it to start over")
     agent.policy.load_state_dict(state["policy"])
     agent.actor.optimizer.load_state_dict(state["actor_optimizer"])

@@ -27,7 +27,7 @@ import numpy as np
 
 from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
-from mixprec.search.selection import Constraint
+from mixprec.search.selection import Constraint, within
 
 SCORE_FLOOR = 1e-12
 LOG_RANGE = 6.0  # decades of score around the table's median that the observation resolves
@@ -87,9 +87,7 @@ class AllocationEnv(gym.Env[np.ndarray, np.ndarray]):
         self.predicted = 0.0
 
     def _fits(self, totals: Sequence[float]) -> bool:
-        return all(
-            t <= limit * (1 + 1e-12) for t, (_, limit) in zip(totals, self.constraints, strict=True)
-        )
+        return all(within(t, limit) for t, (_, limit) in zip(totals, self.constraints, strict=True))
 
     def _frontier(self, unit: int) -> list[int]:
         """The unit's schemes with no cheaper-or-equal scheme scoring as well, cheapest first."""

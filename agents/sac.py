@@ -99,7 +99,7 @@ class SACStrategy(SearchStrategy):
         checkpoint = self._checkpoint_path(scores, constraints, costs, fallback.choice)
         best = BestPolicy()
         if checkpoint is not None and checkpoint.is_file():
-            best = load_checkpoint(agent, checkpoint, checkpoint.stem)
+            best = load_checkpoint(agent, checkpoint)
             log.info("resuming SAC from %s at step %d", checkpoint, agent.num_timesteps)
         if agent.num_timesteps == 0:
             evaluate(agent, probe, best)
@@ -111,7 +111,7 @@ class SACStrategy(SearchStrategy):
                         reset_num_timesteps=False)  # fmt: skip
             evaluate(agent, probe, best)
             if checkpoint is not None:
-                save_checkpoint(agent, best, checkpoint, checkpoint.stem)
+                save_checkpoint(agent, best, checkpoint)
         assert best.state is not None
         agent.policy.load_state_dict(best.state)
         if self.run_dir is not None and self.timesteps:
@@ -212,7 +212,7 @@ class _Callback(BaseCallback):
         due = self.checkpoint is not None and steps - self.saved >= self.checkpoint_every
         if self.episode_ended and due:
             assert self.checkpoint is not None
-            save_checkpoint(self.model, self.best, self.checkpoint, self.checkpoint.stem)
+            save_checkpoint(self.model, self.best, self.checkpoint)
             self.saved = steps
 
 

@@ -114,7 +114,9 @@ def sensitivity_page() -> None:
 @st.cache_resource(show_spinner="Loading the run's model and table...")
 def cached_analysis(run: str, modified: float, estimator: str) -> budget.Analysis:
     """Keyed by the run, its score file's modification time and the estimator."""
-    return budget.open_run(Path(run), estimator)
+    from mixprec.search.runs import open_analysis
+
+    return open_analysis(Path(run), estimator)
 
 
 @st.cache_data(show_spinner=False)
@@ -244,10 +246,9 @@ def export_page() -> None:
         return
     name = st.selectbox("Plan", names, key="export_plan")
     plan = PrecisionPlan.load(run / "plans" / f"{name}.json")
-    written = plans.export_files(run, name)
     for target, label in EXPORT_LABELS.items():
         path = run / "exports" / f"{name}{EXPORT_SUFFIX[target]}"
-        if target in written:
+        if path.is_file():
             st.download_button(f"Download {label}", path.read_bytes(), file_name=path.name,
                                key=f"download_{target}")  # fmt: skip
         elif st.button(f"Write {label}", key=f"write_{target}"):

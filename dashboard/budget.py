@@ -6,22 +6,15 @@ slider move costs one ILP solve on the table (well under a second for the built-
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
 from mixprec.plan import PrecisionPlan
 from mixprec.search.base import make_strategy, score_matrix
 from mixprec.search.cost import Budget
-from mixprec.search.runs import Analysis, open_analysis
+from mixprec.search.runs import Analysis
+from mixprec.search.selection import largest_total, smallest_totals
 
-__all__ = ["UNITS", "Analysis", "budget_range", "open_run", "plan_bars", "plan_within"]
-
-
-def open_run(run: Path, estimator: str) -> Analysis:
-    """The run's table, model and cost model (loads the model; cache the result)."""
-    return open_analysis(run, estimator)
+__all__ = ["UNITS", "Analysis", "budget_range", "plan_bars", "plan_within"]
 
 
 UNITS = {"bits per weight": "bits", "MB": "MB"}  # slider label -> Budget unit
@@ -30,12 +23,11 @@ UNITS = {"bits per weight": "bits", "MB": "MB"}  # slider label -> Budget unit
 def budget_range(analysis: Analysis, estimator: str, unit: str = "bits") -> tuple[float, float]:
     """The smallest and largest plans among the table's scored schemes, in `unit`."""
     costs = analysis.costs
-    scored = np.isfinite(score_matrix(analysis.table, costs, estimator))
-    least = np.where(scored, costs.bytes, np.inf).min(axis=1).sum()
-    most = np.where(scored, costs.bytes, -np.inf).max(axis=1).sum()
+    scores = score_matrix(analysis.table, costs, estimator)
+    (least,) = smallest_totals(scores, [costs.bytes])
     scale = Budget(1.0, unit)
-    return (scale.from_weight_bytes(float(least), costs).value,
-            scale.from_weight_bytes(float(most), costs).value)  # fmt: skip
+    return (scale.from_weight_bytes(least, costs).value,
+            scale.from_weight_bytes(largest_total(scores, costs.bytes), costs).value)  # fmt: skip
 
 
 def plan_within(

@@ -1,4 +1,4 @@
-"""The Pareto and Export pages' model: the run's plans, their measurements and exports.
+"""The Pareto and Export pages' model: the run's plans and their measurements.
 
 Kept free of Streamlit (tested directly); a plan the run could not measure still shows, with
 its predicted values only.
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from mixprec.config import EXPORT_SUFFIX
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
 from mixprec.report import plan_rows
@@ -49,13 +48,3 @@ def plan_diff(first: PrecisionPlan, second: PrecisionPlan) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["layer", "first", "second"])
     frame["differs"] = frame["first"] != frame["second"]
     return frame
-
-
-def export_files(run: Path, plan: str) -> dict[str, Path]:
-    """The export targets already written for `plan` (by name), each with its file."""
-    found = {}
-    for target, suffix in EXPORT_SUFFIX.items():
-        path = run / "exports" / f"{plan}{suffix}"
-        if path.is_file():
-            found[target] = path
-    return found

@@ -17,7 +17,13 @@ from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import KEEP
 from mixprec.search.cost import Budget, CostModel
-from mixprec.search.selection import Constraint, Selection, smallest_totals
+from mixprec.search.selection import (
+    Constraint,
+    Selection,
+    largest_total,
+    smallest_totals,
+    within,
+)
 from mixprec.sensitivity.table import ScoreTable
 
 
@@ -98,7 +104,7 @@ def check_feasible(
     for name, least, (_, limit) in zip(
         names, smallest_totals(scores, [c for c, _ in constraints]), constraints, strict=False
     ):
-        if least > limit * (1 + 1e-12):
+        if not within(least, limit):
             if name == "budget":
                 smallest = budget.from_weight_bytes(least, costs)
                 raise MixprecError(
@@ -160,7 +166,7 @@ def plan_from_selection(
     totals = costs.totals(selection.choice)
     predicted = {"score": selection.objective, **totals}
     note = {}
-    largest = float(np.where(np.isfinite(scores), costs.bytes, -np.inf).max(axis=1).sum())
+    largest = largest_total(scores, costs.bytes)
     if largest <= budget.weight_bytes(costs):
         note["note"] = (
             f"budget {budget} is above the largest plan "

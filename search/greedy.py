@@ -9,7 +9,7 @@ import numpy as np
 
 from mixprec.search.base import SearchStrategy
 from mixprec.search.cost import CostModel
-from mixprec.search.selection import Constraint, Selection, feasible_mask
+from mixprec.search.selection import Constraint, Selection, feasible_mask, within
 
 
 def solve_greedy(scores: np.ndarray, constraints: Sequence[Constraint]) -> Selection:
@@ -35,7 +35,7 @@ def solve_greedy(scores: np.ndarray, constraints: Sequence[Constraint]) -> Selec
         extra = [c - c[rows, choice][:, None] for c in costs]
         fits = allowed & (gain > 0)
         for c, limit, used in zip(extra, limits, spent, strict=True):
-            fits &= used + c <= limit * (1 + 1e-12)
+            fits &= within(used + c, limit)
         if not fits.any():
             break
         ratio = np.where(extra[0] > 0, gain / np.where(extra[0] > 0, extra[0], 1), np.inf)
@@ -61,11 +61,11 @@ def _hull_greedy(scores: np.ndarray, cost: np.ndarray, limit: float) -> Selectio
             steps.append((-ratio, unit, int(a), int(b)))
     rows = np.arange(len(choice))
     spent = float(cost[rows, choice].sum())
-    if spent > limit * (1 + 1e-12):
+    if not within(spent, limit):
         return Selection((), "infeasible", float("nan"))
     for _, unit, start, end in sorted(steps):
         extra = cost[unit, end] - cost[unit, start]
-        if choice[unit] == start and spent + extra <= limit * (1 + 1e-12):
+        if choice[unit] == start and within(spent + extra, limit):
             choice[unit] = end
             spent += extra
     picked = tuple(int(k) for k in choice)

@@ -23,7 +23,7 @@ from mixprec.models import ModelBundle
 from mixprec.search.base import SearchStrategy, check_objective
 from mixprec.search.cost import CostModel
 from mixprec.search.ilp import solve_ilp
-from mixprec.search.selection import Constraint, Selection, feasible_mask
+from mixprec.search.selection import Constraint, Selection, feasible_mask, within
 
 SAMPLERS = ("tpe", "nsga2")
 GRANULARITIES = ("auto", "unit", "block")
@@ -42,7 +42,7 @@ def repair(
         over = [
             (cost, limit)
             for cost, limit in constraints
-            if cost[rows, picked].sum() > limit * (1 + 1e-12)
+            if not within(cost[rows, picked].sum(), limit)
         ]
         if not over:
             return picked

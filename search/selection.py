@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,11 @@ class Selection:
 def feasible_mask(scores: np.ndarray) -> np.ndarray:
     """Cells a solver may pick: those with a finite score."""
     return np.isfinite(scores)
+
+
+def within(total: Any, limit: float) -> Any:
+    """Whether `total` (a number or an array) keeps to `limit`, allowing float round-off."""
+    return total <= limit * (1 + 1e-12)
 
 
 def undominated(scores: np.ndarray, costs: Sequence[np.ndarray]) -> np.ndarray:
@@ -45,6 +51,11 @@ def smallest_totals(scores: np.ndarray, costs: Sequence[np.ndarray]) -> list[flo
     """Per constraint, the least any plan can spend on it (ignoring the others)."""
     allowed = feasible_mask(scores)
     return [float(np.where(allowed, c, np.inf).min(axis=1).sum()) for c in costs]
+
+
+def largest_total(scores: np.ndarray, cost: np.ndarray) -> float:
+    """The most any plan can spend on `cost` (every unit at its dearest scored scheme)."""
+    return float(np.where(feasible_mask(scores), cost, -np.inf).max(axis=1).sum())
 
 
 def lagrangian_bound(scores: np.ndarray, cost: np.ndarray, limit: float) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from mixprec.search.base import SearchStrategy
 from mixprec.search.cost import CostModel
-from mixprec.search.selection import Constraint, Selection
+from mixprec.search.selection import Constraint, Selection, within
 
 
 def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selection:
@@ -18,7 +18,7 @@ def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selectio
     best = Selection((), "infeasible", float("nan"))
     for k in range(scores.shape[1]):
         column = scores[:, k]
-        fits = all(c[:, k].sum() <= limit * (1 + 1e-12) for c, limit in constraints)
+        fits = all(within(c[:, k].sum(), limit) for c, limit in constraints)
         if np.isfinite(column).all() and fits:
             total = float(column.sum())
             if not best.choice or total < best.objective:

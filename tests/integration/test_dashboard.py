@@ -128,8 +128,9 @@ def test_budget_slider_re_solves_within_the_budget_and_measures(app: AppTest) ->
 
 def test_budget_helpers(store: Path) -> None:
     from mixprec.dashboard import budget
+    from mixprec.search.runs import open_analysis
 
-    analysis = budget.open_run(store / "digits", "isolation")
+    analysis = open_analysis(store / "digits", "isolation")
     low, high = budget.budget_range(analysis, "isolation")
     assert 4 < low < 5 and high == 32  # everything mxfp4 .. everything kept in FP32
     tight, roomy = (budget.plan_within(analysis, "isolation", b) for b in (low, high))
