@@ -278,6 +278,16 @@ _REGISTRY: dict[str, NumberFormat] = {
             description="OCP MX: INT8 elements (implicit 2^-6), E8M0 scale per 32",
         ),
         NumberFormat(
+            "mxint4",
+            "mx",
+            "int",
+            4,
+            fraction_bits=2,
+            block_size=32,
+            scale_format="e8m0",
+            description="MX-style INT4 elements (implicit 2^-2), E8M0 scale per 32",
+        ),
+        NumberFormat(
             "nvfp4",
             "nv",
             "float",

@@ -36,7 +36,7 @@ LLAMACPP_TYPES: dict[str, tuple[str, bool]] = {
     "int3": ("q3_k", False), "int3_g128": ("q3_k", False),
     "int2": ("q2_k", False), "int2_g64": ("q2_k", False),
     "fp8_e4m3": ("q8_0", False), "fp8_e5m2": ("q8_0", False), "mxfp8_e4m3": ("q8_0", False),
-    "mxfp8_e5m2": ("q8_0", False), "mxint8": ("q8_0", False),
+    "mxfp8_e5m2": ("q8_0", False), "mxint8": ("q8_0", False), "mxint4": ("q4_0", False),
     "fp6_e3m2": ("q6_k", False), "fp6_e2m3": ("q6_k", False), "mxfp6_e3m2": ("q6_k", False),
     "mxfp6_e2m3": ("q6_k", False), "fp4_e2m1": ("iq4_nl", False),
 }  # fmt: skip

@@ -21,7 +21,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_formats_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["formats", "--json"], capsys)
     rows = {r["name"]: r for r in json.loads(out)}
-    assert code == 0 and len(rows) == 27
+    assert code == 0 and len(rows) == 28
     assert rows["mxfp4"]["bits_per_element"] == 4.25
     assert rows["nvfp4"]["bits_per_element"] == 4.5
     assert rows["int4_g128"]["bits_per_element"] == 4.125

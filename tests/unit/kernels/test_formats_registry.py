@@ -14,7 +14,7 @@ from mixprec.kernels import formats
 PUBLIC_NAMES = """
 fp8_e4m3 fp8_e5m2 fp6_e3m2 fp6_e2m3 fp4_e2m1
 int8 int4 int3 int2 int8_g128 int4_g128 int4_g64 int4_g32 int3_g128 int2_g64 int4_asym_g128
-mxfp8_e4m3 mxfp8_e5m2 mxfp6_e3m2 mxfp6_e2m3 mxfp4 mxint8 nvfp4 nvint4 bf16 fp16 fp32
+mxfp8_e4m3 mxfp8_e5m2 mxfp6_e3m2 mxfp6_e2m3 mxfp4 mxint8 mxint4 nvfp4 nvint4 bf16 fp16 fp32
 """.split()
 
 ML_DTYPE_OF = {
@@ -60,6 +60,7 @@ def test_unknown_name_lists_the_valid_ones() -> None:
         ("int4_asym_g128", 4 + 20 / 128),
         ("int2_g64", 2.25),
         ("mxint8", 8.25),
+        ("mxint4", 4.25),
         ("fp8_e4m3", 8.0),
         ("int3", 3.0),
         ("mxfp6_e2m3", 6.25),
@@ -123,6 +124,7 @@ def test_fp4_values_as_documented() -> None:
         ("int2", 3, 1),
         ("int4_asym_g128", 16, 15),
         ("mxint8", 255, 127 / 64),
+        ("mxint4", 15, 7 / 4),
         ("nvint4", 15, 7),
     ],
 )
@@ -149,6 +151,7 @@ def test_mx_emax_matches_ocp_table() -> None:
         "mxfp6_e2m3": 2,
         "mxfp4": 2,
         "mxint8": 0,
+        "mxint4": 0,
     }
 
 

@@ -118,6 +118,18 @@ def test_mxint8_by_the_ocp_spec() -> None:
     assert got[:, 5:].eq(0).all()
 
 
+def test_mxint4_like_mxint8_with_two_fraction_bits() -> None:
+    """INT4 codes -7..7 times 2^-2 under the same E8M0 scale 2^floor(log2 amax)."""
+    block = torch.zeros(1, 32)
+    # amax 3 -> scale 2: 3/2*4 = 6; 0.9/2*4 = 1.8 -> 2; -0.25/2*4 = -0.5 -> -0 (ties to even);
+    # 1.3/2*4 = 2.6 -> 3
+    block[0, :4] = torch.tensor([3.0, 0.9, -0.25, 1.3])
+    got = formats.get("mxint4").quantize_dequantize(block)
+    assert got[0, :4].tolist() == [3.0, 2 * 2 / 4, 0.0, 3 * 2 / 4]
+    # 1.99 * 4 = 7.96 rounds to 8 and saturates at 7: the largest element is 7/4
+    assert formats.get("mxint4").quantize_dequantize(torch.full((1, 32), 1.99)).eq(1.75).all()
+
+
 def test_mxint8_saturates_at_127_over_64() -> None:
     block = torch.full((1, 32), 1.999)  # 1.999*64 = 127.94 rounds to 128, saturates to 127
     got = formats.get("mxint8").quantize_dequantize(block)

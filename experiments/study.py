@@ -1,0 +1,127 @@
+"""Shared plumbing for the studies in experiments/: config, metrics, plots, the results header.
+
+Every study is `python experiments/NAME.py [--config experiments/configs/NAME.toml]` and writes
+experiments/results/NAME.md plus NAME_*.png beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+CONFIGS = HERE / "configs"
+# scored cells are shared between studies (same model, scheme, estimator, batches -> same cell)
+CACHE = ROOT / "runs" / "experiments-cache"
+# the metric a plan is judged by, and whether larger is better
+PRIMARY: dict[str, tuple[str, bool]] = {
+    "minilm": ("cosine", True),
+    "tiny-gpt": ("perplexity", False),
+    "digits-cnn": ("accuracy", True),
+}
+
+
+def fail(message: str) -> NoReturn:
+    """A user mistake: one line on stderr, exit code 2."""
+    print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_args(name: str, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, default=CONFIGS / f"{name}.toml")
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.md")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="scored-cell cache folder")
+    args = parser.parse_args()
+    args.name = name
+    return args
+
+
+def load_config(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's TOML over its defaults; unknown keys and wrong types are one-line errors."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"config {path} does not exist")
+    except tomllib.TOMLDecodeError as err:
+        fail(f"{path} is not valid TOML: {err}")
+    unknown = sorted(set(data) - set(defaults))
+    if unknown:
+        fail(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(defaults)}")
+    for key, value in data.items():
+        expected = type(defaults[key])
+        if expected is float and isinstance(value, int):
+            data[key] = float(value)
+        elif not isinstance(value, expected):
+            fail(f"{path}: key {key!r} must be a {expected.__name__}, got {value!r}")
+    return {**defaults, **data}
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.machine()}, {os.cpu_count()} cores"
+
+
+def command(args: argparse.Namespace) -> str:
+    """The exact command that made a results file (paths relative to the repository)."""
+    parts = [f"python experiments/{args.name}.py"]
+    if args.config.resolve() != (CONFIGS / f"{args.name}.toml").resolve():
+        parts.append(f"--config {_relative(args.config)}")
+    if args.out.resolve() != (RESULTS / f"{args.name}.md").resolve():
+        parts.append(f"--out {_relative(args.out)}")
+    return " ".join(parts)
+
+
+def header(title: str, args: argparse.Namespace, seconds: float, what: str) -> str:
+    return (
+        f"# {title}\n\n"
+        f"Made by `{command(args)}` (config `{_relative(args.config)}`) in {seconds:.0f} s on "
+        f"{device_name()}, torch {torch.__version__}, {torch.get_num_threads()} torch "
+        f"thread(s). {what}\n\n"
+    )
+
+
+def save_figure(figure: Any, out: Path, suffix: str, caption: str) -> str:
+    """Write the figure as OUT-STEM_SUFFIX.png (atomically); return its Markdown image line."""
+    import matplotlib.pyplot as plt
+
+    target = out.with_name(f"{out.stem}_{suffix}.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".png", delete=False) as handle:
+        temp = Path(handle.name)
+    try:
+        figure.savefig(temp, dpi=110, bbox_inches="tight")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+        plt.close(figure)
+    return f"![{caption}]({target.name})\n"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
