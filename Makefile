@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mixprec-installed
 # Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test bench dashboard lint typecheck clean browser
+.PHONY: setup demo test bench experiments dashboard lint typecheck clean browser
 
 setup: $(STAMP)
 
@@ -26,6 +26,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_search.py
 	$(PY) experiments/bench_kernels.py
+
+# The six studies of experiments/README.md (CPU: about an hour on 2 cores); the kernel benchmark
+# too where a GPU is present. Study 5 needs NVIDIA ModelOpt (the `compare` extra).
+STUDIES := int_vs_fp fp4_diagnosis hawq allocators peer_modelopt estimators
+
+experiments: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,compare]'
+	@set -e; for study in $(STUDIES); do \
+		echo "== experiments/$$study.py"; $(PY) experiments/$$study.py > /dev/null; done
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(PY) experiments/bench_kernels.py > /dev/null; fi
+	@echo "results: experiments/results/*.md"
 
 dashboard: $(STAMP)
 	$(VENV)/bin/mixprec dashboard --runs runs

@@ -13,16 +13,15 @@ Run: .venv/bin/python experiments/agents.py            (~10 min on 2 cores)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
+from study import PRIMARY, analysis_for
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
@@ -40,15 +39,6 @@ SCHEMES = (
     "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
     "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1",
 )  # fmt: skip
-
-
-def _search_script() -> Any:
-    """experiments/search.py, for its analysis helper and primary metrics."""
-    spec = importlib.util.spec_from_file_location("search_experiment", HERE / "search.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def compare(
@@ -125,20 +115,17 @@ def main() -> int:
     args = parser.parse_args()
     quiet_optional_backends()
     torch.set_num_threads(1)
-    helper = _search_script()
     models = ["digits-cnn"] if args.quick else ["digits-cnn", "tiny-gpt", "minilm"]
     budgets = ["5bits", "6bits"] if args.quick else ["4.5bits", "5bits", "6bits"]
     steps = 300 if args.quick else args.steps
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        analyses = {
-            m: helper.analysis_for(m, SCHEMES, args.workers, Path(scratch) / m) for m in models
-        }
+        analyses = {m: analysis_for(m, SCHEMES, Path(scratch) / m, args.workers) for m in models}
         rows = [
             row
             for m, analysis in analyses.items()
             for row in compare(analysis, budgets, steps, 20 if args.quick else 50,
-                               helper.PRIMARY[m])
+                               PRIMARY[m])
         ]  # fmt: skip
         sources = [analyses[m] for m in models if m != "minilm"]
         target = analyses["minilm" if "minilm" in analyses else models[0]]

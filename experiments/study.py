@@ -12,11 +12,13 @@ import platform
 import sys
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+
+from mixprec.search.runs import Analysis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -32,6 +34,23 @@ PRIMARY: dict[str, tuple[str, bool]] = {
 }
 
 
+def analysis_for(
+    model: str, schemes: Sequence[str], cache: Path, workers: int = 2, calib_batches: int = 2
+) -> Analysis:
+    """Isolation scores at layer level (cells cached in `cache`) with the model's cost model."""
+    from mixprec.models import load_model
+    from mixprec.search.base import table_schemes
+    from mixprec.search.cost import build_cost_model
+    from mixprec.sensitivity.cache import CellCache
+    from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
+
+    spec = AnalysisSpec(model, tuple(schemes), ("isolation",), ("layer",), calib_batches)
+    table = run_analysis(spec, workers=workers, cache=CellCache(cache), progress=False)
+    bundle = load_model(model)
+    costs = build_cost_model(bundle, table_schemes(table, "isolation"))
+    return Analysis(cache, table, bundle, costs)
+
+
 def fail(message: str) -> NoReturn:
     """A user mistake: one line on stderr, exit code 2."""
     print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
@@ -45,6 +64,9 @@ def parse_args(name: str, description: str) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=CACHE, help="scored-cell cache folder")
     args = parser.parse_args()
     args.name = name
+    from mixprec.logs import quiet_optional_backends
+
+    quiet_optional_backends()
     return args
 
 

@@ -38,27 +38,138 @@ def test_uniform_sweep_script(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown number format 'int9'" in bad.stderr
 
 
-def test_sensitivity_script_quick(tmp_path: Path) -> None:
-    out = tmp_path / "sensitivity.md"
-    script = str(ROOT / "experiments" / "sensitivity.py")
-    proc = run_script([script, "--quick", "--out", str(out)], tmp_path)
+def run_study(name: str, config: str, tmp_path: Path) -> str:
+    """Run experiments/NAME.py on a small config; its Markdown, after checking its plots."""
+    (tmp_path / "study.toml").write_text(config)
+    out = tmp_path / f"{name}.md"
+    args = [str(ROOT / "experiments" / f"{name}.py"), "--config", "study.toml", "--out", str(out)]
+    proc = run_script([*args, "--cache", str(tmp_path / "cells")], tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "## 1. Spearman" in text and "| digits-cnn | w:mxfp4 | isolation | 6 |" in text
-    assert "| ray, 2 workers |" in text and "| True |" in text
-    assert "Block measured vs sum of its layers" in text
+    images = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert images
+    for image in images:
+        assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Made by `python experiments/{name}.py --config study.toml --out" in text
+    return text
 
 
-def test_search_script_quick(tmp_path: Path) -> None:
-    out = tmp_path / "search.md"
-    script = str(ROOT / "experiments" / "search.py")
-    proc = run_script(
-        [script, "--quick", "--workers", "0", "--trials", "3", "--out", str(out)], tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = out.read_text()
-    assert "| digits-cnn | 4.5 |" in text and "## Where the ILP does not win" in text
-    assert "none (budget 3bits is infeasible)" in text
+def table_rows(text: str, first: str) -> list[list[str]]:
+    """Cells of the Markdown table rows that start with `first`."""
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first} |")
+    ]
+
+
+def test_int_vs_fp_study(tmp_path: Path) -> None:
+    config = """models = ["digits-cnn"]
+formats = ["int8", "fp8_e4m3", "mxint8", "mxfp8_e4m3", "int4", "fp4_e2m1", "mxint4", "mxfp4",
+           "nvint4", "nvfp4"]
+synthetic_rows = 64
+synthetic_cols = 256
+crest_dfs = [2.0, 1000.0]
+"""
+    text = run_study("int_vs_fp", config, tmp_path)
+    gaussian = {
+        row[0]: float(row[1]) for row in table_rows(text, "int8") + table_rows(text, "int4")
+    }
+    assert gaussian["int8"] > gaussian["int4"] + 15  # ~6 dB per bit
+    pairs = table_rows(text, "gaussian")
+    assert [row[1] for row in pairs][:2] == ["int8 vs fp8_e4m3", "mxint8 vs mxfp8_e4m3"]
+    assert all(row[4] == ("INT" if float(row[3]) > 0 else "FP") for row in pairs)
+    assert text.count("**Matches.**") + text.count("**Does not match.**") == 5
+
+
+def test_study_config_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('model = "minilm"\nbudget = 4\n')
+    script = str(ROOT / "experiments" / "peer_modelopt.py")
+    proc = run_script([script, "--config", "bad.toml"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "peer_modelopt.py: bad.toml: unknown key 'budget'; valid keys: model, budgets, "
+        "calib_batches, estimators"
+    ]
+    (tmp_path / "typed.toml").write_text('size_fractions = "0.5"\n')
+    proc = run_script([str(ROOT / "experiments" / "hawq.py"), "--config", "typed.toml"], tmp_path)
+    assert proc.returncode == 2
+    assert "key 'size_fractions' must be a list, got '0.5'" in proc.stderr
+
+
+def test_fp4_diagnosis_study(tmp_path: Path) -> None:
+    text = run_study("fp4_diagnosis", 'models = ["tiny-gpt"]\nworkers = 0\n', tmp_path)
+    rows = table_rows(text, "tiny-gpt")
+    units = {(row[2], row[4]) for row in rows}
+    for scheme in ("w:mxfp4", "w:nvfp4"):
+        assert {"component:qkv", "component:o", "component:up", "component:down"} <= {
+            u for u, s in units if s == scheme
+        }
+        assert {f"transformer.h.{i}" for i in range(4)} <= {u for u, s in units if s == scheme}
+    for row in rows:  # the score sits inside its bootstrap CI
+        assert float(row[7]) <= float(row[6]) <= float(row[8])
+    for scheme in ("w:mxfp4", "w:nvfp4"):  # FP4 raises the perplexity overall
+        assert sum(float(row[9]) for row in rows if row[4] == scheme) > 0
+    assert "Paper: MXFP4 degrades more than NVFP4" in text
+
+
+def test_hawq_study(tmp_path: Path) -> None:
+    config = """models = ["digits-cnn"]
+estimators = ["isolation"]
+size_fractions = [0.3, 0.7]
+bops_fractions = [0.5, 0.8]
+workers = 0
+"""
+    text = run_study("hawq", config, tmp_path)
+    rows = table_rows(text, "digits-cnn")
+    uniform = {row[1]: row for row in rows if row[1].startswith("uniform")}
+    low, high = float(uniform["uniform INT4"][3]), float(uniform["uniform INT8"][3])
+    ilp = [row for row in rows if row[1] == "ilp (isolation)"]
+    assert len(ilp) == 4
+    for row in ilp:
+        assert low <= float(row[3]) <= high
+        if row[2].startswith("size"):
+            assert float(row[3]) <= float(row[2].split()[1]) * 1.01  # the label has 3 digits
+        else:
+            cap = float(row[2].split()[1]) * float(uniform["uniform INT8"][5])
+            assert float(row[5]) <= cap * 1.001  # the table has 4 digits
+    assert text.count("ILP plans beat the straight line") == 2
+
+
+def test_allocators_study(tmp_path: Path) -> None:
+    config = """models = ["digits-cnn"]
+schemes = ["w:int8", "w:int4_g128", "w:mxfp4", "w:nvfp4"]
+budgets = [4.5, 6.0]
+optuna_trials = 4
+sac_timesteps = 60
+workers = 0
+"""
+    text = run_study("allocators", config, tmp_path)
+    rows = table_rows(text, "digits-cnn")
+    methods = {(row[1], row[2]) for row in rows if len(row) > 4}
+    for bits in ("4.5", "6"):
+        assert {(bits, m) for m in ("ilp", "greedy", "optuna", "sac", "uniform")} <= methods
+    for row in rows:
+        if len(row) > 6 and row[3] not in ("", "nan"):
+            assert float(row[3]) <= float(row[1]) * 1.001  # bits/weight within the budget
+            assert float(row[5]) >= -1e-6  # no method beats the ILP's predicted optimum
+    assert "| ilp |" in text and "spearman(predicted, measured loss)" in text
+
+
+def test_estimators_study(tmp_path: Path) -> None:
+    config = """models = ["digits-cnn"]
+schemes = ["w:mxfp4"]
+batches = [1, 2]
+ray_model = "digits-cnn"
+"""
+    text = run_study("estimators", config, tmp_path)
+    rows = table_rows(text, "digits-cnn")
+    assert {(row[1], row[2]) for row in rows} == {
+        (b, e) for b in ("1", "2") for e in ("fisher", "hessian", "isolation")
+    }
+    assert all(float(row[7]) > 0 for row in rows)  # seconds per cell
+    assert "| serial |" in text and "| ray, 2 workers |" in text
+    assert "| True |" in text and "| False |" not in text
 
 
 def test_search_benchmark_script(tmp_path: Path) -> None:

@@ -88,9 +88,12 @@ def test_inf_saturates_to_its_groups_extreme_value(name: str) -> None:
     assert got[1, 9] == bottom and bottom < 0
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in QUANTIZED if formats.get(n).family == "mx" and formats.get(n).element_kind == "float"]
-)
+MX_FLOATS = [
+    n for n in QUANTIZED if formats.get(n).family == "mx" and formats.get(n).element_kind == "float"
+]
+
+
+@pytest.mark.parametrize("name", MX_FLOATS)
 def test_mx_inf_keeps_its_sign_and_flushes_its_block(name: str) -> None:
     """OCP/torchao: inf sets the E8M0 exponent to 128 - emax; max normal times it overflows."""
     got = formats.get(name).quantize_dequantize(inf_input())
