@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from study import PRIMARY, analysis_for, header, load_config, parse_args, pyplot, save_figure
+from study import PRIMARY, analysis_for, load_config, parse_args, publish_study, pyplot, save_figure
 
 from mixprec.errors import MixprecError
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.search.base import make_strategy
 
@@ -160,26 +160,29 @@ def main() -> int:
         frame = frame.drop(columns="note")
     seconds = time.perf_counter() - started
     times = frame.groupby("method")["solve s"].agg(["median", "max"]).reset_index()
-    text = (
-        header("Allocators: ILP vs greedy vs Optuna vs SAC vs uniform, 3-8 bits", args,
-               seconds, f"Isolation scores, layer level, {config['calib_batches']} calibration "
-               f"batches, {len(config['schemes'])} schemes + keep. Optuna: TPE, "
-               f"{config['optuna_trials']} trials on the predicted objective; SAC: "
-               f"{config['sac_timesteps']} steps; uniform: the best single scheme that fits. "
-               "`predicted` = summed table score of the plan (lower is better); the metric is "
-               "measured on the evaluation split.")
-        + "## What matches and what does not\n\n"
-        + "\n".join(verdicts(frame, models))
-        + "\n\n## Predicted vs measured (all plans of a model)\n\n"
-        + frame_markdown(agreement(frame, models), digits=3)
-        + "\n\n## Solve time per method (seconds, over every model and budget)\n\n"
-        + frame_markdown(times, digits=3)
-        + "\n\n## Every plan\n\n"
-        + frame_markdown(frame, digits=4)
-        + "\n\n## Plots\n\n"
-        + plots(frame, models, args.out)
+    what = (
+        f"Isolation scores, layer level, {config['calib_batches']} calibration batches, "
+        f"{len(config['schemes'])} schemes + keep. Optuna: TPE, {config['optuna_trials']} trials "
+        "on the predicted objective, its first trial the ILP plan (mixprec's warm start, so by "
+        f"the table it can only tie the ILP); SAC: {config['sac_timesteps']} steps; uniform: the "
+        "best single scheme that fits. `predicted` = summed table score of the plan (lower is "
+        "better); the metric is measured on the evaluation split."
+    )
+    return publish_study(
+        args,
+        "Allocators: ILP vs greedy vs Optuna vs SAC vs uniform, 3-8 bits",
+        seconds,
+        what,
+        verdicts(frame, models),
+        [
+            ("Predicted vs measured (all plans of a model)",
+             frame_markdown(agreement(frame, models), digits=3)),
+            ("Solve time per method (seconds, over every model and budget)",
+             frame_markdown(times, digits=3)),
+            ("Every plan", frame_markdown(frame, digits=4)),
+        ],
+        plots(frame, models, args.out),
     )  # fmt: skip
-    return publish(args.out, text)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from study import PRIMARY, header, load_config, parse_args, pyplot, save_figure
+from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
 
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.models import ModelBundle, load_model
 from mixprec.plan import temporarily_applied
 from mixprec.sensitivity.cache import CellCache
@@ -34,7 +34,7 @@ DEFAULTS: dict[str, object] = {
     "estimators": ["hessian", "fisher", "isolation"],
     "batches": [2, 4, 8],  # one batch gives a zero-width bootstrap CI, so the sweep starts at 2
     "workers": 2,
-    "ray_model": "tiny-gpt",  # serial vs Ray workers, each from an empty cache
+    "ray_model": "minilm",  # serial vs Ray workers, each from an empty cache
 }
 
 
@@ -66,11 +66,15 @@ def score(model: str, config: dict[str, Any], batches: int) -> ScoreTable:
                             progress=False)  # fmt: skip
 
 
-def study(model: str, config: dict[str, Any]) -> list[dict[str, object]]:
+def study(
+    model: str, config: dict[str, Any]
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Rank agreement and CI width per (batches, estimator, scheme); cost per estimator."""
     bundle = load_model(model)
     drops = {s: metric_drops(bundle, s) for s in config["schemes"]}
     available = len(bundle.calibration)
     rows: list[dict[str, object]] = []
+    costs: list[dict[str, object]] = []
     for batches in sorted({min(b, available) for b in config["batches"]}):
         ok = score(model, config, batches).ok()
         for (estimator, scheme), part in ok.groupby(["estimator", "scheme"]):
@@ -80,9 +84,12 @@ def study(model: str, config: dict[str, Any]) -> list[dict[str, object]]:
             width = (part["ci_high"] - part["ci_low"]) / part["score"].abs().clip(lower=1e-30)
             rows.append({"model": model, "batches": batches, "estimator": estimator,
                          "scheme": scheme, "layers": len(names), "spearman vs drop": rho,
-                         "median CI width / score": float(width.median()),
-                         "s per cell": float(part["seconds"].mean())})  # fmt: skip
-    return rows
+                         "median CI width / score": float(width.median())})  # fmt: skip
+        for estimator, part in ok.groupby("estimator"):  # schemes of one estimator share work
+            costs.append({"model": model, "batches": batches, "estimator": estimator,
+                          "cells": len(part), "seconds": float(part["seconds"].sum()),
+                          "s per cell": float(part["seconds"].mean())})  # fmt: skip
+    return rows, costs
 
 
 def ray_cost(config: dict[str, Any]) -> pd.DataFrame:
@@ -100,7 +107,7 @@ def ray_cost(config: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def verdicts(frame: pd.DataFrame) -> list[str]:
+def verdicts(frame: pd.DataFrame, cost: pd.DataFrame, ray: pd.DataFrame) -> list[str]:
     lines = []
     first = frame[frame["batches"] == frame.groupby("model")["batches"].transform("min")]
     best = first.groupby("model").apply(
@@ -108,19 +115,26 @@ def verdicts(frame: pd.DataFrame) -> list[str]:
     )
     for model, estimator in best.items():
         lines.append(f"- {model}: best mean rank agreement with measured drops: {estimator}.")
-    costs = frame.groupby("estimator")["s per cell"].median()
-    cheapest = costs.idxmin()
+    totals = cost.groupby("estimator")[["seconds", "cells"]].sum()
+    per_cell = totals["seconds"] / totals["cells"]
     lines.append(
-        "- Cost per cell (median over models and batch counts): "
-        + ", ".join(f"{e} {s:.3g} s" for e, s in costs.items())
-        + f"; cheapest: {cheapest}."
+        "- Cost per cell (all models and batch counts): "
+        + ", ".join(f"{e} {v:.3g} s" for e, v in per_cell.items())
+        + f"; cheapest: {per_cell.idxmin()}."
+    )
+    speed = ray.iloc[-1]
+    same = bool(speed["same scores as serial"])
+    lines.append(
+        f"- {speed['run']}: {speed['speed-up vs serial']:.2f}x the serial speed on "
+        f"{int(speed['cells'])} cells, same scores as serial: {same}."
     )
     trend = frame.groupby(["estimator", "batches"])["median CI width / score"].median().unstack()
     narrows = [e for e, row in trend.iterrows() if row.dropna().is_monotonic_decreasing]
     lines.append(
-        f"- CI width shrinks monotonically with more calibration batches for: "
-        f"{', '.join(narrows) or 'none'} (of {', '.join(trend.index)}); a bootstrap CI should "
-        "narrow roughly as 1/sqrt(batches)."
+        f"- Expected: a bootstrap CI of the mean narrows roughly as 1/sqrt(batches). Its median "
+        f"relative width shrinks monotonically for: {', '.join(narrows) or 'none'} (of "
+        f"{', '.join(trend.index)}). Where it does not, the batches differ more than the first "
+        "two show: two batches give the bootstrap only three distinct resampled means."
     )
     return lines
 
@@ -147,27 +161,33 @@ def main() -> int:
     torch.set_num_threads(1)
     started = time.perf_counter()
     ray = ray_cost(config)  # first, on a quiet machine
-    frame = pd.DataFrame([r for m in config["models"] for r in study(m, config)])
+    studies = [study(m, config) for m in config["models"]]
+    frame = pd.DataFrame([r for rows, _ in studies for r in rows])
+    cost = pd.DataFrame([c for _, costs in studies for c in costs])
     seconds = time.perf_counter() - started
     metrics = "; ".join(f"{m}: {PRIMARY[m][0]}" for m in config["models"])
-    text = (
-        header("Estimators: rank agreement, cost and CI width vs calibration batches", args,
-               seconds, f"Schemes {', '.join(config['schemes'])}, layer level, every analysis "
-               f"from an empty cache on {config['workers']} Ray workers (1 torch thread each). "
-               f"The drop is measured on the evaluation split with only that layer quantized "
-               f"({metrics}). CI = 95% bootstrap interval over calibration batches; its width "
-               "is reported relative to the score.")
-        + "## What the numbers say\n\n"
-        + "\n".join(verdicts(frame))
-        + "\n\n## 1. Rank agreement, CI width and cost per model, estimator, scheme, batches\n\n"
-        + frame_markdown(frame, digits=3)
-        + f"\n\n## 2. Cost: serial vs Ray workers ({config['ray_model']}, 2 batches, all "
-        "estimators and schemes above)\n\n"
-        + frame_markdown(ray, digits=3)
-        + "\n\n## Plots\n\n"
-        + plots(frame, args.out)
+    what = (
+        f"Schemes {', '.join(config['schemes'])}, layer level, every analysis from an empty "
+        f"cache on {config['workers']} Ray workers (1 torch thread each). The drop is measured "
+        f"on the evaluation split with only that layer quantized ({metrics}). CI = 95% bootstrap "
+        "interval over calibration batches; its width is reported relative to the score."
+    )
+    return publish_study(
+        args,
+        "Estimators: rank agreement, cost and CI width vs calibration batches",
+        seconds,
+        what,
+        verdicts(frame, cost, ray),
+        [
+            ("1. Rank agreement, CI width and cost per model, estimator, scheme, batches",
+             frame_markdown(frame, digits=3)),
+            ("2. Cost per estimator (cells of one estimator share work, e.g. gradients)",
+             frame_markdown(cost, digits=3)),
+            (f"3. Cost: serial vs Ray workers ({config['ray_model']}, 2 batches, all estimators "
+             "and schemes above)", frame_markdown(ray, digits=3)),
+        ],
+        plots(frame, args.out),
     )  # fmt: skip
-    return publish(args.out, text)
 
 
 if __name__ == "__main__":

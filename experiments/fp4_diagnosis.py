@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from study import PRIMARY, header, load_config, parse_args, pyplot, save_figure
+from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
 
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.sensitivity.cache import CellCache
@@ -138,24 +138,27 @@ def main() -> int:
     seconds = time.perf_counter() - started
     lines = [line for model in config["models"] for line in verdicts(frame, model)]
     metrics = ", ".join(f"{m}: {PRIMARY[m][0]}" for m in config["models"])
-    text = (
-        header("FP4 diagnosis: which components and blocks FP4 hurts, mxfp4 vs nvfp4", args,
-               seconds, f"Isolation: one component type across all blocks (or one block) "
-               f"quantized, the rest FP32; `isolation` = mixprec's output-isolation score "
-               f"(distance to FP32 output on {config['calib_batches']} calibration batches, 95% "
-               f"CI), the drop = measured metric on the evaluation split vs FP32 ({metrics}). "
-               "`drop per M params` divides by the unit's weights: components differ in size.")
-        + "## What matches the paper and what does not\n\n"
-        + "\n".join(lines)
-        + "\n\nThe paper studied Qwen2.5 0.5B-14B (gated MLPs, perplexity and accuracy); minilm "
-        "is a 6-block encoder (no gate), tiny-gpt a 4-block GPT-2 with a fused qkv projection, so "
-        "`gate` has no counterpart and attention is `q`/`k`/`v`/`o` or `qkv`/`o`.\n\n"
-        "## Components and blocks, every measurement\n\n"
-        + frame_markdown(frame, digits=3)
-        + "\n\n## Plots\n\n"
-        + plots(frame, args.out)
-    )  # fmt: skip
-    return publish(args.out, text)
+    what = (
+        "Isolation: one component type across all blocks (or one block) quantized, the rest "
+        "FP32; `isolation` = mixprec's output-isolation score (distance to FP32 output on "
+        f"{config['calib_batches']} calibration batches, 95% CI), the drop = measured metric on "
+        f"the evaluation split vs FP32 ({metrics}). `drop per M params` divides by the unit's "
+        "weights: components differ in size."
+    )
+    caveat = (
+        "\nThe paper studied Qwen2.5 0.5B-14B (gated MLPs, perplexity and accuracy); minilm is a "
+        "6-block encoder (no gate), tiny-gpt a 4-block GPT-2 with a fused qkv projection, so "
+        "`gate` has no counterpart and attention is `q`/`k`/`v`/`o` or `qkv`/`o`."
+    )
+    return publish_study(
+        args,
+        "FP4 diagnosis: which components and blocks FP4 hurts, mxfp4 vs nvfp4",
+        seconds,
+        what,
+        [*lines, caveat],
+        [("Components and blocks, every measurement", frame_markdown(frame, digits=3))],
+        plots(frame, args.out),
+    )
 
 
 if __name__ == "__main__":

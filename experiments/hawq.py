@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, header, load_config, parse_args, pyplot, save_figure
+from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
 
 from mixprec.errors import MixprecError
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.base import Limits, make_strategy
@@ -162,27 +162,29 @@ def main() -> int:
     frame = pd.DataFrame([r for m in config["models"] for r in study(m, config, args.cache)])
     seconds = time.perf_counter() - started
     models = list(config["models"])
-    text = (
-        header("HAWQ-V3 style: ILP mixed INT4/INT8 vs uniform INT4 and INT8", args, seconds,
-               f"Candidates per layer: `{config['int4']}` or `{config['int8']}` (per-channel "
-               f"symmetric, weights and activations; nothing stays FP32). Sensitivity: "
-               f"{' and '.join(config['estimators'])} (HAWQ-V3 uses the Hessian trace), layer "
-               f"level, {config['calib_batches']} calibration batches; ILP = mixprec's `ilp` "
-               "strategy. Size limits sweep between the uniform INT4 and INT8 sizes; BOPs limits "
-               "are fractions of uniform INT8's BOPs (MACs x weight bits x activation bits, "
-               "summed over one traced calibration batch) with the size capped at INT8's. "
-               "Metrics on the evaluation split.")
-        + "## What matches the paper and what does not\n\n"
-        + "\n".join(verdicts(frame, models))
-        + "\n\nHAWQ-V3 reports ImageNet CNNs (ResNet18/50, InceptionV3) with integer-only "
-        "inference and fine-tuning after quantization; here there is no fine-tuning and "
-        "fake quantization, so the absolute drops are not comparable, only the shape of "
-        "the trade-off.\n\n## Every plan\n\n"
-        + frame_markdown(frame, digits=4)
-        + "\n\n## Plots\n\n"
-        + plots(frame, models, args.out)
-    )  # fmt: skip
-    return publish(args.out, text)
+    what = (
+        f"Candidates per layer: `{config['int4']}` or `{config['int8']}` (per-channel symmetric, "
+        f"weights and activations; nothing stays FP32). Sensitivity: "
+        f"{' and '.join(config['estimators'])} (HAWQ-V3 uses the Hessian trace), layer level, "
+        f"{config['calib_batches']} calibration batches; ILP = mixprec's `ilp` strategy. Size "
+        "limits sweep between the uniform INT4 and INT8 sizes; BOPs limits are fractions of "
+        "uniform INT8's BOPs (MACs x weight bits x activation bits, summed over one traced "
+        "calibration batch) with the size capped at INT8's. Metrics on the evaluation split."
+    )
+    caveat = (
+        "\nHAWQ-V3 reports ImageNet CNNs (ResNet18/50, InceptionV3) with integer-only inference "
+        "and fine-tuning after quantization; here there is no fine-tuning and fake quantization, "
+        "so the absolute drops are not comparable, only the shape of the trade-off."
+    )
+    return publish_study(
+        args,
+        "HAWQ-V3 style: ILP mixed INT4/INT8 vs uniform INT4 and INT8",
+        seconds,
+        what,
+        [*verdicts(frame, models), caveat],
+        [("Every plan", frame_markdown(frame, digits=4))],
+        plots(frame, models, args.out),
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, fail, header, load_config, parse_args, pyplot, save_figure
+from study import PRIMARY, fail, load_config, parse_args, publish_study, pyplot, save_figure
 
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.base import make_strategy, table_schemes
@@ -147,23 +147,25 @@ def main() -> int:
     rows += mixprec_plans(model, config)
     frame = pd.DataFrame(rows).sort_values(["budget bits", "method"], kind="stable")
     seconds = time.perf_counter() - started
-    text = (
-        header("mixprec vs NVIDIA ModelOpt auto_quantize: same model, data, formats, budget",
-               args, seconds, f"Model {model}, {calib} calibration batches, candidates INT8 "
-               "weight-only (per channel), INT4 weight-only (blocks of 128) or unquantized. "
-               f"Metrics on the evaluation split ({metric}: higher is better). `seconds` = "
-               "scoring + search for that budget; mixprec scores once and re-solves each "
-               "budget, so its scoring time is counted again in every row.")
-        + "## What matches and what does not\n\n"
-        + "\n".join(verdicts(frame, metric))
-        + "\n\nModelOpt's score is the gradient-based (Fisher-like) estimate from the task "
-        "loss; mixprec's `fisher` is the closest like-for-like, `isolation` is its default.\n\n"
-        "## Every plan\n\n"
-        + frame_markdown(frame, digits=4)
-        + "\n\n## Plot\n\n"
-        + plot(frame, metric, args.out)
-    )  # fmt: skip
-    return publish(args.out, text)
+    what = (
+        f"Model {model}, {calib} calibration batches, candidates INT8 weight-only (per channel), "
+        "INT4 weight-only (blocks of 128) or unquantized. Metrics on the evaluation split "
+        f"({metric}: higher is better). `seconds` = scoring + search for that budget; mixprec "
+        "scores once and re-solves each budget, so its scoring time is counted again in every row."
+    )
+    note = (
+        "\nModelOpt's score is the gradient-based (Fisher-like) estimate from the task loss; "
+        "mixprec's `fisher` is the closest like-for-like, `isolation` is its default."
+    )
+    return publish_study(
+        args,
+        "mixprec vs NVIDIA ModelOpt auto_quantize: same model, data, formats, budget",
+        seconds,
+        what,
+        [*verdicts(frame, metric), note],
+        [("Every plan", frame_markdown(frame, digits=4))],
+        plot(frame, metric, args.out),
+    )
 
 
 if __name__ == "__main__":

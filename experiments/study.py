@@ -115,6 +115,30 @@ def header(title: str, args: argparse.Namespace, seconds: float, what: str) -> s
     )
 
 
+def publish_study(
+    args: argparse.Namespace,
+    title: str,
+    seconds: float,
+    what: str,
+    verdicts: Sequence[str],
+    sections: Sequence[tuple[str, str]],
+    figures: str,
+) -> int:
+    """Write the results file: header, verdicts, one section per table, then the plots."""
+    from mixprec.markdown import publish
+
+    text = (
+        header(title, args, seconds, what)
+        + "## What matches and what does not\n\n"
+        + "\n".join(verdicts)
+        + "\n\n"
+        + "".join(f"## {heading}\n\n{body}\n\n" for heading, body in sections)
+        + "## Plots\n\n"
+        + figures
+    )
+    return publish(args.out, text)
+
+
 def save_figure(figure: Any, out: Path, suffix: str, caption: str) -> str:
     """Write the figure as OUT-STEM_SUFFIX.png (atomically); return its Markdown image line."""
     import matplotlib.pyplot as plt
