@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) experiments/bench_search.py
 	$(PY) experiments/bench_kernels.py
 
-# The six studies of experiments/README.md (CPU: about an hour on 2 cores); the kernel benchmark
+# The six studies of experiments/README.md (CPU: about 40 minutes on 2 cores); the kernel benchmark
 # too where a GPU is present. Study 5 needs NVIDIA ModelOpt (the `compare` extra).
 STUDIES := int_vs_fp fp4_diagnosis hawq allocators peer_modelopt estimators
 
