@@ -16,11 +16,19 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from study import PRIMARY, analysis_for, load_config, parse_args, publish_study, pyplot, save_figure
+from study import (
+    PRIMARY,
+    analysis_for,
+    load_config,
+    parse_args,
+    primary_metric,
+    publish_study,
+    pyplot,
+    save_figure,
+)
 
 from mixprec.errors import MixprecError
 from mixprec.markdown import frame_markdown
-from mixprec.metrics import evaluate
 from mixprec.search.base import make_strategy
 
 DEFAULTS: dict[str, object] = {
@@ -60,7 +68,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
     analysis = analysis_for(model, config["schemes"], cache, config["workers"],
                             config["calib_batches"])  # fmt: skip
     table, bundle, costs = analysis.table, analysis.bundle, analysis.costs
-    metric = PRIMARY[model][0]
+    metric, measure = PRIMARY[model][0], primary_metric(bundle)
     rows: list[dict[str, object]] = []
     for bits in config["budgets"]:
         optimum = None
@@ -80,7 +88,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             rows.append({"model": model, "budget bits": bits, "method": method,
                          "bits/weight": plan.predicted["bits_per_weight"],
                          "predicted": objective, "gap to ilp %": gap,
-                         metric: evaluate(bundle, plan.assignment).metrics[metric],
+                         metric: measure(plan.assignment),
                          "solve s": seconds})  # fmt: skip
     return rows
 

@@ -17,15 +17,21 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
+from study import (
+    PRIMARY,
+    load_config,
+    parse_args,
+    primary_metric,
+    publish_study,
+    pyplot,
+    save_figure,
+)
 
 from mixprec.markdown import frame_markdown
 from mixprec.models import ModelBundle, load_model
-from mixprec.plan import temporarily_applied
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.tasks import Observed
 from mixprec.units import discover_units, select
 
 DEFAULTS: dict[str, object] = {
@@ -40,15 +46,7 @@ DEFAULTS: dict[str, object] = {
 
 def metric_drops(bundle: ModelBundle, scheme: str) -> dict[str, float]:
     """Measured drop of the primary metric when only one layer takes `scheme`."""
-    name, higher_is_better = PRIMARY[bundle.name]
-
-    def measure(assignment: dict[str, str]) -> float:
-        with temporarily_applied(bundle.model, assignment) as model, torch.inference_mode():
-            outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
-        return bundle.task.metrics(Observed(outputs, bundle.reference_outputs, bundle.evaluation))[
-            name
-        ]
-
+    measure, higher_is_better = primary_metric(bundle), PRIMARY[bundle.name][1]
     base = measure({})
     drops = {}
     for unit in select(discover_units(bundle.model), "layer"):

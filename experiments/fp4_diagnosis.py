@@ -18,10 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
+from study import (
+    PRIMARY,
+    load_config,
+    parse_args,
+    primary_metric,
+    publish_study,
+    pyplot,
+    save_figure,
+)
 
 from mixprec.markdown import frame_markdown
-from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
@@ -45,13 +52,14 @@ def diagnose(model: str, config: dict[str, Any], cache: Path) -> pd.DataFrame:
                          progress=False)  # fmt: skip
     bundle = load_model(model)
     metric, larger_is_better = PRIMARY[model]
-    base = evaluate(bundle, {}).metrics[metric]
+    measure = primary_metric(bundle)
+    base = measure({})
     units = {u.name: u for u in discover_units(bundle.model) if u.level in spec.levels}
     ok = table.ok()
     rows = []
     for record in ok.to_dict("records"):
         unit = units[record["unit"]]
-        value = evaluate(bundle, dict.fromkeys(unit.modules, record["scheme"])).metrics[metric]
+        value = measure(dict.fromkeys(unit.modules, record["scheme"]))
         drop = base - value if larger_is_better else value - base
         rows.append({"model": model, "level": unit.level, "unit": unit.name,
                      "role": unit.role or "", "scheme": record["scheme"], "params": unit.params,

@@ -17,11 +17,18 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, load_config, parse_args, publish_study, pyplot, save_figure
+from study import (
+    PRIMARY,
+    load_config,
+    parse_args,
+    primary_metric,
+    publish_study,
+    pyplot,
+    save_figure,
+)
 
 from mixprec.errors import MixprecError
 from mixprec.markdown import frame_markdown
-from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.base import Limits, make_strategy
 from mixprec.search.cost import Budget, build_cost_model
@@ -47,24 +54,27 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
     table = run_analysis(spec, workers=config["workers"], cache=CellCache(cache), progress=False)
     bundle = load_model(model)
     costs = build_cost_model(bundle, [int4, int8])  # INT4 or INT8 only, as in the paper
-    metric = PRIMARY[model][0]
+    metric, measure = PRIMARY[model][0], primary_metric(bundle)
     rows: list[dict[str, object]] = []
 
-    def record(method: str, limit: str, assignment: dict[str, str], seconds: float) -> None:
+    def record(
+        method: str, limit: str, assignment: dict[str, str], seconds: float
+    ) -> dict[str, float]:
+        """One measured row; returns the plan's cost totals."""
         choice = costs.choice_of(assignment)
         totals = costs.totals(choice)
-        value = evaluate(bundle, assignment).metrics[metric]
+        value = measure(assignment)
         wide = sum(c == costs.index(int8) for c in choice)
         rows.append({"model": model, "method": method, "limit": limit,
                      "bits/weight": totals["bits_per_weight"], "size MB": totals["size_mb"],
                      "GBOPs": totals["bops"] / 1e9, metric: value, "int8 units": wide,
                      "solve s": seconds})  # fmt: skip
+        return totals
 
     uniform = {}
     for label, scheme in (("uniform INT4", int4), ("uniform INT8", int8)):
         assignment = costs.assignment([costs.index(scheme)] * len(costs.units))
-        uniform[label] = costs.totals(costs.choice_of(assignment))
-        record(label, "-", assignment, 0.0)
+        uniform[label] = record(label, "-", assignment, 0.0)
     low, high = uniform["uniform INT4"], uniform["uniform INT8"]
     for estimator in config["estimators"]:
         limits: list[tuple[str, Budget, Limits]] = []

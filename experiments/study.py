@@ -12,13 +12,20 @@ import platform
 import sys
 import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
+from mixprec.markdown import publish
+from mixprec.metrics import evaluate
+from mixprec.models import ModelBundle, load_model
+from mixprec.search.base import table_schemes
+from mixprec.search.cost import build_cost_model
 from mixprec.search.runs import Analysis
+from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,17 +45,26 @@ def analysis_for(
     model: str, schemes: Sequence[str], cache: Path, workers: int = 2, calib_batches: int = 2
 ) -> Analysis:
     """Isolation scores at layer level (cells cached in `cache`) with the model's cost model."""
-    from mixprec.models import load_model
-    from mixprec.search.base import table_schemes
-    from mixprec.search.cost import build_cost_model
-    from mixprec.sensitivity.cache import CellCache
-    from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
-
     spec = AnalysisSpec(model, tuple(schemes), ("isolation",), ("layer",), calib_batches)
     table = run_analysis(spec, workers=workers, cache=CellCache(cache), progress=False)
     bundle = load_model(model)
     costs = build_cost_model(bundle, table_schemes(table, "isolation"))
     return Analysis(cache, table, bundle, costs)
+
+
+def primary_metric(bundle: ModelBundle) -> Callable[[Mapping[str, str]], float]:
+    """The model's primary metric of an assignment on the evaluation split; plans that several
+    methods or limits share are measured once."""
+    name = PRIMARY[bundle.name][0]
+    measured: dict[frozenset[tuple[str, str]], float] = {}
+
+    def measure(assignment: Mapping[str, str]) -> float:
+        key = frozenset((module, str(scheme)) for module, scheme in assignment.items())
+        if key not in measured:
+            measured[key] = evaluate(bundle, dict(assignment)).metrics[name]
+        return measured[key]
+
+    return measure
 
 
 def fail(message: str) -> NoReturn:
@@ -125,8 +141,6 @@ def publish_study(
     figures: str,
 ) -> int:
     """Write the results file: header, verdicts, one section per table, then the plots."""
-    from mixprec.markdown import publish
-
     text = (
         header(title, args, seconds, what)
         + "## What matches and what does not\n\n"
