@@ -26,6 +26,7 @@ from mixprec.store import read_manifest
 
 st.set_page_config(page_title="mixprec", layout="wide")
 ROOT = Path(os.environ.get(views.RUNS_ENV, "runs"))
+TRUSTED = os.environ.get(views.TRUST_ENV) == "1"
 
 
 @st.cache_data(show_spinner=False)
@@ -116,7 +117,7 @@ def cached_analysis(run: str, modified: float, estimator: str) -> budget.Analysi
     """Keyed by the run, its score file's modification time and the estimator."""
     from mixprec.search.runs import open_analysis
 
-    return open_analysis(Path(run), estimator)
+    return open_analysis(Path(run), estimator, trust_source=TRUSTED)
 
 
 @st.cache_data(show_spinner=False)
@@ -176,11 +177,12 @@ def picked_run() -> Path | None:
         st.info("Pick a run on the Runs page first.")
         return None
     try:
-        read_manifest(ROOT / str(name))
+        run = views.run_path(ROOT, str(name))
+        read_manifest(run)
     except MixprecError as err:
         st.warning(str(err))
         return None
-    return ROOT / str(name)
+    return run
 
 
 def plans_stamp(run: Path) -> float:
@@ -225,10 +227,10 @@ def pareto_page() -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def cached_model(name: str) -> tuple[Any, str]:
-    from mixprec.models import load_model
+def cached_model(name: str, origin: str) -> tuple[Any, str]:
+    from mixprec.models import load_model, source_from_file
 
-    bundle = load_model(name)
+    bundle = load_model(source_from_file(name, origin, TRUSTED))
     return bundle.model, bundle.fingerprint
 
 
@@ -253,7 +255,7 @@ def export_page() -> None:
                                key=f"download_{target}")  # fmt: skip
         elif st.button(f"Write {label}", key=f"write_{target}"):
             try:
-                export_plan(plan, target, path, lambda: cached_model(plan.model))
+                export_plan(plan, target, path, lambda: cached_model(plan.model, f"plan {name}"))
             except MixprecError as err:
                 st.warning(f"{label}: {err}")
             else:

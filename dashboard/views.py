@@ -12,10 +12,23 @@ from pathlib import Path
 import pandas as pd
 
 from mixprec.errors import MixprecError
+from mixprec.guard import is_run_folder
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import list_runs
 
 RUNS_ENV = "MIXPREC_RUNS"
+TRUST_ENV = "MIXPREC_TRUST_MODEL_SOURCE"  # "1": honour module: sources named in run files
+
+
+def run_path(root: Path, name: str) -> Path:
+    """The run folder `name` inside the store; any other path (.., /abs, a/b) is refused."""
+    store = root.resolve()
+    candidate = (store / name).resolve()
+    if not name or "/" in name or "\\" in name or name in (".", "..") or candidate.parent != store:
+        raise MixprecError(f"run {name!r} is not a run folder name inside the store {root}")
+    if not is_run_folder(candidate):
+        raise MixprecError(f"no run {name!r} in the store {root}")
+    return candidate
 
 
 def runs_frame(root: Path) -> pd.DataFrame:

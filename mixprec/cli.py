@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mixprec.cli_plans import TrustOption
 from mixprec.cli_plans import register as register_plan_commands
 from mixprec.cli_service import register as register_service_commands
 from mixprec.errors import MixprecError
@@ -35,7 +37,18 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _print_json(payload: object) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    """Strict JSON: a NaN or infinite number is written as null (JSON has neither)."""
+    sys.stdout.write(json.dumps(finite_or_null(payload), indent=2, allow_nan=False) + "\n")
+
+
+def finite_or_null(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 @app.command("formats")
@@ -125,6 +138,7 @@ def evaluate_command(
     ] = False,
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
+    trust_model_source: TrustOption = False,
 ) -> None:
     """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
@@ -133,7 +147,7 @@ def evaluate_command(
     """
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
-    from mixprec.models import load_model
+    from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan, uniform_assignment
     from mixprec.scheme import Scheme
     from mixprec.units import discover_units
@@ -143,7 +157,8 @@ def evaluate_command(
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
-        bundle = load_model(model or loaded.model, seed=seed)
+        source = model or source_from_file(loaded.model, str(plan), trust_model_source)
+        bundle = load_model(source, seed=seed)
         loaded.check_model(bundle.model, bundle.fingerprint)
         assignment: dict[str, Scheme | str] = dict(loaded.assignment)
         label = {"plan": str(plan)}
@@ -156,8 +171,15 @@ def evaluate_command(
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
     result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+    unusable = sorted(k for k, v in result.metrics.items() if not math.isfinite(v))
+    if unusable:
+        sys.stderr.write(
+            f"mixprec: warning: {', '.join(unusable)} not finite (NaN or inf): the model's "
+            "outputs under this plan are not finite; JSON shows null\n"
+        )
     if as_json:
-        _print_json({"model": bundle.name, **label, **result.to_json()})
+        extra = {"not_finite": unusable} if unusable else {}
+        _print_json({"model": bundle.name, **label, **result.to_json(), **extra})
         return
     table = Table("metric", "value", title=f"{bundle.name} under {next(iter(label.values()))}")
     for name, value in result.metrics.items():
@@ -194,8 +216,14 @@ def analyze_command(
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits
     """
-    from mixprec.sensitivity.runner import analyze
+    from mixprec.sensitivity.runner import analyze, parse_list
 
+    for option, text in (("--schemes", schemes), ("--estimators", estimators),
+                         ("--levels", levels)):  # fmt: skip
+        if not parse_list(text):
+            raise MixprecError(f"{option} {text!r} lists nothing; give at least one")
+    if workers < 0:
+        raise MixprecError(f"--workers {workers} must be 0 (serial) or more")
     try:
         table = analyze(
             model,
@@ -228,21 +256,26 @@ def report_command(
 
     Example: mixprec report runs/digits
     """
-    import json
 
     from mixprec.sensitivity.report import block_interactions, roll_up, top_units
     from mixprec.sensitivity.table import ScoreTable
+    from mixprec.store import read_manifest
 
+    if top < 1:
+        raise MixprecError(f"--top {top} must be at least 1")
+    if not run.is_dir():
+        raise MixprecError(f"no run folder at {run}: run `mixprec analyze --out {run}` first")
     table = ScoreTable.load(run / "scores.parquet")
-    manifest = (
-        json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
-    )
+    manifest = read_manifest(run)
+    blocks = manifest.get("blocks", {})
+    if not isinstance(blocks, dict):
+        raise MixprecError(f"{run / 'manifest.json'}: 'blocks' is not a JSON object")
     console.print(_frame_table(top_units(table, "layer", top), "Most sensitive layers"))
     for level, title in (("component", "Components"), ("block", "Blocks")):
         rolled = roll_up(table, level)
         if not rolled.empty:
             console.print(_frame_table(rolled.reset_index(), f"{title} (mean score)"))
-    interactions = block_interactions(table, manifest.get("blocks", {}))
+    interactions = block_interactions(table, blocks)
     if not interactions.empty:
         console.print(_frame_table(interactions, "Blocks: measured vs sum of layers"))
 
@@ -265,13 +298,27 @@ register_plan_commands(app)
 register_service_commands(app)
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`kill`, a stopped Ray job) ends a command the way Ctrl-C does: what finished is
+    kept and the run is marked interrupted, resumable."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; a MixprecError becomes one line on stderr and exit code 2."""
     quiet_optional_backends()
+    interrupt_on_sigterm()
     try:
         app(args=argv, standalone_mode=True)
     except MixprecError as err:
-        sys.stderr.write(f"mixprec: {err}\n")
+        sys.stderr.write(f"mixprec: {' '.join(str(err).split())}\n")  # always one line
         raise SystemExit(2) from None
 
 

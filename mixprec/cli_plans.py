@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from mixprec.errors import MixprecError
 
 console = Console()
 RunArgument = Annotated[Path, typer.Argument(help="A folder written by `mixprec analyze`.")]
@@ -23,10 +26,26 @@ BopsOption = Annotated[float | None, typer.Option("--max-bops", help="Upper limi
 LatencyOption = Annotated[
     float | None, typer.Option("--max-latency", help="Upper limit on summed latency (s).")
 ]
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model-source",
+        help="Honour a module:PKG:FN model source named inside the file (imports and runs it).",
+    ),
+]
 LatencyTableOption = Annotated[
     Path | None,
     typer.Option("--latency-table", help="CSV with columns format, shape (OUTxIN or *), seconds."),
 ]
+
+
+def check_number(option: str, value: float | None, allow_zero: bool = False) -> None:
+    """A finite number above 0 (or at least 0); None means the option was not given."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise MixprecError(f"{option} {value} must be a finite number {bound}")
 
 
 def _strategy_options(
@@ -41,6 +60,12 @@ def _strategy_options(
 ) -> dict[str, Any]:
     from mixprec.search.base import Limits
 
+    check_number("--kappa", kappa, allow_zero=True)
+    check_number("--max-bops", max_bops)
+    check_number("--max-latency", max_latency)
+    for option, key, least in (("--trials", "trials", 1), ("--timesteps", "timesteps", 0)):
+        if key in extra and extra[key] < least:
+            raise MixprecError(f"{option} {extra[key]} must be at least {least}")
     options: dict[str, Any] = {
         "estimator": estimator,
         "kappa": kappa,
@@ -91,6 +116,7 @@ def search_command(
         Path | None, typer.Option(help="SAC: start from a trained policy (sac_policy.pt).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for stochastic methods.")] = 0,
+    trust_model_source: TrustOption = False,
 ) -> None:
     """Find the plan with the least predicted loss within a budget.
 
@@ -98,16 +124,18 @@ def search_command(
     trains an agent; its policy, checkpoints and CSV logs go to RUN/sac/, and an interrupted
     or longer training resumes from there)
     """
+    from mixprec.guard import check_output_file
     from mixprec.search.cost import Budget
     from mixprec.search.runs import open_analysis, search
 
+    check_output_file(out, [run / "scores.parquet", run / "manifest.json"])
     parsed = Budget.parse(budget)
     extra = {"trials": trials, "sampler": sampler, "objective": objective, "progress": True,
              "timesteps": timesteps, "policy": policy, "run_dir": run / "sac"}  # fmt: skip
     options = _strategy_options(
         method, estimator, solver, kappa, seed, max_bops, max_latency, extra
     )
-    analysis = open_analysis(run, estimator, latency_table)
+    analysis = open_analysis(run, estimator, latency_table, trust_model_source)
     plan = search(analysis, method, parsed, measure, **options)
     plan.save(out)
     table = Table("", "value", title=f"{method} plan for {plan.model} within {plan.budget}")
@@ -131,18 +159,18 @@ def pareto_command(
     estimator: EstimatorOption = "isolation",
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,
+    trust_model_source: TrustOption = False,
 ) -> None:
     """Solve many budgets from the cached scores -> RUN/pareto.parquet and the frontier.
 
     Example: mixprec pareto runs/minilm --budgets 3:8:0.5 --evaluate
     """
-    from mixprec.errors import MixprecError
     from mixprec.search.runs import open_analysis, pareto, parse_budgets, save_frame
 
     if method not in ("ilp", "greedy"):
         raise MixprecError(f"pareto method {method!r} is not valid; use ilp or greedy")
     chosen = parse_budgets(budgets)
-    analysis = open_analysis(run, estimator)
+    analysis = open_analysis(run, estimator, trust_source=trust_model_source)
     options = _strategy_options(method, estimator, solver, kappa, 0, None, None, {})
     frame = pareto(analysis, chosen, method, evaluate, **options)
     save_frame(frame, run / "pareto.parquet")
@@ -161,19 +189,25 @@ def export_command(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model source, if not the plan's own.")
     ] = None,
+    trust_model_source: TrustOption = False,
 ) -> None:
     """Write a plan for a runtime: JSON, an HF quantization config, llama.cpp overrides, GGUF.
 
     Example: mixprec export plan.json --to llamacpp --out overrides.txt
     """
-    from mixprec.export import export_plan
-    from mixprec.models import load_model
+    from mixprec.export import TARGETS, export_plan
+    from mixprec.guard import check_output_file
+    from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan
 
+    if to not in TARGETS:
+        raise MixprecError(f"unknown export target {to!r}; valid targets: {', '.join(TARGETS)}")
+    check_output_file(out, [plan_path])
     plan = PrecisionPlan.load(plan_path)
+    source = model or source_from_file(plan.model, str(plan_path), trust_model_source)
 
     def load() -> tuple[Any, str]:
-        bundle = load_model(model or plan.model)
+        bundle = load_model(source)
         return bundle.model, bundle.fingerprint
 
     exported = export_plan(plan, to, out, load)

@@ -22,6 +22,7 @@ AddressOption = Annotated[
     str, typer.Option(help="The Ray dashboard's job API, e.g. http://127.0.0.1:8265.")
 ]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+LOG_LINES = 30  # of a failed job's log, shown by `submit --wait`
 DEMO_SCHEMES = [
     "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
     "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1",
@@ -139,8 +140,11 @@ def submit_command(
             console.print(f"{job_id}: {info.status}")
             final = info
         if final is None or final.status != "SUCCEEDED":
-            sys.stdout.write(jobs.logs(job_id, address)[-4000:])
-            raise MixprecError(f"job {job_id} ended {final.status if final else '?'}")
+            text = jobs.logs(job_id, address)
+            tail = text.splitlines()[-LOG_LINES:]  # whole lines, never cut mid-word
+            sys.stdout.write("".join(f"{line}\n" for line in tail))
+            status = final.status if final else "?"
+            raise MixprecError(f"job {job_id} ended {status}: {jobs.job_error(final, text)}")
 
 
 @jobs_app.command("list")
@@ -186,28 +190,89 @@ def dashboard_command(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    trust_model_source: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model-source",
+            help="Honour module:PKG:FN model sources named in run files (imports and runs them).",
+        ),
+    ] = False,
 ) -> None:
     """Explore runs and their sensitivity in the browser (Streamlit).
 
-    Example: mixprec dashboard --runs runs --port 8501
+    Example: mixprec dashboard --runs runs --port 8501  (stops its server when it stops)
     """
     import os
-    import subprocess
 
     from mixprec.dashboard import views
 
+    check_bindable(host, port)
     app_file = Path(views.__file__).with_name("app.py")
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
         "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
-    env = {**os.environ, views.RUNS_ENV: str(runs.resolve())}
+    env = {**os.environ, views.RUNS_ENV: str(runs.resolve()),
+           views.TRUST_ENV: "1" if trust_model_source else "0"}  # fmt: skip
     console.print(f"dashboard on http://{host}:{port} for {runs}", soft_wrap=True)
+    raise typer.Exit(serve_until_stopped(command, env))
+
+
+def check_bindable(host: str, port: int) -> None:
+    """A bad host or port is one line before Streamlit starts, not its traceback after."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise MixprecError(f"--port {port} is not a TCP port (1-65535)")
     try:
-        raise typer.Exit(subprocess.call(command, env=env))
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise MixprecError(f"--host {host!r} is not an address of this machine ({err})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise MixprecError(f"cannot serve on {host}:{port}: {err.strerror}") from None
+
+
+def serve_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Run the server as a child that ends with this process: on Ctrl-C, SIGTERM or SIGHUP
+    it is terminated (then killed), and the kernel sends it SIGTERM if this process dies."""
+    import signal
+    import subprocess
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    server = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = server.wait()
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        code = 130
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=15)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the handlers still stop it
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def register(app: typer.Typer) -> None:

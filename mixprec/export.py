@@ -203,14 +203,14 @@ def export_plan(
     """Write `plan` as `target`; `load` gives the model and its fingerprint where needed."""
     if target not in TARGETS:
         raise MixprecError(f"unknown export target {target!r}; valid targets: {', '.join(TARGETS)}")
+    model, fingerprint = load()
+    plan.check_model(model, fingerprint)  # every target: same weights, every module a layer
     if target == "json":
         atomic_write_text(out, json.dumps(to_json(plan), indent=2) + "\n")
         return Exported(out)
     if target == "hf":
         atomic_write_text(out, json.dumps(to_hf_config(plan), indent=2) + "\n")
         return Exported(out)
-    model, fingerprint = load()
-    plan.check_model(model, fingerprint)
     if target == "llamacpp":
         arguments, warnings = llamacpp_overrides(plan, model)
         atomic_write_text(out, "\n".join(arguments) + "\n")

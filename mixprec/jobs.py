@@ -7,6 +7,7 @@ cluster. Talks to the Ray dashboard's job API; 127.0.0.1 is the default address.
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
 import sys
@@ -25,6 +26,8 @@ from mixprec.files import atomic_write_text
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 PASSED_ENV = ("MIXPREC_CACHE_DIR",)  # the cluster shares the submitter's model cache
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's own names
+AGENT_WAIT_S = 90.0  # right after `ray start` the job agent may not be registered yet
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class JobInfo:
 
 
 def client(address: str = DEFAULT_ADDRESS) -> Any:
-    """A JobSubmissionClient, after a fast reachability check that names the address."""
+    """A JobSubmissionClient, after a fast check that `address` is a Ray dashboard's job API
+    this process may use (token-auth clusters get the token; a missing one is one line)."""
     parsed = urlparse(address)
     if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
         raise MixprecError(
@@ -49,9 +53,73 @@ def client(address: str = DEFAULT_ADDRESS) -> Any:
             pass
     except OSError as err:
         raise MixprecError(f"cannot reach the Ray dashboard at {address}: {err}") from None
+    headers = auth_headers()
+    probe_job_api(address, headers)
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=headers)
+
+
+def auth_token() -> str | None:
+    """The cluster token as Ray looks for it: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH,
+    then ~/.ray/auth_token."""
+    import os
+
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def auth_headers() -> dict[str, str]:
+    token = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def probe_job_api(address: str, headers: dict[str, str]) -> None:
+    """GET /api/version: a Ray dashboard answers JSON; anything else is named in one line."""
+    import urllib.error
+    import urllib.request
+    from http.client import HTTPException
+
+    not_jobs = (
+        f"{address} is not a Ray dashboard's job API; jobs need the dashboard address (e.g. "
+        f"{DEFAULT_ADDRESS}), while the GCS port (e.g. 127.0.0.1:6379) is for "
+        "`mixprec analyze --address`"
+    )
+    request = urllib.request.Request(f"{address.rstrip('/')}/api/version", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = json.loads(answer.read(65536).decode("utf-8"))
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise MixprecError(
+                f"the Ray cluster at {address} uses token authentication and no token was "
+                f"found: set {TOKEN_ENV}, or {TOKEN_PATH_ENV} to a file holding it (default "
+                "~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
+            ) from None
+        if err.code == 403:
+            raise MixprecError(
+                f"the Ray cluster at {address} refused the token from {token_origin()}; "
+                "give the head's token (`ray get-auth-token` on the head prints it)"
+            ) from None
+        raise MixprecError(not_jobs) from None
+    except (urllib.error.URLError, HTTPException, OSError, ValueError):
+        raise MixprecError(not_jobs) from None
+    if not isinstance(body, dict) or "ray_version" not in body:
+        raise MixprecError(not_jobs)
+
+
+def token_origin() -> str:
+    import os
+
+    if os.environ.get(TOKEN_ENV):
+        return f"${TOKEN_ENV}"
+    return os.environ.get(TOKEN_PATH_ENV) or "~/.ray/auth_token"
 
 
 def shipped_config(config: RunConfig, base: Path) -> RunConfig:
@@ -75,12 +143,36 @@ def submit(
     interpreter = python or sys.executable
     with tempfile.TemporaryDirectory(prefix="mixprec-job-") as folder:
         atomic_write_text(Path(folder) / "config.toml", shipped.to_toml())
-        job_id: str = jobs.submit_job(
-            entrypoint=f"{shlex.quote(interpreter)} -m mixprec run config.toml",
-            runtime_env={"working_dir": folder, "env_vars": env_vars},
-            metadata={"mixprec_run": str(shipped.output), "model": config.model},
-        )
-    return job_id
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id: str = jobs.submit_job(
+                    entrypoint=f"{shlex.quote(interpreter)} -m mixprec run config.toml",
+                    runtime_env={"working_dir": folder, "env_vars": env_vars},
+                    metadata={"mixprec_run": str(shipped.output), "model": config.model},
+                )
+                return job_id
+            except RuntimeError as err:
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    reason = f"the cluster at {address} refused the job: {last_line(str(err))}"
+                    raise MixprecError(reason) from None
+                time.sleep(2.0)
+
+
+def job_error(info: JobInfo | None, logs: str) -> str:
+    """Why a job failed: mixprec's own one-line error if it printed one, else Ray's message."""
+    ours = [line for line in logs.splitlines() if line.startswith("mixprec: ")]
+    if ours:
+        return ours[-1].removeprefix("mixprec: ")
+    if info is not None and info.message.strip():
+        return last_line(info.message)
+    return last_line(logs)
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line: a traceback's message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
 
 
 def _info(details: Any) -> JobInfo:

@@ -77,6 +77,19 @@ def load_model(source: str, seed: int = 0) -> ModelBundle:
     )
 
 
+def source_from_file(source: object, origin: str, trust: bool = False) -> str:
+    """A model source read from a file (plan, manifest): `module:` sources import and run code,
+    so they are honoured only when the user says so (`--trust-model-source`)."""
+    if not isinstance(source, str) or not source:
+        raise MixprecError(f"{origin} names no model source (got {source!r})")
+    if source.startswith("module:") and not trust:
+        raise MixprecError(
+            f"{origin} names model source {source!r}, which would import and run code; "
+            f"give --model {source} yourself or pass --trust-model-source"
+        )
+    return source
+
+
 def _from_factory(spec: str, seed: int) -> ModelBundle:
     """`pkg.mod:factory` returning an nn.Module (judged by output MSE) or a ModelBundle."""
     module_name, sep, attr = spec.partition(":")

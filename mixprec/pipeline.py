@@ -18,6 +18,8 @@ from typing import Any
 from mixprec.config import EXPORT_SUFFIX, RunConfig
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.guard import check_run_folder
+from mixprec.runlock import RunLock
 from mixprec.store import RunFolder, inputs_hash
 
 Say = Callable[[str], None]
@@ -51,6 +53,12 @@ class Pipeline:
         return self.config.output
 
     def run(self) -> RunSummary:
+        """Refuse a folder that is not ours; hold its lock while the steps run."""
+        check_run_folder(self.path, "the run folder")
+        with RunLock(self.path):
+            return self._run_locked()
+
+    def _run_locked(self) -> RunSummary:
         started = time.perf_counter()
         self.folder.prepare(self.config.model_dump(mode="json"), self.config.model)
         atomic_write_text(self.path / "config.toml", self.config.to_toml())
@@ -74,7 +82,12 @@ class Pipeline:
         return self.summary
 
     def step(
-        self, name: str, inputs: str, outputs: list[Path], work: Callable[[], str | None]
+        self,
+        name: str,
+        inputs: str,
+        outputs: list[Path],
+        work: Callable[[], str | None],
+        unchanged: bool = False,
     ) -> bool:
         """Run `work` unless the step is up to date; True when it ran.
 
@@ -82,7 +95,7 @@ class Pipeline:
         target the model has no mapping for); that is recorded and the run goes on.
         """
         self.visited.append(name)
-        if self.folder.is_done(name, inputs):
+        if self.folder.is_done(name, inputs, unchanged):
             self.summary.skipped.append(name)
             self.say(f"{name}: up to date")
             return False
@@ -115,14 +128,18 @@ class Pipeline:
             run_analysis(spec, c.workers, c.address, self.path, self.progress)
             return None
 
-        self.step("analyze", inputs, [scores], work)
+        self.step("analyze", inputs, [scores], work, unchanged=True)  # what the config asked for
 
     def analysis(self) -> Any:
         """The scored folder opened for search (loads the model once, only when needed)."""
         from mixprec.search.runs import open_analysis
+        from mixprec.store import read_manifest
 
         if self._analysis is None:
-            self._analysis = open_analysis(self.path, self.config.estimator_for_search)
+            scored = read_manifest(self.path).get("spec", {}).get("model")
+            trusted = scored == self.config.model  # the config's own source is the user's word
+            estimator = self.config.estimator_for_search
+            self._analysis = open_analysis(self.path, estimator, trust_source=trusted)
         return self._analysis
 
     def search(self) -> list[Path]:

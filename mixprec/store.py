@@ -23,9 +23,11 @@ from typing import Any
 
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.guard import MANIFEST, RUN_KIND
+from mixprec.runlock import owner_alive
 
-MANIFEST = "manifest.json"
 STORE_VERSION = 1
+STOPPED = "stopped — resumable with `mixprec run {config}`"
 
 
 def now() -> str:
@@ -44,6 +46,14 @@ def inputs_hash(*parts: object) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The folder's manifest, or {} when there is none yet; unreadable ones fail in one line."""
     path = folder / MANIFEST
@@ -53,7 +63,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MixprecError(
-            f"{path} is not a readable run manifest ({err}); delete the run folder or move it away"
+            f"{path} is not a readable run manifest ({err}); move the run folder away"
         ) from None
     if not isinstance(data, dict):
         raise MixprecError(f"{path} is not a run manifest (a JSON object)")
@@ -86,19 +96,30 @@ class RunFolder:
         manifest.setdefault("created", now())
         manifest.setdefault("steps", {})
         manifest.update(
-            store_version=STORE_VERSION, name=self.path.name, model=model, config=dict(config)
+            kind=RUN_KIND,
+            store_version=STORE_VERSION,
+            name=self.path.name,
+            model=model,
+            config=dict(config),
         )
         self._write({**manifest, "status": "running", "updated": now()})
 
     def manifest(self) -> dict[str, Any]:
         return read_manifest(self.path)
 
-    def is_done(self, step: str, inputs: str) -> bool:
-        """Finished before with the same inputs, and every output is still there."""
+    def is_done(self, step: str, inputs: str, unchanged: bool = False) -> bool:
+        """Finished before with the same inputs, and every output is still there; with
+        `unchanged`, also byte for byte as written (another command may have rewritten it:
+        `mixprec analyze --out RUN` does). Plans are left to the user to edit."""
         record = self.manifest().get("steps", {}).get(step)
         if not record or record.get("status") != "done" or record.get("inputs") != inputs:
             return False
-        return all((self.path / name).exists() for name in record.get("outputs", []))
+        digests = record.get("digests", {})
+        for name in record.get("outputs", []):
+            path = self.path / name
+            if not path.is_file() or (unchanged and digests.get(name) != file_digest(path)):
+                return False
+        return True
 
     def mark(
         self,
@@ -110,10 +131,12 @@ class RunFolder:
         note: str = "",
     ) -> None:
         manifest = self.manifest()
+        names = [str(p.relative_to(self.path)) for p in outputs]
         record = {
             "status": status,
             "inputs": inputs,
-            "outputs": [str(p.relative_to(self.path)) for p in outputs],
+            "outputs": names,
+            "digests": {n: file_digest(self.path / n) for n in names},
             "finished": now(),
         }
         if error:
@@ -151,6 +174,8 @@ def list_runs(root: Path) -> list[dict[str, str]]:
             rows.append({"name": folder.name, "model": "?", "status": "unreadable", "date": ""})
             continue
         status = manifest.get("status", "analyzed" if "spec" in manifest else "unknown")
+        if status == "running" and not owner_alive(folder):
+            status = STOPPED.format(config=folder / "config.toml")
         date = manifest.get("updated") or manifest.get("created", "")
         model = manifest.get("model", "?")
         rows.append({"name": folder.name, "model": model, "status": status, "date": date})

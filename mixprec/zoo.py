@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mixprec.data import byte_sequences, digits_splits, python_doc_paragraphs, sentence_pairs
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, gist
 from mixprec.files import atomic_path
 from mixprec.models import ModelBundle, cache_dir
 from mixprec.tasks import (
@@ -31,6 +31,7 @@ from mixprec.tasks import (
 )
 
 MINILM_MAX_TOKENS = 64
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
 
 
@@ -263,19 +264,50 @@ def _hf_batches(path: Path, vocab: int, seed: int) -> tuple[tuple[Batch, ...], t
     return encode(splits.calibration), encode(splits.evaluation)
 
 
+def check_hf_folder(path: Path) -> None:
+    """Refuse in one line what mixprec never loads: no config, custom code, pickled weights."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise MixprecError(f"hf:{path} is not a model folder: no config.json there")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise MixprecError(f"hf:{path}: config.json is not JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise MixprecError(f"hf:{path}: config.json is not a JSON object")
+    if "auto_map" in raw:
+        raise MixprecError(
+            f"hf:{path}: config.json names the checkpoint's own code (auto_map); mixprec never "
+            "runs remote code, so use a model of a built-in transformers architecture"
+        )
+    if not any((path / n).is_file() for n in SAFETENSORS_FILES):
+        raise MixprecError(
+            f"hf:{path} has no safetensors weights ({' or '.join(SAFETENSORS_FILES)}); mixprec "
+            "does not load pickled .bin weights (convert them with safetensors)"
+        )
+
+
 def huggingface_dir(path: Path, seed: int = 0) -> ModelBundle:
     """A local transformers checkpoint: causal LMs by perplexity, others by output MSE."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     _quiet_transformers()
-    if not (path / "config.json").is_file():
-        raise MixprecError(f"hf:{path} is not a model folder: no config.json there")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    check_hf_folder(path)
+    safe = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        config = AutoConfig.from_pretrained(path, **safe)
+    except (ValueError, KeyError, OSError, TypeError) as err:
+        raise MixprecError(
+            f"hf:{path}: transformers cannot read its config.json ({gist(err)})"
+        ) from None
     causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     causal = any(a in causal_names for a in (config.architectures or []))
     loader = AutoModelForCausalLM if causal else AutoModel
-    model = loader.from_pretrained(path, local_files_only=True).float().eval()
+    try:
+        model = loader.from_pretrained(path, use_safetensors=True, **safe).float().eval()
+    except Exception as err:  # safetensors, torch and transformers each raise their own
+        raise MixprecError(f"hf:{path}: transformers cannot load the model ({gist(err)})") from None
     calibration, evaluation = _hf_batches(path, int(getattr(config, "vocab_size", 256)), seed)
     task = CausalLMTask() if causal else OutputTask(f"hf:{path}", input_key="input_ids")
     return ModelBundle(f"hf:{path}", model, task, calibration, evaluation)

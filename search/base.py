@@ -43,13 +43,9 @@ def score_matrix(
     rows = table.ok()
     rows = rows[(rows["estimator"] == estimator) & (rows["level"] == "layer")]
     if rows.empty:
-        found = sorted(set(table.frame["estimator"]))
-        raise MixprecError(
-            f"the score table has no layer scores for estimator {estimator!r}; it has: "
-            f"{', '.join(found) or 'none'}"
-        )
-    if kappa < 0:
-        raise MixprecError(f"kappa {kappa} must be >= 0")
+        table.check_usable(estimator)  # says why: not scored, or every cell failed
+    if not np.isfinite(kappa) or kappa < 0:
+        raise MixprecError(f"--kappa {kappa} must be a finite number >= 0")
     value = rows["score"] + kappa * (rows["ci_high"] - rows["ci_low"]) / 2
     lookup = dict(zip(zip(rows["unit"], rows["scheme"], strict=True), value, strict=True))
     matrix = np.full((len(costs.units), len(costs.schemes)), np.inf)

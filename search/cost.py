@@ -43,9 +43,10 @@ class Budget:
         if isinstance(text, Budget):
             return text
         match = _BUDGET.match(text)
-        if not match or float(match.group(1)) <= 0:
+        if not match or not 0 < float(match.group(1)) < math.inf:
             raise MixprecError(
-                f"bad budget {text!r}: use a positive number with a unit, e.g. 4.5bits, 12MB, 0.3x"
+                f"bad budget {text!r}: use a positive finite number with a unit, e.g. 4.5bits, "
+                "12MB, 0.3x"
             )
         unit = {"bits": "bits", "mb": "MB", "x": "x"}[match.group(2).lower()]
         return cls(float(match.group(1)), unit)

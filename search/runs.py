@@ -20,11 +20,13 @@ from tqdm import tqdm
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_path
 from mixprec.metrics import evaluate
-from mixprec.models import ModelBundle, load_model
+from mixprec.models import ModelBundle, load_model, source_from_file
 from mixprec.plan import PrecisionPlan
 from mixprec.search.base import make_strategy, table_schemes
 from mixprec.search.cost import Budget, CostModel, build_cost_model
 from mixprec.sensitivity.table import ScoreTable
+
+MAX_BUDGETS = 1000  # one Pareto sweep; each is a solve (and a measurement with --evaluate)
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,36 @@ class Analysis:
 
 
 def open_analysis(
-    folder: Path, estimator: str = "isolation", latency_table: Path | None = None
+    folder: Path,
+    estimator: str = "isolation",
+    latency_table: Path | None = None,
+    trust_source: bool = False,
 ) -> Analysis:
+    """Scores, model and costs of a scored folder; its manifest's model source is untrusted
+    (a `module:` source runs only with `trust_source`)."""
+    from mixprec.store import read_manifest
+
+    if not folder.is_dir():
+        raise MixprecError(f"no run folder at {folder}: run `mixprec analyze --out {folder}` first")
     table_file = folder / "scores.parquet"
     table = ScoreTable.load(table_file)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise MixprecError(f"no manifest.json in {folder}: run `mixprec analyze --out {folder}`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    spec = manifest["spec"]
-    bundle = load_model(spec["model"], seed=int(spec.get("seed", 0)))
-    if bundle.fingerprint != manifest["fingerprint"]:
+    table.check_usable(estimator)  # before the model loads: a bad table fails fast
+    manifest = read_manifest(folder)
+    spec, fingerprint = manifest.get("spec"), manifest.get("fingerprint")
+    if not isinstance(spec, dict) or not isinstance(fingerprint, str):
         raise MixprecError(
-            f"{folder} was scored on other weights of {spec['model']!r} than load now "
-            f"({manifest['fingerprint'][:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
+            f"{folder / 'manifest.json'} has no analysis record (spec, fingerprint): "
+            f"run `mixprec analyze --out {folder}`"
+        )
+    source = source_from_file(spec.get("model"), f"{folder / 'manifest.json'}", trust_source)
+    seed = spec.get("seed", 0)
+    if not isinstance(seed, int):
+        raise MixprecError(f"{folder / 'manifest.json'}: spec.seed {seed!r} is not an integer")
+    bundle = load_model(source, seed=seed)
+    if bundle.fingerprint != fingerprint:
+        raise MixprecError(
+            f"{folder} was scored on other weights of {source!r} than load now "
+            f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
     costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
     digest = hashlib.sha256(table_file.read_bytes()).hexdigest()
@@ -85,11 +103,21 @@ def parse_budgets(text: str) -> list[Budget]:
             start, stop, step = (float(p) for p in parts)
         except ValueError:
             raise MixprecError(f"bad budget range {text!r}: use START:STOP:STEP in bits") from None
-        if len(parts) != 3 or step <= 0 or stop < start or start <= 0:
+        if not all(map(np.isfinite, (start, stop, step))):
+            raise MixprecError(f"bad budget range {text!r}: START, STOP and STEP must be finite")
+        if step <= 0 or stop < start or start <= 0:
             raise MixprecError(f"bad budget range {text!r}: need 0 < START <= STOP and STEP > 0")
         count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_BUDGETS:
+            raise MixprecError(
+                f"budget range {text!r} has {count:,} budgets; at most {MAX_BUDGETS:,} "
+                "(use a larger STEP)"
+            )
         return [Budget(round(start + i * step, 10), "bits") for i in range(count)]
-    return [Budget.parse(item) for item in text.split(",") if item.strip()]
+    budgets = [Budget.parse(item) for item in text.split(",") if item.strip()]
+    if not budgets or len(budgets) > MAX_BUDGETS:
+        raise MixprecError(f"--budgets {text!r} must list 1 to {MAX_BUDGETS:,} budgets")
+    return budgets
 
 
 def pareto(

@@ -66,6 +66,8 @@ class SensitivityEstimator(ABC):
     needs_loss: bool = True
     #: True where one expensive pass serves every unit (keep its cells on one worker)
     shares_statistics: bool = False
+    #: False where a score may be negative (a Hutchinson trace estimate can be)
+    nonnegative: bool = True
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

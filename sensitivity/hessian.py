@@ -28,6 +28,7 @@ Traces = dict[str, np.ndarray]  # layer -> trace estimate per calibration batch
 class HessianEstimator(SensitivityEstimator):
     name = "hessian"
     shares_statistics = True
+    nonnegative = False
 
     def __init__(
         self, seed: int = 0, tolerance: float = 0.05, min_probes: int = 8, max_probes: int = 32

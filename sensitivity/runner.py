@@ -12,6 +12,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -20,13 +21,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mixprec.data import content_hash
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, gist
 from mixprec.files import atomic_write_text
+from mixprec.guard import RUN_KIND, check_run_folder
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir, load_model
+from mixprec.progress import cell_progress
+from mixprec.runlock import RunLock
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cache import CellCache, cell_key
@@ -40,6 +43,7 @@ DEFAULT_SCHEMES = (
 LEVELS = ("layer", "component", "block")
 # Ray reads this at import: "0" makes a node use the loopback address rather than its NIC's.
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a job's entrypoint
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,23 @@ class CellWorker:
         return index, self.run(cell)
 
 
+def check_forward(bundle: ModelBundle, batch: Any) -> None:
+    """The FP32 model must run and give finite outputs, or no score can mean anything."""
+    try:
+        with torch.inference_mode():
+            outputs = bundle.task.outputs(bundle.model, batch)
+    except Exception as err:  # the user's own forward: any exception is theirs to fix
+        raise MixprecError(
+            f"model {bundle.name!r}: the FP32 forward pass on a calibration batch raised "
+            f"{type(err).__name__}: {gist(err)}"
+        ) from None
+    if isinstance(outputs, torch.Tensor) and not bool(torch.isfinite(outputs).all()):
+        raise MixprecError(
+            f"model {bundle.name!r} gives non-finite outputs (NaN or inf) in FP32 on its "
+            "calibration data; no sensitivity can be measured against them"
+        )
+
+
 def calibration_batches(bundle: ModelBundle, count: int | None) -> tuple[Any, ...]:
     batches = bundle.calibration if count is None else bundle.calibration[:count]
     if not batches:
@@ -138,13 +159,31 @@ def run_analysis(
     progress: bool = True,
     cache: CellCache | None = None,
 ) -> ScoreTable:
-    """Score every (estimator, unit, scheme); reuse cached cells; write DIR/scores.parquet."""
+    """Score every (estimator, unit, scheme); reuse cached cells; write DIR/scores.parquet.
+
+    The output folder is checked (new, empty or a mixprec run) and locked before any work."""
     spec = spec.validated()
+    if out is None:
+        return _score_all(spec, workers, address, None, progress, cache)
+    check_run_folder(out, "--out")
+    with RunLock(out):
+        return _score_all(spec, workers, address, out, progress, cache)
+
+
+def _score_all(
+    spec: AnalysisSpec,
+    workers: int,
+    address: str | None,
+    out: Path | None,
+    progress: bool,
+    cache: CellCache | None,
+) -> ScoreTable:
     started = time.perf_counter()
     bundle = load_model(spec.model, seed=spec.seed)
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)
+    check_forward(bundle, batches[0])
     for name in spec.estimators:
         if make_estimator(name).needs_loss and not bundle.task.has_loss:
             raise MixprecError(
@@ -209,25 +248,18 @@ def _execute(
     address: str | None,
     progress: bool,
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} cells"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress or not cells) as bar:
-        task = bar.add_task(f"scoring {spec.model}", total=len(cells))
+    with cell_progress(f"scoring {spec.model}", len(cells), progress) as advance:
         if not cells:
             return
         if workers == 0 and address is None:
             worker = CellWorker(spec, bundle)
             for cell in cells:
                 yield cell, worker.run(cell)
-                bar.advance(task)
+                advance()
             return
         for cell, results in _ray_map(spec, bundle.fingerprint, cells, max(workers, 1), address):
             yield cell, results
-            bar.advance(task)
+            advance()
 
 
 def _ray_map(
@@ -241,8 +273,12 @@ def _ray_map(
 
     started_here = not ray.is_initialized()
     environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more; shutdown leaves them
+    if address is None and job_cluster():
+        address = os.environ["RAY_ADDRESS"]  # inside a Ray job: its own cluster
     if started_here:
         if address is None:
+            room = max((os.cpu_count() or 1) // spec.threads, 1)
+            workers = capped_workers(workers, room, "this machine")
             ray.init(
                 address="local",  # a new local instance, never a cluster left running
                 num_cpus=workers * spec.threads,
@@ -253,6 +289,9 @@ def _ray_map(
         else:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
+    if address is not None:
+        room = max(int(ray.cluster_resources().get("CPU", 1)) // spec.threads, 1)
+        workers = capped_workers(workers, room, "the cluster")
     actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
     actors: list[Any] = [actor.remote(spec, None, fingerprint) for _ in range(workers)]
     queues = schedule(spec, cells, workers)
@@ -277,6 +316,21 @@ def _ray_map(
             ray.shutdown()
             os.environ.clear()
             os.environ.update(environment)
+
+
+def job_cluster() -> bool:
+    """Running as a Ray job's entrypoint (Ray sets these): use that cluster, not a new one whose
+    workers could not fetch the job's runtime_env package."""
+    return bool(os.environ.get("RAY_ADDRESS")) and JOB_CONFIG_ENV in os.environ
+
+
+def capped_workers(wanted: int, available: int, where: str) -> int:
+    """At most what `where` has, saying so when that is fewer than asked for."""
+    if wanted <= available:
+        return wanted
+    sys.stderr.write(f"mixprec: {wanted} workers asked for, {where} has room for {available}; "
+                     f"using {available}\n")  # fmt: skip
+    return available
 
 
 @dataclass
@@ -340,6 +394,7 @@ def _write_outputs(
         kept = {}
     manifest = {
         **(kept if isinstance(kept, dict) else {}),
+        "kind": RUN_KIND,
         "spec": asdict(spec),
         "model": bundle.name,
         "fingerprint": bundle.fingerprint,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mixprec.errors import MixprecError
@@ -15,6 +16,8 @@ COLUMNS = (
     "cost_bytes", "seconds", "status", "error",
 )  # fmt: skip
 KEY = ["estimator", "unit", "scheme"]
+NUMERIC = ("score", "ci_low", "ci_high", "samples", "cost_bytes", "seconds")
+TEXT = ("unit", "level", "scheme", "estimator", "status")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class ScoreTable:
         missing = [c for c in COLUMNS if c not in self.frame.columns]
         if missing:
             raise MixprecError(f"score table lacks columns {missing}")
+        frame = self.frame
+        for column in NUMERIC:
+            if not (frame[column].isna().all() or pd.api.types.is_numeric_dtype(frame[column])):
+                raise MixprecError(f"score table column {column!r} is not numeric")
+        for column in TEXT:
+            if not frame[column].map(lambda v: isinstance(v, str)).all():
+                raise MixprecError(f"score table column {column!r} holds values that are not text")
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, object]]) -> ScoreTable:
@@ -39,9 +49,61 @@ class ScoreTable:
 
     @classmethod
     def load(cls, path: Path) -> ScoreTable:
+        """Read and check a table; a corrupt, truncated or foreign file is one line."""
+        import pyarrow
+
         if not path.is_file():
             raise MixprecError(f"no score table at {path}: run `mixprec analyze` first")
-        return cls(pd.read_parquet(path))
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError, pyarrow.ArrowException) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise MixprecError(
+                f"{path} is not a readable score table ({reason}); re-run `mixprec analyze`"
+            ) from None
+        try:
+            return cls(frame)
+        except MixprecError as err:
+            raise MixprecError(f"{path}: {err}; re-run `mixprec analyze`") from None
+
+    def check_usable(self, estimator: str) -> None:
+        """The layer scores of `estimator` can be planned with: present, one per (unit, scheme),
+        finite, and not negative where the estimator cannot be."""
+        from mixprec.sensitivity.base import make_estimator
+
+        make_estimator(estimator)  # an unknown name says which are valid
+        rows = self.frame[(self.frame["estimator"] == estimator) & (self.frame["level"] == "layer")]
+        if rows.empty:
+            found = sorted(set(self.frame["estimator"]))
+            raise MixprecError(
+                f"the score table has no layer scores for estimator {estimator!r}; it has: "
+                f"{', '.join(found) or 'none'}"
+            )
+        if rows.duplicated(KEY).any():
+            first = rows[rows.duplicated(KEY)].iloc[0]
+            raise MixprecError(
+                f"the score table holds {first['unit']} under {first['scheme']} ({estimator}) "
+                "more than once; re-run `mixprec analyze`"
+            )
+        ok = rows[rows["status"] == "ok"]
+        if ok.empty:
+            errors = [e for e in rows["error"] if isinstance(e, str) and e]
+            raise MixprecError(
+                f"every {estimator} layer score failed, e.g. {errors[0] if errors else '?'}"
+            )
+        values = ok[["score", "ci_low", "ci_high"]].to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            bad = ok[~np.isfinite(values).all(axis=1)].iloc[0]
+            raise MixprecError(
+                f"the score of {bad['unit']} under {bad['scheme']} ({estimator}) is not finite "
+                "though marked ok; re-run `mixprec analyze`"
+            )
+        if make_estimator(estimator).nonnegative and (values[:, 0] < 0).any():
+            bad = ok[values[:, 0] < 0].iloc[0]
+            raise MixprecError(
+                f"the {estimator} score of {bad['unit']} under {bad['scheme']} is negative "
+                f"({bad['score']:.3g}), which that estimator cannot give; re-run `mixprec analyze`"
+            )
 
     def ok(self) -> pd.DataFrame:
         return self.frame[self.frame["status"] == "ok"]

@@ -122,6 +122,7 @@ def test_a_killed_ray_worker_still_gives_the_serial_table(
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     marker = tmp_path / "died"
     monkeypatch.setenv("MIXPREC_TEST_DIE_MARKER", str(marker))
+    monkeypatch.setenv("MIXPREC_TEST_DRIVER_PID", str(os.getpid()))
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "ray-cache"))  # every cell computed
     changes = {
         "model": "module:tests.unit.factories:dies_once",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     marker = tmp_path / "died"
     monkeypatch.setenv("MIXPREC_TEST_DIE_MARKER", str(marker))
+    monkeypatch.setenv("MIXPREC_TEST_DRIVER_PID", str(os.getpid()))
     spec = AnalysisSpec(
         "module:tests.unit.factories:dies_once",
         schemes=("w:int8", "w:mxfp4"),
@@ -194,7 +196,7 @@ def test_cli_analyze_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
         assert done.value.code == 2 and message in err and err.count("\n") == 1
     with pytest.raises(SystemExit) as done:
         main(["report", str(tmp_path / "nothing")])
-    assert done.value.code == 2 and "run `mixprec analyze` first" in capsys.readouterr().err
+    assert done.value.code == 2 and "no run folder at" in capsys.readouterr().err
 
 
 def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
