@@ -16,8 +16,9 @@ from mixprec.errors import MixprecError
 
 MANIFEST = "manifest.json"
 RUN_KIND = "mixprec-run"
+LOCK_FILE = ".lock"  # the run lock (mixprec.runlock); a folder holding only it is a run starting
 # Files a run folder keeps for itself; no --out may name them.
-RESERVED = (MANIFEST, "scores.parquet", "config.toml", "report.md", "pareto.parquet", ".lock")
+RESERVED = (MANIFEST, "scores.parquet", "config.toml", "report.md", "pareto.parquet", LOCK_FILE)
 GGUF_MAGIC = b"GGUF"
 PARQUET_MAGIC = b"PAR1"
 
@@ -63,7 +64,7 @@ def check_run_folder(path: Path, what: str = "the run folder") -> Path:
         raise MixprecError(f"{what} {path} is a file, not a folder; give one such as runs/NAME")
     if resolved.is_dir() and not is_run_folder(resolved):
         try:
-            present = sorted(p.name for p in resolved.iterdir())
+            present = sorted(p.name for p in resolved.iterdir() if p.name != LOCK_FILE)
         except OSError as err:
             raise MixprecError(f"cannot read {what} {path}: {err.strerror}") from None
         if present:

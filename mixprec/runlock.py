@@ -19,8 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from mixprec.errors import MixprecError
+from mixprec.guard import LOCK_FILE
 
-LOCK_FILE = ".lock"
 HEARTBEAT_S = 10.0
 STALE_S = 6 * HEARTBEAT_S
 _held: dict[Path, tuple[RunLock, int]] = {}  # reentrant within one process

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -208,22 +211,51 @@ def served(store: Path, log_path: Path) -> Iterator[str]:
     log = log_path.open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                url = f"http://127.0.0.1:{port}/_stcore/health"
-                with urllib.request.urlopen(url, timeout=2) as reply:
-                    assert reply.read() == b"ok"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
-                time.sleep(0.5)
+        wait_for_health(server, port, log_path)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_and_check_children(server, signal.SIGTERM)
         log.close()
+
+
+def wait_for_health(server: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, log_path.read_text()
+        try:
+            url = f"http://127.0.0.1:{port}/_stcore/health"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                assert reply.read() == b"ok"
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
+            time.sleep(0.5)
+
+
+def stop_and_check_children(server: subprocess.Popen[bytes], how: signal.Signals) -> None:
+    """Signal the CLI; every process it started must be gone within 30 s."""
+    children = psutil.Process(server.pid).children(recursive=True)
+    server.send_signal(how)
+    server.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for process in alive:
+        process.kill()
+    assert not alive, f"still running after the CLI stopped: {[p.pid for p in alive]}"
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_server_stops_with_the_cli(store: Path, tmp_path: Path, how: signal.Signals) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "mixprec", "dashboard", "--runs", str(store), "--port",
+               str(port)]  # fmt: skip
+    log_path = tmp_path / "dashboard.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_health(server, port, log_path)
+        assert psutil.Process(server.pid).children(), "the CLI serves through a child process"
+        stop_and_check_children(server, how)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the port still answers"
 
 
 def test_cli_serves_the_app_on_loopback(store: Path, tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_export_from_the_cli(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--budget", "lots"], "mixprec: bad budget 'lots': use a positive finite number with a unit"),
+        (["--budget", "lots"], "mixprec: bad budget 'lots': use a positive finite number"),
         (["--budget", "0.5bits"], "mixprec: budget 0.5bits is infeasible: the smallest plan needs"),
         (["--budget", "4bits", "--method", "anneal"], "mixprec: unknown method 'anneal'"),
         (["--budget", "4bits", "--estimator", "hessian"], "mixprec: the score table has no"),

@@ -27,7 +27,9 @@ def test_budget_parse(text: str, value: float, unit: str) -> None:
     assert (budget.value, budget.unit) == (value, unit)
 
 
-@pytest.mark.parametrize("text", ["4.5", "-1bits", "0bits", "12GB", "abc", "", "1e999bits", "nanbits"])
+@pytest.mark.parametrize(
+    "text", ["4.5", "-1bits", "0bits", "12GB", "abc", "", "1e999bits", "nanbits"]
+)
 def test_bad_budget(text: str) -> None:
     with pytest.raises(MixprecError, match=f"bad budget {text!r}: use a positive finite number"):
         Budget.parse(text)
