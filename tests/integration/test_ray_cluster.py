@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mixprec.sensitivity.cache import CellCache
@@ -29,15 +30,20 @@ def free_port() -> int:
 
 @contextmanager
 def running_head(
-    extra: list[str], log_path: Path, ready: Callable[[], bool], timeout: float = 90.0
+    extra: list[str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    timeout: float = 90.0,
+    auth: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`ray start --head --block` on 127.0.0.1 until `ready()`; SIGTERM (then kill) on exit."""
+    """`ray start --head --block` on 127.0.0.1 until `ready()`; SIGTERM (then kill) on exit.
+    `auth` replaces RAY_AUTH_MODE=disabled (e.g. token mode with RAY_AUTH_TOKEN_PATH)."""
     ray = Path(sys.executable).parent / "ray"
     command = [
         str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
         "--disable-usage-stats", *extra,
     ]  # fmt: skip
-    env = {**os.environ, LOOPBACK_ONLY: "0", "RAY_AUTH_MODE": "disabled"}  # loopback only
+    env = {**os.environ, LOOPBACK_ONLY: "0", **(auth or {"RAY_AUTH_MODE": "disabled"})}
     with log_path.open("w") as log:
         head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
@@ -49,12 +55,17 @@ def running_head(
                 time.sleep(0.5)
             yield head
         finally:
+            children = psutil.Process(head.pid).children(recursive=True)
             head.send_signal(signal.SIGTERM)
             try:
                 head.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 head.kill()
                 head.wait(timeout=30)
+            _, alive = psutil.wait_procs(children, timeout=30)
+            for process in alive:
+                process.kill()
+            assert not alive, f"Ray processes outlived their head: {[p.pid for p in alive]}"
 
 
 def port_open(port: int) -> bool:
