@@ -67,3 +67,15 @@ def test_search_estimator_must_have_been_scored() -> None:
     )
     with pytest.raises(MixprecError, match="'isolation' is not among the estimators scored"):
         _ = config.estimator_for_search
+
+
+def test_every_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    from mixprec.config import load_config
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        config = load_config(path)
+        assert config.model and config.budgets, path
