@@ -25,7 +25,6 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 LOG_LINES = 30  # of a failed job's log, shown by `submit --wait`
 # A quick tour (a few minutes on 2 cores); examples/minilm_full.toml is the whole study.
 DEMO_SCHEMES = ["w:int8", "w:mxfp6_e2m3", "w:int4_g128", "w:nvfp4", "w:mxfp4"]
-DEMO_ESTIMATORS = ["fisher", "isolation"]
 
 
 def _run(config: object, quiet: bool) -> None:
@@ -86,7 +85,7 @@ def demo_command(
         model="minilm",
         output=out,
         schemes=DEMO_SCHEMES,
-        estimators=DEMO_ESTIMATORS,
+        estimators=["fisher", "isolation"],
         levels=["layer"],
         calib_batches=2,
         budgets=["4.5bits", "5bits", "6bits"],
