@@ -3,7 +3,6 @@ output goes to a log (a Ray job, a redirected run), so a log never sits silent f
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,4 +56,3 @@ def cell_progress(
     yield advance
     if done < total:
         print(progress_line(description, done, total, time.monotonic() - started), flush=True)
-    sys.stdout.flush()

@@ -6,7 +6,6 @@ the scores were made with, and turned into a cost model. Every budget is then a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -48,7 +47,7 @@ def open_analysis(
 ) -> Analysis:
     """Scores, model and costs of a scored folder; its manifest's model source is untrusted
     (a `module:` source runs only with `trust_source`)."""
-    from mixprec.store import read_manifest
+    from mixprec.store import file_digest, read_manifest
 
     if not folder.is_dir():
         raise MixprecError(f"no run folder at {folder}: run `mixprec analyze --out {folder}` first")
@@ -73,8 +72,7 @@ def open_analysis(
             f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
     costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
-    digest = hashlib.sha256(table_file.read_bytes()).hexdigest()
-    return Analysis(folder, table, bundle, costs, digest)
+    return Analysis(folder, table, bundle, costs, file_digest(table_file))
 
 
 def search(
