@@ -9,21 +9,16 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 from __future__ import annotations
 
 import json
-import math
-import os
-import socket
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
 from mixprec.data import content_hash
-from mixprec.errors import MixprecError, gist
+from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
 from mixprec.guard import RUN_KIND, check_run_folder
 from mixprec.metrics import layer_weight_bytes
@@ -33,122 +28,18 @@ from mixprec.runlock import RunLock
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cache import CellCache, cell_key
+from mixprec.sensitivity.cells import (
+    DEFAULT_SCHEMES,
+    LEVELS,
+    AnalysisSpec,
+    Cell,
+    CellWorker,
+    calibration_batches,
+    check_forward,
+)
+from mixprec.sensitivity.cluster import ray_map
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.units import Unit, discover_units, quantizable_layers
-
-DEFAULT_SCHEMES = (
-    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
-    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
-)  # fmt: skip
-LEVELS = ("layer", "component", "block")
-# Ray reads this at import: "0" makes a node use the loopback address rather than its NIC's.
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a job's entrypoint
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    """What to score. `model` is a source string, so every worker can load it itself."""
-
-    model: str
-    schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    estimators: tuple[str, ...] = ("hessian", "fisher", "isolation")
-    levels: tuple[str, ...] = LEVELS
-    calib_batches: int | None = None
-    seed: int = 0
-    chunk: int = 8
-    threads: int = 1
-
-    def validated(self) -> AnalysisSpec:
-        """Checked, with schemes in canonical spelling (they are part of cache keys)."""
-        schemes = tuple(str(Scheme.parse(s)) for s in self.schemes)
-        for name in self.estimators:
-            make_estimator(name)
-        bad = [lvl for lvl in self.levels if lvl not in LEVELS]
-        if bad:
-            raise MixprecError(f"unknown level {bad[0]!r}; valid levels: {', '.join(LEVELS)}")
-        if self.calib_batches is not None and self.calib_batches < 1:
-            raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
-        return replace(self, schemes=schemes)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """The unit of work: one estimator and scheme over a chunk of units."""
-
-    estimator: str
-    scheme: str
-    units: tuple[Unit, ...]
-
-
-class CellWorker:
-    """Holds one loaded model and its estimators; scores cells. Wrapped as a Ray actor too."""
-
-    def __init__(
-        self, spec: AnalysisSpec, bundle: ModelBundle | None = None, fingerprint: str = ""
-    ) -> None:
-        torch.set_num_threads(spec.threads)
-        self.spec = spec
-        self.bundle = bundle or load_model(spec.model, seed=spec.seed)
-        if fingerprint and self.bundle.fingerprint != fingerprint:
-            raise MixprecError(
-                f"a worker loaded {spec.model!r} with other weights than the driver "
-                f"({self.bundle.fingerprint[:12]} vs {fingerprint[:12]}); give every node the "
-                "same model files"
-            )
-        self.batches = calibration_batches(self.bundle, spec.calib_batches)
-        self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
-
-    def run(self, cell: Cell) -> list[dict[str, Any]]:
-        estimator = self.estimators[cell.estimator]
-        scheme = Scheme.parse(cell.scheme)
-        results = []
-        for unit in cell.units:
-            start = time.perf_counter()
-            payload: dict[str, Any] = {"score": None, "ci_low": None, "ci_high": None}
-            status, error, samples = "failed", "", 0
-            try:
-                score = estimator.score(self.bundle, unit, scheme, self.batches)
-                payload.update(score=score.mean, ci_low=score.ci_low, ci_high=score.ci_high)
-                samples = score.samples
-                if all(map(math.isfinite, (score.mean, score.ci_low, score.ci_high))):
-                    status = "ok"
-                else:
-                    error = f"loss is not finite for {unit.name} under {scheme}"
-            except (MixprecError, RuntimeError) as err:
-                error = f"{unit.name} under {scheme}: {err}"
-            payload.update(
-                samples=samples, seconds=time.perf_counter() - start, status=status, error=error
-            )
-            results.append(payload)
-        return results
-
-    def run_indexed(self, index: int, cell: Cell) -> tuple[int, list[dict[str, Any]]]:
-        return index, self.run(cell)
-
-
-def check_forward(bundle: ModelBundle, batch: Any) -> None:
-    """The FP32 model must run and give finite outputs, or no score can mean anything."""
-    try:
-        with torch.inference_mode():
-            outputs = bundle.task.outputs(bundle.model, batch)
-    except Exception as err:  # the user's own forward: any exception is theirs to fix
-        raise MixprecError(
-            f"model {bundle.name!r}: the FP32 forward pass on a calibration batch raised "
-            f"{type(err).__name__}: {gist(err)}"
-        ) from None
-    if isinstance(outputs, torch.Tensor) and not bool(torch.isfinite(outputs).all()):
-        raise MixprecError(
-            f"model {bundle.name!r} gives non-finite outputs (NaN or inf) in FP32 on its "
-            "calibration data; no sensitivity can be measured against them"
-        )
-
-
-def calibration_batches(bundle: ModelBundle, count: int | None) -> tuple[Any, ...]:
-    batches = bundle.calibration if count is None else bundle.calibration[:count]
-    if not batches:
-        raise MixprecError(f"model {bundle.name!r} has an empty calibration set")
-    return tuple(batches)
+from mixprec.units import discover_units, quantizable_layers
 
 
 def run_analysis(
@@ -257,122 +148,9 @@ def _execute(
                 yield cell, worker.run(cell)
                 advance()
             return
-        for cell, results in _ray_map(spec, bundle.fingerprint, cells, max(workers, 1), address):
+        for cell, results in ray_map(spec, bundle.fingerprint, cells, max(workers, 1), address):
             yield cell, results
             advance()
-
-
-def _ray_map(
-    spec: AnalysisSpec, fingerprint: str, cells: Sequence[Cell], workers: int, address: str | None
-) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
-    """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
-    if address is None:
-        # A local cluster advertises its own node address; keep it on loopback instead.
-        os.environ.setdefault(LOOPBACK_ONLY, "0")
-    import ray
-
-    started_here = not ray.is_initialized()
-    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more; shutdown leaves them
-    if address is None and job_cluster():
-        address = os.environ["RAY_ADDRESS"]  # inside a Ray job: its own cluster
-    if started_here:
-        if address is None:
-            room = max((os.cpu_count() or 1) // spec.threads, 1)
-            workers = capped_workers(workers, room, "this machine")
-            ray.init(
-                address="local",  # a new local instance, never a cluster left running
-                num_cpus=workers * spec.threads,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        else:
-            check_reachable(address)
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    if address is not None:
-        room = max(int(ray.cluster_resources().get("CPU", 1)) // spec.threads, 1)
-        workers = capped_workers(workers, room, "the cluster")
-    actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
-    actors: list[Any] = [actor.remote(spec, None, fingerprint) for _ in range(workers)]
-    queues = schedule(spec, cells, workers)
-    in_flight: dict[Any, int] = {}
-
-    def feed(worker: int) -> None:
-        if queues.has_work(worker):
-            index = queues.take(worker)
-            in_flight[actors[worker].run_indexed.remote(index, cells[index])] = worker
-
-    try:
-        for worker in range(workers):
-            feed(worker)
-        while in_flight:
-            [done], _ = ray.wait(list(in_flight), num_returns=1)
-            worker = in_flight.pop(done)
-            index, results = ray.get(done)
-            feed(worker)
-            yield cells[index], results
-    finally:
-        if started_here:
-            ray.shutdown()
-            os.environ.clear()
-            os.environ.update(environment)
-
-
-def job_cluster() -> bool:
-    """Running as a Ray job's entrypoint (Ray sets these): use that cluster, not a new one whose
-    workers could not fetch the job's runtime_env package."""
-    return bool(os.environ.get("RAY_ADDRESS")) and JOB_CONFIG_ENV in os.environ
-
-
-def capped_workers(wanted: int, available: int, where: str) -> int:
-    """At most what `where` has, saying so when that is fewer than asked for."""
-    if wanted <= available:
-        return wanted
-    sys.stderr.write(f"mixprec: {wanted} workers asked for, {where} has room for {available}; "
-                     f"using {available}\n")  # fmt: skip
-    return available
-
-
-@dataclass
-class WorkQueues:
-    """Cells of an estimator that builds shared statistics (Hessian traces, Fisher diagonals)
-    stay on one worker so the statistics are built once; the rest go to whoever is free."""
-
-    pinned: dict[int, list[int]]
-    free: list[int]
-
-    def has_work(self, worker: int) -> bool:
-        return bool(self.pinned.get(worker)) or bool(self.free)
-
-    def take(self, worker: int) -> int:
-        mine = self.pinned.get(worker)
-        return mine.pop(0) if mine else self.free.pop(0)
-
-
-def schedule(spec: AnalysisSpec, cells: Sequence[Cell], workers: int) -> WorkQueues:
-    shared = [n for n in spec.estimators if make_estimator(n).shares_statistics]
-    owner = {name: i % workers for i, name in enumerate(shared)}
-    pinned: dict[int, list[int]] = {}
-    free = []
-    for index, cell in enumerate(cells):
-        if cell.estimator in owner:
-            pinned.setdefault(owner[cell.estimator], []).append(index)
-        else:
-            free.append(index)
-    return WorkQueues(pinned, free)
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast with the address in the message instead of Ray's long connection retries."""
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise MixprecError(f"Ray address {address!r} is not host:port or ray://host:port")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as err:
-        raise MixprecError(f"cannot reach the Ray cluster at {address}: {err}") from None
 
 
 def _write_outputs(

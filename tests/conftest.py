@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mixprec.logs import quiet_optional_backends
-from mixprec.sensitivity.runner import LOOPBACK_ONLY
+from mixprec.sensitivity.cluster import LOOPBACK_ONLY
 
 quiet_optional_backends()
 os.environ[LOOPBACK_ONLY] = "0"  # every Ray node the tests start stays on 127.0.0.1

@@ -472,6 +472,11 @@ CASES: dict[str, Case] = {
     ),
     "pareto 3:nan:1": (lambda w: ["pareto", str(w.run), "--budgets", "3:nan:1"], "3:nan:1"),
     "pareto 3:1e12:1": (lambda w: ["pareto", str(w.run), "--budgets", "3:1e12:1"], "at most"),
+    "pareto 4bits,nanbits": (
+        lambda w: ["pareto", str(w.run), "--budgets", "4bits,nanbits"],
+        "nanbits",
+    ),
+    "pareto --budgets ','": (lambda w: ["pareto", str(w.run), "--budgets", ","], "1 to"),
     "pareto 1e999:2e999:1": (
         lambda w: ["pareto", str(w.run), "--budgets", "1e999:2e999:1"],
         "1e999",

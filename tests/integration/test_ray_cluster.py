@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import LOOPBACK_ONLY, AnalysisSpec, run_analysis
+from mixprec.sensitivity.cluster import LOOPBACK_ONLY
+from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.sensitivity.table import ScoreTable
 
 SPEC = AnalysisSpec("digits-cnn", schemes=("w:int4", "w:mxfp8_e4m3"), chunk=4)

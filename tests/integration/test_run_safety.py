@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mixprec.config import parse_config
+from mixprec.config import load_config, parse_config
 from mixprec.errors import MixprecError
 from mixprec.models import cache_dir, load_model
 from mixprec.pipeline import run_pipeline
@@ -202,3 +202,24 @@ def test_the_dashboard_deep_link_cannot_leave_the_store(
     assert "not a run folder name inside the store" in app.warning[0].value
     assert not app.button  # nothing to write with
     assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before
+
+
+def test_a_config_asking_for_a_billion_workers_gets_what_the_machine_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`workers = 1e9` in TOML runs on Ray with as many workers as there are cores, and says so."""
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(fresh_cache(tmp_path)))  # every cell on Ray
+    path = tmp_path / "big.toml"
+    body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in config_for(tmp_path / "run").items())
+    path.write_text(body + "workers = 1e9\n")
+    config = load_config(path)
+    assert config.workers == 10**9
+    run_pipeline(config, say=lambda _: None, progress=False)
+    room = os.cpu_count() or 1
+    assert f"1000000000 workers asked for, this machine has room for {room}; using {room}" in (
+        capsys.readouterr().err
+    )
+    serial = run_analysis(AnalysisSpec("digits-cnn", ("w:int8", "w:int4_g128"), ("isolation",),
+                                       ("layer",)), progress=False,
+                          cache=CellCache(tmp_path / "serial"))  # fmt: skip
+    assert ScoreTable.load(tmp_path / "run" / "scores.parquet").same_scores(serial)

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from mixprec.errors import MixprecError
-from mixprec.sensitivity import runner
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
+from mixprec.sensitivity.cells import Cell, CellWorker
+from mixprec.sensitivity.cluster import schedule
+from mixprec.sensitivity.runner import AnalysisSpec, parse_list, run_analysis
 from mixprec.sensitivity.table import ScoreTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,21 +70,21 @@ def test_interrupted_run_resumes_to_the_same_table(
     cache: CountingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = run_analysis(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
-    real_run = runner.CellWorker.run
+    real_run = CellWorker.run
     calls = {"n": 0}
 
-    def interrupted(self: runner.CellWorker, cell: runner.Cell) -> list[dict[str, Any]]:
+    def interrupted(self: CellWorker, cell: Cell) -> list[dict[str, Any]]:
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_run(self, cell)
 
-    monkeypatch.setattr(runner.CellWorker, "run", interrupted)
+    monkeypatch.setattr(CellWorker, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_analysis(SPEC, cache=cache, progress=False)
     done = cache.puts
     assert 0 < done < 48
-    monkeypatch.setattr(runner.CellWorker, "run", real_run)
+    monkeypatch.setattr(CellWorker, "run", real_run)
     resumed = run_analysis(SPEC, cache=cache, progress=False)
     assert cache.puts == 48  # only the missing cells were computed
     assert resumed.same_scores(reference)
@@ -203,7 +204,7 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
     import mixprec
 
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
-    assert runner.parse_list("w:mxfp4,w:nvfp4,a:nvfp4;keep") == [
+    assert parse_list("w:mxfp4,w:nvfp4,a:nvfp4;keep") == [
         "w:mxfp4",
         "w:nvfp4,a:nvfp4",
         "keep",
@@ -217,17 +218,17 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_a_worker_with_other_weights_refuses_to_score() -> None:
     with pytest.raises(MixprecError, match="other weights than the driver"):
-        runner.CellWorker(SPEC, fingerprint="0" * 64)
+        CellWorker(SPEC, fingerprint="0" * 64)
 
 
 def test_statistics_heavy_cells_stay_on_one_worker() -> None:
-    cells = [runner.Cell(e, "w:int8", ()) for e in ("hessian", "isolation", "fisher", "isolation")]
-    queues = runner.schedule(SPEC, cells, workers=2)
+    cells = [Cell(e, "w:int8", ()) for e in ("hessian", "isolation", "fisher", "isolation")]
+    queues = schedule(SPEC, cells, workers=2)
     assert queues.pinned == {0: [0], 1: [2]} and queues.free == [1, 3]
     assert queues.take(0) == 0 and queues.take(0) == 1  # its own first, then shared work
     assert queues.take(1) == 2 and queues.take(1) == 3
     assert not queues.has_work(0) and not queues.has_work(1)
-    solo = runner.schedule(SPEC, cells, workers=1)
+    solo = schedule(SPEC, cells, workers=1)
     assert solo.pinned == {0: [0, 2]}
 
 
@@ -237,16 +238,16 @@ def test_cli_ctrl_c_keeps_finished_cells(
     from mixprec.cli import main
 
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "cache"))
-    real_run = runner.CellWorker.run
+    real_run = CellWorker.run
     calls = {"n": 0}
 
-    def interrupted(self: runner.CellWorker, cell: runner.Cell) -> list[dict[str, Any]]:
+    def interrupted(self: CellWorker, cell: Cell) -> list[dict[str, Any]]:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real_run(self, cell)
 
-    monkeypatch.setattr(runner.CellWorker, "run", interrupted)
+    monkeypatch.setattr(CellWorker, "run", interrupted)
     argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8", "--out", str(tmp_path / "r")]
     with pytest.raises(SystemExit) as done:
         main([*argv, "--estimators", "fisher,isolation"])

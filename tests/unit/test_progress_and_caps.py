@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixprec.progress import cell_progress, progress_line
-from mixprec.sensitivity.runner import capped_workers
+from mixprec.sensitivity.cluster import capped_workers
 
 
 def test_progress_line_counts_share_and_eta() -> None:

@@ -1,0 +1,128 @@
+"""What is scored and who scores it: the analysis spec, a cell of work, and the worker that
+holds one loaded model and runs estimators over cells (serially or as a Ray actor)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from mixprec.errors import MixprecError, gist
+from mixprec.models import ModelBundle, load_model
+from mixprec.scheme import Scheme
+from mixprec.sensitivity.base import make_estimator
+from mixprec.units import Unit
+
+DEFAULT_SCHEMES = (
+    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
+    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
+)  # fmt: skip
+LEVELS = ("layer", "component", "block")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """What to score. `model` is a source string, so every worker can load it itself."""
+
+    model: str
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    estimators: tuple[str, ...] = ("hessian", "fisher", "isolation")
+    levels: tuple[str, ...] = LEVELS
+    calib_batches: int | None = None
+    seed: int = 0
+    chunk: int = 8
+    threads: int = 1
+
+    def validated(self) -> AnalysisSpec:
+        """Checked, with schemes in canonical spelling (they are part of cache keys)."""
+        schemes = tuple(str(Scheme.parse(s)) for s in self.schemes)
+        for name in self.estimators:
+            make_estimator(name)
+        bad = [lvl for lvl in self.levels if lvl not in LEVELS]
+        if bad:
+            raise MixprecError(f"unknown level {bad[0]!r}; valid levels: {', '.join(LEVELS)}")
+        if self.calib_batches is not None and self.calib_batches < 1:
+            raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
+        return replace(self, schemes=schemes)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The unit of work: one estimator and scheme over a chunk of units."""
+
+    estimator: str
+    scheme: str
+    units: tuple[Unit, ...]
+
+
+class CellWorker:
+    """Holds one loaded model and its estimators; scores cells. Wrapped as a Ray actor too."""
+
+    def __init__(
+        self, spec: AnalysisSpec, bundle: ModelBundle | None = None, fingerprint: str = ""
+    ) -> None:
+        torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.bundle = bundle or load_model(spec.model, seed=spec.seed)
+        if fingerprint and self.bundle.fingerprint != fingerprint:
+            raise MixprecError(
+                f"a worker loaded {spec.model!r} with other weights than the driver "
+                f"({self.bundle.fingerprint[:12]} vs {fingerprint[:12]}); give every node the "
+                "same model files"
+            )
+        self.batches = calibration_batches(self.bundle, spec.calib_batches)
+        self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
+
+    def run(self, cell: Cell) -> list[dict[str, Any]]:
+        estimator = self.estimators[cell.estimator]
+        scheme = Scheme.parse(cell.scheme)
+        results = []
+        for unit in cell.units:
+            start = time.perf_counter()
+            payload: dict[str, Any] = {"score": None, "ci_low": None, "ci_high": None}
+            status, error, samples = "failed", "", 0
+            try:
+                score = estimator.score(self.bundle, unit, scheme, self.batches)
+                payload.update(score=score.mean, ci_low=score.ci_low, ci_high=score.ci_high)
+                samples = score.samples
+                if all(map(math.isfinite, (score.mean, score.ci_low, score.ci_high))):
+                    status = "ok"
+                else:
+                    error = f"loss is not finite for {unit.name} under {scheme}"
+            except (MixprecError, RuntimeError) as err:
+                error = f"{unit.name} under {scheme}: {err}"
+            payload.update(
+                samples=samples, seconds=time.perf_counter() - start, status=status, error=error
+            )
+            results.append(payload)
+        return results
+
+    def run_indexed(self, index: int, cell: Cell) -> tuple[int, list[dict[str, Any]]]:
+        return index, self.run(cell)
+
+
+def check_forward(bundle: ModelBundle, batch: Any) -> None:
+    """The FP32 model must run and give finite outputs, or no score can mean anything."""
+    try:
+        with torch.inference_mode():
+            outputs = bundle.task.outputs(bundle.model, batch)
+    except Exception as err:  # the user's own forward: any exception is theirs to fix
+        raise MixprecError(
+            f"model {bundle.name!r}: the FP32 forward pass on a calibration batch raised "
+            f"{type(err).__name__}: {gist(err)}"
+        ) from None
+    if isinstance(outputs, torch.Tensor) and not bool(torch.isfinite(outputs).all()):
+        raise MixprecError(
+            f"model {bundle.name!r} gives non-finite outputs (NaN or inf) in FP32 on its "
+            "calibration data; no sensitivity can be measured against them"
+        )
+
+
+def calibration_batches(bundle: ModelBundle, count: int | None) -> tuple[Any, ...]:
+    batches = bundle.calibration if count is None else bundle.calibration[:count]
+    if not batches:
+        raise MixprecError(f"model {bundle.name!r} has an empty calibration set")
+    return tuple(batches)

@@ -1,0 +1,134 @@
+"""Cells on Ray actors: a local loopback instance, the cluster at an address, or the cluster a
+Ray job runs on; each actor loads the model once, lost actors restart, worker counts are capped
+at what the machine or cluster has."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from mixprec.errors import MixprecError
+from mixprec.sensitivity.base import make_estimator
+from mixprec.sensitivity.cells import AnalysisSpec, Cell, CellWorker
+
+# Ray reads this at import: "0" makes a node use the loopback address rather than its NIC's.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a job's entrypoint
+
+
+def ray_map(
+    spec: AnalysisSpec, fingerprint: str, cells: Sequence[Cell], workers: int, address: str | None
+) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
+    if address is None:
+        # A local cluster advertises its own node address; keep it on loopback instead.
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
+    import ray
+
+    started_here = not ray.is_initialized()
+    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more; shutdown leaves them
+    if address is None and job_cluster():
+        address = os.environ["RAY_ADDRESS"]  # inside a Ray job: its own cluster
+    if started_here:
+        if address is None:
+            room = max((os.cpu_count() or 1) // spec.threads, 1)
+            workers = capped_workers(workers, room, "this machine")
+            ray.init(
+                address="local",  # a new local instance, never a cluster left running
+                num_cpus=workers * spec.threads,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        else:
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    if address is not None:
+        room = max(int(ray.cluster_resources().get("CPU", 1)) // spec.threads, 1)
+        workers = capped_workers(workers, room, "the cluster")
+    actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
+    actors: list[Any] = [actor.remote(spec, None, fingerprint) for _ in range(workers)]
+    queues = schedule(spec, cells, workers)
+    in_flight: dict[Any, int] = {}
+
+    def feed(worker: int) -> None:
+        if queues.has_work(worker):
+            index = queues.take(worker)
+            in_flight[actors[worker].run_indexed.remote(index, cells[index])] = worker
+
+    try:
+        for worker in range(workers):
+            feed(worker)
+        while in_flight:
+            [done], _ = ray.wait(list(in_flight), num_returns=1)
+            worker = in_flight.pop(done)
+            index, results = ray.get(done)
+            feed(worker)
+            yield cells[index], results
+    finally:
+        if started_here:
+            ray.shutdown()
+            os.environ.clear()
+            os.environ.update(environment)
+
+
+def job_cluster() -> bool:
+    """Running as a Ray job's entrypoint (Ray sets these): use that cluster, not a new one whose
+    workers could not fetch the job's runtime_env package."""
+    return bool(os.environ.get("RAY_ADDRESS")) and JOB_CONFIG_ENV in os.environ
+
+
+def capped_workers(wanted: int, available: int, where: str) -> int:
+    """At most what `where` has, saying so when that is fewer than asked for."""
+    if wanted <= available:
+        return wanted
+    sys.stderr.write(f"mixprec: {wanted} workers asked for, {where} has room for {available}; "
+                     f"using {available}\n")  # fmt: skip
+    return available
+
+
+@dataclass
+class WorkQueues:
+    """Cells of an estimator that builds shared statistics (Hessian traces, Fisher diagonals)
+    stay on one worker so the statistics are built once; the rest go to whoever is free."""
+
+    pinned: dict[int, list[int]]
+    free: list[int]
+
+    def has_work(self, worker: int) -> bool:
+        return bool(self.pinned.get(worker)) or bool(self.free)
+
+    def take(self, worker: int) -> int:
+        mine = self.pinned.get(worker)
+        return mine.pop(0) if mine else self.free.pop(0)
+
+
+def schedule(spec: AnalysisSpec, cells: Sequence[Cell], workers: int) -> WorkQueues:
+    shared = [n for n in spec.estimators if make_estimator(n).shares_statistics]
+    owner = {name: i % workers for i, name in enumerate(shared)}
+    pinned: dict[int, list[int]] = {}
+    free = []
+    for index, cell in enumerate(cells):
+        if cell.estimator in owner:
+            pinned.setdefault(owner[cell.estimator], []).append(index)
+        else:
+            free.append(index)
+    return WorkQueues(pinned, free)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with the address in the message instead of Ray's long connection retries."""
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise MixprecError(f"Ray address {address!r} is not host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise MixprecError(f"cannot reach the Ray cluster at {address}: {err}") from None
