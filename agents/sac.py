@@ -26,61 +26,27 @@ from mixprec.agents.checkpoint import BestPolicy, load_checkpoint, problem_key, 
 from mixprec.agents.env import AllocationEnv
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_path, atomic_write_text
-from mixprec.models import ModelBundle
-from mixprec.search.base import Limits, SearchStrategy, check_objective
-from mixprec.search.cost import CostModel
+from mixprec.search.base import SearchStrategy, register_strategy
+from mixprec.search.configs import SACConfig
+from mixprec.search.cost import CostModel, InfeasibleBudget
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.selection import Constraint, Selection
 
-POLICY_VERSION = 2
+POLICY_VERSION = SACConfig.VERSION  # a policy file from another version is refused
 EVALUATIONS = 30  # deterministic evaluations per training (at episode ends)
 log = logging.getLogger(__name__)
 
 
+@register_strategy(SACConfig)
 class SACStrategy(SearchStrategy):
-    """Soft actor-critic over the units of one table; deterministic for a seed on the CPU."""
+    """Soft actor-critic over the units of one table; deterministic for a seed on the CPU.
+    Its policy, checkpoints and CSV logs go to WORKDIR/sac/ (resumed from there)."""
 
-    name = "sac"
+    config: SACConfig
 
-    def __init__(
-        self,
-        estimator: str = "isolation",
-        seed: int = 0,
-        limits: Limits = Limits(),
-        kappa: float = 0.0,
-        timesteps: int = 3000,
-        learning_rate: float = 3e-3,
-        gradient_steps: int = 2,
-        gamma: float = 0.9,
-        policy: Path | None = None,
-        run_dir: Path | None = None,
-        progress: bool = False,
-        hidden: int = 64,
-        objective: str = "predicted",
-        bundle: ModelBundle | None = None,
-        checkpoint_every: int = 500,
-    ) -> None:
-        super().__init__(estimator, seed, limits, kappa)
-        if timesteps < 0:
-            raise MixprecError(f"timesteps {timesteps} must be >= 0")
-        check_objective(objective, bundle is not None)
-        self.timesteps = timesteps
-        self.policy = policy
-        self.run_dir = run_dir
-        self.progress = progress
-        self.hidden = hidden
-        self.learning_rate = learning_rate
-        self.gradient_steps = gradient_steps
-        self.gamma = gamma
-        self.objective = objective
-        self.bundle = bundle
-        self.checkpoint_every = max(checkpoint_every, 1)
-
-    def provenance(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {"timesteps": self.timesteps, "objective": self.objective}
-        if self.policy is not None:
-            extra["policy"] = str(self.policy)
-        return {**super().provenance(), **extra}
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.workdir is None else self.workdir / "sac"
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
@@ -89,7 +55,7 @@ class SACStrategy(SearchStrategy):
             raise MixprecError("the cost model has no unit features; build it with a model")
         fallback = solve_greedy(scores, constraints)
         if not fallback.choice:
-            raise MixprecError("sac needs a feasible starting plan and greedy found none")
+            raise InfeasibleBudget("sac needs a feasible starting plan and greedy found none")
         outcome = self._outcome(costs, fallback.choice)
         make_env = lambda: AllocationEnv(  # noqa: E731 (one env trains, one evaluates)
             scores, constraints, costs.features, fallback.choice, outcome
@@ -103,10 +69,10 @@ class SACStrategy(SearchStrategy):
             log.info("resuming SAC from %s at step %d", checkpoint, agent.num_timesteps)
         if agent.num_timesteps == 0:
             evaluate(agent, probe, best)
-        remaining = self.timesteps - agent.num_timesteps
+        remaining = self.config.timesteps - agent.num_timesteps
         if remaining > 0:
-            every = max(self.timesteps // EVALUATIONS, len(fallback.choice))
-            callback = _Callback(probe, best, every, self.checkpoint_every, checkpoint)
+            every = max(self.config.timesteps // EVALUATIONS, len(fallback.choice))
+            callback = _Callback(probe, best, every, self.config.checkpoint_every, checkpoint)
             agent.learn(remaining, callback=callback, progress_bar=self.progress,
                         reset_num_timesteps=False)  # fmt: skip
             evaluate(agent, probe, best)
@@ -114,7 +80,7 @@ class SACStrategy(SearchStrategy):
                 save_checkpoint(agent, best, checkpoint)
         assert best.state is not None
         agent.policy.load_state_dict(best.state)
-        if self.run_dir is not None and self.timesteps:
+        if self.run_dir is not None and self.config.timesteps:
             save_policy(agent, self.run_dir / "sac_policy.pt")
         rows = np.arange(len(best.plan))
         return Selection(best.plan, "sac", float(scores[rows, list(best.plan)].sum()))
@@ -123,7 +89,7 @@ class SACStrategy(SearchStrategy):
         self, costs: CostModel, fallback: tuple[int, ...]
     ) -> Callable[[tuple[int, ...]], float] | None:
         """Measured objective: the plan's divergence over the greedy plan's (cached per plan)."""
-        if self.objective == "predicted":
+        if self.config.objective == "predicted":
             return None
         from mixprec.metrics import measured_divergence
 
@@ -146,9 +112,9 @@ class SACStrategy(SearchStrategy):
         if self.run_dir is None:
             return None
         assert costs.features is not None
-        settings = {"seed": self.seed, "lr": self.learning_rate, "gamma": self.gamma,
-                    "gradient_steps": self.gradient_steps, "hidden": self.hidden,
-                    "objective": self.objective, "policy": str(self.policy),
+        settings = {"seed": self.seed, "lr": self.config.learning_rate, "gamma": self.config.gamma,
+                    "gradient_steps": self.config.gradient_steps, "hidden": self.config.hidden,
+                    "objective": self.config.objective, "policy": str(self.config.policy),
                     "limits": [limit for _, limit in constraints]}  # fmt: skip
         arrays = [scores, costs.features, np.asarray(fallback), *(c for c, _ in constraints)]
         return self.run_dir / "checkpoints" / f"{problem_key(arrays, settings)}.pt"
@@ -162,17 +128,17 @@ class SACStrategy(SearchStrategy):
             env,
             seed=self.seed,
             device="cpu",
-            buffer_size=max(self.timesteps, 1),
-            learning_starts=min(200, max(self.timesteps // 4, 1)),
-            learning_rate=self.learning_rate,
-            gradient_steps=self.gradient_steps,
+            buffer_size=max(self.config.timesteps, 1),
+            learning_starts=min(200, max(self.config.timesteps // 4, 1)),
+            learning_rate=self.config.learning_rate,
+            gradient_steps=self.config.gradient_steps,
             batch_size=64,
-            gamma=self.gamma,
-            policy_kwargs={"net_arch": [self.hidden, self.hidden]},
+            gamma=self.config.gamma,
+            policy_kwargs={"net_arch": [self.config.hidden, self.config.hidden]},
             verbose=0,
         )
-        if self.policy is not None:
-            load_policy(agent, self.policy)
+        if self.config.policy is not None:
+            load_policy(agent, self.config.policy)
         else:  # a zero residual: the untrained deterministic policy is the greedy plan
             with torch.no_grad():
                 for tensor in agent.actor.mu.parameters():

@@ -113,11 +113,11 @@ def sensitivity_page() -> None:
 
 
 @st.cache_resource(show_spinner="Loading the run's model and table...")
-def cached_analysis(run: str, modified: float, estimator: str) -> budget.Analysis:
+def cached_problem(run: str, modified: float, estimator: str) -> budget.AllocationProblem:
     """Keyed by the run, its score file's modification time and the estimator."""
-    from mixprec.search.runs import open_analysis
+    from mixprec.allocation import problem_from_run
 
-    return open_analysis(Path(run), estimator, trust_source=TRUSTED)
+    return problem_from_run(Path(run), estimator, trust_source=TRUSTED)
 
 
 @st.cache_data(show_spinner=False)
@@ -125,8 +125,8 @@ def cached_plan(
     run: str, modified: float, estimator: str, value: float, unit: str
 ) -> dict[str, Any]:
     """The ILP plan within `value` `unit` as its JSON document (cached per slider position)."""
-    analysis = cached_analysis(run, modified, estimator)
-    return budget.plan_within(analysis, estimator, value, unit).to_json()
+    problem = cached_problem(run, modified, estimator)
+    return budget.plan_within(problem, value, unit).to_json()
 
 
 def budget_page() -> None:
@@ -144,8 +144,8 @@ def budget_page() -> None:
         estimator = left.selectbox("Estimator", estimators, key="budget_estimator")
         label = right.radio("Budget in", list(budget.UNITS), horizontal=True, key="budget_unit")
         unit = budget.UNITS[label]
-        analysis = cached_analysis(str(run), modified, estimator)
-        low, high = budget.budget_range(analysis, estimator, unit)
+        problem = cached_problem(str(run), modified, estimator)
+        low, high = budget.budget_range(problem, unit)
     except MixprecError as err:
         st.warning(str(err))
         return
@@ -159,14 +159,14 @@ def budget_page() -> None:
     left.metric("Predicted loss", f"{plan.predicted['score']:.4g}")
     middle.metric("Bits per weight", f"{plan.predicted['bits_per_weight']:.3f}")
     right.metric("Size (MB)", f"{plan.predicted['size_mb']:.3f}")
-    bars = budget.plan_bars(analysis, plan)
+    bars = budget.plan_bars(problem, plan)
     figure = px.bar(bars, x="unit", y="bits", color="scheme", hover_data=["scheme", "bits"])
     figure.update_layout(xaxis={"categoryorder": "array", "categoryarray": list(bars["unit"])})
     st.plotly_chart(figure, width="stretch")
     st.caption(f"{name}: ILP plan within {value:.{digits}f} {label} ({estimator} scores).")
     if st.button("Measure this plan", key="measure"):
         with st.spinner("Measuring on the evaluation split..."):
-            measured = evaluate(analysis.bundle, plan.assignment).metrics
+            measured = evaluate(problem.bundle, plan.assignment).metrics
         st.dataframe(pd.DataFrame([measured]), hide_index=True)
 
 

@@ -1,6 +1,6 @@
 """The Budget page's model: re-solve the ILP from a run's cached score table at any budget.
 
-Kept free of Streamlit (tested directly); app.py caches the opened analysis per run, so a
+Kept free of Streamlit (tested directly); app.py caches the allocation problem per run, so a
 slider move costs one ILP solve on the table (well under a second for the built-in models).
 """
 
@@ -8,39 +8,35 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mixprec.allocation import AllocationProblem, allocate
 from mixprec.plan import PrecisionPlan
-from mixprec.search.base import make_strategy, score_matrix
 from mixprec.search.cost import Budget
-from mixprec.search.runs import Analysis
 from mixprec.search.selection import largest_total, smallest_totals
 
-__all__ = ["UNITS", "Analysis", "budget_range", "plan_bars", "plan_within"]
+__all__ = ["UNITS", "AllocationProblem", "budget_range", "plan_bars", "plan_within"]
 
 
 UNITS = {"bits per weight": "bits", "MB": "MB"}  # slider label -> Budget unit
 
 
-def budget_range(analysis: Analysis, estimator: str, unit: str = "bits") -> tuple[float, float]:
+def budget_range(problem: AllocationProblem, unit: str = "bits") -> tuple[float, float]:
     """The smallest and largest plans among the table's scored schemes, in `unit`."""
-    costs = analysis.costs
-    scores = score_matrix(analysis.table, costs, estimator)
+    costs = problem.costs
+    scores = problem.scores()
     (least,) = smallest_totals(scores, [costs.bytes])
     scale = Budget(1.0, unit)
     return (scale.from_weight_bytes(least, costs).value,
             scale.from_weight_bytes(largest_total(scores, costs.bytes), costs).value)  # fmt: skip
 
 
-def plan_within(
-    analysis: Analysis, estimator: str, value: float, unit: str = "bits"
-) -> PrecisionPlan:
+def plan_within(problem: AllocationProblem, value: float, unit: str = "bits") -> PrecisionPlan:
     """The ILP plan with the least predicted loss within `value` (bits per weight or MB)."""
-    strategy = make_strategy("ilp", estimator=estimator)
-    return strategy.solve(analysis.table, analysis.costs, Budget(value, unit))
+    return allocate(problem, Budget(value, unit))
 
 
-def plan_bars(analysis: Analysis, plan: PrecisionPlan) -> pd.DataFrame:
+def plan_bars(problem: AllocationProblem, plan: PrecisionPlan) -> pd.DataFrame:
     """One row per decision unit, in model order: its scheme and stored bits per weight."""
-    costs = analysis.costs
+    costs = problem.costs
     choice = costs.choice_of(plan.assignment)
     rows = [
         {"unit": unit, "scheme": costs.schemes[k],

@@ -25,13 +25,14 @@ from study import PRIMARY, analysis_for
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
+from mixprec.allocation import AllocationProblem, allocate
 from mixprec.logs import quiet_optional_backends
 from mixprec.markdown import frame_markdown, publish
 from mixprec.metrics import evaluate
-from mixprec.search.base import Limits, constraints_for, make_strategy, score_matrix
+from mixprec.search.base import Limits, constraints_for
+from mixprec.search.configs import GreedyConfig, ILPConfig, OptunaConfig, SACConfig
 from mixprec.search.cost import Budget
 from mixprec.search.greedy import solve_greedy
-from mixprec.search.runs import Analysis
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -42,20 +43,24 @@ SCHEMES = (
 
 
 def compare(
-    analysis: Analysis, budgets: list[str], steps: int, trials: int, primary: tuple[str, bool]
+    analysis: AllocationProblem,
+    budgets: list[str],
+    steps: int,
+    trials: int,
+    primary: tuple[str, bool],
 ) -> list[dict[str, object]]:
     rows = []
     for budget in budgets:
         methods = {
-            "ilp": make_strategy("ilp"),
-            "greedy": make_strategy("greedy"),
-            "optuna": make_strategy("optuna", trials=trials),
-            "sac": make_strategy("sac", timesteps=steps),
+            "ilp": ILPConfig(),
+            "greedy": GreedyConfig(),
+            "optuna": OptunaConfig(trials=trials),
+            "sac": SACConfig(timesteps=steps),
         }
         optimum = None
         for name, strategy in methods.items():
             start = time.perf_counter()
-            plan = strategy.solve(analysis.table, analysis.costs, budget)
+            plan = allocate(analysis, budget, strategy)
             seconds = time.perf_counter() - start
             objective = plan.predicted["score"]
             optimum = objective if name == "ilp" else optimum
@@ -68,8 +73,8 @@ def compare(
     return rows
 
 
-def environment(analysis: Analysis, budget: str) -> AllocationEnv:
-    scores = score_matrix(analysis.table, analysis.costs, "isolation")
+def environment(analysis: AllocationProblem, budget: str) -> AllocationEnv:
+    scores = analysis.scores()
     constraints = constraints_for(analysis.costs, Budget.parse(budget), Limits())
     fallback = solve_greedy(scores, constraints).choice
     assert analysis.costs.features is not None
@@ -77,11 +82,15 @@ def environment(analysis: Analysis, budget: str) -> AllocationEnv:
 
 
 def transfer(
-    sources: list[Analysis], target: Analysis, budgets: list[str], steps: int, folder: Path
+    sources: list[AllocationProblem],
+    target: AllocationProblem,
+    budgets: list[str],
+    steps: int,
+    folder: Path,
 ) -> list[dict[str, object]]:
     """Train one policy across the source tables, then solve the target without and with a
     short fine-tune."""
-    trainer = SACStrategy(timesteps=steps)
+    trainer = SACStrategy(SACConfig(timesteps=steps))
     envs = [environment(source, budget) for source in sources for budget in budgets]
     agent = trainer.agent(envs[0])
     share = max(steps // (2 * len(envs)), 1)
@@ -93,11 +102,9 @@ def transfer(
     save_policy(agent, policy)
     rows = []
     for budget in budgets:
-        optimum = make_strategy("ilp").solve(target.table, target.costs, budget)
+        optimum = allocate(target, budget)
         for label, tune in (("zero-shot", 0), ("fine-tuned", max(steps // 6, 1))):
-            plan = SACStrategy(timesteps=tune, policy=policy).solve(
-                target.table, target.costs, budget
-            )
+            plan = allocate(target, budget, SACConfig(timesteps=tune, policy=policy))
             objective, best = plan.predicted["score"], optimum.predicted["score"]
             rows.append({"trained on": " + ".join(s.bundle.name for s in sources),
                          "applied to": target.bundle.name, "budget": budget, "policy": label,

@@ -27,9 +27,10 @@ from study import (
     save_figure,
 )
 
-from mixprec.errors import MixprecError
+from mixprec.allocation import allocate
 from mixprec.markdown import frame_markdown
-from mixprec.search.base import make_strategy
+from mixprec.search.cost import InfeasibleBudget
+from mixprec.strategies import strategy_config
 
 DEFAULTS: dict[str, object] = {
     "models": ["digits-cnn", "tiny-gpt", "minilm"],
@@ -56,28 +57,25 @@ DEFAULTS: dict[str, object] = {
 }
 
 
-def options(method: str, config: dict[str, Any]) -> dict[str, Any]:
-    if method == "optuna":
-        return {"trials": config["optuna_trials"]}
-    if method == "sac":
-        return {"timesteps": config["sac_timesteps"]}
-    return {}
+def options(config: dict[str, Any]) -> dict[str, Any]:
+    """The study's strategy settings; each strategy's config takes the ones it has."""
+    return {"trials": config["optuna_trials"], "timesteps": config["sac_timesteps"]}
 
 
 def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, object]]:
     analysis = analysis_for(model, config["schemes"], cache, config["workers"],
                             config["calib_batches"])  # fmt: skip
-    table, bundle, costs = analysis.table, analysis.bundle, analysis.costs
+    bundle = analysis.bundle
     metric, measure = PRIMARY[model][0], primary_metric(bundle)
     rows: list[dict[str, object]] = []
     for bits in config["budgets"]:
         optimum = None
         for method in config["methods"]:
-            strategy = make_strategy(method, **options(method, config))
+            strategy = strategy_config(method, options(config))
             start = time.perf_counter()
             try:
-                plan = strategy.solve(table, costs, f"{bits}bits")
-            except MixprecError as err:  # an infeasible budget is a result, not a crash
+                plan = allocate(analysis, f"{bits}bits", strategy)
+            except InfeasibleBudget as err:  # an infeasible budget is a result, not a crash
                 rows.append({"model": model, "budget bits": bits, "method": method,
                              "note": str(err).split(";")[0]})  # fmt: skip
                 continue

@@ -27,11 +27,11 @@ from study import (
     save_figure,
 )
 
-from mixprec.errors import MixprecError
 from mixprec.markdown import frame_markdown
 from mixprec.models import load_model
-from mixprec.search.base import Limits, make_strategy
-from mixprec.search.cost import Budget, build_cost_model
+from mixprec.search.base import Limits
+from mixprec.search.cost import Budget, InfeasibleBudget, build_cost_model
+from mixprec.search.ilp import ILPStrategy
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 
@@ -85,11 +85,11 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             cap = Budget(high["bits_per_weight"], "bits")
             limits.append((f"BOPs {f:g} x INT8", cap, Limits(max_bops=f * high["bops"])))
         for label, budget, limit in limits:
-            strategy = make_strategy("ilp", estimator=estimator, limits=limit)
+            strategy = ILPStrategy(estimator=estimator, limits=limit)  # its costs: no `keep`
             start = time.perf_counter()
             try:
                 plan = strategy.solve(table, costs, budget)
-            except MixprecError as err:  # an infeasible limit is a result
+            except InfeasibleBudget as err:  # an infeasible limit is a result
                 rows.append({"model": model, "method": f"ilp ({estimator})", "limit": label,
                              metric: f"infeasible: {err}"})  # fmt: skip
                 continue

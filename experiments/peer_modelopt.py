@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 from study import PRIMARY, fail, load_config, parse_args, publish_study, pyplot, save_figure
 
+from mixprec.allocation import AllocationProblem, allocate
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
-from mixprec.search.base import make_strategy, table_schemes
-from mixprec.search.cost import Budget, build_cost_model
+from mixprec.search.cost import Budget
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.tasks import Observed
@@ -85,12 +85,10 @@ def mixprec_plans(model_name: str, config: dict[str, Any]) -> list[dict[str, obj
             start = time.perf_counter()
             table = run_analysis(spec, cache=CellCache(Path(cache)), progress=False)
             scoring = time.perf_counter() - start
-        costs = build_cost_model(bundle, table_schemes(table, estimator))
+        problem = AllocationProblem.build(table, bundle, estimator)
         for bits in config["budgets"]:
             start = time.perf_counter()
-            plan = make_strategy("ilp", estimator=estimator).solve(
-                table, costs, Budget(bits, "bits")
-            )
+            plan = allocate(problem, Budget(bits, "bits"))
             solving = time.perf_counter() - start
             result = evaluate(bundle, plan.assignment)
             rows.append(

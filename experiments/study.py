@@ -18,12 +18,10 @@ from typing import Any, NoReturn
 
 import torch
 
+from mixprec.allocation import AllocationProblem
 from mixprec.markdown import publish
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model
-from mixprec.search.base import table_schemes
-from mixprec.search.cost import build_cost_model
-from mixprec.search.runs import Analysis
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 
@@ -43,13 +41,11 @@ PRIMARY: dict[str, tuple[str, bool]] = {
 
 def analysis_for(
     model: str, schemes: Sequence[str], cache: Path, workers: int = 2, calib_batches: int = 2
-) -> Analysis:
+) -> AllocationProblem:
     """Isolation scores at layer level (cells cached in `cache`) with the model's cost model."""
     spec = AnalysisSpec(model, tuple(schemes), ("isolation",), ("layer",), calib_batches)
     table = run_analysis(spec, workers=workers, cache=CellCache(cache), progress=False)
-    bundle = load_model(model)
-    costs = build_cost_model(bundle, table_schemes(table, "isolation"))
-    return Analysis(cache, table, bundle, costs)
+    return AllocationProblem.build(table, load_model(model), "isolation")
 
 
 def primary_metric(bundle: ModelBundle) -> Callable[[Mapping[str, str]], float]:

@@ -30,18 +30,49 @@ _EXPORTS = {
     "footprint": "mixprec.metrics",
     "analyze": "mixprec.sensitivity.runner",
     "ScoreTable": "mixprec.sensitivity.table",
+    "score": "mixprec.scoring",
+    "Calibration": "mixprec.scoring",
+    "AllocationProblem": "mixprec.allocation",
+    "allocate": "mixprec.allocation",
+    "pareto": "mixprec.allocation",
+    "PrecisionPlan": "mixprec.plan",
+    "Budget": "mixprec.search.cost",
+    "InfeasibleBudget": "mixprec.search.cost",
+    "RunConfig": "mixprec.config",
+    "StrategyConfig": "mixprec.search.configs",
+    "ILPConfig": "mixprec.search.configs",
+    "GreedyConfig": "mixprec.search.configs",
+    "OptunaConfig": "mixprec.search.configs",
+    "SACConfig": "mixprec.search.configs",
+    "UniformConfig": "mixprec.search.configs",
+    "SearchStrategy": "mixprec.search.base",
+    "register_strategy": "mixprec.search.base",
 }
 
 __all__ = [
+    "AllocationProblem",
+    "Budget",
+    "Calibration",
     "Evaluation",
+    "GreedyConfig",
+    "ILPConfig",
+    "InfeasibleBudget",
     "KernelPreference",
     "MixprecError",
     "ModelBundle",
     "NumberFormat",
+    "OptunaConfig",
     "PackedTensor",
+    "PrecisionPlan",
+    "RunConfig",
+    "SACConfig",
     "Scheme",
     "ScoreTable",
+    "SearchStrategy",
+    "StrategyConfig",
+    "UniformConfig",
     "Unit",
+    "allocate",
     "analyze",
     "apply_plan",
     "discover_units",
@@ -50,11 +81,16 @@ __all__ = [
     "footprint",
     "formats",
     "load_model",
+    "pareto",
     "quantize_dequantize",
+    "register_strategy",
+    "score",
     "uniform_assignment",
 ]
 
 if TYPE_CHECKING:
+    from mixprec.allocation import AllocationProblem, allocate, pareto
+    from mixprec.config import RunConfig
     from mixprec.errors import MixprecError
     from mixprec.kernels import formats, quantize_dequantize
     from mixprec.kernels.dispatch import KernelPreference
@@ -62,8 +98,19 @@ if TYPE_CHECKING:
     from mixprec.kernels.packing import PackedTensor
     from mixprec.metrics import Evaluation, evaluate, footprint
     from mixprec.models import ModelBundle, fingerprint, load_model
-    from mixprec.plan import apply_plan, uniform_assignment
+    from mixprec.plan import PrecisionPlan, apply_plan, uniform_assignment
     from mixprec.scheme import Scheme
+    from mixprec.scoring import Calibration, score
+    from mixprec.search.base import SearchStrategy, register_strategy
+    from mixprec.search.configs import (
+        GreedyConfig,
+        ILPConfig,
+        OptunaConfig,
+        SACConfig,
+        StrategyConfig,
+        UniformConfig,
+    )
+    from mixprec.search.cost import Budget, InfeasibleBudget
     from mixprec.sensitivity.runner import analyze
     from mixprec.sensitivity.table import ScoreTable
     from mixprec.units import Unit, discover_units

@@ -48,45 +48,21 @@ def check_number(option: str, value: float | None, allow_zero: bool = False) -> 
         raise MixprecError(f"{option} {value} must be a finite number {bound}")
 
 
-def _strategy_options(
-    method: str,
-    estimator: str,
-    solver: str,
-    kappa: float,
-    seed: int,
-    max_bops: float | None,
-    max_latency: float | None,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
+def _strategy(
+    method: str, options: dict[str, Any], max_bops: float | None, max_latency: float | None
+) -> tuple[Any, Any]:
+    """The strategy config of `method` from the command's options, and its limits; the flags
+    are checked by their own names first."""
     from mixprec.search.base import Limits
+    from mixprec.strategies import strategy_config
 
-    check_number("--kappa", kappa, allow_zero=True)
+    check_number("--kappa", options.get("kappa"), allow_zero=True)
     check_number("--max-bops", max_bops)
     check_number("--max-latency", max_latency)
     for option, key, least in (("--trials", "trials", 1), ("--timesteps", "timesteps", 0)):
-        if key in extra and extra[key] < least:
-            raise MixprecError(f"{option} {extra[key]} must be at least {least}")
-    options: dict[str, Any] = {
-        "estimator": estimator,
-        "kappa": kappa,
-        "seed": seed,
-        "limits": Limits(max_bops, max_latency),
-    }
-    if method == "ilp":
-        options["solver"] = solver
-    if method == "optuna":
-        options.update(
-            {k: extra[k] for k in ("trials", "sampler", "objective", "progress") if k in extra}
-        )
-    if method == "sac":
-        options.update(
-            {
-                k: extra[k]
-                for k in ("timesteps", "policy", "progress", "run_dir", "objective")
-                if k in extra
-            }
-        )
-    return options
+        if key in options and options[key] < least:
+            raise MixprecError(f"{option} {options[key]} must be at least {least}")
+    return strategy_config(method, options), Limits(max_bops, max_latency)
 
 
 def search_command(
@@ -124,19 +100,19 @@ def search_command(
     trains an agent; its policy, checkpoints and CSV logs go to RUN/sac/, and an interrupted
     or longer training resumes from there)
     """
+    from mixprec.allocation import allocate, problem_from_run
     from mixprec.guard import check_output_file
     from mixprec.search.cost import Budget
-    from mixprec.search.runs import open_analysis, search
 
     check_output_file(out, [run / "scores.parquet", run / "manifest.json"])
     parsed = Budget.parse(budget)
-    extra = {"trials": trials, "sampler": sampler, "objective": objective, "progress": True,
-             "timesteps": timesteps, "policy": policy, "run_dir": run / "sac"}  # fmt: skip
-    options = _strategy_options(
-        method, estimator, solver, kappa, seed, max_bops, max_latency, extra
-    )
-    analysis = open_analysis(run, estimator, latency_table, trust_model_source)
-    plan = search(analysis, method, parsed, measure, **options)
+    options = {"kappa": kappa, "seed": seed, "solver": solver, "trials": trials,
+               "sampler": sampler, "objective": objective, "timesteps": timesteps,
+               "policy": policy}  # fmt: skip
+    config, limits = _strategy(method, options, max_bops, max_latency)
+    problem = problem_from_run(run, estimator, latency_table, trust_model_source)
+    plan = allocate(problem, parsed, config, limits=limits, workdir=run, measure=measure,
+                    progress=True)  # fmt: skip
     plan.save(out)
     table = Table("", "value", title=f"{method} plan for {plan.model} within {plan.budget}")
     for key, value in {**plan.predicted, **plan.measured}.items():
@@ -165,17 +141,19 @@ def pareto_command(
 
     Example: mixprec pareto runs/minilm --budgets 3:8:0.5 --evaluate
     """
-    from mixprec.search.runs import open_analysis, pareto, parse_budgets, save_frame
+    from mixprec.allocation import pareto, problem_from_run
+    from mixprec.files import atomic_write_parquet
+    from mixprec.search.cost import parse_budgets
 
     if method not in ("ilp", "greedy"):
         raise MixprecError(f"pareto method {method!r} is not valid; use ilp or greedy")
     chosen = parse_budgets(budgets)
-    analysis = open_analysis(run, estimator, trust_source=trust_model_source)
-    options = _strategy_options(method, estimator, solver, kappa, 0, None, None, {})
-    frame = pareto(analysis, chosen, method, evaluate, **options)
-    save_frame(frame, run / "pareto.parquet")
+    config, _ = _strategy(method, {"kappa": kappa, "solver": solver}, None, None)
+    problem = problem_from_run(run, estimator, trust_source=trust_model_source)
+    frame = pareto(problem, chosen, config, measure=evaluate, progress=True)
+    atomic_write_parquet(run / "pareto.parquet", frame)
     shown = [c for c in frame.columns if c not in ("plan", "reason")]
-    table = Table(*shown, title=f"Pareto frontier of {analysis.bundle.name} ({method})")
+    table = Table(*shown, title=f"Pareto frontier of {problem.bundle.name} ({method})")
     for row in frame[shown].itertuples(index=False):
         table.add_row(*[f"{v:.5g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)

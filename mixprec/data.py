@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
+
+from mixprec.errors import MixprecError
 
 SPLITS = ("train", "calibration", "evaluation")
 
@@ -109,6 +112,24 @@ def hash_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
-def content_hash(batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
-    """Stable hash of a list of batches: names a calibration set."""
-    return hash_tensors((key, batch[key]) for batch in batches for key in sorted(batch))
+def content_hash(batches: Sequence[Any]) -> str:
+    """Stable hash of a list of batches (mappings, tuples or lists of tensors, or tensors):
+    names a calibration set in cache keys."""
+    return hash_tensors(named for batch in batches for named in named_tensors(batch))
+
+
+def named_tensors(batch: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(path, tensor) pairs of a batch, keys sorted; a mapping's keys name its tensors."""
+    if isinstance(batch, torch.Tensor):
+        yield prefix, batch
+    elif isinstance(batch, Mapping):
+        for key in sorted(batch):
+            yield from named_tensors(batch[key], f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(batch, tuple | list):
+        for i, item in enumerate(batch):
+            yield from named_tensors(item, f"{prefix}.{i}" if prefix else str(i))
+    else:
+        raise MixprecError(
+            f"a calibration batch must hold tensors (in a mapping, tuple or list); "
+            f"{prefix or 'the batch'} is a {type(batch).__name__}"
+        )

@@ -132,18 +132,20 @@ class Pipeline:
 
     def analysis(self) -> Any:
         """The scored folder opened for search (loads the model once, only when needed)."""
-        from mixprec.search.runs import open_analysis
+        from mixprec.allocation import problem_from_run
         from mixprec.store import read_manifest
 
         if self._analysis is None:
             scored = read_manifest(self.path).get("spec", {}).get("model")
             trusted = scored == self.config.model  # the config's own source is the user's word
             estimator = self.config.estimator_for_search
-            self._analysis = open_analysis(self.path, estimator, trust_source=trusted)
+            self._analysis = problem_from_run(self.path, estimator, trust_source=trusted)
         return self._analysis
 
     def search(self) -> list[Path]:
-        from mixprec.search.runs import search
+        from mixprec.allocation import allocate
+        from mixprec.search.cost import InfeasibleBudget
+        from mixprec.strategies import strategy_config
 
         c = self.config
         estimator = c.estimator_for_search
@@ -156,13 +158,10 @@ class Pipeline:
 
                 def work(method: str = method, budget: str = budget, out: Path = out) -> str | None:
                     out.unlink(missing_ok=True)
+                    config = strategy_config(method, {"seed": c.seed})
                     try:
-                        extra: dict[str, Any] = {}
-                        if method == "sac":
-                            extra["run_dir"] = self.path / "sac"
-                        plan = search(self.analysis(), method, budget, estimator=estimator,
-                                      seed=c.seed, **extra)  # fmt: skip
-                    except MixprecError as err:  # an infeasible budget is a result, not a crash
+                        plan = allocate(self.analysis(), budget, config, workdir=self.path)
+                    except InfeasibleBudget as err:  # a result, not a crash
                         return str(err)
                     plan.save(out)
                     return None

@@ -146,17 +146,6 @@ def uniform_assignment(units: Iterable[Unit], scheme: Scheme | str) -> dict[str,
     return {u.name: parsed for u in units if u.level == "layer"}
 
 
-def expand_units(units: Iterable[Unit], by_unit: Mapping[str, Scheme | str]) -> dict[str, Scheme]:
-    """Turn {unit name: scheme} (layers, components or blocks) into {module name: scheme}."""
-    index = {u.name: u for u in units}
-    out: dict[str, Scheme] = {}
-    for unit_name, scheme in by_unit.items():
-        if unit_name not in index:
-            raise MixprecError(f"unknown unit {unit_name!r}; see `mixprec units --model ...`")
-        out.update(dict.fromkeys(index[unit_name].modules, Scheme.parse(scheme)))
-    return out
-
-
 PLAN_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("plan.schema.json")
 

@@ -18,24 +18,30 @@ def _clock(seconds: float) -> str:
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def progress_line(description: str, done: int, total: int, elapsed: float) -> str:
+def progress_line(
+    description: str, done: int, total: int, elapsed: float, unit: str = "cells"
+) -> str:
     """`scoring X: 12/40 cells (30%), 0:00:15 elapsed, ETA 0:00:35`"""
     share = done / total if total else 1.0
     eta = f", ETA {_clock(elapsed / done * (total - done))}" if 0 < done < total else ""
-    return (f"{description}: {done}/{total} cells ({share:.0%}), "
+    return (f"{description}: {done}/{total} {unit} ({share:.0%}), "
             f"{_clock(elapsed)} elapsed{eta}")  # fmt: skip
 
 
 @contextmanager
 def cell_progress(
-    description: str, total: int, enabled: bool = True, every: float = LINE_EVERY_S
+    description: str,
+    total: int,
+    enabled: bool = True,
+    every: float = LINE_EVERY_S,
+    unit: str = "cells",
 ) -> Iterator[Callable[[], None]]:
     """Yield `advance()`; show progress as a bar on a terminal, else as periodic lines."""
     if not enabled or not total:
         yield lambda: None
         return
     if Console().is_terminal:
-        counts = TextColumn("{task.completed}/{task.total} cells")
+        counts = TextColumn(f"{{task.completed}}/{{task.total}} {unit}")
         with Progress(TextColumn("{task.description}"), BarColumn(), counts,
                       TimeRemainingColumn()) as bar:  # fmt: skip
             task = bar.add_task(description, total=total)
@@ -50,9 +56,9 @@ def cell_progress(
         now = time.monotonic()
         if now - last >= every or done == total:
             last = now
-            print(progress_line(description, done, total, now - started), flush=True)
+            print(progress_line(description, done, total, now - started, unit), flush=True)
 
-    print(progress_line(description, 0, total, 0.0), flush=True)
+    print(progress_line(description, 0, total, 0.0, unit), flush=True)
     yield advance
     if done < total:
-        print(progress_line(description, done, total, time.monotonic() - started), flush=True)
+        print(progress_line(description, done, total, time.monotonic() - started, unit), flush=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import nn
 from mixprec.errors import MixprecError
 
 Batch = Mapping[str, torch.Tensor]
+DIVERGENCES = ("mse", "kl")  # how a quantized output is compared with FP32 (logits: kl)
 
 
 @dataclass(frozen=True)
@@ -219,3 +220,57 @@ def main_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise MixprecError(f"cannot find the output tensor in a {type(output).__name__}")
+
+
+class CallableTask(Task):
+    """A task made of the user's own callables, in ModelOpt's style: `forward(model, batch)`
+    gives the output, `loss(output, batch)` the task loss (None: output-only estimators)."""
+
+    def __init__(
+        self,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        loss: Callable[[Any, Any], torch.Tensor] | None = None,
+        divergence: str = "mse",
+    ) -> None:
+        if divergence not in DIVERGENCES:
+            raise MixprecError(
+                f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}"
+            )
+        self.forward, self.loss_of = forward, loss
+        self.divergence = divergence
+        self.has_loss = loss is not None
+
+    def raw(self, model: nn.Module, batch: Any) -> Any:
+        if self.forward is not None:
+            return self.forward(model, batch)
+        if isinstance(batch, Mapping):
+            return model(**batch)
+        if isinstance(batch, tuple | list):
+            return model(*batch)
+        return model(batch)
+
+    def outputs(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return main_tensor(self.raw(model, batch))
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        if self.loss_of is None:
+            raise MixprecError(
+                "this model has no task loss: pass loss=(output, batch) -> scalar, or use "
+                "--estimators isolation"
+            )
+        return self.loss_of(self.raw(model, batch), batch)
+
+    def samples(self, batch: Any) -> int:
+        return int(first_tensor(batch).shape[0])
+
+
+def first_tensor(batch: Any) -> torch.Tensor:
+    """The first tensor of a batch (a tensor, a mapping or a tuple of them)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(values, Iterable) and not isinstance(values, str | bytes):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    raise MixprecError(f"a batch must hold tensors; got a {type(batch).__name__}")

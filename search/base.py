@@ -9,14 +9,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mixprec.errors import MixprecError
+from mixprec.models import ModelBundle
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import KEEP
-from mixprec.search.cost import Budget, CostModel
+from mixprec.search.configs import StrategyConfig
+from mixprec.search.cost import Budget, CostModel, InfeasibleBudget
 from mixprec.search.selection import (
     Constraint,
     Selection,
@@ -67,19 +70,6 @@ def table_schemes(table: ScoreTable, estimator: str) -> list[str]:
     return [*schemes, KEEP]
 
 
-OBJECTIVES = ("predicted", "measured")
-
-
-def check_objective(objective: str, has_model: bool) -> None:
-    """`predicted` ranks plans by the table, `measured` on the evaluation split (needs a model)."""
-    if objective not in OBJECTIVES:
-        raise MixprecError(
-            f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}"
-        )
-    if objective == "measured" and not has_model:
-        raise MixprecError("the measured objective needs the model (a ModelBundle)")
-
-
 def constraints_for(costs: CostModel, budget: Budget, limits: Limits) -> list[Constraint]:
     """Bytes first (the greedy ratio uses it), then BOPs and latency where limited."""
     constraints: list[Constraint] = [(costs.bytes, budget.weight_bytes(costs))]
@@ -103,29 +93,50 @@ def check_feasible(
         if not within(least, limit):
             if name == "budget":
                 smallest = budget.from_weight_bytes(least, costs)
-                raise MixprecError(
+                raise InfeasibleBudget(
                     f"budget {budget} is infeasible: the smallest plan needs {smallest.value:.4g}"
-                    f"{smallest.unit}"
+                    f"{smallest.unit}",
+                    smallest,
                 )
-            raise MixprecError(f"{name} {limit:g} is infeasible: the smallest plan needs {least:g}")
+            raise InfeasibleBudget(
+                f"{name} {limit:g} is infeasible: the smallest plan needs {least:g}"
+            )
 
 
 class SearchStrategy(ABC):
-    """Assigns a scheme to every decision unit; implementations are deterministic per seed."""
+    """Assigns a scheme to every decision unit; deterministic per seed. Built from its config
+    (see `register_strategy`) with what the caller supplies: the model for measured objectives,
+    a work folder for what a strategy keeps between runs."""
 
     name: str = ""
+    config_type: type[StrategyConfig] = StrategyConfig
 
     def __init__(
         self,
+        config: StrategyConfig | None = None,
+        *,
         estimator: str = "isolation",
-        seed: int = 0,
         limits: Limits = Limits(),
-        kappa: float = 0.0,
+        bundle: ModelBundle | None = None,
+        workdir: Path | None = None,
+        progress: bool = False,
     ) -> None:
+        config = self.config_type() if config is None else config
+        if not isinstance(config, self.config_type):
+            raise MixprecError(
+                f"strategy {self.name!r} takes a {self.config_type.__name__}, "
+                f"not a {type(config).__name__}"
+            )
+        if config.needs_model and bundle is None:
+            raise MixprecError(f"the measured objective of {self.name} needs the model")
+        self.config = config
         self.estimator = estimator
-        self.seed = seed
+        self.seed = config.seed
+        self.kappa = config.kappa
         self.limits = limits
-        self.kappa = kappa
+        self.bundle = bundle
+        self.workdir = workdir
+        self.progress = progress
 
     @abstractmethod
     def select(
@@ -134,22 +145,45 @@ class SearchStrategy(ABC):
         """One scheme index per unit within every constraint."""
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            "strategy": self.name,
-            "estimator": self.estimator,
-            "seed": self.seed,
-            "kappa": self.kappa,
-        }
+        return {**self.config.provenance(), "estimator": self.estimator}
 
     def solve(self, table: ScoreTable, costs: CostModel, budget: Budget | str) -> PrecisionPlan:
         budget = Budget.parse(budget)
         scores = score_matrix(table, costs, self.estimator, self.kappa)
+        return self.solve_matrix(scores, costs, budget)
+
+    def solve_matrix(self, scores: np.ndarray, costs: CostModel, budget: Budget) -> PrecisionPlan:
+        """The plan for a score matrix already built (an AllocationProblem keeps it)."""
         constraints = constraints_for(costs, budget, self.limits)
         check_feasible(scores, costs, budget, constraints)
         selection = self.select(scores, costs, constraints)
         if not selection.choice:
-            raise MixprecError(f"{self.name} found no plan within budget {budget}")
+            raise InfeasibleBudget(f"{self.name} found no plan within budget {budget}")
         return plan_from_selection(selection, scores, costs, budget, self.provenance())
+
+
+_REGISTRY: dict[str, type[SearchStrategy]] = {}
+
+
+S = TypeVar("S", bound=type["SearchStrategy"])
+
+
+def register_strategy(config_type: type[StrategyConfig]) -> Callable[[S], S]:
+    """Class decorator: the strategy that runs `config_type`, under the config's name."""
+
+    def register(cls: S) -> S:
+        if config_type.name in _REGISTRY and _REGISTRY[config_type.name] is not cls:
+            raise MixprecError(f"a strategy named {config_type.name!r} is registered already")
+        cls.name, cls.config_type = config_type.name, config_type
+        _REGISTRY[config_type.name] = cls
+        return cls
+
+    return register
+
+
+def registered_strategies() -> dict[str, type[SearchStrategy]]:
+    """Strategies registered so far, by name (`mixprec.strategies` imports the built-in ones)."""
+    return dict(_REGISTRY)
 
 
 def plan_from_selection(
@@ -177,26 +211,3 @@ def plan_from_selection(
         predicted=predicted,
         provenance={**provenance, "status": selection.status, **note},
     )
-
-
-def strategies() -> dict[str, Callable[..., SearchStrategy]]:
-    from mixprec.agents.sac import SACStrategy
-    from mixprec.search.greedy import GreedyStrategy
-    from mixprec.search.ilp import ILPStrategy
-    from mixprec.search.optuna_search import OptunaStrategy
-    from mixprec.search.uniform import UniformStrategy
-
-    return {
-        "ilp": ILPStrategy,
-        "greedy": GreedyStrategy,
-        "optuna": OptunaStrategy,
-        "sac": SACStrategy,
-        "uniform": UniformStrategy,
-    }
-
-
-def make_strategy(method: str, **options: Any) -> SearchStrategy:
-    registry = strategies()
-    if method not in registry:
-        raise MixprecError(f"unknown method {method!r}; valid methods: {', '.join(registry)}")
-    return registry[method](**options)

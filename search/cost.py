@@ -28,6 +28,7 @@ from mixprec.units import discover_units, quantizable_layers, select, weight_mat
 FP16_BITS = 16
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*(bits|mb|x)\s*$", re.IGNORECASE)
 WILDCARD_SHAPE = "*"
+MAX_BUDGETS = 1000  # one Pareto sweep; each is a solve (and a measurement with --evaluate)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,40 @@ class Budget:
         if self.unit == "x":
             return Budget(8 * size / costs.total_params / FP16_BITS, "x")
         return Budget((size + costs.fixed_bytes) / BYTES_PER_MB, "MB")
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    """`3:8:0.5` (bits, both ends included) or a comma list such as `3bits,12MB,0.3x`."""
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            start, stop, step = (float(p) for p in parts)
+        except ValueError:
+            raise MixprecError(f"bad budget range {text!r}: use START:STOP:STEP in bits") from None
+        if not all(map(np.isfinite, (start, stop, step))):
+            raise MixprecError(f"bad budget range {text!r}: START, STOP and STEP must be finite")
+        if step <= 0 or stop < start or start <= 0:
+            raise MixprecError(f"bad budget range {text!r}: need 0 < START <= STOP and STEP > 0")
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_BUDGETS:
+            raise MixprecError(
+                f"budget range {text!r} has {count:,} budgets; at most {MAX_BUDGETS:,} "
+                "(use a larger STEP)"
+            )
+        return [Budget(round(start + i * step, 10), "bits") for i in range(count)]
+    budgets = [Budget.parse(item) for item in text.split(",") if item.strip()]
+    if not budgets or len(budgets) > MAX_BUDGETS:
+        raise MixprecError(f"--budgets {text!r} must list 1 to {MAX_BUDGETS:,} budgets")
+    return budgets
+
+
+class InfeasibleBudget(MixprecError):
+    """No plan fits: `smallest` is the least budget that would (None when a BOPs or latency
+    limit, not the budget, is what cannot be met)."""
+
+    def __init__(self, message: str, smallest: Budget | None = None) -> None:
+        super().__init__(message)
+        self.smallest = smallest
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from mixprec.search.base import SearchStrategy
+from mixprec.search.base import SearchStrategy, register_strategy
+from mixprec.search.configs import GreedyConfig
 from mixprec.search.cost import CostModel
 from mixprec.search.selection import Constraint, Selection, feasible_mask, within
 
@@ -92,8 +93,9 @@ def _lower_hull(cost: np.ndarray, score: np.ndarray, cells: np.ndarray) -> list[
     return hull
 
 
+@register_strategy(GreedyConfig)
 class GreedyStrategy(SearchStrategy):
-    name = "greedy"
+    """Upgrades by score saved per extra byte while the budget holds."""
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]

@@ -8,24 +8,17 @@ a budget fast; CBC (bundled with PuLP) or HiGHS then solves the rest exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pulp
 
-from mixprec.errors import MixprecError
-from mixprec.search.base import SearchStrategy
+from mixprec.search.base import SearchStrategy, register_strategy
+from mixprec.search.configs import SOLVERS, ILPConfig, one_of
 from mixprec.search.cost import CostModel
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.selection import Constraint, Selection, reduced_cost_mask, undominated
 
-SOLVERS = ("cbc", "highs")
 GAP = 1e-9  # relative optimality gap: solve to optimality, not to the solvers' 1e-4 default
-
-
-def check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise MixprecError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
 
 
 def solve_ilp(
@@ -36,7 +29,7 @@ def solve_ilp(
 ) -> Selection:
     """Minimise the summed score of one scheme per unit subject to sum(cost) <= limit for each
     constraint. Cells with a non-finite score are never picked."""
-    check_solver(solver)
+    one_of("solver", solver, SOLVERS)
     costs = [c for c, _ in constraints]
     allowed = undominated(scores, costs)
     if not allowed.any(axis=1).all():
@@ -78,21 +71,13 @@ def solve_ilp(
     return Selection(tuple(choice), status, objective)
 
 
+@register_strategy(ILPConfig)
 class ILPStrategy(SearchStrategy):
     """The exact optimum of the additive score model under the budget."""
 
-    name = "ilp"
-
-    def __init__(self, solver: str = "cbc", time_limit: float | None = None, **options: Any):
-        super().__init__(**options)
-        check_solver(solver)
-        self.solver = solver
-        self.time_limit = time_limit
-
-    def provenance(self) -> dict[str, Any]:
-        return {**super().provenance(), "solver": self.solver}
+    config: ILPConfig
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
     ) -> Selection:
-        return solve_ilp(scores, constraints, self.solver, self.time_limit)
+        return solve_ilp(scores, constraints, self.config.solver, self.config.time_limit)

@@ -17,16 +17,13 @@ from typing import Any
 import numpy as np
 import optuna
 
-from mixprec.errors import MixprecError
 from mixprec.metrics import measured_divergence
-from mixprec.models import ModelBundle
-from mixprec.search.base import SearchStrategy, check_objective
-from mixprec.search.cost import CostModel
+from mixprec.search.base import SearchStrategy, register_strategy
+from mixprec.search.configs import OptunaConfig
+from mixprec.search.cost import CostModel, InfeasibleBudget
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import Constraint, Selection, feasible_mask, within
 
-SAMPLERS = ("tpe", "nsga2")
-GRANULARITIES = ("auto", "unit", "block")
 #: above this many decision units, `auto` searches one scheme per block
 AUTO_BLOCK_UNITS = 64
 
@@ -54,45 +51,18 @@ def repair(
             break
         i, k = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
         picked[i] = int(k)
-    raise MixprecError("no plan within every limit could be reached by downgrading units")
+    raise InfeasibleBudget("no plan within every limit could be reached by downgrading units")
 
 
+@register_strategy(OptunaConfig)
 class OptunaStrategy(SearchStrategy):
-    name = "optuna"
+    """Optuna over units (or blocks); trials persist in WORKDIR/optuna.sqlite3 and resume."""
 
-    def __init__(
-        self,
-        sampler: str = "tpe",
-        trials: int = 50,
-        objective: str = "predicted",
-        bundle: ModelBundle | None = None,
-        storage: Path | None = None,
-        progress: bool = False,
-        granularity: str = "auto",
-        **options: Any,
-    ) -> None:
-        super().__init__(**options)
-        if granularity not in GRANULARITIES:
-            raise MixprecError(
-                f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}"
-            )
-        self.granularity = granularity
-        if sampler not in SAMPLERS:
-            raise MixprecError(
-                f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}"
-            )
-        check_objective(objective, bundle is not None)
-        if trials < 1:
-            raise MixprecError(f"trials {trials} must be at least 1")
-        self.sampler = sampler
-        self.trials = trials
-        self.objective = objective
-        self.bundle = bundle
-        self.storage = storage
-        self.progress = progress
+    config: OptunaConfig
 
     def provenance(self) -> dict[str, Any]:
-        return {**super().provenance(), "solver": f"optuna-{self.sampler}-{self.objective}"}
+        c = self.config
+        return {**super().provenance(), "solver": f"optuna-{c.sampler}-{c.objective}"}
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
@@ -106,12 +76,14 @@ class OptunaStrategy(SearchStrategy):
         ]
         limits = ",".join(f"{limit:.6g}" for _, limit in constraints)
         settings = f"{limits}|{len(groups)}"
-        name = _study_name(costs, scores, settings, self.sampler, self.objective, self.seed)
+        name = _study_name(
+            costs, scores, settings, self.config.sampler, self.config.objective, self.seed
+        )
         study = optuna.create_study(
             study_name=name,
-            storage=_storage(self.storage),
-            sampler=_make_sampler(self.sampler, self.seed),
-            directions=["minimize"] * (2 if self.sampler == "nsga2" else 1),
+            storage=_storage(self.workdir),
+            sampler=_make_sampler(self.config.sampler, self.seed),
+            directions=["minimize"] * (2 if self.config.sampler == "nsga2" else 1),
             load_if_exists=True,
         )
         if not study.trials:
@@ -128,13 +100,15 @@ class OptunaStrategy(SearchStrategy):
             choice = repair(suggested, scores, constraints)
             trial.set_user_attr("choice", choice)
             value = self._value(choice, scores, costs)
-            if self.sampler == "nsga2":
+            if self.config.sampler == "nsga2":
                 return value, costs.totals(choice)["bits_per_weight"]
             return value
 
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        if done < self.trials:
-            study.optimize(objective, n_trials=self.trials - done, show_progress_bar=self.progress)
+        if done < self.config.trials:
+            study.optimize(
+                objective, n_trials=self.config.trials - done, show_progress_bar=self.progress
+            )
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = min(complete, key=lambda t: (t.values[0], t.number))
         choice = tuple(int(k) for k in best.user_attrs["choice"])
@@ -145,8 +119,8 @@ class OptunaStrategy(SearchStrategy):
         """Decision units searched together: each alone, or all of one block (where every
         member can take some common scheme)."""
         by_unit = [[i] for i in range(len(costs.units))]
-        blockwise = self.granularity == "block" or (
-            self.granularity == "auto" and len(costs.units) > AUTO_BLOCK_UNITS
+        blockwise = self.config.granularity == "block" or (
+            self.config.granularity == "auto" and len(costs.units) > AUTO_BLOCK_UNITS
         )
         if not blockwise or not costs.block_of:
             return by_unit
@@ -161,7 +135,7 @@ class OptunaStrategy(SearchStrategy):
         return groups
 
     def _value(self, choice: Sequence[int], scores: np.ndarray, costs: CostModel) -> float:
-        if self.objective == "predicted":
+        if self.config.objective == "predicted":
             return float(sum(scores[i, k] for i, k in enumerate(choice)))
         assert self.bundle is not None
         return measured_divergence(self.bundle, costs.assignment(choice))
@@ -178,11 +152,15 @@ def _study_name(
     return f"mixprec-{digest.hexdigest()[:16]}"
 
 
-def _storage(path: Path | None) -> str | None:
-    if path is None:
+STORAGE_FILE = "optuna.sqlite3"
+
+
+def _storage(workdir: Path | None) -> str | None:
+    """Trials live in WORKDIR/optuna.sqlite3 (a resumable study); in memory without one."""
+    if workdir is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{workdir / STORAGE_FILE}"
 
 
 def _make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixprec.search.base import SearchStrategy
+from mixprec.search.base import SearchStrategy, register_strategy
+from mixprec.search.configs import UniformConfig
 from mixprec.search.cost import CostModel
 from mixprec.search.selection import Constraint, Selection, within
 
@@ -26,8 +27,9 @@ def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selectio
     return best
 
 
+@register_strategy(UniformConfig)
 class UniformStrategy(SearchStrategy):
-    name = "uniform"
+    """The best single scheme for every unit."""
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]

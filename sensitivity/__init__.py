@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from mixprec.sensitivity.base import Score, SensitivityEstimator, estimator_names, make_estimator
+from mixprec.sensitivity.base import Score, SensitivityEstimator, make_estimator
 
-__all__ = ["Score", "SensitivityEstimator", "estimator_names", "make_estimator"]
+__all__ = ["Score", "SensitivityEstimator", "make_estimator"]

@@ -100,10 +100,6 @@ def _registry() -> dict[str, Callable[[int], SensitivityEstimator]]:
     return {"hessian": HessianEstimator, "fisher": FisherEstimator, "isolation": IsolationEstimator}
 
 
-def estimator_names() -> tuple[str, ...]:
-    return tuple(_registry())
-
-
 def make_estimator(name: str, seed: int = 0) -> SensitivityEstimator:
     registry = _registry()
     if name not in registry:

@@ -73,8 +73,17 @@ def ray_map(
     finally:
         if started_here:
             ray.shutdown()
-            os.environ.clear()
-            os.environ.update(environment)
+            undo_environment_changes(environment)
+
+
+def undo_environment_changes(saved: dict[str, str]) -> None:
+    """Put back only the variables that changed since `saved` (ray.init adds RAY_AUTH_MODE and
+    more, and shutdown leaves them), so nothing else another thread set is lost."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def job_cluster() -> bool:

@@ -55,14 +55,22 @@ def run_analysis(
     The output folder is checked (new, empty or a mixprec run) and locked before any work."""
     spec = spec.validated()
     if out is None:
-        return _score_all(spec, workers, address, None, progress, cache)
+        return _score_all(spec, None, workers, address, None, progress, cache)
     check_run_folder(out, "--out")
     with RunLock(out):
-        return _score_all(spec, workers, address, out, progress, cache)
+        return _score_all(spec, None, workers, address, out, progress, cache)
+
+
+def score_bundle(
+    spec: AnalysisSpec, bundle: ModelBundle, progress: bool = False, cache: CellCache | None = None
+) -> ScoreTable:
+    """Score a model already loaded in this process (`spec.model` only names it), serially."""
+    return _score_all(spec.validated(), bundle, 0, None, None, progress, cache)
 
 
 def _score_all(
     spec: AnalysisSpec,
+    bundle: ModelBundle | None,
     workers: int,
     address: str | None,
     out: Path | None,
@@ -70,7 +78,7 @@ def _score_all(
     cache: CellCache | None,
 ) -> ScoreTable:
     started = time.perf_counter()
-    bundle = load_model(spec.model, seed=spec.seed)
+    bundle = bundle or load_model(spec.model, seed=spec.seed)
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mixprec.errors import MixprecError
-from mixprec.files import atomic_path
+from mixprec.files import atomic_write_parquet
 
 COLUMNS = (
     "unit", "level", "scheme", "estimator", "score", "ci_low", "ci_high", "samples",
@@ -44,8 +44,7 @@ class ScoreTable:
         return cls(frame.sort_values(KEY, kind="stable").reset_index(drop=True))
 
     def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            self.frame.to_parquet(tmp, index=False)
+        atomic_write_parquet(path, self.frame)
 
     @classmethod
     def load(cls, path: Path) -> ScoreTable:
@@ -107,12 +106,6 @@ class ScoreTable:
 
     def ok(self) -> pd.DataFrame:
         return self.frame[self.frame["status"] == "ok"]
-
-    def matrix(self, estimator: str, level: str = "layer") -> pd.DataFrame:
-        """units x schemes of mean scores, for search."""
-        rows = self.ok()
-        rows = rows[(rows["estimator"] == estimator) & (rows["level"] == level)]
-        return rows.pivot(index="unit", columns="scheme", values="score")
 
     def same_scores(self, other: ScoreTable) -> bool:
         """Equal in everything but wall time."""

@@ -130,13 +130,13 @@ def test_budget_slider_re_solves_within_the_budget_and_measures(app: AppTest) ->
 
 
 def test_budget_helpers(store: Path) -> None:
+    from mixprec.allocation import problem_from_run
     from mixprec.dashboard import budget
-    from mixprec.search.runs import open_analysis
 
-    analysis = open_analysis(store / "digits", "isolation")
-    low, high = budget.budget_range(analysis, "isolation")
+    analysis = problem_from_run(store / "digits", "isolation")
+    low, high = budget.budget_range(analysis)
     assert 4 < low < 5 and high == 32  # everything mxfp4 .. everything kept in FP32
-    tight, roomy = (budget.plan_within(analysis, "isolation", b) for b in (low, high))
+    tight, roomy = (budget.plan_within(analysis, b) for b in (low, high))
     assert tight.predicted["bits_per_weight"] <= low + 1e-9
     assert roomy.predicted["score"] <= tight.predicted["score"]
     bars = budget.plan_bars(analysis, tight)

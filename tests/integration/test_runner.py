@@ -213,7 +213,7 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "digits-cnn", "w:int4", estimators=["isolation"], levels=["block"], progress=False
     )
     assert list(table.frame["unit"]) == ["stages.0", "stages.1"]
-    assert table.matrix("isolation", "block").shape == (2, 1)
+    assert list(table.frame["level"]) == ["block", "block"]
 
 
 def test_a_worker_with_other_weights_refuses_to_score() -> None:

@@ -113,7 +113,7 @@ def test_export_from_the_cli(
         (["--budget", "4bits", "--estimator", "hessian"], "mixprec: the score table has no"),
         (["--budget", "4bits", "--solver", "glpk"], "mixprec: unknown solver 'glpk'"),
         (["--budget", "4bits", "--method", "sac", "--objective", "loss"],
-         "mixprec: unknown objective 'loss'; valid objectives: predicted, measured"),
+         "mixprec: unknown objective 'loss'; valid: predicted, measured"),
         (["--budget", "4bits", "--max-latency", "1"], "mixprec: --max-latency needs a latency"),
     ],
 )  # fmt: skip

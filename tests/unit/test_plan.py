@@ -9,7 +9,7 @@ from torch import nn
 
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats
-from mixprec.plan import ActivationQuantizer, apply_plan, expand_units, uniform_assignment
+from mixprec.plan import ActivationQuantizer, apply_plan, uniform_assignment
 from mixprec.units import discover_units
 
 from .conftest import make_gpt2
@@ -94,17 +94,6 @@ def test_keep_leaves_weights_alone(tiny_bert: nn.Module) -> None:
     out = apply_plan(tiny_bert, uniform_assignment(discover_units(tiny_bert), "keep"))
     for a, b in zip(out.parameters(), tiny_bert.parameters(), strict=True):
         assert torch.equal(a, b)
-
-
-def test_units_expand_to_their_modules(tiny_llama: nn.Module) -> None:
-    units = discover_units(tiny_llama)
-    plan = expand_units(units, {"model.layers.1": "w:mxfp4", "component:q": "w:int8"})
-    assert str(plan["model.layers.0.self_attn.q_proj"]) == "w:int8"
-    assert str(plan["model.layers.1.self_attn.q_proj"]) == "w:int8"  # later entries win
-    assert str(plan["model.layers.1.mlp.up_proj"]) == "w:mxfp4"
-    assert len(plan) == 8
-    with pytest.raises(MixprecError, match=r"unknown unit 'model\.layers\.9'"):
-        expand_units(units, {"model.layers.9": "w:int8"})
 
 
 def test_bad_names_and_schemes_are_one_line_errors(tiny_llama: nn.Module) -> None:

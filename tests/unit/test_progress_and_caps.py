@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mixprec.progress import cell_progress, progress_line
@@ -35,3 +37,17 @@ def test_workers_are_capped_with_a_note(capsys: pytest.CaptureFixture[str]) -> N
     assert "1000000000 workers asked for, this machine has room for 2; using 2" in (
         capsys.readouterr().err
     )
+
+
+def test_only_the_variables_ray_changed_are_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixprec.sensitivity.cluster import undo_environment_changes
+
+    monkeypatch.setenv("MIXPREC_KEPT", "yes")
+    monkeypatch.setenv("MIXPREC_CHANGED", "before")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    saved = dict(os.environ)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what ray.init leaves behind
+    monkeypatch.setenv("MIXPREC_CHANGED", "after")
+    undo_environment_changes(saved)
+    assert "RAY_AUTH_MODE" not in os.environ
+    assert os.environ["MIXPREC_CHANGED"] == "before" and os.environ["MIXPREC_KEPT"] == "yes"

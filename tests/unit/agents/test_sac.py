@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import types
-from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -16,46 +15,40 @@ import torch
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy
 from mixprec.errors import MixprecError
-from mixprec.search.base import make_strategy
+from mixprec.search.configs import SACConfig
 from mixprec.search.cost import Budget, CostModel
 from mixprec.search.greedy import solve_greedy
-from tests.unit.search.conformance import check_strategy
-from tests.unit.search.helpers import digits_problem
-
-
-def test_conformance() -> None:
-    bundle, table, costs = digits_problem()
-    check_strategy(partial(make_strategy, "sac", timesteps=64, hidden=16), bundle, table, costs)
+from tests.unit.search.helpers import digits_problem, strategy
 
 
 def test_policy_round_trip_and_csv_logs(tmp_path: Path) -> None:
     _, table, costs = digits_problem()
-    trained = make_strategy("sac", timesteps=300, hidden=16, run_dir=tmp_path, seed=2)
+    trained = strategy("sac", timesteps=300, hidden=16, workdir=tmp_path, seed=2)
     plan = trained.solve(table, costs, "4.5bits")
-    policy = tmp_path / "sac_policy.pt"
-    assert policy.is_file() and (tmp_path / "sac_logs" / "progress.csv").is_file()
-    reused = make_strategy("sac", timesteps=0, hidden=16, policy=policy, seed=2)
+    policy = tmp_path / "sac" / "sac_policy.pt"
+    assert policy.is_file() and (tmp_path / "sac" / "sac_logs" / "progress.csv").is_file()
+    reused = strategy("sac", timesteps=0, hidden=16, policy=policy, seed=2)
     again = reused.solve(table, costs, "4.5bits")
     assert again.assignment == plan.assignment and again.provenance["policy"] == str(policy)
 
 
 def test_a_policy_for_another_scheme_count_or_version_is_refused(tmp_path: Path) -> None:
     _, table, costs = digits_problem()
-    policy = tmp_path / "sac_policy.pt"
-    make_strategy("sac", timesteps=64, hidden=16, run_dir=tmp_path).solve(table, costs, "6bits")
+    policy = tmp_path / "sac" / "sac_policy.pt"
+    strategy("sac", timesteps=64, hidden=16, workdir=tmp_path).solve(table, costs, "6bits")
     meta = policy.with_suffix(".json")
     meta.write_text('{"version": 2, "observation_size": 3}')
     with pytest.raises(MixprecError, match="trained on 3 observation values"):
-        make_strategy("sac", timesteps=0, hidden=16, policy=policy).solve(table, costs, "6bits")
+        strategy("sac", timesteps=0, hidden=16, policy=policy).solve(table, costs, "6bits")
     meta.write_text('{"version": 1, "observation_size": 3}')
     with pytest.raises(MixprecError, match="is version 1; this mixprec reads version 2"):
-        make_strategy("sac", timesteps=0, hidden=16, policy=policy).solve(table, costs, "6bits")
+        strategy("sac", timesteps=0, hidden=16, policy=policy).solve(table, costs, "6bits")
     with pytest.raises(MixprecError, match="no policy at"):
-        make_strategy("sac", policy=tmp_path / "absent.pt").solve(table, costs, "6bits")
+        strategy("sac", policy=tmp_path / "absent.pt").solve(table, costs, "6bits")
 
 
 def _final_state(folder: Path) -> dict[str, torch.Tensor]:
-    (checkpoint,) = (folder / "checkpoints").glob("*.pt")
+    (checkpoint,) = (folder / "sac" / "checkpoints").glob("*.pt")
     return torch.load(checkpoint, weights_only=True)
 
 
@@ -64,7 +57,7 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_result(
 ) -> None:
     _, table, costs = digits_problem()
     settings = {"timesteps": 600, "hidden": 16, "checkpoint_every": 100, "seed": 1}
-    whole = make_strategy("sac", run_dir=tmp_path / "whole", **settings)
+    whole = strategy("sac", workdir=tmp_path / "whole", **settings)
     expected = whole.solve(table, costs, "4.5bits")
     original_step, calls = AllocationEnv.step, [0]
 
@@ -75,15 +68,13 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_result(
         return original_step(self, action)
 
     monkeypatch.setattr(AllocationEnv, "step", interrupting_step)
-    cut = make_strategy("sac", run_dir=tmp_path / "cut", **settings)
+    cut = strategy("sac", workdir=tmp_path / "cut", **settings)
     with pytest.raises(KeyboardInterrupt):
         cut.solve(table, costs, "4.5bits")
     saved = _final_state(tmp_path / "cut")
     assert 300 <= saved["num_timesteps"] < 450
     monkeypatch.setattr(AllocationEnv, "step", original_step)
-    resumed = make_strategy("sac", run_dir=tmp_path / "cut", **settings).solve(
-        table, costs, "4.5bits"
-    )
+    resumed = strategy("sac", workdir=tmp_path / "cut", **settings).solve(table, costs, "4.5bits")
     assert resumed.assignment == expected.assignment
     final, reference = _final_state(tmp_path / "cut"), _final_state(tmp_path / "whole")
     assert final["num_timesteps"] == reference["num_timesteps"] == 600
@@ -93,30 +84,28 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_result(
 
 def test_a_finished_training_is_not_repeated_and_a_longer_one_continues(tmp_path: Path) -> None:
     _, table, costs = digits_problem()
-    first = make_strategy("sac", timesteps=200, hidden=16, run_dir=tmp_path)
+    first = strategy("sac", timesteps=200, hidden=16, workdir=tmp_path)
     plan = first.solve(table, costs, "5bits")
-    again = make_strategy("sac", timesteps=200, hidden=16, run_dir=tmp_path)
+    again = strategy("sac", timesteps=200, hidden=16, workdir=tmp_path)
     assert again.solve(table, costs, "5bits") == plan
-    longer = make_strategy("sac", timesteps=300, hidden=16, run_dir=tmp_path)
+    longer = strategy("sac", timesteps=300, hidden=16, workdir=tmp_path)
     longer.solve(table, costs, "5bits")
     assert _final_state(tmp_path)["num_timesteps"] == 300
-    (checkpoint,) = (tmp_path / "checkpoints").glob("*.pt")
+    (checkpoint,) = (tmp_path / "sac" / "checkpoints").glob("*.pt")
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(MixprecError, match=r"unreadable SAC checkpoint .*delete it"):
-        make_strategy("sac", timesteps=300, hidden=16, run_dir=tmp_path).solve(
-            table, costs, "5bits"
-        )
+        strategy("sac", timesteps=300, hidden=16, workdir=tmp_path).solve(table, costs, "5bits")
 
 
 def test_the_measured_objective_scores_plans_on_the_evaluation_split() -> None:
     bundle, table, costs = digits_problem()
-    with pytest.raises(MixprecError, match="measured objective needs the model"):
-        make_strategy("sac", objective="measured")
-    with pytest.raises(MixprecError, match="unknown objective 'loss'; valid objectives"):
-        make_strategy("sac", objective="loss")
-    measured = make_strategy(
-        "sac", timesteps=120, hidden=16, objective="measured", bundle=bundle
-    ).solve(table, costs, "4.5bits")
+    with pytest.raises(MixprecError, match="measured objective of sac needs the model"):
+        strategy("sac", objective="measured")
+    with pytest.raises(MixprecError, match="unknown objective 'loss'; valid: predicted"):
+        strategy("sac", objective="loss")
+    measured = strategy("sac", timesteps=120, hidden=16, objective="measured", bundle=bundle).solve(
+        table, costs, "4.5bits"
+    )
     assert measured.provenance["objective"] == "measured"
     limit = Budget.parse("4.5bits").weight_bytes(costs)
     assert measured.predicted["weight_bytes"] <= limit * (1 + 1e-9)
@@ -139,15 +128,17 @@ def test_short_training_finds_the_unique_optimum_that_greedy_misses() -> None:
     features = np.zeros((4, 11), dtype=np.float32)
     features[:, 0] = np.linspace(0, 1, 4)
     with_features = cast(CostModel, types.SimpleNamespace(features=features))
-    found = SACStrategy(timesteps=1000, seed=0).select(scores, with_features, [(costs, limit)])
+    found = SACStrategy(SACConfig(timesteps=1000, seed=0)).select(
+        scores, with_features, [(costs, limit)]
+    )
     assert found.choice == (1, 1, 1, 0) and found.objective == 88.0
 
 
 @pytest.mark.parametrize("budget", ["3bits", "4.5bits", "6bits"])
 def test_the_untrained_policy_is_greedy_and_training_never_ends_worse(budget: str) -> None:
     _, table, costs = digits_problem()
-    greedy = make_strategy("greedy").solve(table, costs, budget)
-    untrained = make_strategy("sac", timesteps=0, hidden=16).solve(table, costs, budget)
+    greedy = strategy("greedy").solve(table, costs, budget)
+    untrained = strategy("sac", timesteps=0, hidden=16).solve(table, costs, budget)
     assert untrained.assignment == greedy.assignment
-    trained = make_strategy("sac", timesteps=300, hidden=16, seed=5).solve(table, costs, budget)
+    trained = strategy("sac", timesteps=300, hidden=16, seed=5).solve(table, costs, budget)
     assert trained.predicted["score"] <= greedy.predicted["score"] * (1 + 1e-12)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mixprec.models import ModelBundle, load_model
+from mixprec.search.base import Limits, SearchStrategy
 from mixprec.search.cost import CostModel, build_cost_model
 from mixprec.search.selection import Constraint, Selection
 from mixprec.sensitivity.table import ScoreTable
+from mixprec.strategies import strategies, strategy_for
 from mixprec.units import discover_units
 
 SCHEMES = ("w:int8", "w:mxfp6_e2m3", "w:int4_g128", "w:mxfp4", "w:int2")
@@ -68,3 +72,18 @@ def brute_force(scores: np.ndarray, constraints: Sequence[Constraint]) -> Select
     if best is None:
         return Selection((), "infeasible", float("nan"))
     return Selection(best[1], "optimal", best[0])
+
+
+def strategy(
+    method: str,
+    *,
+    estimator: str = "isolation",
+    limits: Limits = Limits(),
+    bundle: ModelBundle | None = None,
+    workdir: Path | None = None,
+    **settings: Any,
+) -> SearchStrategy:
+    """A registered strategy built from its config's settings (an unknown setting is a
+    TypeError, so a test cannot pass one that is silently dropped)."""
+    config = strategies()[method].config_type(**settings)
+    return strategy_for(config, estimator=estimator, limits=limits, bundle=bundle, workdir=workdir)

@@ -72,7 +72,7 @@ def test_dominated_schemes_are_dropped_and_ties_keep_one() -> None:
 
 
 def test_unknown_solver() -> None:
-    with pytest.raises(MixprecError, match="unknown solver 'gurobi'; valid solvers: cbc, highs"):
+    with pytest.raises(MixprecError, match="unknown solver 'gurobi'; valid: cbc, highs"):
         solve_ilp(np.zeros((1, 1)), [(np.zeros((1, 1)), 1.0)], "gurobi")
 
 

@@ -8,44 +8,48 @@ from pathlib import Path
 import pytest
 
 from mixprec.errors import MixprecError
-from mixprec.search.base import make_strategy
+from mixprec.search.configs import ILPConfig, OptunaConfig
 from mixprec.search.ilp import ILPStrategy
 from mixprec.search.optuna_search import OptunaStrategy, repair
+from mixprec.strategies import strategies, strategy_config
 
 from .conformance import check_strategy
-from .helpers import digits_problem
+from .helpers import digits_problem, strategy
+
+CONFORMANCE = {
+    "ilp-cbc": partial(strategy, "ilp"),
+    "ilp-highs": partial(strategy, "ilp", solver="highs"),
+    "greedy": partial(strategy, "greedy"),
+    "optuna-tpe": partial(strategy, "optuna", trials=8),
+    "optuna-nsga2": partial(strategy, "optuna", trials=8, sampler="nsga2"),
+    "sac": partial(strategy, "sac", timesteps=64, hidden=16),
+    "uniform": partial(strategy, "uniform"),
+}
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        partial(make_strategy, "ilp"),
-        partial(make_strategy, "ilp", solver="highs"),
-        partial(make_strategy, "greedy"),
-        partial(make_strategy, "optuna", trials=8),
-        partial(make_strategy, "optuna", trials=8, sampler="nsga2"),
-        partial(make_strategy, "uniform"),
-    ],
-    ids=["ilp-cbc", "ilp-highs", "greedy", "optuna-tpe", "optuna-nsga2", "uniform"],
-)
+@pytest.mark.parametrize("make", list(CONFORMANCE.values()), ids=list(CONFORMANCE))
 def test_conformance(make) -> None:  # type: ignore[no-untyped-def]
     bundle, table, costs = digits_problem()
     check_strategy(make, bundle, table, costs)
 
 
+def test_every_registered_strategy_is_in_the_conformance_suite() -> None:
+    assert {make.args[0] for make in CONFORMANCE.values()} == set(strategies())
+
+
 def test_ilp_is_at_least_as_good_as_greedy_and_optuna() -> None:
     _, table, costs = digits_problem()
     for budget in ("3bits", "4.5bits", "6bits"):
-        ilp = make_strategy("ilp").solve(table, costs, budget).predicted["score"]
+        ilp = strategy("ilp").solve(table, costs, budget).predicted["score"]
         others = ("greedy", "uniform")
-        for other in (*map(make_strategy, others), make_strategy("optuna", trials=10)):
+        for other in (*map(strategy, others), strategy("optuna", trials=10)):
             assert other.solve(table, costs, budget).predicted["score"] >= ilp - 1e-9
 
 
 def test_robust_plan_weighs_the_interval() -> None:
     _, table, costs = digits_problem()
     plain = ILPStrategy().solve(table, costs, "4.5bits")
-    robust = ILPStrategy(kappa=2.0).solve(table, costs, "4.5bits")
+    robust = ILPStrategy(ILPConfig(kappa=2.0)).solve(table, costs, "4.5bits")
     assert robust.provenance["kappa"] == 2.0
     # synthetic intervals are 0.15 * score wide each side, so kappa scales every score alike
     assert robust.assignment == plain.assignment
@@ -55,9 +59,9 @@ def test_robust_plan_weighs_the_interval() -> None:
 def test_optuna_resumes_from_its_sqlite_storage(tmp_path: Path) -> None:
     _, table, costs = digits_problem()
     storage = tmp_path / "optuna.sqlite3"
-    first = OptunaStrategy(trials=4, storage=storage).solve(table, costs, "4bits")
-    resumed = OptunaStrategy(trials=6, storage=storage).solve(table, costs, "4bits")
-    fresh = OptunaStrategy(trials=6).solve(table, costs, "4bits")
+    first = OptunaStrategy(OptunaConfig(trials=4), workdir=tmp_path).solve(table, costs, "4bits")
+    resumed = OptunaStrategy(OptunaConfig(trials=6), workdir=tmp_path).solve(table, costs, "4bits")
+    fresh = OptunaStrategy(OptunaConfig(trials=6)).solve(table, costs, "4bits")
     assert resumed == fresh  # 4 stored trials + 2 more = one run of 6
     assert first.predicted["score"] >= resumed.predicted["score"]
     import optuna
@@ -69,7 +73,10 @@ def test_optuna_resumes_from_its_sqlite_storage(tmp_path: Path) -> None:
 def test_optuna_first_trial_is_the_ilp_plan() -> None:
     _, table, costs = digits_problem()
     ilp = ILPStrategy().solve(table, costs, "4bits")
-    assert OptunaStrategy(trials=1).solve(table, costs, "4bits").assignment == ilp.assignment
+    assert (
+        OptunaStrategy(OptunaConfig(trials=1)).solve(table, costs, "4bits").assignment
+        == ilp.assignment
+    )
 
 
 def test_repair_brings_an_over_budget_plan_inside() -> None:
@@ -86,30 +93,27 @@ def test_repair_brings_an_over_budget_plan_inside() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; valid samplers: tpe, nsga2"),
-        (
-            {"objective": "vibes"},
-            "unknown objective 'vibes'; valid objectives: predicted, measured",
-        ),
-        ({"objective": "measured"}, "the measured objective needs the model"),
-        ({"trials": 0}, "trials 0 must be at least 1"),
+        ({"sampler": "cmaes"}, "unknown sampler 'cmaes'; valid: tpe, nsga2"),
+        ({"objective": "vibes"}, "unknown objective 'vibes'; valid: predicted, measured"),
+        ({"objective": "measured"}, "the measured objective of optuna needs the model"),
+        ({"trials": 0}, "trials 0 must be a finite number >= 1"),
     ],
 )
 def test_bad_optuna_options(options: dict, message: str) -> None:
     with pytest.raises(MixprecError, match=message):
-        OptunaStrategy(**options)
+        OptunaStrategy(OptunaConfig(**options))
 
 
 def test_unknown_method_and_estimator() -> None:
     _, table, costs = digits_problem()
     with pytest.raises(
-        MixprecError, match="unknown method 'anneal'; valid methods: ilp, greedy, optuna"
+        MixprecError, match="unknown method 'anneal'; valid: greedy, ilp, optuna, sac, uniform"
     ):
-        make_strategy("anneal")
+        strategy_config("anneal")
     with pytest.raises(
         MixprecError, match="no layer scores for estimator 'fisher'; it has: isolation"
     ):
-        make_strategy("ilp", estimator="fisher").solve(table, costs, "4bits")
+        strategy("ilp", estimator="fisher").solve(table, costs, "4bits")
 
 
 def test_optuna_searches_one_scheme_per_block_when_asked(tmp_path: Path) -> None:
@@ -118,9 +122,9 @@ def test_optuna_searches_one_scheme_per_block_when_asked(tmp_path: Path) -> None
     _, table, costs = digits_problem()
     blocks = set(costs.block_of.values())
     assert 1 < len(blocks) < len(costs.units)
-    storage = tmp_path / "blocks.sqlite3"
-    strategy = OptunaStrategy(trials=5, granularity="block", storage=storage)
-    plan = strategy.solve(table, costs, "40bits")  # roomy: no repair, blocks stay uniform
+    storage = tmp_path / "optuna.sqlite3"
+    blockwise = OptunaStrategy(OptunaConfig(trials=5, granularity="block"), workdir=tmp_path)
+    plan = blockwise.solve(table, costs, "40bits")  # roomy: no repair, blocks stay uniform
     [summary] = optuna.get_all_study_summaries(f"sqlite:///{storage}")
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{storage}")
     assert all(len(t.params) == len(blocks) for t in study.trials)
@@ -128,7 +132,7 @@ def test_optuna_searches_one_scheme_per_block_when_asked(tmp_path: Path) -> None
         members = [m for u in costs.units if costs.block_of[u] == block for m in costs.members[u]]
         assert len({plan.assignment[m] for m in members}) == 1
     with pytest.raises(MixprecError, match="unknown granularity 'layer'"):
-        OptunaStrategy(granularity="layer")
+        OptunaConfig(granularity="layer")
 
 
 def test_uniform_takes_the_best_single_scheme_that_fits() -> None:

@@ -1,0 +1,180 @@
+"""Allocation: a scored model's problem (score matrix + cost model), built once, and the plans
+strategies make of it for any budget.
+
+    problem = AllocationProblem.build(table, model, "isolation", data=data)
+    plans = [allocate(problem, b) for b in ("4bits", "4.5bits", "6bits")]
+    frontier = pareto(problem, parse_budgets("3:8:0.5"), GreedyConfig())
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.metrics import evaluate
+from mixprec.models import ModelBundle, load_model, source_from_file
+from mixprec.plan import PrecisionPlan
+from mixprec.progress import cell_progress
+from mixprec.scoring import Calibration, as_bundle
+from mixprec.search.base import Limits, score_matrix, table_schemes
+from mixprec.search.configs import ILPConfig, StrategyConfig
+from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
+from mixprec.sensitivity.table import ScoreTable
+from mixprec.strategies import strategy_for
+from mixprec.units import quantizable_layers
+
+
+@dataclass(frozen=True)
+class AllocationProblem:
+    """One estimator's scores and the model's costs, for every budget, strategy and slider
+    move; `provenance` (where the table came from) goes into every plan."""
+
+    table: ScoreTable
+    bundle: ModelBundle
+    costs: CostModel
+    estimator: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    _matrices: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        table: ScoreTable,
+        model: nn.Module | ModelBundle | str,
+        estimator: str = "isolation",
+        *,
+        data: Calibration | None = None,
+        latency_table: Path | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> AllocationProblem:
+        """The problem of `table` for `model` (the one it was scored on, with its `data` for
+        an `nn.Module`); costs do not depend on the estimator and are computed once here.
+
+        >>> problem = AllocationProblem.build(table, model, "fisher", data=data)
+        """
+        table.check_usable(estimator)
+        bundle = as_bundle(model, data)
+        layers = quantizable_layers(bundle.model)
+        rows = table.frame[
+            (table.frame["estimator"] == estimator) & (table.frame["level"] == "layer")
+        ]
+        unknown = sorted(set(rows["unit"]) - set(layers))
+        if unknown:
+            raise MixprecError(
+                f"the score table names layers {bundle.name!r} does not have ({unknown[0]!r} "
+                f"and {len(unknown) - 1} more): it was scored on another model"
+            )
+        costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
+        return cls(table, bundle, costs, estimator, dict(provenance or {}))
+
+    def scores(self, kappa: float = 0.0) -> np.ndarray:
+        """[units, schemes] score matrix (see `score_matrix`), built once per kappa."""
+        if kappa not in self._matrices:
+            self._matrices[kappa] = score_matrix(self.table, self.costs, self.estimator, kappa)
+        return self._matrices[kappa]
+
+
+def allocate(
+    problem: AllocationProblem,
+    budget: Budget | str,
+    strategy: StrategyConfig | None = None,
+    *,
+    limits: Limits = Limits(),
+    workdir: Path | None = None,
+    measure: bool = False,
+    progress: bool = False,
+) -> PrecisionPlan:
+    """The plan `strategy` (ILP by default) makes within `budget`; `measure` adds the
+    evaluation-split metrics. Raises InfeasibleBudget, which names the smallest budget.
+
+    >>> plan = allocate(problem, "4.5bits", OptunaConfig(trials=20), workdir=Path("runs/x"))
+    """
+    config = ILPConfig() if strategy is None else strategy
+    solver = strategy_for(
+        config, estimator=problem.estimator, limits=limits, bundle=problem.bundle,
+        workdir=workdir, progress=progress,
+    )  # fmt: skip
+    plan = solver.solve_matrix(problem.scores(config.kappa), problem.costs, Budget.parse(budget))
+    plan = replace(plan, provenance={**plan.provenance, **problem.provenance})
+    if measure:
+        plan = plan.with_measured(evaluate(problem.bundle, plan.assignment).metrics)
+    return plan
+
+
+def pareto(
+    problem: AllocationProblem,
+    budgets: Iterable[Budget | str],
+    strategy: StrategyConfig | None = None,
+    *,
+    limits: Limits = Limits(),
+    workdir: Path | None = None,
+    measure: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per budget: the plan's predicted (and measured) numbers and the plan itself;
+    an infeasible budget is a row with its reason, not a failure."""
+    chosen = [Budget.parse(b) for b in budgets]
+    rows: list[dict[str, Any]] = []
+    with cell_progress("budgets", len(chosen), progress, unit="budgets") as advance:
+        for budget in chosen:
+            row: dict[str, Any] = {"budget": str(budget)}
+            try:
+                plan = allocate(problem, budget, strategy, limits=limits, workdir=workdir,
+                                measure=measure)  # fmt: skip
+            except InfeasibleBudget as err:
+                rows.append({**row, "status": "infeasible", "reason": str(err)})
+            else:
+                rows.append({
+                    **row, "status": "ok", "reason": "",
+                    **{f"predicted_{k}": v for k, v in plan.predicted.items()},
+                    **{f"measured_{k}": v for k, v in plan.measured.items()},
+                    "plan": json.dumps(plan.to_json()),
+                })  # fmt: skip
+            advance()
+    return pd.DataFrame(rows)
+
+
+def problem_from_run(
+    folder: Path,
+    estimator: str = "isolation",
+    latency_table: Path | None = None,
+    trust_source: bool = False,
+) -> AllocationProblem:
+    """The problem of a scored run folder. Its manifest's model source is untrusted (a
+    `module:` source runs only with `trust_source`); the model must load to the weights the
+    scores were made with."""
+    from mixprec.store import file_digest, read_manifest
+
+    if not folder.is_dir():
+        raise MixprecError(f"no run folder at {folder}: run `mixprec analyze --out {folder}` first")
+    table_file = folder / "scores.parquet"
+    table = ScoreTable.load(table_file)
+    table.check_usable(estimator)  # before the model loads: a bad table fails fast
+    manifest = read_manifest(folder)
+    spec, fingerprint = manifest.get("spec"), manifest.get("fingerprint")
+    if not isinstance(spec, dict) or not isinstance(fingerprint, str):
+        raise MixprecError(
+            f"{folder / 'manifest.json'} has no analysis record (spec, fingerprint): "
+            f"run `mixprec analyze --out {folder}`"
+        )
+    source = source_from_file(spec.get("model"), f"{folder / 'manifest.json'}", trust_source)
+    seed = spec.get("seed", 0)
+    if not isinstance(seed, int):
+        raise MixprecError(f"{folder / 'manifest.json'}: spec.seed {seed!r} is not an integer")
+    bundle = load_model(source, seed=seed)
+    if bundle.fingerprint != fingerprint:
+        raise MixprecError(
+            f"{folder} was scored on other weights of {source!r} than load now "
+            f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
+        )
+    provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}
+    return AllocationProblem.build(table, bundle, estimator, latency_table=latency_table,
+                                   provenance=provenance)  # fmt: skip

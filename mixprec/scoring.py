@@ -1,0 +1,140 @@
+"""Scoring from Python: the model you have loaded (or a source string) and your own batches in,
+a ScoreTable out; the cell cache works as it does for `mixprec analyze`.
+
+    data = Calibration(batches, evaluation=held_out, loss=lambda out, b: F.cross_entropy(out, b[1]))
+    table = score(model, data, ["w:int8", "w:int4_g128", "w:mxfp4"], ["fisher", "isolation"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixprec.data import named_tensors
+from mixprec.errors import MixprecError
+from mixprec.models import ModelBundle, load_model
+from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.cells import DEFAULT_SCHEMES, LEVELS, AnalysisSpec
+from mixprec.sensitivity.runner import parse_list, run_analysis, score_bundle
+from mixprec.sensitivity.table import ScoreTable
+from mixprec.tasks import CallableTask, Task
+
+Forward = Callable[[nn.Module, Any], Any]
+Loss = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Batches to score on, batches to measure plans on (the calibration ones where none are
+    given), and how to run the model: `forward(model, batch)` (default: `model(**batch)`,
+    `model(*batch)` or `model(batch)`) and `loss(output, batch)`, as in ModelOpt. `divergence`
+    compares quantized outputs with FP32: "kl" for logits, "mse" otherwise."""
+
+    batches: tuple[Any, ...]
+    evaluation: tuple[Any, ...] = ()
+    forward: Forward | None = None
+    loss: Loss | None = None
+    divergence: str = "mse"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", tuple(self.batches))
+        object.__setattr__(self, "evaluation", tuple(self.evaluation))
+        if not self.batches:
+            raise MixprecError("Calibration needs at least one batch")
+        for batch in (*self.batches, *self.evaluation):
+            for _ in named_tensors(batch):  # a batch that holds no tensors fails here, in one line
+                pass
+
+    @classmethod
+    def of(
+        cls, data: Calibration | Iterable[Any], forward: Forward | None, loss: Loss | None
+    ) -> Calibration:
+        """`data` as a Calibration: given as one, or a plain iterable of batches."""
+        if isinstance(data, Calibration):
+            if forward is not None or loss is not None:
+                raise MixprecError("give forward/loss inside the Calibration or beside plain "
+                                   "batches, not both")  # fmt: skip
+            return data
+        return cls(tuple(data), forward=forward, loss=loss)
+
+    def task(self) -> Task:
+        return CallableTask(self.forward, self.loss, self.divergence)
+
+
+def as_bundle(
+    model: nn.Module | ModelBundle | str, data: Calibration | None = None, seed: int = 0
+) -> ModelBundle:
+    """A ModelBundle for what the API was given: a bundle as is, a source string loaded (with
+    `data` replacing its batches), or an nn.Module with its `data`."""
+    if isinstance(model, ModelBundle):
+        if data is not None:
+            raise MixprecError("a ModelBundle carries its own data; pass data=None")
+        return model
+    if isinstance(model, str):
+        bundle = load_model(model, seed)
+        if data is None:
+            return bundle
+        task = bundle.task if data.forward is None and data.loss is None else data.task()
+        return ModelBundle(bundle.name, bundle.model, task, data.batches,
+                           data.evaluation or data.batches)  # fmt: skip
+    if not isinstance(model, nn.Module):
+        raise MixprecError(
+            f"model must be an nn.Module, a ModelBundle or a source string, "
+            f"not a {type(model).__name__}"
+        )
+    if data is None:
+        raise MixprecError(
+            "an nn.Module needs its data: pass Calibration(batches, forward=..., loss=...) "
+            "or a list of batches"
+        )
+    if model.training:
+        raise MixprecError(
+            f"the {type(model).__name__} is in training mode (dropout would make every score "
+            "noise); call model.eval() first"
+        )
+    name = f"python:{type(model).__module__}.{type(model).__qualname__}"
+    return ModelBundle(name, model, data.task(), data.batches, data.evaluation or data.batches)
+
+
+def score(
+    model: nn.Module | ModelBundle | str,
+    data: Calibration | Iterable[Any] | None = None,
+    schemes: Sequence[str] | str = DEFAULT_SCHEMES,
+    estimators: Sequence[str] = AnalysisSpec.estimators,
+    levels: Sequence[str] = LEVELS,
+    *,
+    loss: Loss | None = None,
+    forward: Forward | None = None,
+    cache: CellCache | None = None,
+    workers: int = 0,
+    address: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ScoreTable:
+    """How much the loss grows for every (estimator, unit, scheme): what `mixprec analyze`
+    computes, for the model in your process and your batches.
+
+    >>> table = score(model, batches, ["w:int8", "w:mxfp4"], ["fisher"], loss=my_loss)
+
+    Ray workers (`workers`, `address`) load the model themselves, so they take a source string
+    (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data.
+    """
+    chosen = DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
+    if isinstance(model, str) and data is None and forward is None and loss is None:
+        spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), seed=seed)
+        return run_analysis(spec, workers, address, None, progress, cache)
+    if workers or address is not None:
+        raise MixprecError(
+            "a model object or your own batches are scored in this process (workers=0): "
+            "Ray workers load a source string (hf:DIR, module:pkg.mod:factory) themselves"
+        )
+    if data is None and (forward is not None or loss is not None):
+        raise MixprecError("forward/loss were given without data: pass the batches too")
+    calibration = None if data is None else Calibration.of(data, forward, loss)
+    bundle = as_bundle(model, calibration, seed)
+    spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), seed=seed)
+    return score_bundle(spec, bundle, progress, cache)

@@ -1,0 +1,39 @@
+"""The search strategies mixprec ships, registered by importing their modules, and the
+lookup by name that the CLI, run configs and the dashboard use.
+
+A strategy of your own registers itself with `@register_strategy(MyConfig)` and is then
+found here by its config's name like the built-in ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mixprec.search.base import SearchStrategy, registered_strategies
+from mixprec.search.configs import StrategyConfig, one_of
+
+
+def strategies() -> dict[str, type[SearchStrategy]]:
+    """Every registered strategy, by name in alphabetical order."""
+    import mixprec.agents.sac
+    import mixprec.search.greedy
+    import mixprec.search.ilp
+    import mixprec.search.optuna_search
+    import mixprec.search.uniform  # noqa: F401 (importing registers them)
+
+    return dict(sorted(registered_strategies().items()))
+
+
+def strategy_config(method: str, options: dict[str, Any] | None = None) -> StrategyConfig:
+    """The config of strategy `method` from a pool of options; another strategy's options
+    in the pool are left out (see `StrategyConfig.from_options`)."""
+    registry = strategies()
+    one_of("method", method, tuple(registry))
+    return registry[method].config_type.from_options(options or {})
+
+
+def strategy_for(config: StrategyConfig, **context: Any) -> SearchStrategy:
+    """The strategy that runs `config`, given what the caller supplies (see SearchStrategy)."""
+    registry = strategies()
+    one_of("method", config.name, tuple(registry))
+    return registry[config.name](config, **context)
