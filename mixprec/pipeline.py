@@ -113,10 +113,10 @@ class Pipeline:
         return True
 
     def analyze(self) -> None:
-        from mixprec.sensitivity.runner import DEFAULT_SCHEMES, AnalysisSpec, run_analysis
+        from mixprec.sensitivity.runner import AnalysisSpec, run_analysis, scheme_list
 
         c = self.config
-        schemes = DEFAULT_SCHEMES if c.schemes == "default" else tuple(c.schemes)
+        schemes = scheme_list(c.schemes)
         spec = AnalysisSpec(
             c.model, schemes, tuple(c.estimators), tuple(c.levels), c.calib_batches, c.seed
         )

@@ -19,7 +19,7 @@ from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle, load_model
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import DEFAULT_SCHEMES, LEVELS, AnalysisSpec
-from mixprec.sensitivity.runner import parse_list, run_analysis, score_bundle
+from mixprec.sensitivity.runner import run_analysis, scheme_list, score_bundle
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.tasks import CallableTask, Task
 
@@ -61,6 +61,11 @@ class Calibration:
             return data
         return cls(tuple(data), forward=forward, loss=loss)
 
+    @property
+    def measured_on(self) -> tuple[Any, ...]:
+        """The batches plans are measured on: the evaluation ones, else the calibration ones."""
+        return self.evaluation or self.batches
+
     def task(self) -> Task:
         return CallableTask(self.forward, self.loss, self.divergence)
 
@@ -79,8 +84,7 @@ def as_bundle(
         if data is None:
             return bundle
         task = bundle.task if data.forward is None and data.loss is None else data.task()
-        return ModelBundle(bundle.name, bundle.model, task, data.batches,
-                           data.evaluation or data.batches)  # fmt: skip
+        return ModelBundle(bundle.name, bundle.model, task, data.batches, data.measured_on)
     if not isinstance(model, nn.Module):
         raise MixprecError(
             f"model must be an nn.Module, a ModelBundle or a source string, "
@@ -97,7 +101,7 @@ def as_bundle(
             "noise); call model.eval() first"
         )
     name = f"python:{type(model).__module__}.{type(model).__qualname__}"
-    return ModelBundle(name, model, data.task(), data.batches, data.evaluation or data.batches)
+    return ModelBundle(name, model, data.task(), data.batches, data.measured_on)
 
 
 def score(
@@ -123,7 +127,7 @@ def score(
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
     (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data.
     """
-    chosen = DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
+    chosen = scheme_list(schemes)
     if isinstance(model, str) and data is None and forward is None and loss is None:
         spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), seed=seed)
         return run_analysis(spec, workers, address, None, progress, cache)

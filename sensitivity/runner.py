@@ -207,9 +207,14 @@ def analyze(
     progress: bool = True,
 ) -> ScoreTable:
     """Score every unit of `model` under every scheme; what `mixprec analyze` runs."""
-    chosen = DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
+    chosen = scheme_list(schemes)
     spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
     return run_analysis(spec, workers, address, Path(out) if out is not None else None, progress)
+
+
+def scheme_list(schemes: Sequence[str] | str) -> tuple[str, ...]:
+    """`"default"` (the DEFAULT_SCHEMES) or a scheme list as `parse_list` reads it."""
+    return DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
 
 
 def parse_list(text: Sequence[str] | str) -> list[str]:
