@@ -7,9 +7,11 @@ cached as safetensors (written to a temp file, then renamed).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ class TrainRecipe:
     lr: float
     seed: int
     seq: int = 0
+    threads: int = 1  # intra-op threads while training, whatever the machine has
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
@@ -131,7 +134,7 @@ def digits_cnn(seed: int = 0) -> ModelBundle:
                 F.cross_entropy(model(images[idx]), labels[idx]).backward()
                 optimizer.step()
 
-    model = _trained_or_cached("digits-cnn", recipe, DigitsCNN, train)
+    model = trained_or_cached("digits-cnn", recipe, DigitsCNN, train)
 
     def batches(split: tuple[torch.Tensor, torch.Tensor]) -> tuple[Batch, ...]:
         images, labels = split
@@ -194,7 +197,7 @@ def tiny_gpt(seed: int = 0) -> ModelBundle:
             optimizer.step()
             schedule.step()
 
-    model = _trained_or_cached("tiny-gpt", recipe, build, train)
+    model = trained_or_cached("tiny-gpt", recipe, build, train)
 
     def batches(paragraphs: Sequence[str], count: int) -> tuple[Batch, ...]:
         rows = byte_sequences(paragraphs, recipe.seq)[: count * 8]
@@ -209,16 +212,47 @@ def tiny_gpt(seed: int = 0) -> ModelBundle:
     )
 
 
-def _trained_or_cached(
+def trained_or_cached(
     name: str,
     recipe: TrainRecipe,
     build: Callable[[], nn.Module],
     train: Callable[[nn.Module], None],
 ) -> nn.Module:
-    """Load the cached weights for this recipe, or train once and cache them."""
+    """Load the cached weights for this recipe, or train once and cache them.
+
+    Processes that start together (a driver and its Ray workers on an empty cache) take turns
+    on a lock beside the file, so one trains and the rest load its weights.
+    """
+    path = cache_dir() / f"{name}-{recipe.key()[:16]}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            return _load_or_train(path, recipe, build, train)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch on `count` intra-op threads: reductions then add in one order on any machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _load_or_train(
+    path: Path,
+    recipe: TrainRecipe,
+    build: Callable[[], nn.Module],
+    train: Callable[[nn.Module], None],
+) -> nn.Module:
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / f"{name}-{recipe.key()[:16]}.safetensors"
     torch.manual_seed(recipe.seed)
     model = build()
     if path.exists():
@@ -227,7 +261,8 @@ def _trained_or_cached(
             return model.float().eval()
         except Exception:  # a corrupt or stale cache file is retrained, never trusted
             path.unlink(missing_ok=True)
-    train(model)
+    with torch_threads(recipe.threads):  # weights must not depend on the machine's cores
+        train(model)
     model.eval()
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:

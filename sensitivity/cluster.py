@@ -38,13 +38,7 @@ def ray_map(
         if address is None:
             room = max((os.cpu_count() or 1) // spec.threads, 1)
             workers = capped_workers(workers, room, "this machine")
-            ray.init(
-                address="local",  # a new local instance, never a cluster left running
-                num_cpus=workers * spec.threads,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            start_local_ray(workers * spec.threads)
         else:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -74,6 +68,21 @@ def ray_map(
         if started_here:
             ray.shutdown()
             undo_environment_changes(environment)
+
+
+def start_local_ray(cpus: int) -> None:
+    """A new local Ray instance (never a cluster left running) whose workers keep the driver's
+    priority: Ray nices them to 15 by default, and on a busy machine they then starve."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _system_config={"worker_niceness": 0},
+    )
 
 
 def undo_environment_changes(saved: dict[str, str]) -> None:

@@ -45,6 +45,7 @@ def running_head(
         "--disable-usage-stats", *extra,
     ]  # fmt: skip
     env = {**os.environ, LOOPBACK_ONLY: "0", **(auth or {"RAY_AUTH_MODE": "disabled"})}
+    env["RAY_worker_niceness"] = "0"  # as the README says: Ray's nice 15 starves on a busy box
     with log_path.open("w") as log:
         head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

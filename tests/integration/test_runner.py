@@ -12,7 +12,7 @@ import pytest
 from mixprec.errors import MixprecError
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import Cell, CellWorker
-from mixprec.sensitivity.cluster import schedule
+from mixprec.sensitivity.cluster import schedule, start_local_ray, undo_environment_changes
 from mixprec.sensitivity.runner import AnalysisSpec, parse_list, run_analysis
 from mixprec.sensitivity.table import ScoreTable
 
@@ -55,6 +55,20 @@ def test_ray_workers_give_the_identical_table(tmp_path: Path) -> None:
     serial = run_analysis(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
     on_ray = run_analysis(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
     assert on_ray.same_scores(serial)
+
+
+def test_local_ray_workers_keep_the_drivers_priority() -> None:
+    """Ray nices its workers to 15 by default: beside any busy process they would barely run."""
+    import ray
+
+    environment = dict(os.environ)
+    start_local_ray(1)
+    try:
+        niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    finally:
+        ray.shutdown()
+        undo_environment_changes(environment)
+    assert niceness == os.nice(0)
 
 
 def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:

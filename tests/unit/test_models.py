@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mixprec.data import digits_splits, python_doc_paragraphs
 from mixprec.errors import MixprecError
@@ -14,6 +18,7 @@ from mixprec.models import fingerprint, load_model
 from mixprec.plan import uniform_assignment
 from mixprec.tasks import CausalLMTask, OutputTask
 from mixprec.units import discover_units
+from mixprec.zoo import TrainRecipe, trained_or_cached
 
 from .conftest import make_bert, make_gpt2
 
@@ -34,6 +39,46 @@ def test_digits_cnn_trains_once_then_loads_from_cache(
     assert not list(tmp_path.glob("*.tmp"))
     keep = evaluate(first, uniform_assignment(discover_units(first.model), "keep"))
     assert keep.metrics["accuracy"] > 0.93
+
+
+def test_trained_weights_do_not_depend_on_the_callers_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver and its Ray workers each train on an empty cache: they must agree bit for bit."""
+    before = torch.get_num_threads()
+    prints = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / f"threads{threads}"))
+            prints.append(load_model("digits-cnn").fingerprint)
+            assert torch.get_num_threads() == threads  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
+    assert prints[0] == prints[1]
+
+
+def test_loaders_starting_together_train_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
+    recipe = TrainRecipe("Linear/4", steps=1, batch=1, lr=0.0, seed=0)
+    trained: list[int] = []
+
+    def train(model: nn.Module) -> None:
+        trained.append(threading.get_ident())
+        time.sleep(0.5)  # the others arrive while this one trains
+        with torch.no_grad():
+            model.weight.add_(1.0)
+
+    def load() -> str:
+        return fingerprint(trained_or_cached("toy", recipe, lambda: nn.Linear(4, 4), train))
+
+    with ThreadPoolExecutor(4) as pool:
+        prints = list(pool.map(lambda _: load(), range(4)))
+    assert len(trained) == 1
+    assert len(set(prints)) == 1
+    assert len(list(tmp_path.glob("toy-*.safetensors"))) == 1
 
 
 def test_another_seed_is_another_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
