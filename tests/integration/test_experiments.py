@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("ilp", "greedy", "optuna", "sac", "uniform")
+SEPARATOR = re.compile(r"\|(\s*:?-+:?\s*\|)+")
 
 
 def run_script(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -54,13 +57,31 @@ def run_study(name: str, config: str, tmp_path: Path) -> str:
     return text
 
 
-def table_rows(text: str, first: str) -> list[list[str]]:
-    """Cells of the Markdown table rows that start with `first`."""
-    return [
-        [c.strip() for c in line.strip("|").split("|")]
-        for line in text.splitlines()
-        if line.startswith(f"| {first} |")
-    ]
+def markdown_tables(text: str) -> list[tuple[list[str], list[dict[str, str]]]]:
+    """Every Markdown table in `text`: its header and its rows keyed by that header."""
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines[:-1]):
+        if not line.startswith("|") or not SEPARATOR.fullmatch(lines[i + 1].strip()):
+            continue
+        header, rows = cells(line), []
+        for row in lines[i + 2 :]:
+            if not row.startswith("|"):
+                break
+            values = cells(row)
+            assert len(values) == len(header), f"{row!r} does not fit {header}"
+            rows.append(dict(zip(header, values, strict=True)))
+        found.append((header, rows))
+    return found
+
+
+def tables_with(text: str, *columns: str) -> list[list[dict[str, str]]]:
+    """The rows of each table whose header has all of `columns` (a renamed column fails)."""
+    return [rows for header, rows in markdown_tables(text) if set(columns) <= set(header)]
 
 
 def test_int_vs_fp_study(tmp_path: Path) -> None:
@@ -72,13 +93,17 @@ synthetic_cols = 256
 crest_dfs = [2.0, 1000.0]
 """
     text = run_study("int_vs_fp", config, tmp_path)
-    gaussian = {
-        row[0]: float(row[1]) for row in table_rows(text, "int8") + table_rows(text, "int4")
-    }
-    assert gaussian["int8"] > gaussian["int4"] + 15  # ~6 dB per bit
-    pairs = table_rows(text, "gaussian")
-    assert [row[1] for row in pairs][:2] == ["int8 vs fp8_e4m3", "mxint8 vs mxfp8_e4m3"]
-    assert all(row[4] == ("INT" if float(row[3]) > 0 else "FP") for row in pairs)
+    plain, rotated = tables_with(text, "format", "gaussian")  # QSNR in dB, without/with Hadamard
+    for rows in (plain, rotated):
+        qsnr = {row["format"]: float(row["gaussian"]) for row in rows}
+        assert qsnr["int8"] > qsnr["int4"] + 15  # ~6 dB per bit
+    [pairs] = tables_with(text, "source", "pair", "INT - FP dB (plain)", "winner (plain)")
+    gaussian = [row["pair"] for row in pairs if row["source"] == "gaussian"]
+    assert gaussian[:2] == ["int8 vs fp8_e4m3", "mxint8 vs mxfp8_e4m3"]
+    for row in pairs:
+        for kind in ("plain", "hadamard"):
+            gap = float(row[f"INT - FP dB ({kind})"])
+            assert row[f"winner ({kind})"] == ("INT" if gap > 0 else "FP")
     assert text.count("**Matches.**") + text.count("**Does not match.**") == 5
 
 
@@ -99,17 +124,16 @@ def test_study_config_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_fp4_diagnosis_study(tmp_path: Path) -> None:
     text = run_study("fp4_diagnosis", 'models = ["tiny-gpt"]\nworkers = 0\n', tmp_path)
-    rows = table_rows(text, "tiny-gpt")
-    units = {(row[2], row[4]) for row in rows}
+    [rows] = tables_with(text, "model", "unit", "scheme", "isolation", "ci_low", "ci_high")
+    rows = [row for row in rows if row["model"] == "tiny-gpt"]
     for scheme in ("w:mxfp4", "w:nvfp4"):
-        assert {"component:qkv", "component:o", "component:up", "component:down"} <= {
-            u for u, s in units if s == scheme
-        }
-        assert {f"transformer.h.{i}" for i in range(4)} <= {u for u, s in units if s == scheme}
+        units = {row["unit"] for row in rows if row["scheme"] == scheme}
+        assert {"component:qkv", "component:o", "component:up", "component:down"} <= units
+        assert {f"transformer.h.{i}" for i in range(4)} <= units
+        # FP4 raises the perplexity overall
+        assert sum(float(row["perplexity drop"]) for row in rows if row["scheme"] == scheme) > 0
     for row in rows:  # the score sits inside its bootstrap CI
-        assert float(row[7]) <= float(row[6]) <= float(row[8])
-    for scheme in ("w:mxfp4", "w:nvfp4"):  # FP4 raises the perplexity overall
-        assert sum(float(row[9]) for row in rows if row[4] == scheme) > 0
+        assert float(row["ci_low"]) <= float(row["isolation"]) <= float(row["ci_high"])
     assert "Paper: MXFP4 degrades more than NVFP4" in text
 
 
@@ -121,18 +145,20 @@ bops_fractions = [0.5, 0.8]
 workers = 0
 """
     text = run_study("hawq", config, tmp_path)
-    rows = table_rows(text, "digits-cnn")
-    uniform = {row[1]: row for row in rows if row[1].startswith("uniform")}
-    low, high = float(uniform["uniform INT4"][3]), float(uniform["uniform INT8"][3])
-    ilp = [row for row in rows if row[1] == "ilp (isolation)"]
+    [rows] = tables_with(text, "model", "method", "limit", "bits/weight", "GBOPs")
+    uniform = {row["method"]: row for row in rows if row["method"].startswith("uniform")}
+    low = float(uniform["uniform INT4"]["bits/weight"])
+    high = float(uniform["uniform INT8"]["bits/weight"])
+    ilp = [row for row in rows if row["method"] == "ilp (isolation)"]
     assert len(ilp) == 4
     for row in ilp:
-        assert low <= float(row[3]) <= high
-        if row[2].startswith("size"):
-            assert float(row[3]) <= float(row[2].split()[1]) * 1.01  # the label has 3 digits
+        assert low <= float(row["bits/weight"]) <= high
+        kind, fraction = row["limit"].split()[:2]
+        if kind == "size":
+            assert float(row["bits/weight"]) <= float(fraction) * 1.01  # the label has 3 digits
         else:
-            cap = float(row[2].split()[1]) * float(uniform["uniform INT8"][5])
-            assert float(row[5]) <= cap * 1.001  # the table has 4 digits
+            cap = float(fraction) * float(uniform["uniform INT8"]["GBOPs"])
+            assert float(row["GBOPs"]) <= cap * 1.001  # the table has 4 digits
     assert text.count("ILP plans beat the straight line") == 2
 
 
@@ -145,15 +171,14 @@ sac_timesteps = 60
 workers = 0
 """
     text = run_study("allocators", config, tmp_path)
-    rows = table_rows(text, "digits-cnn")
-    methods = {(row[1], row[2]) for row in rows if len(row) > 4}
-    for bits in ("4.5", "6"):
-        assert {(bits, m) for m in ("ilp", "greedy", "optuna", "sac", "uniform")} <= methods
+    [rows] = tables_with(text, "model", "budget bits", "method", "bits/weight", "gap to ilp %")
+    methods = {(row["budget bits"], row["method"]) for row in rows}
+    assert methods == {(b, m) for b in ("4.5", "6") for m in METHODS}
     for row in rows:
-        if len(row) > 6 and row[3] not in ("", "nan"):
-            assert float(row[3]) <= float(row[1]) * 1.001  # bits/weight within the budget
-            assert float(row[5]) >= -1e-6  # no method beats the ILP's predicted optimum
-    assert "| ilp |" in text and "spearman(predicted, measured loss)" in text
+        assert float(row["bits/weight"]) <= float(row["budget bits"]) * 1.001  # within budget
+        assert float(row["gap to ilp %"]) >= -1e-6  # none beats the ILP's predicted optimum
+    [correlation] = tables_with(text, "model", "plans", "spearman(predicted, measured loss)")
+    assert [row["model"] for row in correlation] == ["digits-cnn"]
 
 
 def test_estimators_study(tmp_path: Path) -> None:
@@ -163,15 +188,15 @@ batches = [1, 2]
 ray_model = "digits-cnn"
 """
     text = run_study("estimators", config, tmp_path)
-    rows = table_rows(text, "digits-cnn")
-    ranked = [row for row in rows if len(row) == 7]
-    assert {(row[1], row[2]) for row in ranked} == {
-        (b, e) for b in ("1", "2") for e in ("fisher", "hessian", "isolation")
-    }
-    costs = [row for row in rows if len(row) == 6]
-    assert len(costs) == 6 and all(float(row[5]) > 0 for row in costs)  # seconds per cell
-    assert "| serial |" in text and "| ray, 2 workers |" in text
-    assert "| True |" in text and "| False |" not in text
+    [ranked] = tables_with(text, "batches", "estimator", "spearman vs drop")
+    expected = {(b, e) for b in ("1", "2") for e in ("fisher", "hessian", "isolation")}
+    assert {(row["batches"], row["estimator"]) for row in ranked} == expected
+    [costs] = tables_with(text, "batches", "estimator", "cells", "s per cell")
+    assert {(row["batches"], row["estimator"]) for row in costs} == expected
+    assert all(float(row["s per cell"]) > 0 for row in costs)
+    [ray] = tables_with(text, "run", "speed-up vs serial", "same scores as serial")
+    assert [row["run"] for row in ray] == ["serial", "ray, 2 workers"]
+    assert all(row["same scores as serial"] == "True" for row in ray)
 
 
 def test_search_benchmark_script(tmp_path: Path) -> None:

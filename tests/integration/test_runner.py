@@ -253,19 +253,28 @@ def test_cli_ctrl_c_keeps_finished_cells(
 
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "cache"))
     real_run = CellWorker.run
-    calls = {"n": 0}
+    calls: list[int] = []  # units each finished cell scored
 
     def interrupted(self: CellWorker, cell: Cell) -> list[dict[str, Any]]:
-        calls["n"] += 1
-        if calls["n"] == 2:
+        if len(calls) == 1:
+            calls.append(0)
             raise KeyboardInterrupt
-        return real_run(self, cell)
+        results = real_run(self, cell)
+        calls.append(len(results))
+        return results
 
     monkeypatch.setattr(CellWorker, "run", interrupted)
     argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8", "--out", str(tmp_path / "r")]
+    argv += ["--estimators", "fisher,isolation"]
     with pytest.raises(SystemExit) as done:
-        main([*argv, "--estimators", "fisher,isolation"])
+        main(argv)
     assert done.value.code == 130
     assert "interrupted; finished cells are cached" in capsys.readouterr().err
-    assert len(list((tmp_path / "cache" / "cells").rglob("*.json"))) > 0
+    entries = list((tmp_path / "cache" / "cells").rglob("*.json"))
+    assert len(entries) == calls[0] >= 1  # exactly the first cell's scores were kept
     assert not (tmp_path / "r" / "scores.parquet").exists()  # no partial table as if complete
+    with pytest.raises(SystemExit) as done:
+        main(argv)  # resumed: the cached cell is not scored again
+    assert done.value.code == 0
+    table = ScoreTable.load(tmp_path / "r" / "scores.parquet")
+    assert sum(calls[2:]) == len(table.frame) - calls[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import ml_dtypes
 import numpy as np
@@ -11,11 +12,18 @@ import pytest
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats
 
-PUBLIC_NAMES = """
-fp8_e4m3 fp8_e5m2 fp6_e3m2 fp6_e2m3 fp4_e2m1
-int8 int4 int3 int2 int8_g128 int4_g128 int4_g64 int4_g32 int3_g128 int2_g64 int4_asym_g128
-mxfp8_e4m3 mxfp8_e5m2 mxfp6_e3m2 mxfp6_e2m3 mxfp4 mxint8 mxint4 nvfp4 nvint4 bf16 fp16 fp32
-""".split()
+# What a format's public name promises: family, element kind and bits, exponent/mantissa bits,
+# block size and scale format (fields that the name does not fix are None).
+NAME_GRAMMAR = (
+    (r"fp(?P<bits>\d+)_e(?P<e>\d)m(?P<m>\d)", "fp", "float", 0, "fp32"),
+    (r"int(?P<bits>\d)(?P<asym>_asym)?(?:_g(?P<block>\d+))?", "int", "int", None, "fp16"),
+    (r"mxfp(?P<bits>\d)(?:_e(?P<e>\d)m(?P<m>\d))?", "mx", "float", 32, "e8m0"),
+    (r"mxint(?P<bits>\d)", "mx", "int", 32, "e8m0"),
+    (r"nvfp(?P<bits>\d)", "nv", "float", 16, "e4m3"),
+    (r"nvint(?P<bits>\d)", "nv", "int", 16, "e4m3"),
+    (r"(?:bf|fp)(?P<bits>16|32)", "native", "native", 0, "none"),
+)
+
 
 ML_DTYPE_OF = {
     "fp8_e4m3": ml_dtypes.float8_e4m3fn,
@@ -38,8 +46,25 @@ def all_finite_values(dtype: type, bits: int) -> np.ndarray:
     return np.unique(values[np.isfinite(values)])
 
 
-def test_every_public_name_is_registered_in_order() -> None:
-    assert [f.name for f in formats.all()] == PUBLIC_NAMES
+def test_every_name_says_what_its_format_is() -> None:
+    """A format registered under a name that promises other facts (int4_g64 with groups of 32,
+    mxfp6_e2m3 built as E3M2) is caught here."""
+    names = [f.name for f in formats.all()]
+    assert len(names) == len(set(names)) and len(names) >= 28
+    for fmt in formats.all():
+        matches = [(re.fullmatch(pattern, fmt.name), rest) for pattern, *rest in NAME_GRAMMAR]
+        [(found, (family, kind, block, scale))] = [(m, rest) for m, rest in matches if m]
+        parts = found.groupdict()
+        assert (fmt.family, fmt.element_kind, fmt.scale_format) == (family, kind, scale), fmt
+        assert fmt.element_bits == int(parts["bits"]), fmt
+        expected_block = int(parts.get("block") or 0) if block is None else block
+        assert fmt.block_size == expected_block, fmt
+        if parts.get("e"):
+            assert (fmt.exponent_bits, fmt.mantissa_bits) == (int(parts["e"]), int(parts["m"]))
+        elif kind == "float":  # mxfp4 and nvfp4 are E2M1
+            assert (fmt.exponent_bits, fmt.mantissa_bits) == (2, 1), fmt
+        assert (fmt.zero_point_bits > 0) == bool(parts.get("asym")), fmt
+        assert formats.get(fmt.name) is fmt
 
 
 def test_unknown_name_lists_the_valid_ones() -> None:

@@ -35,17 +35,36 @@ def test_bad_budget(text: str) -> None:
         Budget.parse(text)
 
 
-def test_cost_bytes_equal_the_footprint_of_each_uniform_plan() -> None:
-    bundle, _, costs = digits_problem()
-    rows = np.arange(len(costs.units))
-    for scheme in costs.schemes:
-        choice = [costs.index(scheme)] * len(costs.units)
-        size = footprint(bundle.model, costs.assignment(choice))
+# Hand-counted bytes of a Linear(256, 16) and a Linear(16, 8) weight under each scheme: elements
+# bit-packed, plus one scale per output channel (int8: FP16), per 128 (int4_g128: FP16; the
+# 16-wide row is one short group) or per 32 (mxfp4: E8M0); `keep` is float32.
+HAND_BYTES = {
+    "w:int8": (4096 + 16 * 2, 128 + 8 * 2),
+    "w:int4_g128": (2048 + 32 * 2, 64 + 8 * 2),
+    "w:mxfp4": (2048 + 128 * 1, 64 + 8 * 1),
+    "keep": (4096 * 4, 128 * 4),
+}
+BIAS_BYTES = (16 + 8) * 4
+
+
+def test_cost_bytes_are_the_hand_counted_storage_of_each_uniform_plan() -> None:
+    model = nn.Sequential(nn.Linear(256, 16), nn.ReLU(), nn.Linear(16, 8))
+    batch = {"inputs": torch.randn(2, 256)}
+    bundle = ModelBundle("m", model, OutputTask("m"), (batch,), (batch,))
+    costs = build_cost_model(bundle, list(HAND_BYTES))
+    assert costs.units == ("0", "2")
+    for scheme, (first, second) in HAND_BYTES.items():
+        choice = [costs.index(scheme)] * 2
+        assert costs.bytes[[0, 1], choice].tolist() == [first, second]
         totals = costs.totals(choice)
-        assert totals["weight_bytes"] == size.quantizable_bytes
-        assert totals["size_mb"] * 1e6 == pytest.approx(size.total_bytes)
-        assert totals["bits_per_weight"] == pytest.approx(size.bits_per_weight)
-        assert costs.bytes[rows, choice].sum() == size.quantizable_bytes
+        assert totals["weight_bytes"] == first + second
+        assert totals["size_mb"] * 1e6 == pytest.approx(first + second + BIAS_BYTES)
+        assert totals["bits_per_weight"] == pytest.approx((first + second) * 8 / (4096 + 128))
+        size = footprint(model, costs.assignment(choice))
+        assert (size.quantizable_bytes, size.total_bytes) == (
+            first + second,
+            first + second + BIAS_BYTES,
+        )
 
 
 def test_budget_units_convert_to_weight_bytes() -> None:
