@@ -17,12 +17,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mixprec.config import EXPORT_SUFFIX
 from mixprec.dashboard import budget, plans, views
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.plan import PrecisionPlan
-from mixprec.store import read_manifest
+from mixprec.store import RunFolder, read_manifest
 
 st.set_page_config(page_title="mixprec", layout="wide")
 ROOT = Path(os.environ.get(views.RUNS_ENV, "runs"))
@@ -247,9 +246,10 @@ def export_page() -> None:
         st.warning(str(err))
         return
     name = st.selectbox("Plan", names, key="export_plan")
-    plan = PrecisionPlan.load(run / "plans" / f"{name}.json")
+    plan_path = next(p for p in plans.plan_files(run) if p.stem == name)
+    plan = PrecisionPlan.load(plan_path)
     for target, label in EXPORT_LABELS.items():
-        path = run / "exports" / f"{name}{EXPORT_SUFFIX[target]}"
+        path = RunFolder(run).export_path(plan_path, target)
         if path.is_file():
             st.download_button(f"Download {label}", path.read_bytes(), file_name=path.name,
                                key=f"download_{target}")  # fmt: skip

@@ -13,12 +13,13 @@ import pandas as pd
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
 from mixprec.report import plan_rows
+from mixprec.store import RunFolder
 
 PREDICTED = ("plan", "method", "budget", "bits/weight", "size MB", "predicted score")
 
 
 def plan_files(run: Path) -> list[Path]:
-    files = sorted((run / "plans").glob("*.json"))
+    files = RunFolder(run).plans()
     if not files:
         raise MixprecError(
             f"run {run.name} has no plans yet (its search step has not finished); "

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from study import PRIMARY, analysis_for
+from study import PRIMARY, analysis_for, publish
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.logs import quiet_optional_backends
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.search.base import Limits, constraints_for
 from mixprec.search.configs import GreedyConfig, ILPConfig, OptunaConfig, SACConfig

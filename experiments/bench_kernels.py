@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from study import publish
 
 import mixprec.kernels.triton as triton_kernels  # first: turns the interpreter on without CUDA
 from mixprec.kernels import formats, packing
 from mixprec.kernels.triton import matmul, qdq
 from mixprec.logs import quiet_optional_backends
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QDQ_FORMATS = ("mxfp8_e4m3", "mxfp4", "nvfp4", "int4_g128")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from study import publish
 
-from mixprec.markdown import frame_markdown, publish
+from mixprec.markdown import frame_markdown
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import undominated

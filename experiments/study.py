@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import torch
 
 from mixprec.allocation import AllocationProblem
-from mixprec.markdown import publish
+from mixprec.files import atomic_write_text
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model
 from mixprec.sensitivity.cache import CellCache
@@ -125,6 +125,13 @@ def header(title: str, args: argparse.Namespace, seconds: float, what: str) -> s
         f"{device_name()}, torch {torch.__version__}, {torch.get_num_threads()} torch "
         f"thread(s). {what}\n\n"
     )
+
+
+def publish(path: Path, text: str) -> int:
+    """An experiment's last step: write its results file atomically, echo it, exit code 0."""
+    atomic_write_text(path, text)
+    print(text)
+    return 0
 
 
 def publish_study(

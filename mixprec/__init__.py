@@ -47,16 +47,26 @@ _EXPORTS = {
     "UniformConfig": "mixprec.search.configs",
     "SearchStrategy": "mixprec.search.base",
     "register_strategy": "mixprec.search.base",
+    "SensitivityEstimator": "mixprec.sensitivity.base",
+    "register_estimator": "mixprec.sensitivity.base",
+    "EstimatorConfig": "mixprec.sensitivity.configs",
+    "HessianConfig": "mixprec.sensitivity.configs",
+    "FisherConfig": "mixprec.sensitivity.configs",
+    "IsolationConfig": "mixprec.sensitivity.configs",
 }
 
 __all__ = [
     "AllocationProblem",
     "Budget",
     "Calibration",
+    "EstimatorConfig",
     "Evaluation",
+    "FisherConfig",
     "GreedyConfig",
+    "HessianConfig",
     "ILPConfig",
     "InfeasibleBudget",
+    "IsolationConfig",
     "KernelPreference",
     "MixprecError",
     "ModelBundle",
@@ -69,6 +79,7 @@ __all__ = [
     "Scheme",
     "ScoreTable",
     "SearchStrategy",
+    "SensitivityEstimator",
     "StrategyConfig",
     "UniformConfig",
     "Unit",
@@ -83,6 +94,7 @@ __all__ = [
     "load_model",
     "pareto",
     "quantize_dequantize",
+    "register_estimator",
     "register_strategy",
     "score",
     "uniform_assignment",
@@ -111,6 +123,13 @@ if TYPE_CHECKING:
         UniformConfig,
     )
     from mixprec.search.cost import Budget, InfeasibleBudget
+    from mixprec.sensitivity.base import SensitivityEstimator, register_estimator
+    from mixprec.sensitivity.configs import (
+        EstimatorConfig,
+        FisherConfig,
+        HessianConfig,
+        IsolationConfig,
+    )
     from mixprec.sensitivity.runner import analyze
     from mixprec.sensitivity.table import ScoreTable
     from mixprec.units import Unit, discover_units

@@ -158,17 +158,14 @@ def problem_from_run(
     table_file = folder / "scores.parquet"
     table = ScoreTable.load(table_file)
     table.check_usable(estimator)  # before the model loads: a bad table fails fast
-    manifest = read_manifest(folder)
-    spec, fingerprint = manifest.get("spec"), manifest.get("fingerprint")
-    if not isinstance(spec, dict) or not isinstance(fingerprint, str):
+    analysis = read_manifest(folder).analysis
+    if analysis is None:
         raise MixprecError(
             f"{folder / 'manifest.json'} has no analysis record (spec, fingerprint): "
             f"run `mixprec analyze --out {folder}`"
         )
-    source = source_from_file(spec.get("model"), f"{folder / 'manifest.json'}", trust_source)
-    seed = spec.get("seed", 0)
-    if not isinstance(seed, int):
-        raise MixprecError(f"{folder / 'manifest.json'}: spec.seed {seed!r} is not an integer")
+    source = source_from_file(analysis.spec.model, f"{folder / 'manifest.json'}", trust_source)
+    seed, fingerprint = analysis.spec.seed, analysis.fingerprint
     bundle = load_model(source, seed=seed)
     if bundle.fingerprint != fingerprint:
         raise MixprecError(

@@ -266,10 +266,7 @@ def report_command(
     if not run.is_dir():
         raise MixprecError(f"no run folder at {run}: run `mixprec analyze --out {run}` first")
     table = ScoreTable.load(run / "scores.parquet")
-    manifest = read_manifest(run)
-    blocks = manifest.get("blocks", {})
-    if not isinstance(blocks, dict):
-        raise MixprecError(f"{run / 'manifest.json'}: 'blocks' is not a JSON object")
+    blocks = read_manifest(run).blocks
     console.print(_frame_table(top_units(table, "layer", top), "Most sensitive layers"))
     for level, title in (("component", "Components"), ("block", "Blocks")):
         rolled = roll_up(table, level)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, one_of
 
 console = Console()
 RunArgument = Annotated[Path, typer.Argument(help="A folder written by `mixprec analyze`.")]
@@ -178,8 +178,7 @@ def export_command(
     from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan
 
-    if to not in TARGETS:
-        raise MixprecError(f"unknown export target {to!r}; valid targets: {', '.join(TARGETS)}")
+    one_of("export target", to, TARGETS)
     check_output_file(out, [plan_path])
     plan = PrecisionPlan.load(plan_path)
     source = model or source_from_file(plan.model, str(plan_path), trust_model_source)

@@ -12,20 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from mixprec.errors import MixprecError
-
-Estimator = Literal["hessian", "fisher", "isolation"]
-Level = Literal["layer", "component", "block"]
-Method = Literal["ilp", "greedy", "optuna", "sac", "uniform"]
-Target = Literal["json", "hf", "llamacpp", "gguf"]
-EXPORT_SUFFIX: dict[str, str] = {
-    "json": ".json",
-    "hf": ".quantization_config.json",
-    "llamacpp": ".llamacpp.txt",
-    "gguf": ".gguf",
-}
+from mixprec.errors import MixprecError, one_of
 
 
 class RunConfig(BaseModel):
@@ -36,14 +32,14 @@ class RunConfig(BaseModel):
     model: str = Field(description="minilm, digits-cnn, tiny-gpt, hf:DIR or module:PKG:FACTORY")
     output: Path = Field(description="the run folder, e.g. runs/digits")
     schemes: list[str] | Literal["default"] = "default"
-    estimators: list[Estimator] = ["hessian", "fisher", "isolation"]
-    levels: list[Level] = ["layer", "component", "block"]
+    estimators: list[str] = Field(default_factory=lambda: list(_registered("default estimator")))
+    levels: list[str] = Field(default_factory=lambda: list(_registered("level")))
     calib_batches: int | None = Field(default=None, ge=1)
     budgets: list[str] = ["4.5bits", "6bits", "8bits"]
-    methods: list[Method] = ["ilp"]
-    search_estimator: Estimator | None = None
+    methods: list[str] = ["ilp"]
+    search_estimator: str | None = None
     evaluate: bool = True
-    exports: list[Target] = ["json", "hf", "llamacpp", "gguf"]
+    exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int = Field(default=0, ge=0)
     address: str | None = None
     seed: int = 0
@@ -68,11 +64,21 @@ class RunConfig(BaseModel):
             raise ValueError("needs at least one budget, e.g. ['4.5bits', '12MB', '0.3x']")
         return [_parsed(Budget.parse, b) for b in value]
 
-    @field_validator("estimators", "levels", "methods")
+    @field_validator("estimators", "levels", "methods", "exports")
     @classmethod
-    def _not_empty(cls, value: list[str]) -> list[str]:
-        if not value:
+    def _registered_names(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and info.field_name != "exports":
             raise ValueError("needs at least one entry")
+        kind = _KINDS[str(info.field_name)]
+        for name in value:
+            _parsed(lambda text: one_of(kind, text, _registered(kind)), name)
+        return value
+
+    @field_validator("search_estimator")
+    @classmethod
+    def _registered_estimator(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parsed(lambda text: one_of("estimator", text, _registered("estimator")), value)
         return value
 
     @property
@@ -98,6 +104,33 @@ class RunConfig(BaseModel):
             if value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+_KINDS = {"estimators": "estimator", "levels": "level", "methods": "method",
+          "exports": "export target"}  # fmt: skip
+
+
+def _registered(kind: str) -> tuple[str, ...]:
+    """The valid names of one kind, from the one place each is defined (imported on use)."""
+    if kind == "estimator":
+        from mixprec.sensitivity.base import estimators
+
+        return tuple(estimators())
+    if kind == "default estimator":
+        from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
+
+        return DEFAULT_ESTIMATORS
+    if kind == "level":
+        from mixprec.units import LEVELS
+
+        return LEVELS
+    if kind == "method":
+        from mixprec.strategies import strategies
+
+        return tuple(strategies())
+    from mixprec.store import EXPORT_SUFFIX
+
+    return tuple(EXPORT_SUFFIX)
 
 
 def _parsed(parse: Callable[[str], object], text: str) -> str:

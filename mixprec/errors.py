@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class MixprecError(ValueError):
     """A user-facing error: bad name, bad shape, bad scheme, unknown model, and so on."""
@@ -12,3 +14,15 @@ def gist(err: BaseException, limit: int = 240) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     first = text.split(". ")[0]
     return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def one_of(option: str, value: str, valid: tuple[str, ...]) -> None:
+    """Refuse `value` unless it is one of `valid`, listing them."""
+    if value not in valid:
+        raise MixprecError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
+
+
+def at_least(option: str, value: float, least: float) -> None:
+    """Refuse a NaN, an infinity or anything below `least`."""
+    if not (math.isfinite(value) and value >= least):
+        raise MixprecError(f"{option} {value} must be a finite number >= {least:g}")

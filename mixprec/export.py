@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, one_of
 from mixprec.files import atomic_path, atomic_write_text
 from mixprec.kernels.formats import NumberFormat
 from mixprec.plan import PrecisionPlan, apply_plan
 from mixprec.scheme import Scheme
+from mixprec.store import EXPORT_SUFFIX
 from mixprec.units import layer_weight, quantizable_layers, weight_matrix
 
-TARGETS = ("json", "hf", "llamacpp", "gguf")
+TARGETS = tuple(EXPORT_SUFFIX)
 # format -> (llama.cpp type, same format?)
 LLAMACPP_TYPES: dict[str, tuple[str, bool]] = {
     "fp32": ("f32", True), "fp16": ("f16", True), "bf16": ("bf16", True),
@@ -201,8 +202,7 @@ def export_plan(
     plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]]
 ) -> Exported:
     """Write `plan` as `target`; `load` gives the model and its fingerprint where needed."""
-    if target not in TARGETS:
-        raise MixprecError(f"unknown export target {target!r}; valid targets: {', '.join(TARGETS)}")
+    one_of("export target", target, TARGETS)
     model, fingerprint = load()
     plan.check_model(model, fingerprint)  # every target: same weights, every module a layer
     if target == "json":

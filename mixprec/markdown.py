@@ -1,13 +1,10 @@
-"""Markdown tables for results files (no extra dependency)."""
+"""Markdown tables for reports and results files (no extra dependency)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
-
-from mixprec.files import atomic_write_text
 
 
 def rows_markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -32,10 +29,3 @@ def frame_markdown(frame: pd.DataFrame, digits: int = 4, index: bool = False) ->
     ]
     rows = [[cell(v, digits) for v in row] for row in frame.itertuples(index=False)]
     return rows_markdown(head, rows)
-
-
-def publish(path: Path, text: str) -> int:
-    """An experiment's last step: write its results file atomically, echo it, exit code 0."""
-    atomic_write_text(path, text)
-    print(text)
-    return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixprec.config import EXPORT_SUFFIX, RunConfig
+from mixprec.config import RunConfig
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
 from mixprec.guard import check_run_folder
@@ -122,7 +122,7 @@ class Pipeline:
         )
         inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
                              c.calib_batches, c.seed)  # fmt: skip
-        scores = self.path / "scores.parquet"
+        scores = self.folder.scores_path
 
         def work() -> None:
             run_analysis(spec, c.workers, c.address, self.path, self.progress)
@@ -136,7 +136,8 @@ class Pipeline:
         from mixprec.store import read_manifest
 
         if self._analysis is None:
-            scored = read_manifest(self.path).get("spec", {}).get("model")
+            analysis = read_manifest(self.path).analysis
+            scored = analysis.spec.model if analysis else None
             trusted = scored == self.config.model  # the config's own source is the user's word
             estimator = self.config.estimator_for_search
             self._analysis = problem_from_run(self.path, estimator, trust_source=trusted)
@@ -152,9 +153,9 @@ class Pipeline:
         plans = []
         for method in c.methods:
             for budget in c.budgets:
-                out = self.path / "plans" / f"{method}-{budget}.json"
+                out = self.folder.plan_path(method, budget)
                 name = f"search {method} {budget}"
-                inputs = inputs_hash(name, self.path / "scores.parquet", estimator, c.seed)
+                inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed)
 
                 def work(method: str = method, budget: str = budget, out: Path = out) -> str | None:
                     out.unlink(missing_ok=True)
@@ -175,7 +176,7 @@ class Pipeline:
         from mixprec.metrics import evaluate
         from mixprec.plan import PrecisionPlan
 
-        out = self.path / "eval" / plan_path.name
+        out = self.folder.eval_path(plan_path)
 
         def work() -> None:
             plan = PrecisionPlan.load(plan_path)
@@ -189,7 +190,7 @@ class Pipeline:
         from mixprec.export import export_plan
         from mixprec.plan import PrecisionPlan
 
-        out = self.path / "exports" / f"{plan_path.stem}{EXPORT_SUFFIX[target]}"
+        out = self.folder.export_path(plan_path, target)
 
         def load() -> tuple[Any, str]:
             bundle = self.analysis().bundle
@@ -211,7 +212,7 @@ class Pipeline:
         from mixprec.report import plan_rows, write_report
 
         out = self.path / "report.md"
-        evals = [self.path / "eval" / p.name for p in plans]
+        evals = [self.folder.eval_path(p) for p in plans]
         inputs = inputs_hash("report", self.config.model_dump(mode="json"), *plans, *evals)
 
         def work() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixprec.config import EXPORT_SUFFIX, RunConfig
+from mixprec.config import RunConfig
 from mixprec.files import atomic_write_text
 from mixprec.markdown import cell, rows_markdown
+from mixprec.store import Manifest, RunFolder
 
 
 def plan_rows(plans: list[Path], folder: Path) -> list[dict[str, Any]]:
@@ -26,7 +26,7 @@ def plan_rows(plans: list[Path], folder: Path) -> list[dict[str, Any]]:
             "size MB": predicted.get("size_mb"),
             "predicted score": predicted.get("score"),
         }
-        evaluated = folder / "eval" / path.name
+        evaluated = RunFolder(folder).eval_path(path)
         if evaluated.is_file():
             result = json.loads(evaluated.read_text(encoding="utf-8"))
             row.update({k: v for k, v in result.get("metrics", {}).items()})
@@ -34,21 +34,20 @@ def plan_rows(plans: list[Path], folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_report(
-    config: RunConfig, manifest: Mapping[str, Any], plans: list[Path], out: Path
-) -> None:
+def write_report(config: RunConfig, manifest: Manifest, plans: list[Path], out: Path) -> None:
     folder = out.parent
     rows = plan_rows(plans, folder)
     head = list(dict.fromkeys(k for row in rows for k in row))
     table = rows_markdown(head, [[cell(row.get(k, "")) for k in head] for row in rows])
-    steps = manifest.get("steps", {})
-    notes = [f"- {name}: {s['note']}" for name, s in steps.items() if s.get("note")]
-    analysis = manifest.get("spec", {})
+    notes = [f"- {name}: {step.note}" for name, step in manifest.steps.items() if step.note]
+    analysis = manifest.analysis
+    cells = analysis.cells if analysis else "?"
+    schemes = analysis.spec.schemes if analysis else []
     lines = [
         f"# Run {folder.name}: {config.model}\n",
-        f"Made by `mixprec run` (config below). Scores: {manifest.get('cells', '?')} cells, "
-        f"{len(manifest.get('failed', []))} failed, estimators {', '.join(config.estimators)}, "
-        f"schemes {', '.join(analysis.get('schemes', []))}; plans use the "
+        f"Made by `mixprec run` (config below). Scores: {cells} cells, "
+        f"{len(manifest.failed)} failed, estimators {', '.join(config.estimators)}, "
+        f"schemes {', '.join(schemes)}; plans use the "
         f"{config.estimator_for_search} scores.\n",
         "## Plans\n",
         table if rows else "No plan: every budget was infeasible.\n",
@@ -58,8 +57,9 @@ def write_report(
     files = ["scores.parquet", *(f"plans/{p.name}" for p in plans)]
     if config.evaluate:
         files += [f"eval/{p.name}" for p in plans]
-    exports = [f"exports/{p.stem}{EXPORT_SUFFIX[t]}" for p in plans for t in config.exports]
-    files += [f for f in exports if (folder / f).exists()]
+    run = RunFolder(folder)
+    exports = [run.export_path(p, t) for p in plans for t in config.exports]
+    files += [str(f.relative_to(folder)) for f in exports if f.exists()]
     lines += ["## Files\n", "\n".join(f"- `{f}`" for f in files) + "\n"]
     lines += ["## Config\n", "```toml\n" + config.to_toml() + "```\n"]
     atomic_write_text(out, "\n".join(lines))

@@ -21,12 +21,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
 from mixprec.guard import MANIFEST, RUN_KIND
 from mixprec.runlock import owner_alive
 
 STORE_VERSION = 1
+# Every export target, and the suffix of its file beside the plan in RUN/exports/.
+EXPORT_SUFFIX: dict[str, str] = {
+    "json": ".json",
+    "hf": ".quantization_config.json",
+    "llamacpp": ".llamacpp.txt",
+    "gguf": ".gguf",
+}
 STOPPED = "stopped — resumable with `mixprec run {config}`"
 
 
@@ -54,11 +63,104 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The folder's manifest, or {} when there is none yet; unreadable ones fail in one line."""
+class StepRecord(BaseModel):
+    """One pipeline step: done or not, the hash of its inputs, its outputs and their digests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str
+    inputs: str
+    outputs: list[str] = []
+    digests: dict[str, str] = {}
+    finished: str = ""
+    error: str = ""
+    note: str = ""
+
+
+class FailedCell(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    estimator: str
+    unit: str
+    scheme: str
+    error: str
+
+
+class SpecRecord(BaseModel):
+    """What was scored (an AnalysisSpec as JSON): what `search` reloads the model from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    schemes: list[str]
+    estimators: list[str]
+    levels: list[str]
+    calib_batches: int | None = None
+    seed: int = 0
+    chunk: int = 8
+    threads: int = 1
+
+
+class AnalysisRecord(BaseModel):
+    """What a scoring run hands the store about its table: the spec, the model's fingerprint
+    and calibration hash, cell counts, failures, time and the blocks' layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: SpecRecord
+    model: str
+    fingerprint: str
+    calibration_hash: str
+    cells: int
+    failed: list[FailedCell] = []
+    seconds: float
+    blocks: dict[str, list[str]] = {}
+    torch: str = ""
+
+
+_ANALYSIS_FIELDS = tuple(AnalysisRecord.model_fields)
+
+
+class Manifest(BaseModel):
+    """RUN/manifest.json: what the run is, how far it got, and (flat, as store version 1 lays
+    it out) the analysis record of its scores. Keys it does not know are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = RUN_KIND
+    store_version: int = STORE_VERSION
+    name: str = ""
+    model: str = ""
+    config: dict[str, Any] = {}
+    created: str = ""
+    updated: str = ""
+    status: str = ""
+    steps: dict[str, StepRecord] = {}
+    spec: SpecRecord | None = None
+    fingerprint: str | None = None
+    calibration_hash: str | None = None
+    cells: int | None = None
+    failed: list[FailedCell] = []
+    seconds: float | None = None
+    blocks: dict[str, list[str]] = {}
+    torch: str | None = None
+
+    @property
+    def analysis(self) -> AnalysisRecord | None:
+        """The scores' record, once a scoring run has written one."""
+        if self.spec is None or self.fingerprint is None:
+            return None
+        return AnalysisRecord.model_validate(
+            {k: getattr(self, k) for k in _ANALYSIS_FIELDS if getattr(self, k) is not None}
+        )
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The folder's manifest (an empty one when there is none yet); an unreadable, foreign or
+    wrongly typed one fails in one line."""
     path = folder / MANIFEST
     if not path.exists():
-        return {}
+        return Manifest(kind="", store_version=STORE_VERSION)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -73,14 +175,38 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{path} was written by store version {version}; this mixprec reads {STORE_VERSION} "
             "(re-run `mixprec run` on its config to rebuild it)"
         )
-    return data
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise MixprecError(f"{path}: key {key!r}: {first['msg']}") from None
 
 
 class RunFolder:
-    """Read-modify-write access to one run folder's manifest and its step records."""
+    """The one reader and writer of a run folder's manifest, and where each file of the run
+    lies (scores, plans, measurements, exports)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @property
+    def scores_path(self) -> Path:
+        return self.path / "scores.parquet"
+
+    def plan_path(self, method: str, budget: str) -> Path:
+        return self.path / "plans" / f"{method}-{budget}.json"
+
+    def plans(self) -> list[Path]:
+        """The run's plans, by name."""
+        return sorted((self.path / "plans").glob("*.json"))
+
+    def eval_path(self, plan: Path) -> Path:
+        """Where the measurement of `plan` goes."""
+        return self.path / "eval" / plan.name
+
+    def export_path(self, plan: Path, target: str) -> Path:
+        return self.path / "exports" / f"{plan.stem}{EXPORT_SUFFIX[target]}"
 
     def prepare(self, config: Mapping[str, Any], model: str) -> None:
         """Create the folder (and sub-folders) and start or resume its manifest."""
@@ -92,32 +218,27 @@ class RunFolder:
             probe.unlink()
         except OSError as err:
             raise MixprecError(f"cannot write the run folder {self.path}: {err.strerror}") from None
-        manifest = read_manifest(self.path)
-        manifest.setdefault("created", now())
-        manifest.setdefault("steps", {})
-        manifest.update(
-            kind=RUN_KIND,
-            store_version=STORE_VERSION,
-            name=self.path.name,
-            model=model,
-            config=dict(config),
-        )
-        self._write({**manifest, "status": "running", "updated": now()})
+        created = self.manifest().created or now()
+        self._update(kind=RUN_KIND, store_version=STORE_VERSION, name=self.path.name, model=model,
+                     config=dict(config), status="running", created=created)  # fmt: skip
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return read_manifest(self.path)
+
+    def record_analysis(self, record: AnalysisRecord) -> None:
+        """Keep a scoring run's record (beside the steps, config and status already there)."""
+        self._update(kind=RUN_KIND, **dict(record))
 
     def is_done(self, step: str, inputs: str, unchanged: bool = False) -> bool:
         """Finished before with the same inputs, and every output is still there; with
         `unchanged`, also byte for byte as written (another command may have rewritten it:
         `mixprec analyze --out RUN` does). Plans are left to the user to edit."""
-        record = self.manifest().get("steps", {}).get(step)
-        if not record or record.get("status") != "done" or record.get("inputs") != inputs:
+        record = self.manifest().steps.get(step)
+        if record is None or record.status != "done" or record.inputs != inputs:
             return False
-        digests = record.get("digests", {})
-        for name in record.get("outputs", []):
+        for name in record.outputs:
             path = self.path / name
-            if not path.is_file() or (unchanged and digests.get(name) != file_digest(path)):
+            if not path.is_file() or (unchanged and record.digests.get(name) != file_digest(path)):
                 return False
         return True
 
@@ -130,34 +251,26 @@ class RunFolder:
         error: str = "",
         note: str = "",
     ) -> None:
-        manifest = self.manifest()
         names = [str(p.relative_to(self.path)) for p in outputs]
-        record = {
-            "status": status,
-            "inputs": inputs,
-            "outputs": names,
-            "digests": {n: file_digest(self.path / n) for n in names},
-            "finished": now(),
-        }
-        if error:
-            record["error"] = error
-        if note:
-            record["note"] = note
-        manifest.setdefault("steps", {})[step] = record
-        self._write({**manifest, "updated": now()})
+        digests = {n: file_digest(self.path / n) for n in names}
+        record = StepRecord(status=status, inputs=inputs, outputs=names, digests=digests,
+                            finished=now(), error=error, note=note)  # fmt: skip
+        self._update(steps={**self.manifest().steps, step: record})
 
     def keep_only(self, steps: Iterable[str]) -> None:
         """Forget the records of steps a changed config no longer has."""
-        manifest = self.manifest()
         wanted = set(steps)
-        manifest["steps"] = {k: v for k, v in manifest.get("steps", {}).items() if k in wanted}
-        self._write(manifest)
+        self._update(steps={k: v for k, v in self.manifest().steps.items() if k in wanted})
 
     def finish(self, status: str) -> None:
-        self._write({**self.manifest(), "status": status, "updated": now()})
+        self._update(status=status)
 
-    def _write(self, manifest: Mapping[str, Any]) -> None:
-        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    def _update(self, **changes: Any) -> None:
+        """Read, change, check and write the manifest (atomically); `updated` is now."""
+        current = dict(self.manifest())
+        manifest = Manifest.model_validate({**current, **changes, "updated": now()})
+        text = json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2)
+        atomic_write_text(self.path / MANIFEST, text + "\n")
 
 
 def list_runs(root: Path) -> list[dict[str, str]]:
@@ -173,10 +286,10 @@ def list_runs(root: Path) -> list[dict[str, str]]:
         except MixprecError:
             rows.append({"name": folder.name, "model": "?", "status": "unreadable", "date": ""})
             continue
-        status = manifest.get("status", "analyzed" if "spec" in manifest else "unknown")
+        status = manifest.status or ("analyzed" if manifest.analysis else "unknown")
         if status == "running" and not owner_alive(folder):
             status = STOPPED.format(config=folder / "config.toml")
-        date = manifest.get("updated") or manifest.get("created", "")
-        model = manifest.get("model", "?")
+        date = manifest.updated or manifest.created
+        model = manifest.model or "?"
         rows.append({"name": folder.name, "model": model, "status": status, "date": date})
     return sorted(rows, key=lambda r: r["date"], reverse=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixprec.errors import one_of
 from mixprec.search.base import SearchStrategy, registered_strategies
-from mixprec.search.configs import StrategyConfig, one_of
+from mixprec.search.configs import StrategyConfig
 
 
 def strategies() -> dict[str, type[SearchStrategy]]:
@@ -21,7 +22,7 @@ def strategies() -> dict[str, type[SearchStrategy]]:
     import mixprec.search.optuna_search
     import mixprec.search.uniform  # noqa: F401 (importing registers them)
 
-    return dict(sorted(registered_strategies().items()))
+    return registered_strategies()
 
 
 def strategy_config(method: str, options: dict[str, Any] | None = None) -> StrategyConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from transformers.pytorch_utils import Conv1D
 from mixprec.errors import MixprecError
 
 Level = Literal["layer", "component", "block"]
+LEVELS: tuple[Level, ...] = get_args(Level)
 
 # (role, regex searched in the module's fully-qualified name); the first match wins.
 ROLE_RULES: tuple[tuple[str, str], ...] = (

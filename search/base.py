@@ -17,6 +17,7 @@ import numpy as np
 from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle
 from mixprec.plan import PrecisionPlan
+from mixprec.registry import ConfigRegistry
 from mixprec.scheme import KEEP
 from mixprec.search.configs import StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget
@@ -162,28 +163,18 @@ class SearchStrategy(ABC):
         return plan_from_selection(selection, scores, costs, budget, self.provenance())
 
 
-_REGISTRY: dict[str, type[SearchStrategy]] = {}
-
-
+STRATEGIES = ConfigRegistry("strategy")
 S = TypeVar("S", bound=type["SearchStrategy"])
 
 
 def register_strategy(config_type: type[StrategyConfig]) -> Callable[[S], S]:
     """Class decorator: the strategy that runs `config_type`, under the config's name."""
-
-    def register(cls: S) -> S:
-        if config_type.name in _REGISTRY and _REGISTRY[config_type.name] is not cls:
-            raise MixprecError(f"a strategy named {config_type.name!r} is registered already")
-        cls.name, cls.config_type = config_type.name, config_type
-        _REGISTRY[config_type.name] = cls
-        return cls
-
-    return register
+    return STRATEGIES.register(config_type)
 
 
 def registered_strategies() -> dict[str, type[SearchStrategy]]:
     """Strategies registered so far, by name (`mixprec.strategies` imports the built-in ones)."""
-    return dict(_REGISTRY)
+    return STRATEGIES.classes()
 
 
 def plan_from_selection(

@@ -7,27 +7,16 @@ into every plan's provenance, so a changed strategy is told apart from an old on
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mixprec.errors import MixprecError
+from mixprec.errors import MixprecError, at_least, one_of
 
 SOLVERS = ("cbc", "highs")
 SAMPLERS = ("tpe", "nsga2")
 GRANULARITIES = ("auto", "unit", "block")
 OBJECTIVES = ("predicted", "measured")
-
-
-def one_of(option: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise MixprecError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
-
-
-def at_least(option: str, value: float, least: float) -> None:
-    if not (math.isfinite(value) and value >= least):
-        raise MixprecError(f"{option} {value} must be a finite number >= {least:g}")
 
 
 @dataclass(frozen=True, kw_only=True)

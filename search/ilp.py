@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import pulp
 
+from mixprec.errors import one_of
 from mixprec.search.base import SearchStrategy, register_strategy
-from mixprec.search.configs import SOLVERS, ILPConfig, one_of
+from mixprec.search.configs import SOLVERS, ILPConfig
 from mixprec.search.cost import CostModel
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.selection import Constraint, Selection, reduced_cost_mask, undominated

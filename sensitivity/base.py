@@ -7,13 +7,17 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
-from mixprec.errors import MixprecError
+from mixprec.data import content_hash
+from mixprec.errors import MixprecError, one_of
 from mixprec.models import ModelBundle
+from mixprec.registry import ConfigRegistry
 from mixprec.scheme import Scheme
+from mixprec.sensitivity.configs import EstimatorConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, quantizable_layers, weight_matrix
 
@@ -59,52 +63,90 @@ def derive_seed(seed: int, *parts: str) -> int:
 
 
 class SensitivityEstimator(ABC):
-    """Scores one (unit, scheme) pair; larger means the loss grows more."""
+    """Scores one (unit, scheme) pair; larger means the loss grows more. A subclass registers
+    with `@register_estimator(ItsConfig)` and is built from that config."""
 
-    name: str = ""
+    name: ClassVar[str] = ""
+    config_type: ClassVar[type[EstimatorConfig]] = EstimatorConfig
     #: True for estimators built on the task loss (gradients, Hessians)
-    needs_loss: bool = True
+    needs_loss: ClassVar[bool] = True
     #: True where one expensive pass serves every unit (keep its cells on one worker)
-    shares_statistics: bool = False
+    shares_statistics: ClassVar[bool] = False
     #: False where a score may be negative (a Hutchinson trace estimate can be)
-    nonnegative: bool = True
+    nonnegative: ClassVar[bool] = True
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(self, config: EstimatorConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_type()
+        if not isinstance(self.config, self.config_type):
+            raise MixprecError(f"{type(self).__name__} is built from a {self.config_type.__name__},"
+                               f" not a {type(self.config).__name__}")  # fmt: skip
+        self.seed = self.config.seed
 
     @property
     def params(self) -> dict[str, object]:
         """Everything besides the seed that changes the scores (part of the cache key)."""
-        return {}
+        return self.config.cache_params()
 
     @abstractmethod
     def per_batch(
-        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+        self,
+        bundle: ModelBundle,
+        unit: Unit,
+        scheme: Scheme,
+        batches: Sequence[Batch],
+        calibration: str,
     ) -> list[float]:
-        """One score per calibration batch."""
+        """One score per calibration batch; `calibration` is the batches' content hash, the key
+        of any statistics computed once per model and data."""
 
     def score(
-        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+        self,
+        bundle: ModelBundle,
+        unit: Unit,
+        scheme: Scheme,
+        batches: Sequence[Batch],
+        calibration: str | None = None,
     ) -> Score:
+        """The score over `batches`; give their content hash as `calibration` where it is known
+        (the runner hashes the calibration set once, not once per cell)."""
         if not batches:
             raise MixprecError("cannot score on an empty calibration set")
-        values = self.per_batch(bundle, unit, scheme, batches)
+        digest = calibration if calibration is not None else content_hash(batches)
+        values = self.per_batch(bundle, unit, scheme, batches, digest)
         return Score.from_batches(values, derive_seed(self.seed, self.name, unit.name, str(scheme)))
 
 
-def _registry() -> dict[str, Callable[[int], SensitivityEstimator]]:
-    from mixprec.sensitivity.fisher import FisherEstimator
-    from mixprec.sensitivity.hessian import HessianEstimator
-    from mixprec.sensitivity.isolation import IsolationEstimator
-
-    return {"hessian": HessianEstimator, "fisher": FisherEstimator, "isolation": IsolationEstimator}
+ESTIMATORS = ConfigRegistry("estimator")
+E = TypeVar("E", bound=type[SensitivityEstimator])
 
 
-def make_estimator(name: str, seed: int = 0) -> SensitivityEstimator:
-    registry = _registry()
-    if name not in registry:
-        raise MixprecError(f"unknown estimator {name!r}; valid estimators: {', '.join(registry)}")
-    return registry[name](seed)
+def register_estimator(config_type: type[EstimatorConfig]) -> Callable[[E], E]:
+    """Class decorator: the estimator built from `config_type`, under the config's name."""
+    return ESTIMATORS.register(config_type)
+
+
+def estimators() -> dict[str, type[SensitivityEstimator]]:
+    """Every registered estimator, by name in alphabetical order."""
+    import mixprec.sensitivity.fisher
+    import mixprec.sensitivity.hessian
+    import mixprec.sensitivity.isolation  # noqa: F401 (importing registers them)
+
+    return ESTIMATORS.classes()
+
+
+def estimator_config(name: str, seed: int = 0) -> EstimatorConfig:
+    """The default config of the estimator called `name`."""
+    registry = estimators()
+    one_of("estimator", name, tuple(registry))
+    return registry[name].config_type(seed=seed)
+
+
+def make_estimator(config: str | EstimatorConfig, seed: int = 0) -> SensitivityEstimator:
+    """The estimator for a config, or for a name with its default settings and `seed`."""
+    chosen = estimator_config(config, seed) if isinstance(config, str) else config
+    registry = estimators()
+    one_of("estimator", chosen.name, tuple(registry))
+    return registry[chosen.name](chosen)
 
 
 class WeightDeltas:

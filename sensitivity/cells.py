@@ -10,17 +10,18 @@ from typing import Any
 
 import torch
 
-from mixprec.errors import MixprecError, gist
+from mixprec.data import content_hash
+from mixprec.errors import MixprecError, gist, one_of
 from mixprec.models import ModelBundle, load_model
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import make_estimator
-from mixprec.units import Unit
+from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
+from mixprec.units import LEVELS, Unit
 
 DEFAULT_SCHEMES = (
     "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
     "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
 )  # fmt: skip
-LEVELS = ("layer", "component", "block")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class AnalysisSpec:
 
     model: str
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    estimators: tuple[str, ...] = ("hessian", "fisher", "isolation")
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     levels: tuple[str, ...] = LEVELS
     calib_batches: int | None = None
     seed: int = 0
@@ -41,9 +42,8 @@ class AnalysisSpec:
         schemes = tuple(str(Scheme.parse(s)) for s in self.schemes)
         for name in self.estimators:
             make_estimator(name)
-        bad = [lvl for lvl in self.levels if lvl not in LEVELS]
-        if bad:
-            raise MixprecError(f"unknown level {bad[0]!r}; valid levels: {', '.join(LEVELS)}")
+        for level in self.levels:
+            one_of("level", level, LEVELS)
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
         return replace(self, schemes=schemes)
@@ -74,6 +74,7 @@ class CellWorker:
                 "same model files"
             )
         self.batches = calibration_batches(self.bundle, spec.calib_batches)
+        self.calibration = content_hash(self.batches)
         self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
 
     def run(self, cell: Cell) -> list[dict[str, Any]]:
@@ -85,7 +86,7 @@ class CellWorker:
             payload: dict[str, Any] = {"score": None, "ci_low": None, "ci_high": None}
             status, error, samples = "failed", "", 0
             try:
-                score = estimator.score(self.bundle, unit, scheme, self.batches)
+                score = estimator.score(self.bundle, unit, scheme, self.batches, self.calibration)
                 payload.update(score=score.mean, ci_low=score.ci_low, ci_high=score.ci_high)
                 samples = score.samples
                 if all(map(math.isfinite, (score.mean, score.ci_low, score.ci_high))):

@@ -15,37 +15,44 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas
+from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas, register_estimator
+from mixprec.sensitivity.configs import FisherConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, layer_weight, quantizable_layers, weight_matrix
 
 FisherDiagonals = dict[str, list[torch.Tensor]]  # layer -> F per batch, [out, in] layout
 
 
+@register_estimator(FisherConfig)
 class FisherEstimator(SensitivityEstimator):
-    name = "fisher"
     shares_statistics = True
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__(seed)
+    def __init__(self, config: FisherConfig | None = None) -> None:
+        super().__init__(config)
         self._fisher: dict[tuple[str, str], FisherDiagonals] = {}
         self._deltas = WeightDeltas()
 
-    def diagonals(self, bundle: ModelBundle, batches: Sequence[Batch]) -> FisherDiagonals:
-        key = (bundle.fingerprint, content_hash(batches))
+    def diagonals(
+        self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str
+    ) -> FisherDiagonals:
+        key = (bundle.fingerprint, calibration)
         if key not in self._fisher:
             per_batch = [empirical_fisher(bundle, b) for b in batches]
             self._fisher[key] = {name: [f[name] for f in per_batch] for name in per_batch[0]}
         return self._fisher[key]
 
     def per_batch(
-        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+        self,
+        bundle: ModelBundle,
+        unit: Unit,
+        scheme: Scheme,
+        batches: Sequence[Batch],
+        calibration: str,
     ) -> list[float]:
-        fisher = self.diagonals(bundle, batches)
+        fisher = self.diagonals(bundle, batches, calibration)
         deltas = {m: self._deltas.squared(bundle, m, scheme) for m in unit.modules}
         return [
             sum(float((fisher[m][b] * deltas[m]).sum()) for m in unit.modules)

@@ -15,42 +15,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixprec.data import content_hash
 from mixprec.models import ModelBundle
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas, derive_seed
+from mixprec.sensitivity.base import (
+    SensitivityEstimator,
+    WeightDeltas,
+    derive_seed,
+    register_estimator,
+)
+from mixprec.sensitivity.configs import HessianConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, layer_weight, quantizable_layers
 
 Traces = dict[str, np.ndarray]  # layer -> trace estimate per calibration batch
 
 
+@register_estimator(HessianConfig)
 class HessianEstimator(SensitivityEstimator):
-    name = "hessian"
     shares_statistics = True
     nonnegative = False
+    config: HessianConfig
 
-    def __init__(
-        self, seed: int = 0, tolerance: float = 0.05, min_probes: int = 8, max_probes: int = 32
-    ) -> None:
-        super().__init__(seed)
-        self.tolerance = tolerance
-        self.min_probes = min_probes
-        self.max_probes = max_probes
+    def __init__(self, config: HessianConfig | None = None) -> None:
+        super().__init__(config)
         self._traces: dict[tuple[str, str], Traces] = {}
         self._deltas = WeightDeltas()
 
-    @property
-    def params(self) -> dict[str, object]:
-        return {
-            "tolerance": self.tolerance,
-            "min_probes": self.min_probes,
-            "max_probes": self.max_probes,
-        }
-
-    def traces(self, bundle: ModelBundle, batches: Sequence[Batch]) -> Traces:
+    def traces(self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str) -> Traces:
         """Per-layer, per-batch Hutchinson trace estimates, computed once per model and data."""
-        key = (bundle.fingerprint, content_hash(batches))
+        key = (bundle.fingerprint, calibration)
         if key not in self._traces:
             self._traces[key] = self._estimate(bundle, batches)
         return self._traces[key]
@@ -68,8 +61,8 @@ class HessianEstimator(SensitivityEstimator):
                 gen = torch.Generator().manual_seed(derive_seed(self.seed, "probe", str(probe)))
                 samples.append(_hutchinson_sample(bundle, batches[batch], weights, gen))
                 batch_of.append(batch)
-                if len(samples) >= max(self.min_probes, len(batches)) and (
-                    len(samples) >= self.max_probes or self._converged(samples)
+                if len(samples) >= max(self.config.min_probes, len(batches)) and (
+                    len(samples) >= self.config.max_probes or self._converged(samples)
                 ):
                     break
         table, owner = np.stack(samples), np.asarray(batch_of)
@@ -85,12 +78,17 @@ class HessianEstimator(SensitivityEstimator):
         mean = table.mean(axis=0)
         error = table.std(axis=0, ddof=1) / np.sqrt(count)
         watched = np.abs(mean) >= 0.01 * np.abs(mean).max()
-        return bool(np.all(error[watched] <= self.tolerance * np.abs(mean[watched])))
+        return bool(np.all(error[watched] <= self.config.tolerance * np.abs(mean[watched])))
 
     def per_batch(
-        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+        self,
+        bundle: ModelBundle,
+        unit: Unit,
+        scheme: Scheme,
+        batches: Sequence[Batch],
+        calibration: str,
     ) -> list[float]:
-        traces = self.traces(bundle, batches)
+        traces = self.traces(bundle, batches, calibration)
         layers = quantizable_layers(bundle.model)
         params = sum(layer_weight(layers[m]).numel() for m in unit.modules)
         distortion = sum(float(self._deltas.squared(bundle, m, scheme).sum()) for m in unit.modules)

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
-from mixprec.data import content_hash
 from mixprec.models import ModelBundle
 from mixprec.plan import temporarily_applied
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import SensitivityEstimator
+from mixprec.sensitivity.base import SensitivityEstimator, register_estimator
+from mixprec.sensitivity.configs import IsolationConfig
 from mixprec.sensitivity.replay import BlockRecording, record_blocks, replaying
 from mixprec.tasks import Batch
 from mixprec.units import Unit
@@ -23,26 +23,33 @@ from mixprec.units import Unit
 Reference = tuple[list[torch.Tensor], BlockRecording]
 
 
+@register_estimator(IsolationConfig)
 class IsolationEstimator(SensitivityEstimator):
-    name = "isolation"
     needs_loss = False
+    config: IsolationConfig
 
-    def __init__(self, seed: int = 0, replay: bool = True) -> None:
-        super().__init__(seed)
-        self.replay = replay
+    def __init__(self, config: IsolationConfig | None = None) -> None:
+        super().__init__(config)
         self._references: dict[tuple[str, str], Reference] = {}
 
-    def _reference(self, bundle: ModelBundle, batches: Sequence[Batch]) -> Reference:
-        key = (bundle.fingerprint, content_hash(batches))
+    def _reference(
+        self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str
+    ) -> Reference:
+        key = (bundle.fingerprint, calibration)
         if key not in self._references:
             self._references[key] = record_blocks(bundle.model, batches, bundle.task.outputs)
         return self._references[key]
 
     def per_batch(
-        self, bundle: ModelBundle, unit: Unit, scheme: Scheme, batches: Sequence[Batch]
+        self,
+        bundle: ModelBundle,
+        unit: Unit,
+        scheme: Scheme,
+        batches: Sequence[Batch],
+        calibration: str,
     ) -> list[float]:
-        reference, recording = self._reference(bundle, batches)
-        modules = unit.modules if self.replay else ()
+        reference, recording = self._reference(bundle, batches, calibration)
+        modules = unit.modules if self.config.replay else ()
         values = []
         with temporarily_applied(bundle.model, dict.fromkeys(unit.modules, scheme)) as model:
             for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):

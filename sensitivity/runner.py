@@ -8,7 +8,6 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -19,8 +18,7 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
-from mixprec.files import atomic_write_text
-from mixprec.guard import RUN_KIND, check_run_folder
+from mixprec.guard import check_run_folder
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir, load_model
 from mixprec.progress import cell_progress
@@ -38,7 +36,9 @@ from mixprec.sensitivity.cells import (
     check_forward,
 )
 from mixprec.sensitivity.cluster import ray_map
+from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
 from mixprec.sensitivity.table import ScoreTable
+from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord
 from mixprec.units import discover_units, quantizable_layers
 
 
@@ -170,34 +170,29 @@ def _write_outputs(
     blocks: dict[str, list[str]],
     seconds: float,
 ) -> None:
+    """The table into RUN/scores.parquet, and its record handed to the run store."""
     out.mkdir(parents=True, exist_ok=True)
     table.save(out / "scores.parquet")
     frame = table.frame
-    failed = frame[frame["status"] != "ok"]
-    try:  # keep what else the run store keeps there (steps, config, status)
-        kept = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        kept = {}
-    manifest = {
-        **(kept if isinstance(kept, dict) else {}),
-        "kind": RUN_KIND,
-        "spec": asdict(spec),
-        "model": bundle.name,
-        "fingerprint": bundle.fingerprint,
-        "calibration_hash": calibration,
-        "cells": len(frame),
-        "failed": failed[["estimator", "unit", "scheme", "error"]].to_dict("records"),
-        "seconds": seconds,
-        "blocks": blocks,
-        "torch": torch.__version__,
-    }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    failed = frame.loc[frame["status"] != "ok", ["estimator", "unit", "scheme", "error"]]
+    record = AnalysisRecord(
+        spec=SpecRecord(**asdict(spec)),
+        model=bundle.name,
+        fingerprint=bundle.fingerprint,
+        calibration_hash=calibration,
+        cells=len(frame),
+        failed=[FailedCell(**row) for row in failed.to_dict("records")],
+        seconds=seconds,
+        blocks=blocks,
+        torch=torch.__version__,
+    )
+    RunFolder(out).record_analysis(record)
 
 
 def analyze(
     model: str,
     schemes: Sequence[str] | str = "default",
-    estimators: Sequence[str] = ("hessian", "fisher", "isolation"),
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     workers: int = 0,
     out: Path | str | None = None,
     address: str | None = None,

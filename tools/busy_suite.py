@@ -46,6 +46,8 @@ def run_logged(command: list[str], cwd: Path, log_path: Path, env: dict[str, str
 def ci_once(index: int, work: Path, env: dict[str, str]) -> dict[str, str]:
     clone = work / f"clone{index}"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     log_path = work / f"ci{index}.log"
     log(f"run {index}: CI=true bash .ci/run in {clone} (log {log_path})")
     started = time.monotonic()
@@ -57,7 +59,7 @@ def ci_once(index: int, work: Path, env: dict[str, str]) -> dict[str, str]:
     found = SUMMARY.findall(text)
     summary, pytest_s = (found[-1][0], found[-1][2]) if found else ("no pytest summary", "-")
     log(f"run {index}: exit {proc.returncode}, {summary}, {wall:.0f} s")
-    return {"run": str(index), "exit": str(proc.returncode), "summary": summary,
+    return {"run": str(index), "commit": commit, "exit": str(proc.returncode), "summary": summary,
             "pytest_s": pytest_s, "wall_s": f"{wall:.0f}", "clone": str(clone)}  # fmt: skip
 
 
@@ -94,10 +96,11 @@ def main() -> int:
         f"{args.busy} processes spinning a core each for the whole time; each run is "
         "`CI=true bash .ci/run` (set-up, lint, typecheck, browser, pytest) from a new clone.",
         "",
-        "| run | exit | pytest | pytest s | wall s (with set-up) |",
-        "|---|---|---|---|---|",
+        "| run | commit | exit | pytest | pytest s | wall s (with set-up) |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| {r['run']} | {r['exit']} | {r['summary']} | {r['pytest_s']} | {r['wall_s']} |"
+            f"| {r['run']} | {r['commit']} | {r['exit']} | {r['summary']} | {r['pytest_s']} "
+            f"| {r['wall_s']} |"
             for r in rows
         ),
         "",

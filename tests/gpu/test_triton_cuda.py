@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mixprec.kernels import formats, packing
-from tests.unit.kernels.triton_cases import (
+from tests.helpers.triton_cases import (
     PACKED_MATMUL,
     QUANTIZED,
     edge_tensor,

@@ -24,7 +24,7 @@ from mixprec.dashboard import plans, views
 from mixprec.errors import MixprecError
 from mixprec.pipeline import run_pipeline
 from mixprec.plan import PrecisionPlan
-from tests.integration.test_ray_cluster import free_port
+from tests.helpers.ray_head import free_port
 
 APP = Path(views.__file__).with_name("app.py")
 

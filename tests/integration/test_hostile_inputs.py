@@ -17,7 +17,7 @@ import pytest
 from mixprec.cli import main
 
 SCHEMES = "w:int8,w:int4_g128"
-MODELS = "module:tests.integration.hostile_models"
+MODELS = "module:tests.helpers.hostile_models"
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ CASES: dict[str, Case] = {
     ),
     "export --to bogus": (
         lambda w: ["export", str(w.plan), "--to", "onnx", "--out", str(w.root / "x")],
-        "valid targets",
+        "unknown export target 'onnx'; valid: json, hf",
     ),
     # 2. opening a file never runs code
     "evaluate a plan naming module:": (
@@ -375,6 +375,24 @@ CASES: dict[str, Case] = {
             str(w.root / "p2.json"),
         ],
         "manifest",
+    ),
+    "search on a manifest whose spec.seed is text": (
+        lambda w: [
+            edit_json(w.run / "manifest.json", lambda d: d["spec"].update(seed="zero")) or "search",
+            str(w.run),
+            "--budget",
+            "6bits",
+            "--out",
+            str(w.root / "p2.json"),
+        ],
+        "key 'spec.seed'",
+    ),
+    "report on a manifest whose blocks are a list": (
+        lambda w: [
+            edit_json(w.run / "manifest.json", lambda d: d.update(blocks=[1, 2])) or "report",
+            str(w.run),
+        ],
+        "key 'blocks'",
     ),
     "search on store_version 999": (
         lambda w: [

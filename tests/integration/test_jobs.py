@@ -20,8 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
-from tests.integration.test_ray_cluster import free_port, port_open, running_head
-from tests.unit.test_cli import run
+from tests.helpers.cli import run
+from tests.helpers.ray_head import free_port, port_open, running_head
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ def test_submit_runs_the_config_on_the_cluster(
         'estimators = ["isolation"]\nlevels = ["layer"]\nbudgets = ["6bits"]\n'
         'methods = ["ilp"]\nexports = ["json"]\nworkers = 2\n'
     )  # workers: inside the job, the job's own cluster runs them
-    code, stdout, _ = run(["submit", str(config), "--address", job_api, "--wait",
-                           "--timeout", "300"], capsys)  # fmt: skip
-    assert code == 0, stdout
+    code, stdout, err = run(["submit", str(config), "--address", job_api, "--wait",
+                             "--timeout", "300"], capsys)  # fmt: skip
+    assert code == 0, stdout + err
     job_id = stdout.split()[1]
     assert f"{job_id}: SUCCEEDED" in stdout
     plan = PrecisionPlan.load(out / "plans" / "ilp-6bits.json")

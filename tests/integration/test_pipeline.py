@@ -14,7 +14,7 @@ from mixprec.pipeline import run_pipeline
 from mixprec.plan import PrecisionPlan
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import list_runs
-from tests.unit.test_cli import run
+from tests.helpers.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,7 +125,7 @@ def test_a_killed_ray_worker_still_gives_the_serial_table(
     monkeypatch.setenv("MIXPREC_TEST_DRIVER_PID", str(os.getpid()))
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "ray-cache"))  # every cell computed
     changes = {
-        "model": "module:tests.unit.factories:dies_once",
+        "model": "module:tests.helpers.factories:dies_once",
         "exports": ["json"],
         "schemes": ["w:int8", "w:mxfp4"],
         "budgets": ["6bits"],

@@ -85,7 +85,7 @@ def test_sigkill_shows_stopped_sigterm_interrupts_and_a_rerun_finishes(tmp_path:
     assert row["status"] == "running"
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
-    assert read_manifest(out)["status"] == "running"  # what the dead run left
+    assert read_manifest(out).status == "running"  # what the dead run left
     [row] = list_runs(out.parent)
     assert row["status"] == f"stopped — resumable with `mixprec run {out / 'config.toml'}`"
 
@@ -95,15 +95,13 @@ def test_sigkill_shows_stopped_sigterm_interrupts_and_a_rerun_finishes(tmp_path:
     _, err = stopped.communicate(timeout=60)
     assert stopped.returncode == 130, err
     assert "interrupted; finished steps and cells are kept" in err
-    assert read_manifest(out)["status"] == "interrupted"
-    assert read_manifest(out)["steps"]["analyze"]["status"] == "failed"
+    assert read_manifest(out).status == "interrupted"
+    assert read_manifest(out).steps["analyze"].status == "failed"
 
     done = start_run(config, cache)
     stdout, err = done.communicate(timeout=600)
     assert done.returncode == 0, err
-    assert (
-        read_manifest(out)["status"] == "finished" and (out / "plans" / "ilp-6bits.json").is_file()
-    )
+    assert read_manifest(out).status == "finished" and (out / "plans" / "ilp-6bits.json").is_file()
     assert "elapsed" in stdout  # progress lines in a log, not only a bar on a terminal
 
 

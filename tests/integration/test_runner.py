@@ -118,7 +118,7 @@ def test_a_nan_cell_is_marked_failed_and_the_rest_finish(
     cache: CountingCache, tmp_path: Path
 ) -> None:
     spec = AnalysisSpec(
-        "module:tests.unit.factories:mlp_overflowing_fp16",
+        "module:tests.helpers.factories:mlp_overflowing_fp16",
         schemes=("w:fp16", "w:int8"),
         estimators=("isolation",),
     )
@@ -140,7 +140,7 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
     monkeypatch.setenv("MIXPREC_TEST_DIE_MARKER", str(marker))
     monkeypatch.setenv("MIXPREC_TEST_DRIVER_PID", str(os.getpid()))
     spec = AnalysisSpec(
-        "module:tests.unit.factories:dies_once",
+        "module:tests.helpers.factories:dies_once",
         schemes=("w:int8", "w:mxfp4"),
         estimators=("isolation",),
     )
@@ -158,9 +158,9 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
         (AnalysisSpec("digits-cnn", schemes=("w:int9",)), "unknown number format 'int9'"),
         (AnalysisSpec("digits-cnn", levels=("row",)), "unknown level 'row'"),
         (AnalysisSpec("digits-cnn", calib_batches=0), "must be at least 1"),
-        (AnalysisSpec("module:tests.unit.factories:no_calibration"), "empty calibration set"),
+        (AnalysisSpec("module:tests.helpers.factories:no_calibration"), "empty calibration set"),
         (
-            AnalysisSpec("module:tests.unit.factories:small_mlp", estimators=("fisher",)),
+            AnalysisSpec("module:tests.helpers.factories:small_mlp", estimators=("fisher",)),
             "needs a task loss",
         ),
     ],

@@ -8,14 +8,7 @@ import sys
 
 import pytest
 
-from mixprec.cli import main
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
+from tests.helpers.cli import run
 
 
 def test_formats_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import typer
 from typer.main import get_command
 
 from mixprec.cli import app
-from tests.unit.test_cli import run
+from tests.helpers.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {

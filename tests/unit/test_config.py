@@ -37,13 +37,18 @@ def test_toml_round_trip() -> None:
     [
         ({"model": "x"}, "missing key 'output'"),
         ({**BASE, "budget": "4bits"}, "unknown key 'budget'; valid keys: model, output, schemes"),
-        ({**BASE, "methods": ["rl"]}, "key 'methods.0': Input should be 'ilp', 'greedy', 'optuna'"),
-        ({**BASE, "estimators": ["taylor"]}, "key 'estimators.0': Input should be 'hessian'"),
+        ({**BASE, "methods": ["rl"]}, "key 'methods': unknown method 'rl'; valid: greedy, ilp"),
+        (
+            {**BASE, "estimators": ["taylor"]},
+            "key 'estimators': unknown estimator 'taylor'; valid: fisher, hessian, isolation",
+        ),
+        ({**BASE, "levels": ["row"]}, "key 'levels': unknown level 'row'; valid: layer, compo"),
+        ({**BASE, "search_estimator": "taylor"}, "key 'search_estimator': unknown estimator"),
         ({**BASE, "schemes": ["w:int9"]}, "key 'schemes': bad scheme 'w:int9'"),
         ({**BASE, "budgets": ["lots"]}, "key 'budgets': bad budget 'lots'"),
         ({**BASE, "budgets": []}, "key 'budgets': needs at least one budget"),
         ({**BASE, "workers": -1}, "key 'workers': Input should be greater than or equal to 0"),
-        ({**BASE, "exports": ["onnx"]}, "key 'exports.0': Input should be 'json', 'hf'"),
+        ({**BASE, "exports": ["onnx"]}, "key 'exports': unknown export target 'onnx'; valid: j"),
     ],
 )
 def test_bad_configs_name_the_key(data: dict[str, object], message: str) -> None:

@@ -14,6 +14,7 @@ import mixprec
 from mixprec.allocation import AllocationProblem, allocate, pareto
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
+from mixprec.kernels import formats
 from mixprec.search.base import SearchStrategy, register_strategy
 from mixprec.search.configs import (
     GreedyConfig,
@@ -24,10 +25,12 @@ from mixprec.search.configs import (
     UniformConfig,
 )
 from mixprec.search.cost import Budget, InfeasibleBudget
+from mixprec.sensitivity.base import SensitivityEstimator, register_estimator
 from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.configs import EstimatorConfig
 from mixprec.strategies import strategies, strategy_config, strategy_for
 from mixprec.tasks import CallableTask
-from tests.unit.search.helpers import digits_problem
+from tests.helpers.search import digits_problem
 
 
 def test_every_config_names_its_registered_strategy_and_version() -> None:
@@ -106,7 +109,59 @@ def test_a_users_own_strategy_registers_and_a_clashing_name_is_refused() -> None
         with pytest.raises(MixprecError, match="'test-widest' is registered already"):
             register_strategy(WidestConfig)(type("Other", (Widest,), {}))
     finally:
-        base._REGISTRY.pop("test-widest", None)
+        base.STRATEGIES.forget("test-widest")
+
+
+def test_a_users_own_estimator_registers_scores_and_keys_its_settings(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from mixprec.sensitivity import base
+
+    @dataclass(frozen=True, kw_only=True)
+    class WeightErrorConfig(EstimatorConfig):
+        name: ClassVar[str] = "test-weight-error"
+        power: float = 2.0
+
+    try:
+
+        @register_estimator(WeightErrorConfig)
+        class WeightError(SensitivityEstimator):
+            """The summed |Q(W) - W|^power of the unit's layers, the same for every batch."""
+
+            needs_loss = False
+            config: WeightErrorConfig
+
+            def per_batch(self, bundle, unit, scheme, batches, calibration):  # type: ignore[no-untyped-def]
+                layers = dict(bundle.model.named_modules())
+                error = 0.0
+                for name in unit.modules:
+                    weight = layers[name].weight.detach()
+                    changed = (
+                        weight
+                        if scheme.weight is None
+                        else scheme.weight.quantize_dequantize(weight)
+                    )
+                    error += float((changed - weight).abs().pow(self.config.power).sum())
+                return [error] * len(batches)
+
+        model = torch.nn.Sequential(
+            torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+        )
+        batches = [torch.randn(8, 32) for _ in range(2)]
+        cache = CellCache(tmp_path / "cells")
+        table = mixprec.score(model.eval(), batches, ["w:int8", "w:int2"], ["test-weight-error"],
+                              ["layer"], cache=cache)  # fmt: skip
+        frame = table.frame.set_index(["unit", "scheme"])["score"]
+        assert frame["0", "w:int2"] > frame["0", "w:int8"] > 0
+        weight = model[0].weight.detach()
+        int8 = formats.get("int8").quantize_dequantize(weight)
+        assert frame["0", "w:int8"] == pytest.approx(float((int8 - weight).pow(2).sum()), rel=1e-6)
+        with pytest.raises(MixprecError, match="'test-weight-error' is registered already"):
+            register_estimator(WeightErrorConfig)(type("Other", (WeightError,), {}))
+        assert WeightError(WeightErrorConfig(power=1.0)).params != WeightError().params
+    finally:
+        base.ESTIMATORS.forget("test-weight-error")
 
 
 def test_infeasible_budgets_carry_the_smallest_that_fits() -> None:

@@ -13,8 +13,7 @@ from mixprec.models import load_model
 from mixprec.plan import uniform_assignment
 from mixprec.tasks import Observed, SentenceEmbeddingTask, _mean_kl, _mean_mse
 from mixprec.units import discover_units
-
-from .conftest import make_gpt2
+from tests.helpers.models import make_gpt2
 
 
 class TinyNet(nn.Module):

@@ -19,8 +19,7 @@ from mixprec.plan import uniform_assignment
 from mixprec.tasks import CausalLMTask, OutputTask
 from mixprec.units import discover_units
 from mixprec.zoo import TrainRecipe, trained_or_cached
-
-from .conftest import make_bert, make_gpt2
+from tests.helpers.models import make_bert, make_gpt2
 
 
 def test_digits_cnn_trains_once_then_loads_from_cache(
@@ -153,7 +152,7 @@ def test_local_hf_encoder_is_judged_by_output_mse(
 
 
 def test_module_factory() -> None:
-    bundle = load_model("module:tests.unit.factories:small_mlp")
+    bundle = load_model("module:tests.helpers.factories:small_mlp")
     assert bundle.calibration[0]["inputs"].shape == (8, 16)
     result = evaluate(bundle, uniform_assignment(discover_units(bundle.model), "w:int3"))
     assert result.metrics["output_mse"] > 0
@@ -164,10 +163,10 @@ def test_module_factory() -> None:
     [
         ("resnet50", r"unknown model 'resnet50'; valid: minilm, digits-cnn, tiny-gpt"),
         ("hf:/does/not/exist", r"no config.json"),
-        ("module:tests.unit.factories", r"expected module:package.module:factory"),
-        ("module:tests.unit.factories:missing", r"cannot load factory"),
+        ("module:tests.helpers.factories", r"expected module:package.module:factory"),
+        ("module:tests.helpers.factories:missing", r"cannot load factory"),
         ("module:no_such_package.x:y", r"cannot load factory"),
-        ("module:tests.unit.factories:not_a_model", r"returned str; expected nn.Module"),
+        ("module:tests.helpers.factories:not_a_model", r"returned str; expected nn.Module"),
     ],
 )
 def test_bad_sources(source: str, message: str) -> None:

@@ -13,7 +13,7 @@ from mixprec.kernels import formats
 from mixprec.packed import PackedLayer
 from mixprec.plan import apply_plan
 from mixprec.units import quantizable_layers
-from tests.unit.test_cli import run
+from tests.helpers.cli import run
 
 
 def conv_net() -> nn.Module:

@@ -11,8 +11,7 @@ from mixprec.errors import MixprecError
 from mixprec.kernels import formats
 from mixprec.plan import ActivationQuantizer, apply_plan, uniform_assignment
 from mixprec.units import discover_units
-
-from .conftest import make_gpt2
+from tests.helpers.models import make_gpt2
 
 
 def test_only_named_layers_change_and_the_original_is_untouched(tiny_llama: nn.Module) -> None:

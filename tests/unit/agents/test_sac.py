@@ -18,7 +18,7 @@ from mixprec.errors import MixprecError
 from mixprec.search.configs import SACConfig
 from mixprec.search.cost import Budget, CostModel
 from mixprec.search.greedy import solve_greedy
-from tests.unit.search.helpers import digits_problem, strategy
+from tests.helpers.search import digits_problem, strategy
 
 
 def test_policy_round_trip_and_csv_logs(tmp_path: Path) -> None:

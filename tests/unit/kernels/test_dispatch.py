@@ -10,7 +10,7 @@ import torch
 from mixprec.errors import MixprecError
 from mixprec.kernels import dispatch, formats, packing
 from mixprec.kernels.dispatch import KernelChoice, KernelPreference, choose
-from tests.unit.kernels.triton_cases import random_tensor, same_bits
+from tests.helpers.triton_cases import random_tensor, same_bits
 
 
 def test_preferences_parse_and_bad_names_list_the_valid_ones() -> None:

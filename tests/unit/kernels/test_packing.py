@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, packing
-from tests.unit.kernels.triton_cases import QUANTIZED, random_tensor, same_bits
+from tests.helpers.triton_cases import QUANTIZED, random_tensor, same_bits
 
 ML_DTYPES = {
     "fp8_e4m3": ml_dtypes.float8_e4m3fn,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, packing
 from mixprec.kernels.triton import matmul
-from tests.unit.kernels.triton_cases import PACKED_MATMUL, QUANTIZED, random_tensor, same_bits
+from tests.helpers.triton_cases import PACKED_MATMUL, QUANTIZED, random_tensor, same_bits
 
 # fp32: the kernel sums K products in another order than torch; a few ulps of |x| |W| K.
 FP32_TOLERANCE = {"atol": 1e-4, "rtol": 1e-5}

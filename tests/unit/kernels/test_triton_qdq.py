@@ -9,7 +9,7 @@ import torch
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, packing
 from mixprec.kernels.triton import qdq
-from tests.unit.kernels.triton_cases import QUANTIZED, edge_tensor, random_tensor, same_bits
+from tests.helpers.triton_cases import QUANTIZED, edge_tensor, random_tensor, same_bits
 
 SHAPES = [(24, 256), (7, 45), (33,), (2, 3, 40), (4, 2, 3, 3), (3, 5000)]
 

@@ -14,8 +14,7 @@ from mixprec.metrics import footprint
 from mixprec.models import ModelBundle
 from mixprec.search.cost import Budget, build_cost_model, trace_macs
 from mixprec.tasks import OutputTask
-
-from .helpers import SCHEMES, digits_problem
+from tests.helpers.search import SCHEMES, digits_problem
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,7 @@ from mixprec.kernels import formats
 from mixprec.models import fingerprint
 from mixprec.plan import PrecisionPlan, apply_plan
 from mixprec.units import layer_weight, quantizable_layers
-
-from ..conftest import make_gpt2
+from tests.helpers.models import make_gpt2
 
 
 def plan_for(model: nn.Module, schemes: list[str]) -> PrecisionPlan:
@@ -112,7 +111,7 @@ def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
     other.lm_head.weight.data.mul_(2)
     with pytest.raises(MixprecError, match="plan was made for model 'gpt2'"):
         export_plan(plan, "gguf", tmp_path / "x.gguf", loader(other))
-    with pytest.raises(MixprecError, match="unknown export target 'onnx'; valid targets: json, hf"):
+    with pytest.raises(MixprecError, match="unknown export target 'onnx'; valid: json, hf"):
         export_plan(plan, "onnx", tmp_path / "x", loader(model))
     assert not list(tmp_path.iterdir())
 

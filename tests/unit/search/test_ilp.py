@@ -9,8 +9,7 @@ from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import lagrangian_bound, reduced_cost_mask, undominated
-
-from .helpers import brute_force
+from tests.helpers.search import brute_force
 
 
 def test_hand_solved_knapsack() -> None:

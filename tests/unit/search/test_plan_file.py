@@ -11,8 +11,7 @@ from mixprec.errors import MixprecError
 from mixprec.models import load_model
 from mixprec.plan import PrecisionPlan
 from mixprec.search.ilp import ILPStrategy
-
-from .helpers import digits_problem
+from tests.helpers.search import digits_problem
 
 
 def saved_plan(tmp_path: Path) -> tuple[PrecisionPlan, Path]:

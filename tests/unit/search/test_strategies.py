@@ -2,39 +2,64 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from mixprec.errors import MixprecError
-from mixprec.search.configs import ILPConfig, OptunaConfig
+from mixprec.search.configs import (
+    GreedyConfig,
+    ILPConfig,
+    OptunaConfig,
+    SACConfig,
+    StrategyConfig,
+    UniformConfig,
+)
 from mixprec.search.ilp import ILPStrategy
 from mixprec.search.optuna_search import OptunaStrategy, repair
 from mixprec.strategies import strategies, strategy_config
-
-from .conformance import check_strategy
-from .helpers import digits_problem, strategy
-
-CONFORMANCE = {
-    "ilp-cbc": partial(strategy, "ilp"),
-    "ilp-highs": partial(strategy, "ilp", solver="highs"),
-    "greedy": partial(strategy, "greedy"),
-    "optuna-tpe": partial(strategy, "optuna", trials=8),
-    "optuna-nsga2": partial(strategy, "optuna", trials=8, sampler="nsga2"),
-    "sac": partial(strategy, "sac", timesteps=64, hidden=16),
-    "uniform": partial(strategy, "uniform"),
-}
+from mixprec.testing import StrategyTestCase
+from tests.helpers.search import digits_problem, strategy
 
 
-@pytest.mark.parametrize("make", list(CONFORMANCE.values()), ids=list(CONFORMANCE))
-def test_conformance(make) -> None:  # type: ignore[no-untyped-def]
-    bundle, table, costs = digits_problem()
-    check_strategy(make, bundle, table, costs)
+class TestILPWithCBC(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return ILPConfig(seed=seed)
+
+
+class TestILPWithHiGHS(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return ILPConfig(solver="highs", seed=seed)
+
+
+class TestGreedy(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return GreedyConfig(seed=seed)
+
+
+class TestOptunaTPE(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return OptunaConfig(trials=8, seed=seed)
+
+
+class TestOptunaNSGA2(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return OptunaConfig(trials=8, sampler="nsga2", seed=seed)
+
+
+class TestSAC(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return SACConfig(timesteps=64, hidden=16, seed=seed)
+
+
+class TestUniform(StrategyTestCase):
+    def config(self, seed: int) -> StrategyConfig:
+        return UniformConfig(seed=seed)
 
 
 def test_every_registered_strategy_is_in_the_conformance_suite() -> None:
-    assert {make.args[0] for make in CONFORMANCE.values()} == set(strategies())
+    covered = {suite().config(0).name for suite in StrategyTestCase.__subclasses__()}
+    assert covered == set(strategies())
 
 
 def test_ilp_is_at_least_as_good_as_greedy_and_optuna() -> None:

@@ -11,23 +11,39 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mixprec.data import content_hash
 from mixprec.models import ModelBundle, load_model
 from mixprec.plan import apply_plan, temporarily_applied
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import Score, make_estimator
+from mixprec.sensitivity.base import Score, SensitivityEstimator, estimators
+from mixprec.sensitivity.configs import FisherConfig, HessianConfig, IsolationConfig
 from mixprec.sensitivity.fisher import FisherEstimator, empirical_fisher
 from mixprec.sensitivity.hessian import HessianEstimator
 from mixprec.sensitivity.isolation import IsolationEstimator
 from mixprec.tasks import CausalLMTask, ClassificationTask
+from mixprec.testing import EstimatorTestCase
 from mixprec.units import discover_units, select, weight_matrix
-
-from ..conftest import make_gpt2
-from .conformance import check_estimator
+from tests.helpers.models import make_gpt2
 
 
-@pytest.mark.parametrize("name", ["hessian", "fisher", "isolation"])
-def test_conformance_on_digits_cnn(name: str) -> None:
-    check_estimator(lambda seed: make_estimator(name, seed), load_model("digits-cnn"))
+class TestHessian(EstimatorTestCase):
+    def make_estimator(self, seed: int) -> SensitivityEstimator:
+        return HessianEstimator(HessianConfig(seed=seed))
+
+
+class TestFisher(EstimatorTestCase):
+    def make_estimator(self, seed: int) -> SensitivityEstimator:
+        return FisherEstimator(FisherConfig(seed=seed))
+
+
+class TestIsolation(EstimatorTestCase):
+    def make_estimator(self, seed: int) -> SensitivityEstimator:
+        return IsolationEstimator(IsolationConfig(seed=seed))
+
+
+def test_every_registered_estimator_is_in_the_conformance_suite() -> None:
+    covered = {suite().make_estimator(0).name for suite in EstimatorTestCase.__subclasses__()}
+    assert covered == set(estimators())
 
 
 def tiny_mlp_bundle(seed: int = 0) -> ModelBundle:
@@ -59,8 +75,10 @@ def exact_trace(bundle: ModelBundle, name: str, batch: dict) -> float:
 def test_hutchinson_trace_matches_the_exact_hessian_trace() -> None:
     bundle = tiny_mlp_bundle()
     one = bundle.calibration[:1]
-    estimator = HessianEstimator(seed=0, tolerance=1e-9, min_probes=20_000, max_probes=20_000)
-    traces = estimator.traces(bundle, one)
+    estimator = HessianEstimator(
+        HessianConfig(seed=0, tolerance=1e-9, min_probes=20_000, max_probes=20_000)
+    )
+    traces = estimator.traces(bundle, one, content_hash(one))
     for name in ["0", "2"]:
         exact = exact_trace(bundle, name, one[0])
         assert traces[name][0] == pytest.approx(exact, rel=0.03)  # ~4 standard errors
@@ -69,10 +87,15 @@ def test_hutchinson_trace_matches_the_exact_hessian_trace() -> None:
 
 def test_hessian_stops_early_when_converged_and_caps_probes() -> None:
     bundle = tiny_mlp_bundle()
-    capped = HessianEstimator(seed=0, tolerance=1e-9, min_probes=2, max_probes=6)
-    capped.traces(bundle, bundle.calibration)  # must stop at the cap, not loop forever
-    loose = HessianEstimator(seed=0, tolerance=0.9, min_probes=2, max_probes=1000)
-    assert set(loose.traces(bundle, bundle.calibration)) == {"0", "2"}
+    capped = HessianEstimator(HessianConfig(seed=0, tolerance=1e-9, min_probes=2, max_probes=6))
+    capped.traces(
+        bundle, bundle.calibration, content_hash(bundle.calibration)
+    )  # must stop at the cap, not loop forever
+    loose = HessianEstimator(HessianConfig(seed=0, tolerance=0.9, min_probes=2, max_probes=1000))
+    assert set(loose.traces(bundle, bundle.calibration, content_hash(bundle.calibration))) == {
+        "0",
+        "2",
+    }
 
 
 def brute_force_fisher(bundle: ModelBundle, batch: dict, layer: nn.Module, one) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -126,7 +149,8 @@ def test_fisher_score_is_the_weighted_distortion() -> None:
     bundle = load_model("digits-cnn")
     unit = select(discover_units(bundle.model), "layer")[2]
     scheme = Scheme.parse("w:int4")
-    per_batch = FisherEstimator().per_batch(bundle, unit, scheme, bundle.calibration)
+    calibration = content_hash(bundle.calibration)
+    per_batch = FisherEstimator().per_batch(bundle, unit, scheme, bundle.calibration, calibration)
     layer = dict(bundle.model.named_modules())[unit.name]
     w = weight_matrix(layer).detach()
     delta = (scheme.weight.quantize_dequantize(w) - w).square()  # type: ignore[union-attr]
@@ -146,8 +170,11 @@ def test_isolation_equals_the_divergence_of_a_quantized_copy() -> None:
             out = F.log_softmax(copy(batch["inputs"]), -1)
             ref = F.log_softmax(bundle.model(batch["inputs"]), -1)
             expected.append(float((ref.exp() * (ref - out)).sum(-1).mean()))
+    scheme = Scheme.parse("w:nvfp4,a:nvfp4")
+    got = IsolationEstimator().score(bundle, unit, scheme, bundle.calibration)
+    assert got.samples == len(expected)
     got = IsolationEstimator().per_batch(
-        bundle, unit, Scheme.parse("w:nvfp4,a:nvfp4"), bundle.calibration
+        bundle, unit, scheme, bundle.calibration, content_hash(bundle.calibration)
     )
     assert got == pytest.approx(expected, rel=1e-5)
 

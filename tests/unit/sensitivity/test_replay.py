@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from mixprec.data import content_hash
 from mixprec.models import ModelBundle
 from mixprec.scheme import Scheme
+from mixprec.sensitivity.configs import IsolationConfig
 from mixprec.sensitivity.isolation import IsolationEstimator
 from mixprec.sensitivity.replay import record_blocks, replaying
 from mixprec.tasks import CausalLMTask, OutputTask, SentenceEmbeddingTask
 from mixprec.units import discover_units
-
-from ..conftest import make_bert, make_gpt2
+from tests.helpers.models import make_bert, make_gpt2
 
 
 def token_batches(vocab: int, masked: bool) -> tuple[dict[str, torch.Tensor], ...]:
@@ -43,10 +44,14 @@ def bundles() -> list[ModelBundle]:
 def test_replay_gives_the_same_scores_as_full_forwards(bundle: ModelBundle, scheme: str) -> None:
     parsed = Scheme.parse(scheme)
     batches = bundle.calibration
-    with_replay, without = IsolationEstimator(replay=True), IsolationEstimator(replay=False)
+    digest = content_hash(batches)
+    with_replay, without = (
+        IsolationEstimator(IsolationConfig(replay=True)),
+        IsolationEstimator(IsolationConfig(replay=False)),
+    )
     for unit in discover_units(bundle.model):
-        expected = without.per_batch(bundle, unit, parsed, batches)
-        assert with_replay.per_batch(bundle, unit, parsed, batches) == expected, unit.name
+        expected = without.per_batch(bundle, unit, parsed, batches, digest)
+        assert with_replay.per_batch(bundle, unit, parsed, batches, digest) == expected, unit.name
         if not all(m.startswith("pooler") for m in unit.modules):  # the pooler goes unused
             assert all(value > 0 for value in expected), unit.name
 

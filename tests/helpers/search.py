@@ -15,40 +15,8 @@ from mixprec.search.cost import CostModel, build_cost_model
 from mixprec.search.selection import Constraint, Selection
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategies, strategy_for
-from mixprec.units import discover_units
-
-SCHEMES = ("w:int8", "w:mxfp6_e2m3", "w:int4_g128", "w:mxfp4", "w:int2")
-
-
-def synthetic_table(
-    bundle: ModelBundle, schemes: Sequence[str] = SCHEMES, seed: int = 0
-) -> ScoreTable:
-    """Layer scores that grow as a scheme's bits shrink, times a random per-layer weight."""
-    gen = np.random.default_rng(seed)
-    rows = []
-    for unit in discover_units(bundle.model):
-        if unit.level != "layer":
-            continue
-        weight = gen.uniform(0.1, 10)
-        for rank, scheme in enumerate(schemes):
-            score = weight * 2.0**rank * gen.uniform(0.8, 1.2)
-            rows.append(
-                {
-                    "unit": unit.name,
-                    "level": "layer",
-                    "scheme": scheme,
-                    "estimator": "isolation",
-                    "score": score,
-                    "ci_low": 0.9 * score,
-                    "ci_high": 1.2 * score,
-                    "samples": 2,
-                    "cost_bytes": 0,
-                    "seconds": 0.0,
-                    "status": "ok",
-                    "error": "",
-                }
-            )
-    return ScoreTable.from_rows(rows)
+from mixprec.testing import SYNTHETIC_SCHEMES as SCHEMES
+from mixprec.testing import synthetic_table
 
 
 def digits_problem() -> tuple[ModelBundle, ScoreTable, CostModel]:

@@ -1,0 +1,65 @@
+"""What each sensitivity estimator is built from: one frozen, validated config per estimator.
+
+`name` and `VERSION` (bumped whenever an estimator's numbers change) are part of every cached
+cell's key together with the settings, so a changed estimator never reuses an old score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from mixprec.errors import at_least
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimatorConfig:
+    """Settings every estimator shares: `seed` fixes its probes and bootstrap intervals."""
+
+    name: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    seed: int = 0
+
+    def cache_params(self) -> dict[str, object]:
+        """Everything besides the seed that decides a score (the seed is keyed on its own)."""
+        settings = {k: v for k, v in asdict(self).items() if k != "seed"}
+        return {"version": self.VERSION, **settings}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HessianConfig(EstimatorConfig):
+    """Hutchinson trace of the task loss's Hessian per layer: probes are added from
+    `min_probes` until the trace's relative standard error is under `tolerance`, at most
+    `max_probes`."""
+
+    name: ClassVar[str] = "hessian"
+    tolerance: float = 0.05
+    min_probes: int = 8
+    max_probes: int = 32
+
+    def __post_init__(self) -> None:
+        at_least("tolerance", self.tolerance, 0)
+        at_least("min_probes", self.min_probes, 1)
+        at_least("max_probes", self.max_probes, self.min_probes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FisherConfig(EstimatorConfig):
+    """Empirical Fisher diagonal of the task loss, weighted by each weight's squared error."""
+
+    name: ClassVar[str] = "fisher"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IsolationConfig(EstimatorConfig):
+    """Distance of the model's output to FP32 with one unit quantized; `replay` feeds the
+    unit's block its FP32 inputs so the errors of earlier blocks do not mix in."""
+
+    name: ClassVar[str] = "isolation"
+    replay: bool = True
+
+
+# What is scored when nobody says: every built-in estimator, in this order.
+DEFAULT_ESTIMATORS: tuple[str, ...] = tuple(
+    config.name for config in (HessianConfig, FisherConfig, IsolationConfig)
+)
