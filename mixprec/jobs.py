@@ -27,7 +27,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 PASSED_ENV = ("MIXPREC_CACHE_DIR",)  # the cluster shares the submitter's model cache
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's own names
-AGENT_WAIT_S = 90.0  # right after `ray start` the job agent may not be registered yet
+AGENT_WAIT_S = 180.0  # after `ray start` the job agent may take minutes on a starved machine
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def submit(
     interpreter = python or sys.executable
     with tempfile.TemporaryDirectory(prefix="mixprec-job-") as folder:
         atomic_write_text(Path(folder) / "config.toml", shipped.to_toml())
-        deadline = time.monotonic() + AGENT_WAIT_S
+        deadline, waiting = time.monotonic() + AGENT_WAIT_S, False
         while True:
             try:
                 job_id: str = jobs.submit_job(
@@ -156,6 +156,10 @@ def submit(
                 if "No available agent" not in str(err) or time.monotonic() > deadline:
                     reason = f"the cluster at {address} refused the job: {last_line(str(err))}"
                     raise MixprecError(reason) from None
+                if not waiting:
+                    sys.stderr.write(f"mixprec: waiting up to {AGENT_WAIT_S:.0f} s for the job "
+                                     f"agent of {address} to start\n")  # fmt: skip
+                    waiting = True
                 time.sleep(2.0)
 
 
