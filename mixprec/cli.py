@@ -197,9 +197,9 @@ def analyze_command(
     schemes: Annotated[
         str, typer.Option(help="'default' or a list: w:mxfp4,w:nvfp4,a:nvfp4 (a: joins its w:)")
     ] = "default",
-    estimators: Annotated[str, typer.Option(help="Any of hessian,fisher,isolation.")] = (
-        "hessian,fisher,isolation"
-    ),
+    estimators: Annotated[
+        str, typer.Option(help="'default' (every built-in estimator) or a list: fisher,isolation")
+    ] = "default",
     workers: Annotated[int, typer.Option(help="Ray workers; 0 runs serially without Ray.")] = 0,
     address: Annotated[
         str | None, typer.Option(help="Join a running Ray cluster, e.g. 127.0.0.1:6379.")
@@ -207,8 +207,8 @@ def analyze_command(
     calib_batches: Annotated[
         int | None, typer.Option("--calib-batches", help="Use the first K calibration batches.")
     ] = None,
-    levels: Annotated[str, typer.Option(help="Any of layer,component,block.")] = (
-        "layer,component,block"
+    levels: Annotated[str, typer.Option(help="'default' (every level) or a list: layer,block")] = (
+        "default"
     ),
     seed: Annotated[int, typer.Option(help="Seed for probes, bootstrap and built-ins.")] = 0,
 ) -> None:
@@ -216,7 +216,9 @@ def analyze_command(
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits
     """
+    from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
     from mixprec.sensitivity.runner import analyze, parse_list
+    from mixprec.units import LEVELS
 
     for option, text in (("--schemes", schemes), ("--estimators", estimators),
                          ("--levels", levels)):  # fmt: skip
@@ -228,13 +230,13 @@ def analyze_command(
         table = analyze(
             model,
             schemes,
-            _split(estimators),
+            DEFAULT_ESTIMATORS if estimators == "default" else _split(estimators),
             workers,
             out,
             address,
             calib_batches,
             seed,
-            _split(levels),
+            LEVELS if levels == "default" else _split(levels),
         )
     except KeyboardInterrupt:
         sys.stderr.write("mixprec: interrupted; finished cells are cached, re-run to resume\n")

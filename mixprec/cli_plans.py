@@ -16,7 +16,7 @@ from mixprec.errors import MixprecError, one_of
 console = Console()
 RunArgument = Annotated[Path, typer.Argument(help="A folder written by `mixprec analyze`.")]
 EstimatorOption = Annotated[
-    str, typer.Option(help="Whose scores to use: isolation, fisher or hessian.")
+    str, typer.Option(help="Whose scores to use: any estimator the run scored.")
 ]
 SolverOption = Annotated[str, typer.Option(help="ILP solver: cbc or highs.")]
 KappaOption = Annotated[
@@ -162,7 +162,7 @@ def pareto_command(
 
 def export_command(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A PLAN.json.")],
-    to: Annotated[str, typer.Option("--to", help="json, hf, llamacpp or gguf.")],
+    to: Annotated[str, typer.Option("--to", help="Export target, e.g. hf or gguf.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model source, if not the plan's own.")
