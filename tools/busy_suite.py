@@ -29,6 +29,17 @@ SPIN = "while True:\n    pass\n"
 SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed).*) in ([\d.]+)s", re.MULTILINE)
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -92,7 +103,7 @@ def main() -> int:
         "# The suite on a busy machine",
         "",
         f"Measured by `python tools/busy_suite.py --runs {args.runs} --busy {args.busy}` on "
-        f"{time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({platform.processor() or '?'}), "
+        f"{time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu_name()}), "
         f"{args.busy} processes spinning a core each for the whole time; each run is "
         "`CI=true bash .ci/run` (set-up, lint, typecheck, browser, pytest) from a new clone.",
         "",
