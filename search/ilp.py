@@ -69,6 +69,10 @@ def solve_ilp(
         if (picks[n].value() or 0) > 0.5:
             choice[int(i)] = int(k)
     objective = float(sum(scores[i, k] for i, k in enumerate(choice))) * scale
+    if incumbent.choice and incumbent.objective < objective:
+        # CBC can report "optimal" for a plan worse than the greedy start it was given
+        # (tests/unit/search/test_ilp.py has such a problem); never return the worse one
+        return Selection(incumbent.choice, status, incumbent.objective)
     return Selection(tuple(choice), status, objective)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,8 @@ from mixprec.search.greedy import solve_greedy
 from mixprec.search.ilp import solve_ilp
 from mixprec.search.selection import lagrangian_bound, reduced_cost_mask, undominated
 from tests.helpers.search import brute_force
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_hand_solved_knapsack() -> None:
@@ -92,3 +96,20 @@ def test_lagrangian_bound_never_exceeds_the_optimum(seed: int) -> None:
     assert price >= 0 and bound <= exact.objective + 1e-9
     kept = reduced_cost_mask(scores, costs, limit, exact.objective)
     assert all(kept[i, k] for i, k in enumerate(exact.choice))  # the optimum survives
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+def test_a_problem_cbc_once_solved_wrong_gets_the_true_optimum(solver: str) -> None:
+    """digits-cnn's isolation scores for ten schemes + keep at 5 bits/weight (from
+    experiments/agents.py): CBC reported "optimal" for a plan 1.4% worse than the greedy one."""
+    data = np.load(ROOT / "tests" / "helpers" / "data" / "cbc_suboptimal.npz")
+    scores, cost, limit = data["scores"], data["cost"], float(data["limit"])
+    units, schemes = scores.shape
+    every = np.indices((schemes,) * units, dtype=np.int8).reshape(units, -1)  # all plans
+    rows = np.arange(units)[:, None]
+    fits = cost[rows, every].sum(axis=0) <= limit
+    optimum = scores[rows, every].sum(axis=0)[fits].min()
+    found = solve_ilp(scores, [(cost, limit)], solver)
+    assert found.status == "optimal"
+    assert cost[np.arange(units), list(found.choice)].sum() <= limit
+    assert found.objective == pytest.approx(optimum, rel=1e-12)
