@@ -64,21 +64,18 @@ class RunConfig(BaseModel):
             raise ValueError("needs at least one budget, e.g. ['4.5bits', '12MB', '0.3x']")
         return [_parsed(Budget.parse, b) for b in value]
 
-    @field_validator("estimators", "levels", "methods", "exports")
+    @field_validator("estimators", "levels", "methods", "exports", "search_estimator")
     @classmethod
-    def _registered_names(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if not value and info.field_name != "exports":
+    def _registered_names(
+        cls, value: list[str] | str | None, info: ValidationInfo
+    ) -> list[str] | str | None:
+        if value is None:
+            return value
+        if not value and info.field_name not in ("exports", "search_estimator"):
             raise ValueError("needs at least one entry")
         kind = _KINDS[str(info.field_name)]
-        for name in value:
+        for name in [value] if isinstance(value, str) else value:
             _parsed(lambda text: one_of(kind, text, _registered(kind)), name)
-        return value
-
-    @field_validator("search_estimator")
-    @classmethod
-    def _registered_estimator(cls, value: str | None) -> str | None:
-        if value is not None:
-            _parsed(lambda text: one_of("estimator", text, _registered("estimator")), value)
         return value
 
     @property
@@ -106,8 +103,8 @@ class RunConfig(BaseModel):
         return "\n".join(lines) + "\n"
 
 
-_KINDS = {"estimators": "estimator", "levels": "level", "methods": "method",
-          "exports": "export target"}  # fmt: skip
+_KINDS = {"estimators": "estimator", "search_estimator": "estimator", "levels": "level",
+          "methods": "method", "exports": "export target"}  # fmt: skip
 
 
 def _registered(kind: str) -> tuple[str, ...]:
