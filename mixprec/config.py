@@ -32,11 +32,16 @@ class RunConfig(BaseModel):
     model: str = Field(description="minilm, digits-cnn, tiny-gpt, hf:DIR or module:PKG:FACTORY")
     output: Path = Field(description="the run folder, e.g. runs/digits")
     schemes: list[str] | Literal["default"] = "default"
-    estimators: list[str] = Field(default_factory=lambda: list(_registered("default estimator")))
+    estimators: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list(_registered("default estimator")),
+        description="names or tables: ['fisher', {name = 'hessian', max_probes = 64}]",
+    )
     levels: list[str] = Field(default_factory=lambda: list(_registered("level")))
     calib_batches: int | None = Field(default=None, ge=1)
     budgets: list[str] = ["4.5bits", "6bits", "8bits"]
-    methods: list[str] = ["ilp"]
+    methods: list[str | dict[str, Any]] = Field(
+        default=["ilp"], description="names or tables: ['ilp', {name = 'optuna', trials = 200}]"
+    )
     search_estimator: str | None = None
     evaluate: bool = True
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
@@ -64,35 +69,63 @@ class RunConfig(BaseModel):
             raise ValueError("needs at least one budget, e.g. ['4.5bits', '12MB', '0.3x']")
         return [_parsed(Budget.parse, b) for b in value]
 
-    @field_validator("estimators", "levels", "methods", "exports", "search_estimator")
+    @field_validator("levels", "exports", "search_estimator")
     @classmethod
     def _registered_names(
         cls, value: list[str] | str | None, info: ValidationInfo
     ) -> list[str] | str | None:
         if value is None:
             return value
-        if not value and info.field_name not in ("exports", "search_estimator"):
+        if not value and info.field_name == "levels":
             raise ValueError("needs at least one entry")
         kind = _KINDS[str(info.field_name)]
         for name in [value] if isinstance(value, str) else value:
             _parsed(lambda text: one_of(kind, text, _registered(kind)), name)
         return value
 
+    @field_validator("estimators", "methods")
+    @classmethod
+    def _config_entries(
+        cls, value: list[str | dict[str, Any]], info: ValidationInfo
+    ) -> list[str | dict[str, Any]]:
+        """Each entry is a registered name or a table with one (a union told apart by
+        `name`, generated from the registry); each name once."""
+        if not value:
+            raise ValueError("needs at least one entry")
+        names = [_entry_config(str(info.field_name), entry).name for entry in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"{name!r} is listed twice; one entry per name")
+        return value
+
     @property
     def name(self) -> str:
         return self.output.name
+
+    def estimator_configs(self) -> list[Any]:
+        """The estimators as EstimatorConfigs (scoring seeds each with the run's `seed`)."""
+        return [_entry_config("estimators", e, self.seed) for e in self.estimators]
+
+    def strategy_configs(self) -> list[Any]:
+        """The methods as StrategyConfigs, seeded with `seed` unless an entry sets one."""
+        return [_entry_config("methods", m, self.seed) for m in self.methods]
+
+    @property
+    def estimator_names(self) -> list[str]:
+        return [config.name for config in self.estimator_configs()]
 
     @property
     def estimator_for_search(self) -> str:
         """The scores the allocators use: as asked, else isolation when scored, else the first."""
         if self.search_estimator is not None:
-            if self.search_estimator not in self.estimators:
+            if self.search_estimator not in self.estimator_names:
                 raise MixprecError(
                     f"search_estimator {self.search_estimator!r} is not among the estimators "
-                    f"scored ({', '.join(self.estimators)})"
+                    f"scored ({', '.join(self.estimator_names)})"
                 )
             return self.search_estimator
-        return "isolation" if "isolation" in self.estimators else self.estimators[0]
+        names = self.estimator_names
+        return "isolation" if "isolation" in names else names[0]
 
     def to_toml(self) -> str:
         """The config as TOML (what `mixprec submit` ships to the cluster)."""
@@ -103,8 +136,21 @@ class RunConfig(BaseModel):
         return "\n".join(lines) + "\n"
 
 
-_KINDS = {"estimators": "estimator", "search_estimator": "estimator", "levels": "level",
-          "methods": "method", "exports": "export target"}  # fmt: skip
+_KINDS = {"search_estimator": "estimator", "levels": "level", "exports": "export target"}
+
+
+def _entry_config(field: str, entry: str | dict[str, Any], seed: int = 0) -> Any:
+    """The config object of an `estimators` or `methods` entry (registries imported on use)."""
+    try:
+        if field == "estimators":
+            from mixprec.sensitivity.base import estimator_config
+
+            return estimator_config(entry, seed)
+        from mixprec.strategies import strategy_config
+
+        return strategy_config(entry, {"seed": seed})
+    except MixprecError as err:
+        raise ValueError(str(err)) from None
 
 
 def _registered(kind: str) -> tuple[str, ...]:
@@ -121,10 +167,6 @@ def _registered(kind: str) -> tuple[str, ...]:
         from mixprec.units import LEVELS
 
         return LEVELS
-    if kind == "method":
-        from mixprec.strategies import strategies
-
-        return tuple(strategies())
     from mixprec.store import EXPORT_SUFFIX
 
     return tuple(EXPORT_SUFFIX)
@@ -145,8 +187,16 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; TOML has no null, so None is left out
+        pairs = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(pairs) + "}"
     # JSON's escapes are TOML's (\n, \", \uXXXX); TOML also forbids a bare DEL
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key, ensure_ascii=False)
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:

@@ -45,7 +45,7 @@ class Pipeline:
         self.say = say
         self.progress = progress
         self.summary = RunSummary(config.output)
-        self._analysis: Any = None
+        self._problem: Any = None
         self.visited: list[str] = []
 
     @property
@@ -130,38 +130,39 @@ class Pipeline:
 
         self.step("analyze", inputs, [scores], work, unchanged=True)  # what the config asked for
 
-    def analysis(self) -> Any:
-        """The scored folder opened for search (loads the model once, only when needed)."""
+    def problem(self) -> Any:
+        """The scored folder's allocation problem (loads the model once, only when needed)."""
         from mixprec.allocation import problem_from_run
         from mixprec.store import read_manifest
 
-        if self._analysis is None:
-            analysis = read_manifest(self.path).analysis
-            scored = analysis.spec.model if analysis else None
+        if self._problem is None:
+            record = read_manifest(self.path).analysis
+            scored = record.spec.model if record else None
             trusted = scored == self.config.model  # the config's own source is the user's word
             estimator = self.config.estimator_for_search
-            self._analysis = problem_from_run(self.path, estimator, trust_source=trusted)
-        return self._analysis
+            self._problem = problem_from_run(self.path, estimator, trust_source=trusted)
+        return self._problem
 
     def search(self) -> list[Path]:
         from mixprec.allocation import allocate
         from mixprec.search.cost import InfeasibleBudget
-        from mixprec.strategies import strategy_config
 
         c = self.config
         estimator = c.estimator_for_search
         plans = []
-        for method in c.methods:
+        for strategy in c.strategy_configs():
             for budget in c.budgets:
-                out = self.folder.plan_path(method, budget)
-                name = f"search {method} {budget}"
-                inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed)
+                out = self.folder.plan_path(strategy.name, budget)
+                name = f"search {strategy.name} {budget}"
+                settings = strategy.provenance()
+                inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed, settings)
 
-                def work(method: str = method, budget: str = budget, out: Path = out) -> str | None:
+                def work(
+                    strategy: Any = strategy, budget: str = budget, out: Path = out
+                ) -> str | None:
                     out.unlink(missing_ok=True)
-                    config = strategy_config(method, {"seed": c.seed})
                     try:
-                        plan = allocate(self.analysis(), budget, config, workdir=self.path)
+                        plan = allocate(self.problem(), budget, strategy, workdir=self.path)
                     except InfeasibleBudget as err:  # a result, not a crash
                         return str(err)
                     plan.save(out)
@@ -180,7 +181,7 @@ class Pipeline:
 
         def work() -> None:
             plan = PrecisionPlan.load(plan_path)
-            result = evaluate(self.analysis().bundle, plan.assignment)
+            result = evaluate(self.problem().bundle, plan.assignment)
             atomic_write_text(out, json.dumps(result.to_json(), indent=2) + "\n")
             return None
 
@@ -193,7 +194,7 @@ class Pipeline:
         out = self.folder.export_path(plan_path, target)
 
         def load() -> tuple[Any, str]:
-            bundle = self.analysis().bundle
+            bundle = self.problem().bundle
             return bundle.model, bundle.fingerprint
 
         def work() -> str | None:

@@ -46,7 +46,7 @@ def write_report(config: RunConfig, manifest: Manifest, plans: list[Path], out: 
     lines = [
         f"# Run {folder.name}: {config.model}\n",
         f"Made by `mixprec run` (config below). Scores: {cells} cells, "
-        f"{len(manifest.failed)} failed, estimators {', '.join(config.estimators)}, "
+        f"{len(manifest.failed)} failed, estimators {', '.join(config.estimator_names)}, "
         f"schemes {', '.join(schemes)}; plans use the "
         f"{config.estimator_for_search} scores.\n",
         "## Plans\n",

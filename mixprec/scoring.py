@@ -7,7 +7,7 @@ a ScoreTable out; the cell cache works as it does for `mixprec analyze`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle, load_model
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import DEFAULT_SCHEMES, LEVELS, AnalysisSpec
+from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
 from mixprec.sensitivity.runner import run_analysis, scheme_list, score_bundle
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.tasks import CallableTask, Task
@@ -108,7 +109,7 @@ def score(
     model: nn.Module | ModelBundle | str,
     data: Calibration | Iterable[Any] | None = None,
     schemes: Sequence[str] | str = DEFAULT_SCHEMES,
-    estimators: Sequence[str] = AnalysisSpec.estimators,
+    estimators: Sequence[str | Mapping[str, Any] | EstimatorConfig] = DEFAULT_ESTIMATORS,
     levels: Sequence[str] = LEVELS,
     *,
     loss: Loss | None = None,
@@ -123,6 +124,10 @@ def score(
     computes, for the model in your process and your batches.
 
     >>> table = score(model, batches, ["w:int8", "w:mxfp4"], ["fisher"], loss=my_loss)
+    >>> table = score(model, data, "default", [HessianConfig(max_probes=64), "isolation"])
+
+    Estimators are names (default settings), configs or `{"name": ..., setting: ...}` dicts;
+    `seed` seeds every one of them.
 
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
     (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data.

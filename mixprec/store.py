@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
@@ -94,6 +94,7 @@ class SpecRecord(BaseModel):
     model: str
     schemes: list[str]
     estimators: list[str]
+    estimator_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     levels: list[str]
     calib_batches: int | None = None
     seed: int = 0

@@ -7,9 +7,11 @@ found here by its config's name like the built-in ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mixprec.errors import one_of
+from mixprec.registry import config_from
 from mixprec.search.base import SearchStrategy, registered_strategies
 from mixprec.search.configs import StrategyConfig
 
@@ -25,12 +27,14 @@ def strategies() -> dict[str, type[SearchStrategy]]:
     return registered_strategies()
 
 
-def strategy_config(method: str, options: dict[str, Any] | None = None) -> StrategyConfig:
-    """The config of strategy `method` from a pool of options; another strategy's options
-    in the pool are left out (see `StrategyConfig.from_options`)."""
-    registry = strategies()
-    one_of("method", method, tuple(registry))
-    return registry[method].config_type.from_options(options or {})
+def strategy_config(
+    entry: str | Mapping[str, Any] | StrategyConfig, options: Mapping[str, Any] | None = None
+) -> StrategyConfig:
+    """The config a method entry names (a name, a `{name = ..., setting = ...}` table or a
+    config), with `options` filling the settings it leaves out; another strategy's options in
+    the pool are left out, so one pool serves every method."""
+    config: StrategyConfig = config_from("method", strategies(), entry, **(options or {}))
+    return config
 
 
 def strategy_for(config: StrategyConfig, **context: Any) -> SearchStrategy:

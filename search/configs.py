@@ -7,7 +7,7 @@ into every plan's provenance, so a changed strategy is told apart from an old on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,13 +40,6 @@ class StrategyConfig:
     def provenance(self) -> dict[str, Any]:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         return {"strategy": self.name, "strategy_version": self.VERSION, **settings}
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> StrategyConfig:
-        """The config from a pool of CLI or run-config options; those it has no field for
-        (another strategy's) are left out."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from mixprec.data import content_hash
-from mixprec.errors import MixprecError, one_of
+from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle
-from mixprec.registry import ConfigRegistry
+from mixprec.registry import ConfigRegistry, config_from
 from mixprec.scheme import Scheme
 from mixprec.sensitivity.configs import EstimatorConfig
 from mixprec.tasks import Batch
@@ -134,19 +134,21 @@ def estimators() -> dict[str, type[SensitivityEstimator]]:
     return ESTIMATORS.classes()
 
 
-def estimator_config(name: str, seed: int = 0) -> EstimatorConfig:
-    """The default config of the estimator called `name`."""
-    registry = estimators()
-    one_of("estimator", name, tuple(registry))
-    return registry[name].config_type(seed=seed)
+def estimator_config(
+    entry: str | Mapping[str, Any] | EstimatorConfig, seed: int = 0
+) -> EstimatorConfig:
+    """The config an estimator entry names: a name (default settings), a `{name = ...,
+    setting = ...}` table or a config; the seed is `seed` unless the entry sets its own."""
+    config: EstimatorConfig = config_from("estimator", estimators(), entry, seed=seed)
+    return config
 
 
-def make_estimator(config: str | EstimatorConfig, seed: int = 0) -> SensitivityEstimator:
-    """The estimator for a config, or for a name with its default settings and `seed`."""
-    chosen = estimator_config(config, seed) if isinstance(config, str) else config
-    registry = estimators()
-    one_of("estimator", chosen.name, tuple(registry))
-    return registry[chosen.name](chosen)
+def make_estimator(
+    entry: str | Mapping[str, Any] | EstimatorConfig, seed: int = 0
+) -> SensitivityEstimator:
+    """The estimator for an entry (see `estimator_config`)."""
+    config = estimator_config(entry, seed)
+    return estimators()[config.name](config)
 
 
 class WeightDeltas:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
@@ -14,8 +15,8 @@ from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
 from mixprec.models import ModelBundle, load_model
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import make_estimator
-from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
+from mixprec.sensitivity.base import estimator_config, make_estimator
+from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
 from mixprec.units import LEVELS, Unit
 
 DEFAULT_SCHEMES = (
@@ -24,13 +25,18 @@ DEFAULT_SCHEMES = (
 )  # fmt: skip
 
 
+Estimators: TypeAlias = tuple[str | Mapping[str, Any] | EstimatorConfig, ...]
+
+
 @dataclass(frozen=True)
 class AnalysisSpec:
-    """What to score. `model` is a source string, so every worker can load it itself."""
+    """What to score. `model` is a source string, so every worker can load it itself;
+    `estimators` are names, `{name = ..., setting = ...}` tables or configs, each seeded
+    with `seed`."""
 
     model: str
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    estimators: Estimators = DEFAULT_ESTIMATORS
     levels: tuple[str, ...] = LEVELS
     calib_batches: int | None = None
     seed: int = 0
@@ -38,15 +44,23 @@ class AnalysisSpec:
     threads: int = 1
 
     def validated(self) -> AnalysisSpec:
-        """Checked, with schemes in canonical spelling (they are part of cache keys)."""
+        """Checked, with schemes in canonical spelling and estimators as configs (both are
+        part of cache keys)."""
         schemes = tuple(str(Scheme.parse(s)) for s in self.schemes)
-        for name in self.estimators:
-            make_estimator(name)
+        configs = self.configs()
+        names = [c.name for c in configs]
+        for name in names:
+            if names.count(name) > 1:
+                raise MixprecError(f"estimator {name!r} is listed twice; one entry per estimator")
         for level in self.levels:
             one_of("level", level, LEVELS)
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
-        return replace(self, schemes=schemes)
+        return replace(self, schemes=schemes, estimators=configs)
+
+    def configs(self) -> tuple[EstimatorConfig, ...]:
+        """The estimators as configs (what `validated` leaves in `estimators`)."""
+        return tuple(replace(estimator_config(e), seed=self.seed) for e in self.estimators)
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class CellWorker:
             )
         self.batches = calibration_batches(self.bundle, spec.calib_batches)
         self.calibration = content_hash(self.batches)
-        self.estimators = {n: make_estimator(n, spec.seed) for n in spec.estimators}
+        self.estimators = {c.name: make_estimator(c) for c in spec.configs()}
 
     def run(self, cell: Cell) -> list[dict[str, Any]]:
         estimator = self.estimators[cell.estimator]

@@ -127,7 +127,7 @@ class WorkQueues:
 
 
 def schedule(spec: AnalysisSpec, cells: Sequence[Cell], workers: int) -> WorkQueues:
-    shared = [n for n in spec.estimators if make_estimator(n).shares_statistics]
+    shared = [c.name for c in spec.configs() if make_estimator(c).shares_statistics]
     owner = {name: i % workers for i, name in enumerate(shared)}
     pinned: dict[int, list[int]] = {}
     free = []

@@ -83,8 +83,9 @@ def _score_all(
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)
     check_forward(bundle, batches[0])
-    for name in spec.estimators:
-        if make_estimator(name).needs_loss and not bundle.task.has_loss:
+    configs = {config.name: config for config in spec.configs()}
+    for name, config in configs.items():
+        if make_estimator(config).needs_loss and not bundle.task.has_loss:
             raise MixprecError(
                 f"estimator {name!r} needs a task loss and model {bundle.name!r} has none; "
                 "use --estimators isolation, or give the model a task (a ModelBundle factory)"
@@ -92,21 +93,20 @@ def _score_all(
     calibration = content_hash(batches)
     cache = cache or CellCache(cache_dir() / "cells")
     keys = {
-        (estimator, scheme, unit.name): cell_key(
-            bundle.fingerprint, unit, scheme, estimator, params, calibration, spec.seed
+        (name, scheme, unit.name): cell_key(
+            bundle.fingerprint, unit, scheme, name, config.cache_params(), calibration, spec.seed
         )
-        for estimator in spec.estimators
-        for params in [make_estimator(estimator, spec.seed).params]
+        for name, config in configs.items()
         for scheme in spec.schemes
         for unit in units
     }
     found = {key: cache.get(key) for key in keys.values()}
     todo = []
-    for estimator in spec.estimators:
+    for name in configs:
         for scheme in spec.schemes:
-            pending = [u for u in units if found[keys[estimator, scheme, u.name]] is None]
+            pending = [u for u in units if found[keys[name, scheme, u.name]] is None]
             for i in range(0, len(pending), spec.chunk):
-                todo.append(Cell(estimator, scheme, tuple(pending[i : i + spec.chunk])))
+                todo.append(Cell(name, scheme, tuple(pending[i : i + spec.chunk])))
     for cell, results in _execute(spec, bundle, todo, workers, address, progress):
         for unit, result in zip(cell.units, results, strict=True):
             key = keys[cell.estimator, cell.scheme, unit.name]
@@ -176,7 +176,13 @@ def _write_outputs(
     frame = table.frame
     failed = frame.loc[frame["status"] != "ok", ["estimator", "unit", "scheme", "error"]]
     record = AnalysisRecord(
-        spec=SpecRecord(**asdict(spec)),
+        spec=SpecRecord(
+            **{
+                **asdict(spec),
+                "estimators": [c.name for c in spec.configs()],
+                "estimator_settings": {c.name: c.cache_params() for c in spec.configs()},
+            }
+        ),
         model=bundle.name,
         fingerprint=bundle.fingerprint,
         calibration_hash=calibration,

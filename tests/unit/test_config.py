@@ -32,10 +32,54 @@ def test_toml_round_trip() -> None:
     assert parse_config(tomllib.loads(config.to_toml())) == config
 
 
+def test_strategy_and_estimator_settings_live_in_the_config() -> None:
+    import tomllib
+
+    from mixprec.search.configs import GreedyConfig, OptunaConfig
+    from mixprec.sensitivity.configs import HessianConfig, IsolationConfig
+
+    text = (
+        'model = "digits-cnn"\noutput = "runs/x"\nseed = 4\n'
+        'methods = ["greedy", {name = "optuna", trials = 20, sampler = "nsga2", seed = 9}]\n'
+        'estimators = [{name = "hessian", max_probes = 64}, "isolation"]\n'
+    )
+    config = parse_config(tomllib.loads(text))
+    assert config.strategy_configs() == [
+        GreedyConfig(seed=4), OptunaConfig(trials=20, sampler="nsga2", seed=9)
+    ]
+    assert config.estimator_configs() == [
+        HessianConfig(max_probes=64, seed=4), IsolationConfig(seed=4)
+    ]
+    assert config.estimator_names == ["hessian", "isolation"]
+    assert parse_config(tomllib.loads(config.to_toml())) == config
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"model": "x"}, "missing key 'output'"),
+        (
+            {**BASE, "methods": [{"name": "optuna", "trails": 5}]},
+            "key 'methods': unknown optuna setting 'trails'; valid: kappa, seed, sampler, trials",
+        ),
+        (
+            {**BASE, "methods": [{"name": "optuna", "trials": 0}]},
+            "key 'methods': optuna: trials 0 must be a finite number >= 1",
+        ),
+        (
+            {**BASE, "methods": [{"name": "ilp", "solver": "gurobi"}]},
+            "key 'methods': ilp: unknown solver 'gurobi'; valid: cbc, highs",
+        ),
+        (
+            {**BASE, "methods": [{"name": "sac", "timesteps": "many"}]},
+            "key 'methods': sac setting timesteps: Input should be a valid integer",
+        ),
+        ({**BASE, "methods": [{"trials": 5}]}, "key 'methods': a method table needs a name"),
+        ({**BASE, "methods": ["ilp", {"name": "ilp"}]}, "'ilp' is listed twice; one entry"),
+        (
+            {**BASE, "estimators": [{"name": "isolation", "replay": "sometimes"}]},
+            "key 'estimators': isolation setting replay: Input should be a valid boolean",
+        ),
         ({**BASE, "budget": "4bits"}, "unknown key 'budget'; valid keys: model, output, schemes"),
         ({**BASE, "methods": ["rl"]}, "key 'methods': unknown method 'rl'; valid: greedy, ilp"),
         (

@@ -160,6 +160,13 @@ def test_a_users_own_estimator_registers_scores_and_keys_its_settings(tmp_path: 
         with pytest.raises(MixprecError, match="'test-weight-error' is registered already"):
             register_estimator(WeightErrorConfig)(type("Other", (WeightError,), {}))
         assert WeightError(WeightErrorConfig(power=1.0)).params != WeightError().params
+        # a config object (or a table) reaches the estimator, and its settings key the cache
+        for entry in (WeightErrorConfig(power=1.0), {"name": "test-weight-error", "power": 1.0}):
+            again = mixprec.score(model, batches, ["w:int8"], [entry], ["layer"], cache=cache)
+            l1 = float((int8 - weight).abs().sum())
+            assert again.frame.set_index("unit")["score"]["0"] == pytest.approx(l1, rel=1e-6)
+        # power 2: 2 schemes x 2 layers; power 1 (given twice, scored once): w:int8 x 2 layers
+        assert len(list((tmp_path / "cells").rglob("*.json"))) == 4 + 2
     finally:
         base.ESTIMATORS.forget("test-weight-error")
 
