@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from mixprec.errors import MixprecError
-from mixprec.guard import is_run_folder
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.store import list_runs
+from mixprec.store import is_run_folder, list_runs
 
 RUNS_ENV = "MIXPREC_RUNS"
 TRUST_ENV = "MIXPREC_TRUST_MODEL_SOURCE"  # "1": honour module: sources named in run files

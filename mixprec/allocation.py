@@ -151,20 +151,21 @@ def problem_from_run(
     """The problem of a scored run folder. Its manifest's model source is untrusted (a
     `module:` source runs only with `trust_source`); the model must load to the weights the
     scores were made with."""
-    from mixprec.store import file_digest, read_manifest
+    from mixprec.store import RunFolder, file_digest
 
     if not folder.is_dir():
         raise MixprecError(f"no run folder at {folder}: run `mixprec analyze --out {folder}` first")
-    table_file = folder / "scores.parquet"
+    run = RunFolder(folder)
+    table_file = run.scores_path
     table = ScoreTable.load(table_file)
     table.check_usable(estimator)  # before the model loads: a bad table fails fast
-    analysis = read_manifest(folder).analysis
+    analysis = run.manifest().analysis
     if analysis is None:
         raise MixprecError(
-            f"{folder / 'manifest.json'} has no analysis record (spec, fingerprint): "
+            f"{run.manifest_path} has no analysis record (spec, fingerprint): "
             f"run `mixprec analyze --out {folder}`"
         )
-    source = source_from_file(analysis.spec.model, f"{folder / 'manifest.json'}", trust_source)
+    source = source_from_file(analysis.spec.model, str(run.manifest_path), trust_source)
     seed, fingerprint = analysis.spec.seed, analysis.fingerprint
     bundle = load_model(source, seed=seed)
     if bundle.fingerprint != fingerprint:

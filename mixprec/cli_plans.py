@@ -103,8 +103,9 @@ def search_command(
     from mixprec.allocation import allocate, problem_from_run
     from mixprec.guard import check_output_file
     from mixprec.search.cost import Budget
+    from mixprec.store import RunFolder
 
-    check_output_file(out, [run / "scores.parquet", run / "manifest.json"])
+    check_output_file(out, [RunFolder(run).scores_path, RunFolder(run).manifest_path])
     parsed = Budget.parse(budget)
     options = {"kappa": kappa, "seed": seed, "solver": solver, "trials": trials,
                "sampler": sampler, "objective": objective, "timesteps": timesteps,

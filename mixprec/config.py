@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
     output: Path = Field(description="the run folder, e.g. runs/digits")
     schemes: list[str] | Literal["default"] = "default"
     estimators: list[str | dict[str, Any]] = Field(
-        default_factory=lambda: list(_registered("default estimator")),
+        default_factory=lambda: _entries(_registered("default estimator")),
         description="names or tables: ['fisher', {name = 'hessian', max_probes = 64}]",
     )
     levels: list[str] = Field(default_factory=lambda: list(_registered("level")))
@@ -170,6 +170,10 @@ def _registered(kind: str) -> tuple[str, ...]:
     from mixprec.store import EXPORT_SUFFIX
 
     return tuple(EXPORT_SUFFIX)
+
+
+def _entries(names: tuple[str, ...]) -> list[str | dict[str, Any]]:
+    return list(names)
 
 
 def _parsed(parse: Callable[[str], object], text: str) -> str:

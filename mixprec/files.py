@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file under the final name."""
+"""Atomic file writes (a reader never sees a half-written file under the final name) and the
+writable-folder check made before any."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mixprec.errors import MixprecError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,3 +41,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def check_writable_parent(resolved: Path, what: str, shown: Path) -> None:
+    """The nearest existing folder above `resolved` must be writable."""
+    parent = resolved if resolved.is_dir() else resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MixprecError(f"cannot write {what} {shown}: {parent} is not a writable folder")

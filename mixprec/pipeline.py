@@ -18,9 +18,8 @@ from typing import Any
 from mixprec.config import RunConfig
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
-from mixprec.guard import check_run_folder
 from mixprec.runlock import RunLock
-from mixprec.store import RunFolder, inputs_hash
+from mixprec.store import RunFolder, check_run_folder, inputs_hash
 
 Say = Callable[[str], None]
 

@@ -19,7 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from mixprec.errors import MixprecError
-from mixprec.guard import LOCK_FILE
+
+LOCK_FILE = ".lock"  # a folder holding only it is a run starting
 
 HEARTBEAT_S = 10.0
 STALE_S = 6 * HEARTBEAT_S

@@ -24,11 +24,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mixprec.errors import MixprecError
-from mixprec.files import atomic_write_text
-from mixprec.guard import MANIFEST, RUN_KIND
-from mixprec.runlock import owner_alive
+from mixprec.files import atomic_write_text, check_writable_parent
+from mixprec.runlock import LOCK_FILE, owner_alive
 
 STORE_VERSION = 1
+MANIFEST = "manifest.json"
+RUN_KIND = "mixprec-run"
+SCORES = "scores.parquet"
+# Files a run folder keeps for itself; no --out may name them.
+RUN_FILES = (MANIFEST, SCORES, "config.toml", "report.md", "pareto.parquet", LOCK_FILE)
 # Every export target, and the suffix of its file beside the plan in RUN/exports/.
 EXPORT_SUFFIX: dict[str, str] = {
     "json": ".json",
@@ -192,8 +196,12 @@ class RunFolder:
         self.path = path
 
     @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
     def scores_path(self) -> Path:
-        return self.path / "scores.parquet"
+        return self.path / SCORES
 
     def plan_path(self, method: str, budget: str) -> Path:
         return self.path / "plans" / f"{method}-{budget}.json"
@@ -294,3 +302,57 @@ def list_runs(root: Path) -> list[dict[str, str]]:
         model = manifest.model or "?"
         rows.append({"name": folder.name, "model": model, "status": status, "date": date})
     return sorted(rows, key=lambda r: r["date"], reverse=True)
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder whose manifest says mixprec wrote it (or an older mixprec's analysis record)."""
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    legacy = ("spec" in data and "fingerprint" in data) or (
+        "steps" in data and "store_version" in data
+    )
+    return data.get("kind") == RUN_KIND or legacy
+
+
+def _refuse_root(path: Path, what: str) -> Path:
+    if str(path).strip() in ("", "."):
+        raise MixprecError(f"{what} {str(path)!r} names no folder; give one such as runs/NAME")
+    resolved = path.expanduser().resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise MixprecError(
+            f"{what} {str(path)!r} is {resolved}; give a folder of its own such as runs/NAME"
+        )
+    return resolved
+
+
+def check_run_folder(path: Path, what: str = "the run folder") -> Path:
+    """`path` may be a new folder, an empty one or a mixprec run; anything else is refused."""
+    resolved = _refuse_root(path, what)
+    manifest = resolved / MANIFEST
+    if manifest.is_file() and not is_run_folder(resolved):
+        try:
+            json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise MixprecError(
+                f"{manifest} is not a readable run manifest ({err}); move the folder away "
+                "or give another one"
+            ) from None
+    if resolved.exists() and not resolved.is_dir():
+        raise MixprecError(f"{what} {path} is a file, not a folder; give one such as runs/NAME")
+    if resolved.is_dir() and not is_run_folder(resolved):
+        try:
+            present = sorted(p.name for p in resolved.iterdir() if p.name != LOCK_FILE)
+        except OSError as err:
+            raise MixprecError(f"cannot read {what} {path}: {err.strerror}") from None
+        if present:
+            shown = ", ".join(present[:3]) + (" ..." if len(present) > 3 else "")
+            raise MixprecError(
+                f"{what} {path} holds files that are not a mixprec run ({shown}); "
+                "give a new or empty folder"
+            )
+    check_writable_parent(resolved, what, path)
+    return resolved

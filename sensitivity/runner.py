@@ -18,7 +18,6 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
-from mixprec.guard import check_run_folder
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir, load_model
 from mixprec.progress import cell_progress
@@ -38,7 +37,7 @@ from mixprec.sensitivity.cells import (
 from mixprec.sensitivity.cluster import ray_map
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord
+from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord, check_run_folder
 from mixprec.units import discover_units, quantizable_layers
 
 

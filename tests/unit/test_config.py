@@ -45,10 +45,12 @@ def test_strategy_and_estimator_settings_live_in_the_config() -> None:
     )
     config = parse_config(tomllib.loads(text))
     assert config.strategy_configs() == [
-        GreedyConfig(seed=4), OptunaConfig(trials=20, sampler="nsga2", seed=9)
+        GreedyConfig(seed=4),
+        OptunaConfig(trials=20, sampler="nsga2", seed=9),
     ]
     assert config.estimator_configs() == [
-        HessianConfig(max_probes=64, seed=4), IsolationConfig(seed=4)
+        HessianConfig(max_probes=64, seed=4),
+        IsolationConfig(seed=4),
     ]
     assert config.estimator_names == ["hessian", "isolation"]
     assert parse_config(tomllib.loads(config.to_toml())) == config

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mixprec.guard import LOCK_FILE
-from mixprec.runlock import HEARTBEAT_S, STALE_S, RunLock, owner_alive, read_owner
+from mixprec.runlock import HEARTBEAT_S, LOCK_FILE, STALE_S, RunLock, owner_alive, read_owner
 
 
 def plant_owner(folder: Path, host: str, age_s: float) -> None:

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from mixprec.errors import MixprecError
-from mixprec.guard import is_run_folder
-from mixprec.store import AnalysisRecord, RunFolder, SpecRecord, list_runs, read_manifest
+from mixprec.store import (
+    AnalysisRecord,
+    RunFolder,
+    SpecRecord,
+    is_run_folder,
+    list_runs,
+    read_manifest,
+)
 
 RECORD = AnalysisRecord(
     spec=SpecRecord(
