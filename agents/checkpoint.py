@@ -1,7 +1,7 @@
 """SAC training state on disk, so an interrupted or extended training resumes where it stopped.
 
 One file per problem (table, limits, settings): the networks, optimisers, entropy coefficient,
-replay buffer, random states and the best policy evaluated so far, all as tensors and plain
+replay buffer, random states and the best policy probed so far, all as tensors and plain
 values (loaded with weights_only=True, never a pickle); written to a temp file, then renamed.
 """
 
@@ -26,7 +26,7 @@ BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "don
 
 @dataclass
 class BestPolicy:
-    """The deterministic policy with the highest evaluated return so far, and its plan."""
+    """The deterministic policy with the highest probed return so far, and its plan."""
 
     state: dict[str, torch.Tensor] | None = None
     plan: tuple[int, ...] = ()

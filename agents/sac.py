@@ -1,7 +1,7 @@
 """SAC (stable-baselines3) as a SearchStrategy: learn to allocate on the AllocationEnv.
 
 The agent is a residual policy around the greedy plan: its action layer starts at zero, so
-the untrained deterministic policy reproduces greedy; the deterministic policy is evaluated
+the untrained deterministic policy reproduces greedy; the deterministic policy is probed
 every few episodes and the best kept (as SB3's EvalCallback keeps a best model), so the plan
 returned is never worse than the greedy plan by the training reward. Training state is
 checkpointed in the run folder and resumes.
@@ -68,14 +68,14 @@ class SACStrategy(SearchStrategy):
             best = load_checkpoint(agent, checkpoint)
             log.info("resuming SAC from %s at step %d", checkpoint, agent.num_timesteps)
         if agent.num_timesteps == 0:
-            evaluate(agent, probe, best)
+            probe_policy(agent, probe, best)
         remaining = self.config.timesteps - agent.num_timesteps
         if remaining > 0:
             every = max(self.config.timesteps // EVALUATIONS, len(fallback.choice))
             callback = _Callback(probe, best, every, self.config.checkpoint_every, checkpoint)
             agent.learn(remaining, callback=callback, progress_bar=self.progress,
                         reset_num_timesteps=False)  # fmt: skip
-            evaluate(agent, probe, best)
+            probe_policy(agent, probe, best)
             if checkpoint is not None:
                 save_checkpoint(agent, best, checkpoint)
         assert best.state is not None
@@ -159,18 +159,18 @@ class _Callback(BaseCallback):
         super().__init__()
         self.probe, self.best, self.every = probe, best, every
         self.checkpoint_every, self.checkpoint = checkpoint_every, checkpoint
-        self.evaluated = self.saved = 0
+        self.probed = self.saved = 0
         self.episode_ended = False
 
     def _on_training_start(self) -> None:
-        self.evaluated = self.saved = self.model.num_timesteps
+        self.probed = self.saved = self.model.num_timesteps
 
     def _on_step(self) -> bool:
         self.episode_ended = any("choice" in info for info in self.locals["infos"])
         steps = self.model.num_timesteps
-        if self.episode_ended and steps - self.evaluated >= self.every:
-            evaluate(self.model, self.probe, self.best)
-            self.evaluated = steps
+        if self.episode_ended and steps - self.probed >= self.every:
+            probe_policy(self.model, self.probe, self.best)
+            self.probed = steps
         return True
 
     def _on_rollout_start(self) -> None:
@@ -182,7 +182,7 @@ class _Callback(BaseCallback):
             self.saved = steps
 
 
-def evaluate(agent: Any, env: AllocationEnv, best: BestPolicy) -> None:
+def probe_policy(agent: Any, env: AllocationEnv, best: BestPolicy) -> None:
     """Roll the deterministic policy out on `env` (not the training env) and offer it."""
     plan, value = rollout(agent, env)
     best.offer(agent.policy.state_dict(), plan, value, int(agent.num_timesteps))

@@ -22,6 +22,7 @@ from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.plan import PrecisionPlan
 from mixprec.store import RunFolder, read_manifest
+from mixprec.units import LEVELS
 
 st.set_page_config(page_title="mixprec", layout="wide")
 ROOT = Path(os.environ.get(views.RUNS_ENV, "runs"))
@@ -66,7 +67,7 @@ def sensitivity_page() -> None:
         return
     left, right = st.columns(2)
     estimator = left.selectbox("Estimator", sorted(scores["estimator"].unique()), key="estimator")
-    levels = [lv for lv in ("layer", "component", "block") if lv in set(scores["level"])]
+    levels = [lv for lv in LEVELS if lv in set(scores["level"])]
     level = right.selectbox("Level", levels, key="level")
     try:
         colour, text = views.heatmap_frames(scores, estimator, level)
@@ -83,7 +84,7 @@ def sensitivity_page() -> None:
     figure.update_layout(height=max(300, 18 * len(colour)), yaxis={"autorange": "reversed"})
     st.plotly_chart(figure, width="stretch")
     st.caption(f"{name}: {estimator} scores, {level} level; hover shows the 95% interval.")
-    rollups = [lv for lv in ("block", "component") if lv in levels]
+    rollups = [lv for lv in reversed(LEVELS) if lv != "layer" and lv in levels]
     if rollups:
         schemes = list(colour.columns)
         scheme = st.selectbox("Scheme for the roll-up", schemes, key="rollup_scheme")

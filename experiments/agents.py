@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from study import PRIMARY, analysis_for, publish
+from study import PRIMARY, isolation_problem, publish
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
@@ -43,7 +43,7 @@ SCHEMES = (
 
 
 def compare(
-    analysis: AllocationProblem,
+    problem: AllocationProblem,
     budgets: list[str],
     steps: int,
     trials: int,
@@ -60,12 +60,12 @@ def compare(
         optimum = None
         for name, strategy in methods.items():
             start = time.perf_counter()
-            plan = allocate(analysis, budget, strategy)
+            plan = allocate(problem, budget, strategy)
             seconds = time.perf_counter() - start
             objective = plan.predicted["score"]
             optimum = objective if name == "ilp" else optimum
-            measured = evaluate(analysis.bundle, plan.assignment).metrics[primary[0]]
-            rows.append({"model": analysis.bundle.name, "budget": budget, "method": name,
+            measured = evaluate(problem.bundle, plan.assignment).metrics[primary[0]]
+            rows.append({"model": problem.bundle.name, "budget": budget, "method": name,
                          "objective": objective, "gap to ilp %": 100 * (objective / optimum - 1),
                          primary[0]: measured, "bits/weight": plan.predicted["bits_per_weight"],
                          "training steps": steps if name == "sac" else None,
@@ -73,12 +73,12 @@ def compare(
     return rows
 
 
-def environment(analysis: AllocationProblem, budget: str) -> AllocationEnv:
-    scores = analysis.scores()
-    constraints = constraints_for(analysis.costs, Budget.parse(budget), Limits())
+def environment(problem: AllocationProblem, budget: str) -> AllocationEnv:
+    scores = problem.scores()
+    constraints = constraints_for(problem.costs, Budget.parse(budget), Limits())
     fallback = solve_greedy(scores, constraints).choice
-    assert analysis.costs.features is not None
-    return AllocationEnv(scores, constraints, analysis.costs.features, fallback)
+    assert problem.costs.features is not None
+    return AllocationEnv(scores, constraints, problem.costs.features, fallback)
 
 
 def transfer(
@@ -127,15 +127,17 @@ def main() -> int:
     steps = 300 if args.quick else args.steps
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        analyses = {m: analysis_for(m, SCHEMES, Path(scratch) / m, args.workers) for m in models}
+        problems = {
+            m: isolation_problem(m, SCHEMES, Path(scratch) / m, args.workers) for m in models
+        }
         rows = [
             row
-            for m, analysis in analyses.items()
-            for row in compare(analysis, budgets, steps, 20 if args.quick else 50,
+            for m, problem in problems.items()
+            for row in compare(problem, budgets, steps, 20 if args.quick else 50,
                                PRIMARY[m])
         ]  # fmt: skip
-        sources = [analyses[m] for m in models if m != "minilm"]
-        target = analyses["minilm" if "minilm" in analyses else models[0]]
+        sources = [problems[m] for m in models if m != "minilm"]
+        target = problems["minilm" if "minilm" in problems else models[0]]
         moved = transfer(sources, target, budgets, steps, Path(scratch))
     comparison = pd.DataFrame(rows).astype(object)
     comparison = comparison.where(comparison.notna(), "-")

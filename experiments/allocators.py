@@ -18,7 +18,7 @@ import torch
 from scipy.stats import spearmanr
 from study import (
     PRIMARY,
-    analysis_for,
+    isolation_problem,
     load_config,
     parse_args,
     primary_metric,
@@ -63,9 +63,9 @@ def options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, object]]:
-    analysis = analysis_for(model, config["schemes"], cache, config["workers"],
-                            config["calib_batches"])  # fmt: skip
-    bundle = analysis.bundle
+    problem = isolation_problem(model, config["schemes"], cache, config["workers"],
+                                config["calib_batches"])  # fmt: skip
+    bundle = problem.bundle
     metric, measure = PRIMARY[model][0], primary_metric(bundle)
     rows: list[dict[str, object]] = []
     for bits in config["budgets"]:
@@ -74,7 +74,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             strategy = strategy_config(method, options(config))
             start = time.perf_counter()
             try:
-                plan = allocate(analysis, f"{bits}bits", strategy)
+                plan = allocate(problem, f"{bits}bits", strategy)
             except InfeasibleBudget as err:  # an infeasible budget is a result, not a crash
                 rows.append({"model": model, "budget bits": bits, "method": method,
                              "note": str(err).split(";")[0]})  # fmt: skip

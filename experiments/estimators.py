@@ -27,10 +27,10 @@ from study import (
     save_figure,
 )
 
+from mixprec import AnalysisSpec, analyze
 from mixprec.markdown import frame_markdown
 from mixprec.models import ModelBundle, load_model
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.units import discover_units, select
 
@@ -60,8 +60,8 @@ def score(model: str, config: dict[str, Any], batches: int) -> ScoreTable:
     spec = AnalysisSpec(model, tuple(config["schemes"]), tuple(config["estimators"]),
                         ("layer",), calib_batches=batches)  # fmt: skip
     with tempfile.TemporaryDirectory() as cache:
-        return run_analysis(spec, workers=config["workers"], cache=CellCache(Path(cache)),
-                            progress=False)  # fmt: skip
+        return analyze(spec, workers=config["workers"], cache=CellCache(Path(cache)),
+                       progress=False)  # fmt: skip
 
 
 def study(

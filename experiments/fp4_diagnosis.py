@@ -28,10 +28,10 @@ from study import (
     save_figure,
 )
 
+from mixprec import AnalysisSpec, analyze
 from mixprec.markdown import frame_markdown
 from mixprec.models import load_model
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.units import discover_units
 
 DEFAULTS: dict[str, object] = {
@@ -48,8 +48,8 @@ def diagnose(model: str, config: dict[str, Any], cache: Path) -> pd.DataFrame:
     schemes = tuple(config["schemes"])
     spec = AnalysisSpec(model, schemes, ("isolation",), ("component", "block"),
                         calib_batches=int(config["calib_batches"]))  # fmt: skip
-    table = run_analysis(spec, workers=int(config["workers"]), cache=CellCache(cache),
-                         progress=False)  # fmt: skip
+    table = analyze(spec, workers=int(config["workers"]), cache=CellCache(cache),
+                    progress=False)  # fmt: skip
     bundle = load_model(model)
     metric, larger_is_better = PRIMARY[model]
     measure = primary_metric(bundle)

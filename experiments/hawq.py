@@ -27,13 +27,13 @@ from study import (
     save_figure,
 )
 
+from mixprec import AnalysisSpec, analyze
 from mixprec.markdown import frame_markdown
 from mixprec.models import load_model
 from mixprec.search.base import Limits
 from mixprec.search.cost import Budget, InfeasibleBudget, build_cost_model
 from mixprec.search.ilp import ILPStrategy
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 
 DEFAULTS: dict[str, object] = {
     "models": ["digits-cnn", "minilm"],
@@ -51,7 +51,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
     int4, int8 = config["int4"], config["int8"]
     spec = AnalysisSpec(model, (int4, int8), tuple(config["estimators"]), ("layer",),
                         calib_batches=config["calib_batches"])  # fmt: skip
-    table = run_analysis(spec, workers=config["workers"], cache=CellCache(cache), progress=False)
+    table = analyze(spec, workers=config["workers"], cache=CellCache(cache), progress=False)
     bundle = load_model(model)
     costs = build_cost_model(bundle, [int4, int8])  # INT4 or INT8 only, as in the paper
     metric, measure = PRIMARY[model][0], primary_metric(bundle)

@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 from study import PRIMARY, fail, load_config, parse_args, publish_study, pyplot, save_figure
 
+from mixprec import AnalysisSpec, analyze
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.cost import Budget
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 from mixprec.tasks import Observed
 
 SCHEMES = ("w:int8", "w:int4_g128")
@@ -83,7 +83,7 @@ def mixprec_plans(model_name: str, config: dict[str, Any]) -> list[dict[str, obj
                             calib_batches=config["calib_batches"])  # fmt: skip
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            table = run_analysis(spec, cache=CellCache(Path(cache)), progress=False)
+            table = analyze(spec, cache=CellCache(Path(cache)), progress=False)
             scoring = time.perf_counter() - start
         problem = AllocationProblem.build(table, bundle, estimator)
         for bits in config["budgets"]:

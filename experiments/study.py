@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 
 import torch
 
+from mixprec import AnalysisSpec, analyze
 from mixprec.allocation import AllocationProblem
 from mixprec.files import atomic_write_text
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -39,12 +39,12 @@ PRIMARY: dict[str, tuple[str, bool]] = {
 }
 
 
-def analysis_for(
+def isolation_problem(
     model: str, schemes: Sequence[str], cache: Path, workers: int = 2, calib_batches: int = 2
 ) -> AllocationProblem:
     """Isolation scores at layer level (cells cached in `cache`) with the model's cost model."""
     spec = AnalysisSpec(model, tuple(schemes), ("isolation",), ("layer",), calib_batches)
-    table = run_analysis(spec, workers=workers, cache=CellCache(cache), progress=False)
+    table = analyze(spec, workers=workers, cache=CellCache(cache), progress=False)
     return AllocationProblem.build(table, load_model(model), "isolation")
 
 

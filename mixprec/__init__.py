@@ -29,6 +29,7 @@ _EXPORTS = {
     "evaluate": "mixprec.metrics",
     "footprint": "mixprec.metrics",
     "analyze": "mixprec.sensitivity.runner",
+    "AnalysisSpec": "mixprec.sensitivity.cells",
     "ScoreTable": "mixprec.sensitivity.table",
     "score": "mixprec.scoring",
     "Calibration": "mixprec.scoring",
@@ -57,6 +58,7 @@ _EXPORTS = {
 
 __all__ = [
     "AllocationProblem",
+    "AnalysisSpec",
     "Budget",
     "Calibration",
     "EstimatorConfig",
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
     )
     from mixprec.search.cost import Budget, InfeasibleBudget
     from mixprec.sensitivity.base import SensitivityEstimator, register_estimator
+    from mixprec.sensitivity.cells import AnalysisSpec
     from mixprec.sensitivity.configs import (
         EstimatorConfig,
         FisherConfig,

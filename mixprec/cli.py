@@ -97,7 +97,7 @@ def units_command(
 ) -> None:
     """List a model's quantizable units. Example: mixprec units --model minilm --json"""
     from mixprec.models import load_model
-    from mixprec.units import DEFAULT_FUSION, discover_units
+    from mixprec.units import DEFAULT_FUSION, LEVELS, discover_units
 
     bundle = load_model(model)
     units = discover_units(bundle.model, fusion=None if no_fusion else DEFAULT_FUSION)
@@ -110,7 +110,7 @@ def units_command(
             u.name, u.level, u.role or "-", u.group or "-", f"{u.params:,}", str(len(u.modules))
         )
     console.print(table)
-    counts = {lvl: sum(u.level == lvl for u in units) for lvl in ("layer", "component", "block")}
+    counts = {lvl: sum(u.level == lvl for u in units) for lvl in LEVELS}
     console.print(", ".join(f"{n} {lvl} units" for lvl, n in counts.items()))
 
 
@@ -216,8 +216,10 @@ def analyze_command(
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits
     """
+    from mixprec.scheme import parse_list, scheme_list
+    from mixprec.sensitivity.cells import AnalysisSpec
     from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
-    from mixprec.sensitivity.runner import analyze, parse_list
+    from mixprec.sensitivity.runner import analyze
     from mixprec.units import LEVELS
 
     for option, text in (("--schemes", schemes), ("--estimators", estimators),
@@ -226,18 +228,16 @@ def analyze_command(
             raise MixprecError(f"{option} {text!r} lists nothing; give at least one")
     if workers < 0:
         raise MixprecError(f"--workers {workers} must be 0 (serial) or more")
+    spec = AnalysisSpec(
+        model,
+        scheme_list(schemes),
+        DEFAULT_ESTIMATORS if estimators == "default" else tuple(_split(estimators)),
+        LEVELS if levels == "default" else tuple(_split(levels)),
+        calib_batches,
+        seed,
+    )
     try:
-        table = analyze(
-            model,
-            schemes,
-            DEFAULT_ESTIMATORS if estimators == "default" else _split(estimators),
-            workers,
-            out,
-            address,
-            calib_batches,
-            seed,
-            LEVELS if levels == "default" else _split(levels),
-        )
+        table = analyze(spec, workers=workers, address=address, out=out)
     except KeyboardInterrupt:
         sys.stderr.write("mixprec: interrupted; finished cells are cached, re-run to resume\n")
         raise typer.Exit(130) from None
@@ -259,7 +259,6 @@ def report_command(
     Example: mixprec report runs/digits
     """
 
-    from mixprec.sensitivity.report import block_interactions, roll_up, top_units
     from mixprec.sensitivity.table import ScoreTable
     from mixprec.store import read_manifest
 
@@ -269,12 +268,12 @@ def report_command(
         raise MixprecError(f"no run folder at {run}: run `mixprec analyze --out {run}` first")
     table = ScoreTable.load(run / "scores.parquet")
     blocks = read_manifest(run).blocks
-    console.print(_frame_table(top_units(table, "layer", top), "Most sensitive layers"))
+    console.print(_frame_table(table.top_units("layer", top), "Most sensitive layers"))
     for level, title in (("component", "Components"), ("block", "Blocks")):
-        rolled = roll_up(table, level)
+        rolled = table.roll_up(level)
         if not rolled.empty:
             console.print(_frame_table(rolled.reset_index(), f"{title} (mean score)"))
-    interactions = block_interactions(table, blocks)
+    interactions = table.block_interactions(blocks)
     if not interactions.empty:
         console.print(_frame_table(interactions, "Blocks: measured vs sum of layers"))
 

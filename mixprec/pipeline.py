@@ -112,7 +112,9 @@ class Pipeline:
         return True
 
     def analyze(self) -> None:
-        from mixprec.sensitivity.runner import AnalysisSpec, run_analysis, scheme_list
+        from mixprec.scheme import scheme_list
+        from mixprec.sensitivity.cells import AnalysisSpec
+        from mixprec.sensitivity.runner import analyze
 
         c = self.config
         schemes = scheme_list(c.schemes)
@@ -124,7 +126,8 @@ class Pipeline:
         scores = self.folder.scores_path
 
         def work() -> None:
-            run_analysis(spec, c.workers, c.address, self.path, self.progress)
+            analyze(spec, workers=c.workers, address=c.address, out=self.path,
+                    progress=self.progress)  # fmt: skip
             return None
 
         self.step("analyze", inputs, [scores], work, unchanged=True)  # what the config asked for

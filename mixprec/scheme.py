@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mixprec.errors import MixprecError
@@ -10,6 +11,11 @@ from mixprec.kernels import formats
 from mixprec.kernels.formats import NumberFormat
 
 KEEP = "keep"
+# What is scored when nobody says: the common weight formats and one W4A4 scheme.
+DEFAULT_SCHEMES = (
+    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
+    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
+)  # fmt: skip
 _ROLES = {"w": "weight", "a": "activation"}
 
 
@@ -65,3 +71,23 @@ class Scheme:
         if "w" not in parts:
             raise SchemeError(f"bad scheme {text!r}: a weight format (w:FORMAT) is required")
         return cls(parts["w"], parts.get("a"))
+
+
+def scheme_list(schemes: Sequence[str] | str) -> tuple[str, ...]:
+    """`"default"` (the DEFAULT_SCHEMES) or a scheme list as `parse_list` reads it."""
+    return DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
+
+
+def parse_list(text: Sequence[str] | str) -> list[str]:
+    """`w:mxfp4,w:nvfp4,a:nvfp4` -> [w:mxfp4, w:nvfp4,a:nvfp4]: an `a:` item joins the scheme
+    before it; ';' and spaces separate too."""
+    if not isinstance(text, str):
+        return list(text)
+    schemes: list[str] = []
+    for item in text.replace(";", ",").replace(" ", ",").split(","):
+        item = item.strip()
+        if item.startswith("a:") and schemes:
+            schemes[-1] += f",{item}"
+        elif item:
+            schemes.append(item)
+    return schemes

@@ -17,12 +17,14 @@ from torch import nn
 from mixprec.data import named_tensors
 from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle, load_model
+from mixprec.scheme import DEFAULT_SCHEMES, scheme_list
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.cells import DEFAULT_SCHEMES, LEVELS, AnalysisSpec
+from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
-from mixprec.sensitivity.runner import run_analysis, scheme_list, score_bundle
+from mixprec.sensitivity.runner import analyze, score_bundle
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.tasks import CallableTask, Task
+from mixprec.units import LEVELS
 
 Forward = Callable[[nn.Module, Any], Any]
 Loss = Callable[[Any, Any], torch.Tensor]
@@ -118,6 +120,7 @@ def score(
     workers: int = 0,
     address: str | None = None,
     seed: int = 0,
+    calib_batches: int | None = None,
     progress: bool = False,
 ) -> ScoreTable:
     """How much the loss grows for every (estimator, unit, scheme): what `mixprec analyze`
@@ -130,12 +133,13 @@ def score(
     `seed` seeds every one of them.
 
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
-    (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data.
+    (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data. `calib_batches` uses
+    the first K calibration batches.
     """
     chosen = scheme_list(schemes)
     if isinstance(model, str) and data is None and forward is None and loss is None:
-        spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), seed=seed)
-        return run_analysis(spec, workers, address, None, progress, cache)
+        spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
+        return analyze(spec, workers=workers, address=address, progress=progress, cache=cache)
     if workers or address is not None:
         raise MixprecError(
             "a model object or your own batches are scored in this process (workers=0): "
@@ -145,5 +149,5 @@ def score(
         raise MixprecError("forward/loss were given without data: pass the batches too")
     calibration = None if data is None else Calibration.of(data, forward, loss)
     bundle = as_bundle(model, calibration, seed)
-    spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), seed=seed)
+    spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
     return score_bundle(spec, bundle, progress, cache)

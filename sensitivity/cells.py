@@ -14,16 +14,10 @@ import torch
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
 from mixprec.models import ModelBundle, load_model
-from mixprec.scheme import Scheme
+from mixprec.scheme import DEFAULT_SCHEMES, Scheme
 from mixprec.sensitivity.base import estimator_config, make_estimator
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
 from mixprec.units import LEVELS, Unit
-
-DEFAULT_SCHEMES = (
-    "w:fp8_e4m3", "w:int8", "w:mxfp8_e4m3", "w:mxfp6_e2m3", "w:int4_g128", "w:int4_asym_g128",
-    "w:mxfp4", "w:nvfp4", "w:nvint4", "w:fp4_e2m1", "w:int3_g128", "w:nvfp4,a:nvfp4",
-)  # fmt: skip
-
 
 Estimators: TypeAlias = tuple[str | Mapping[str, Any] | EstimatorConfig, ...]
 

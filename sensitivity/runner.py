@@ -26,8 +26,6 @@ from mixprec.scheme import Scheme
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cache import CellCache, cell_key
 from mixprec.sensitivity.cells import (
-    DEFAULT_SCHEMES,
-    LEVELS,
     AnalysisSpec,
     Cell,
     CellWorker,
@@ -35,21 +33,25 @@ from mixprec.sensitivity.cells import (
     check_forward,
 )
 from mixprec.sensitivity.cluster import ray_map
-from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord, check_run_folder
 from mixprec.units import discover_units, quantizable_layers
 
 
-def run_analysis(
+def analyze(
     spec: AnalysisSpec,
+    *,
     workers: int = 0,
     address: str | None = None,
     out: Path | None = None,
     progress: bool = True,
     cache: CellCache | None = None,
 ) -> ScoreTable:
-    """Score every (estimator, unit, scheme); reuse cached cells; write DIR/scores.parquet.
+    """Score every (estimator, unit, scheme) of `spec`, serially or on Ray workers; reuse
+    cached cells; with `out`, write OUT/scores.parquet and hand its record to the run store.
+    What `mixprec analyze` and the analyze step of `mixprec run` call.
+
+    >>> table = analyze(AnalysisSpec("digits-cnn", ("w:int8", "w:mxfp4")), workers=2)
 
     The output folder is checked (new, empty or a mixprec run) and locked before any work."""
     spec = spec.validated()
@@ -192,41 +194,3 @@ def _write_outputs(
         torch=torch.__version__,
     )
     RunFolder(out).record_analysis(record)
-
-
-def analyze(
-    model: str,
-    schemes: Sequence[str] | str = "default",
-    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
-    workers: int = 0,
-    out: Path | str | None = None,
-    address: str | None = None,
-    calib_batches: int | None = None,
-    seed: int = 0,
-    levels: Sequence[str] = LEVELS,
-    progress: bool = True,
-) -> ScoreTable:
-    """Score every unit of `model` under every scheme; what `mixprec analyze` runs."""
-    chosen = scheme_list(schemes)
-    spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
-    return run_analysis(spec, workers, address, Path(out) if out is not None else None, progress)
-
-
-def scheme_list(schemes: Sequence[str] | str) -> tuple[str, ...]:
-    """`"default"` (the DEFAULT_SCHEMES) or a scheme list as `parse_list` reads it."""
-    return DEFAULT_SCHEMES if schemes == "default" else tuple(parse_list(schemes))
-
-
-def parse_list(text: Sequence[str] | str) -> list[str]:
-    """`w:mxfp4,w:nvfp4,a:nvfp4` -> [w:mxfp4, w:nvfp4,a:nvfp4]: an `a:` item joins the scheme
-    before it; ';' and spaces separate too."""
-    if not isinstance(text, str):
-        return list(text)
-    schemes: list[str] = []
-    for item in text.replace(";", ",").replace(" ", ",").split(","):
-        item = item.strip()
-        if item.startswith("a:") and schemes:
-            schemes[-1] += f",{item}"
-        elif item:
-            schemes.append(item)
-    return schemes

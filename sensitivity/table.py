@@ -1,7 +1,9 @@
-"""ScoreTable: units x schemes x estimators -> score, 95% interval, cost; Parquet on disk."""
+"""ScoreTable: units x schemes x estimators -> score, 95% interval, cost; Parquet on disk; and
+the ways it is read (most sensitive units, roll-ups, block interactions)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +113,45 @@ class ScoreTable:
         """Equal in everything but wall time."""
         cols = [c for c in COLUMNS if c != "seconds"]
         return self.frame[cols].equals(other.frame[cols])
+
+    def top_units(self, level: str = "layer", top: int = 5) -> pd.DataFrame:
+        """The `top` highest-scoring units of `level` for every estimator and scheme."""
+        rows = self.ok()
+        rows = rows[rows["level"] == level]
+        ranked = rows.sort_values(["estimator", "scheme", "score"], ascending=[True, True, False])
+        columns = ["estimator", "scheme", "unit", "score", "ci_low", "ci_high"]
+        return ranked.groupby(["estimator", "scheme"], sort=True).head(top)[columns]
+
+    def block_interactions(self, blocks: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+        """Each block's measured score beside the sum of its layers' (the interaction term:
+        what the additive model the allocators use misses)."""
+        rows = self.ok()
+        layer_scores = rows[rows["level"] == "layer"].set_index(["estimator", "scheme", "unit"])
+        out = []
+        for block, modules in blocks.items():
+            measured = rows[(rows["level"] == "block") & (rows["unit"] == block)]
+            for record in measured.itertuples():
+                keys = [(record.estimator, record.scheme, m) for m in modules]
+                present = [k for k in keys if k in layer_scores.index]
+                summed = (
+                    float(layer_scores.loc[present, "score"].sum()) if present else float("nan")
+                )
+                out.append(
+                    {
+                        "estimator": record.estimator,
+                        "scheme": record.scheme,
+                        "block": block,
+                        "measured": float(record.score),
+                        "sum_of_layers": summed,
+                        "interaction": float(record.score) - summed,
+                    }
+                )
+        return pd.DataFrame(out)
+
+    def roll_up(self, level: str) -> pd.DataFrame:
+        """estimator x scheme rows, one column per component or block, mean scores."""
+        rows = self.ok()
+        rows = rows[rows["level"] == level]
+        return rows.pivot_table(
+            index=["estimator", "scheme"], columns="unit", values="score", sort=True
+        )

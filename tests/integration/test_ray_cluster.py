@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
+from mixprec.sensitivity.cells import AnalysisSpec
+from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
 from tests.helpers.ray_head import free_port, port_open, running_head
 
@@ -29,7 +30,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path: Path) -> None:
     """A local Ray run first: it must leave nothing behind (Ray sets RAY_AUTH_MODE=token in
     os.environ) that breaks the cluster run of a `mixprec analyze` started from here after."""
-    local = run_analysis(SPEC, workers=1, cache=CellCache(tmp_path / "l"), progress=False)
+    local = analyze(SPEC, workers=1, cache=CellCache(tmp_path / "l"), progress=False)
     command = [
         sys.executable, "-m", "mixprec", "analyze", "--model", SPEC.model,
         "--schemes", ",".join(SPEC.schemes), "--workers", "2", "--address", ray_head,
@@ -39,6 +40,6 @@ def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     on_cluster = ScoreTable.load(tmp_path / "run" / "scores.parquet")
-    serial = run_analysis(SPEC, cache=CellCache(tmp_path / "b"), progress=False)
+    serial = analyze(SPEC, cache=CellCache(tmp_path / "b"), progress=False)
     assert (on_cluster.frame["status"] == "ok").all()
     assert on_cluster.same_scores(serial) and local.same_scores(serial)

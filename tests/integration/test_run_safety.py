@@ -21,7 +21,8 @@ from mixprec.models import cache_dir, load_model
 from mixprec.pipeline import run_pipeline
 from mixprec.runlock import owner_alive
 from mixprec.sensitivity.cache import CellCache, _checksum
-from mixprec.sensitivity.runner import AnalysisSpec, run_analysis
+from mixprec.sensitivity.cells import AnalysisSpec
+from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import list_runs, read_manifest
 
@@ -120,7 +121,7 @@ def test_a_second_writer_is_told_who_holds_the_run(tmp_path: Path) -> None:
         with pytest.raises(MixprecError, match=f"in use by pid {holder.pid} on "):
             run_pipeline(parse_config(config_for(out)), say=lambda _: None, progress=False)
         with pytest.raises(MixprecError, match=f"in use by pid {holder.pid}"):
-            run_analysis(AnalysisSpec("digits-cnn", ("w:int8",), ("isolation",), ("layer",)),
+            analyze(AnalysisSpec("digits-cnn", ("w:int8",), ("isolation",), ("layer",)),
                          out=out, progress=False)  # fmt: skip
         assert owner_alive(out)
     finally:
@@ -135,7 +136,7 @@ def test_scores_rewritten_by_analyze_are_redone_from_the_config(tmp_path: Path) 
     out = tmp_path / "run"
     run_pipeline(parse_config(config_for(out)), say=lambda _: None, progress=False)
     other = AnalysisSpec("digits-cnn", ("w:mxfp4", "w:int2"), ("isolation",), ("layer",))
-    run_analysis(other, out=out, progress=False)
+    analyze(other, out=out, progress=False)
     assert set(ScoreTable.load(out / "scores.parquet").frame["scheme"]) == {"w:mxfp4", "w:int2"}
     summary = run_pipeline(parse_config(config_for(out)), say=lambda _: None, progress=False)
     assert "analyze" not in summary.skipped
@@ -217,7 +218,7 @@ def test_a_config_asking_for_a_billion_workers_gets_what_the_machine_has(
     assert f"1000000000 workers asked for, this machine has room for {room}; using {room}" in (
         capsys.readouterr().err
     )
-    serial = run_analysis(AnalysisSpec("digits-cnn", ("w:int8", "w:int4_g128"), ("isolation",),
+    serial = analyze(AnalysisSpec("digits-cnn", ("w:int8", "w:int4_g128"), ("isolation",),
                                        ("layer",)), progress=False,
                           cache=CellCache(tmp_path / "serial"))  # fmt: skip
     assert ScoreTable.load(tmp_path / "run" / "scores.parquet").same_scores(serial)

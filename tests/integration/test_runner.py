@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from mixprec.errors import MixprecError
+from mixprec.scheme import parse_list
 from mixprec.sensitivity.cache import CellCache
-from mixprec.sensitivity.cells import Cell, CellWorker
+from mixprec.sensitivity.cells import AnalysisSpec, Cell, CellWorker
 from mixprec.sensitivity.cluster import schedule, start_local_ray, undo_environment_changes
-from mixprec.sensitivity.runner import AnalysisSpec, parse_list, run_analysis
+from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def cache(tmp_path: Path) -> CountingCache:
 
 
 def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
-    table = run_analysis(SPEC, out=tmp_path / "run", cache=cache, progress=False)
+    table = analyze(SPEC, out=tmp_path / "run", cache=cache, progress=False)
     frame = table.frame
     assert len(frame) == 3 * 2 * 8  # estimators x schemes x (6 layers + 2 blocks)
     assert (frame["status"] == "ok").all() and (frame["samples"] == 2).all()
@@ -52,8 +53,8 @@ def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
 
 
 def test_ray_workers_give_the_identical_table(tmp_path: Path) -> None:
-    serial = run_analysis(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
-    on_ray = run_analysis(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
+    serial = analyze(SPEC, cache=CellCache(tmp_path / "a"), progress=False)
+    on_ray = analyze(SPEC, workers=2, cache=CellCache(tmp_path / "b"), progress=False)
     assert on_ray.same_scores(serial)
 
 
@@ -72,10 +73,10 @@ def test_local_ray_workers_keep_the_drivers_priority() -> None:
 
 
 def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
-    run_analysis(SPEC, cache=cache, progress=False)
+    analyze(SPEC, cache=cache, progress=False)
     assert cache.puts == 48
     wider = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8", "w:nvfp4"), chunk=3)
-    table = run_analysis(wider, cache=cache, progress=False)
+    table = analyze(wider, cache=cache, progress=False)
     assert cache.puts == 48 + 24
     assert len(table.frame) == 72
 
@@ -83,7 +84,7 @@ def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
 def test_interrupted_run_resumes_to_the_same_table(
     cache: CountingCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reference = run_analysis(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
+    reference = analyze(SPEC, cache=CellCache(tmp_path / "ref"), progress=False)
     real_run = CellWorker.run
     calls = {"n": 0}
 
@@ -95,21 +96,21 @@ def test_interrupted_run_resumes_to_the_same_table(
 
     monkeypatch.setattr(CellWorker, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_analysis(SPEC, cache=cache, progress=False)
+        analyze(SPEC, cache=cache, progress=False)
     done = cache.puts
     assert 0 < done < 48
     monkeypatch.setattr(CellWorker, "run", real_run)
-    resumed = run_analysis(SPEC, cache=cache, progress=False)
+    resumed = analyze(SPEC, cache=cache, progress=False)
     assert cache.puts == 48  # only the missing cells were computed
     assert resumed.same_scores(reference)
 
 
 def test_corrupt_entries_are_recomputed(cache: CountingCache) -> None:
-    first = run_analysis(SPEC, cache=cache, progress=False)
+    first = analyze(SPEC, cache=cache, progress=False)
     files = sorted((cache.root).rglob("*.json"))
     files[0].write_text(files[0].read_text().replace('"score": ', '"score": 1'))
     files[1].write_text("{truncated")
-    again = run_analysis(SPEC, cache=cache, progress=False)
+    again = analyze(SPEC, cache=cache, progress=False)
     assert cache.puts == 48 + 2
     assert again.same_scores(first)
 
@@ -122,7 +123,7 @@ def test_a_nan_cell_is_marked_failed_and_the_rest_finish(
         schemes=("w:fp16", "w:int8"),
         estimators=("isolation",),
     )
-    table = run_analysis(spec, cache=cache, out=tmp_path / "run", progress=False)
+    table = analyze(spec, cache=cache, out=tmp_path / "run", progress=False)
     failed = table.frame[table.frame["status"] != "ok"]
     assert list(zip(failed["unit"], failed["scheme"], strict=True)) == [("2", "w:fp16")]
     assert "2 under w:fp16" in failed["error"].iloc[0]
@@ -144,10 +145,10 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
         schemes=("w:int8", "w:mxfp4"),
         estimators=("isolation",),
     )
-    table = run_analysis(spec, workers=1, cache=cache, progress=False)
+    table = analyze(spec, workers=1, cache=cache, progress=False)
     assert marker.exists()  # a worker really died
     assert (table.frame["status"] == "ok").all() and len(table.frame) == 4
-    serial = run_analysis(spec, cache=CellCache(tmp_path / "serial"), progress=False)
+    serial = analyze(spec, cache=CellCache(tmp_path / "serial"), progress=False)
     assert serial.same_scores(table)
 
 
@@ -167,12 +168,12 @@ def test_a_killed_ray_worker_is_restarted_and_the_table_completes(
 )
 def test_bad_input(spec: AnalysisSpec, message: str, cache: CountingCache) -> None:
     with pytest.raises(MixprecError, match=message):
-        run_analysis(spec, cache=cache, progress=False)
+        analyze(spec, cache=cache, progress=False)
 
 
 def test_unreachable_ray_address_names_it(cache: CountingCache) -> None:
     with pytest.raises(MixprecError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:9"):
-        run_analysis(SPEC, address="127.0.0.1:9", cache=cache, progress=False)
+        analyze(SPEC, address="127.0.0.1:9", cache=cache, progress=False)
 
 
 def test_cli_analyze_then_report(
@@ -223,9 +224,8 @@ def test_python_api_and_scheme_lists(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "w:nvfp4,a:nvfp4",
         "keep",
     ]
-    table = mixprec.analyze(
-        "digits-cnn", "w:int4", estimators=["isolation"], levels=["block"], progress=False
-    )
+    spec = mixprec.AnalysisSpec("digits-cnn", ("w:int4",), ("isolation",), ("block",))
+    table = mixprec.analyze(spec, progress=False)
     assert list(table.frame["unit"]) == ["stages.0", "stages.1"]
     assert list(table.frame["level"]) == ["block", "block"]
 

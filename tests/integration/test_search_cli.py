@@ -111,9 +111,9 @@ def test_export_from_the_cli(
         (["--budget", "0.5bits"], "mixprec: budget 0.5bits is infeasible: the smallest plan needs"),
         (["--budget", "4bits", "--method", "anneal"], "mixprec: unknown method 'anneal'"),
         (["--budget", "4bits", "--estimator", "hessian"], "mixprec: the score table has no"),
-        (["--budget", "4bits", "--solver", "glpk"], "mixprec: unknown solver 'glpk'"),
+        (["--budget", "4bits", "--solver", "glpk"], "mixprec: ilp: unknown solver 'glpk'"),
         (["--budget", "4bits", "--method", "sac", "--objective", "loss"],
-         "mixprec: unknown objective 'loss'; valid: predicted, measured"),
+         "mixprec: sac: unknown objective 'loss'; valid: predicted, measured"),
         (["--budget", "4bits", "--max-latency", "1"], "mixprec: --max-latency needs a latency"),
     ],
 )  # fmt: skip
