@@ -12,13 +12,17 @@ from rich.console import Console
 from rich.table import Table
 
 from mixprec.errors import MixprecError, one_of
+from mixprec.search.configs import OBJECTIVES, SAMPLERS, SOLVERS, builtin_strategies, spoken_list
+
+METHODS = spoken_list([c.name for c in builtin_strategies()])
+FAST_METHODS = [c.name for c in builtin_strategies() if c.FAST]
 
 console = Console()
 RunArgument = Annotated[Path, typer.Argument(help="A folder written by `mixprec analyze`.")]
 EstimatorOption = Annotated[
     str, typer.Option(help="Whose scores to use: any estimator the run scored.")
 ]
-SolverOption = Annotated[str, typer.Option(help="ILP solver: cbc or highs.")]
+SolverOption = Annotated[str, typer.Option(help=f"ILP solver: {spoken_list(SOLVERS)}.")]
 KappaOption = Annotated[
     float, typer.Option(help="Robust plans: minimise mean + kappa x CI half-width.")
 ]
@@ -69,7 +73,7 @@ def search_command(
     run: RunArgument,
     budget: Annotated[str, typer.Option(help="4.5bits, 12MB (whole model) or 0.3x (of FP16).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write PLAN.json.")],
-    method: Annotated[str, typer.Option(help="ilp, greedy, optuna, sac or uniform.")] = "ilp",
+    method: Annotated[str, typer.Option(help=f"{METHODS}, or a registered one.")] = "ilp",
     estimator: EstimatorOption = "isolation",
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,
@@ -77,10 +81,10 @@ def search_command(
     max_latency: LatencyOption = None,
     latency_table: LatencyTableOption = None,
     trials: Annotated[int, typer.Option(help="Optuna trials.")] = 50,
-    sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe or nsga2.")] = "tpe",
+    sampler: Annotated[str, typer.Option(help=f"Optuna sampler: {spoken_list(SAMPLERS)}.")] = "tpe",
     objective: Annotated[
         str,
-        typer.Option(help="Optuna/SAC objective: predicted (table) or measured (eval split)."),
+        typer.Option(help=f"Optuna/SAC objective: {spoken_list(OBJECTIVES)} (eval split)."),
     ] = "predicted",
     measure: Annotated[
         bool, typer.Option(help="Measure the plan on the evaluation split and store it.")
@@ -132,7 +136,7 @@ def pareto_command(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Measure each plan on the evaluation split.")
     ] = False,
-    method: Annotated[str, typer.Option(help="ilp or greedy.")] = "ilp",
+    method: Annotated[str, typer.Option(help=f"{spoken_list(FAST_METHODS)}.")] = "ilp",
     estimator: EstimatorOption = "isolation",
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,
@@ -146,8 +150,11 @@ def pareto_command(
     from mixprec.files import atomic_write_parquet
     from mixprec.search.cost import parse_budgets
 
-    if method not in ("ilp", "greedy"):
-        raise MixprecError(f"pareto method {method!r} is not valid; use ilp or greedy")
+    if method not in FAST_METHODS:
+        raise MixprecError(
+            f"pareto method {method!r} is not valid; use {spoken_list(FAST_METHODS)} (the "
+            "strategies fast enough to sweep many budgets)"
+        )
     chosen = parse_budgets(budgets)
     config, _ = _strategy(method, {"kappa": kappa, "solver": solver}, None, None)
     problem = problem_from_run(run, estimator, trust_source=trust_model_source)

@@ -26,6 +26,8 @@ class StrategyConfig:
 
     name: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # Solves a budget in well under a second, so `mixprec pareto` may sweep many budgets with it.
+    FAST: ClassVar[bool] = False
     kappa: float = 0.0
     seed: int = 0
 
@@ -47,6 +49,7 @@ class ILPConfig(StrategyConfig):
     """The optimal plan under the additive model, solved exactly (`time_limit` in seconds)."""
 
     name: ClassVar[str] = "ilp"
+    FAST: ClassVar[bool] = True
     solver: str = "cbc"
     time_limit: float | None = None
 
@@ -62,6 +65,7 @@ class GreedyConfig(StrategyConfig):
     """Upgrade the unit that saves the most score per extra byte (a baseline)."""
 
     name: ClassVar[str] = "greedy"
+    FAST: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +73,7 @@ class UniformConfig(StrategyConfig):
     """One scheme for every unit: what a single-format quantizer gives (the reference)."""
 
     name: ClassVar[str] = "uniform"
+    FAST: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,3 +118,13 @@ class SACConfig(StrategyConfig):
         at_least("learning_rate", self.learning_rate, 0)
         if not 0 <= self.gamma <= 1:
             raise MixprecError(f"gamma {self.gamma} must be within [0, 1]")
+
+
+def builtin_strategies() -> tuple[type[StrategyConfig], ...]:
+    """The configs of the strategies mixprec ships (for help texts that must not import them)."""
+    return tuple(StrategyConfig.__subclasses__())
+
+
+def spoken_list(names: tuple[str, ...] | list[str]) -> str:
+    """`a, b or c`: a list of valid values for a help text."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

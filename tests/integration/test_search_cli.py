@@ -73,6 +73,13 @@ def test_fisher_scores_and_a_size_budget(
 
 
 def test_pareto_frontier(scored: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["pareto", str(scored), "--budgets", "4bits,8bits", "--method", "uniform"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err  # a uniform sweep: the best single scheme at each budget
+    uniform = pd.read_parquet(scored / "pareto.parquet")
+    assert uniform["status"].tolist() == ["ok", "ok"]
+    for document in uniform["plan"]:
+        assert len(set(json.loads(document)["assignment"].values())) == 1
     code, text, _ = run(["pareto", str(scored), "--budgets", "1:9:2", "--evaluate"], capsys)
     assert code == 0, text
     frame = pd.read_parquet(scored / "pareto.parquet")
@@ -137,3 +144,7 @@ def test_bad_paths_and_evaluate_arguments(
     assert code == 2 and err == "mixprec: give either --scheme (with --model) or --plan PLAN.json\n"
     code, _, err = run(["pareto", str(tmp_path), "--budgets", "8:3:1"], capsys)
     assert code == 2 and "bad budget range '8:3:1'" in err
+    code, _, err = run(["pareto", str(tmp_path), "--method", "optuna"], capsys)
+    assert code == 2 and err.startswith(
+        "mixprec: pareto method 'optuna' is not valid; use ilp, greedy or uniform (the strategies"
+    )

@@ -130,3 +130,15 @@ def test_every_example_config_is_valid() -> None:
     for path in examples:
         config = load_config(path)
         assert config.model and config.budgets, path
+
+
+def test_the_readmes_study_config_is_valid() -> None:
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "# study.toml" in b]
+    assert len(blocks) == 1
+    config = parse_config(tomllib.loads(blocks[0]), "README.md")
+    assert [s.name for s in config.strategy_configs()] == ["ilp", "greedy", "optuna"]
+    assert config.estimator_names == ["isolation", "hessian"]
