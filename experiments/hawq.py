@@ -27,12 +27,11 @@ from study import (
     save_figure,
 )
 
-from mixprec import AnalysisSpec, analyze
+from mixprec import AllocationProblem, AnalysisSpec, ILPConfig, allocate, analyze
 from mixprec.markdown import frame_markdown
 from mixprec.models import load_model
 from mixprec.search.base import Limits
-from mixprec.search.cost import Budget, InfeasibleBudget, build_cost_model
-from mixprec.search.ilp import ILPStrategy
+from mixprec.search.cost import Budget, InfeasibleBudget
 from mixprec.sensitivity.cache import CellCache
 
 DEFAULTS: dict[str, object] = {
@@ -53,7 +52,11 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
                         calib_batches=config["calib_batches"])  # fmt: skip
     table = analyze(spec, workers=config["workers"], cache=CellCache(cache), progress=False)
     bundle = load_model(model)
-    costs = build_cost_model(bundle, [int4, int8])  # INT4 or INT8 only, as in the paper
+    problems = {  # INT4 or INT8 only, as in the paper (no `keep`)
+        e: AllocationProblem.build(table, bundle, e, schemes=[int4, int8])
+        for e in config["estimators"]
+    }
+    costs = next(iter(problems.values())).costs  # costs do not depend on the estimator
     metric, measure = PRIMARY[model][0], primary_metric(bundle)
     rows: list[dict[str, object]] = []
 
@@ -85,10 +88,9 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             cap = Budget(high["bits_per_weight"], "bits")
             limits.append((f"BOPs {f:g} x INT8", cap, Limits(max_bops=f * high["bops"])))
         for label, budget, limit in limits:
-            strategy = ILPStrategy(estimator=estimator, limits=limit)  # its costs: no `keep`
             start = time.perf_counter()
             try:
-                plan = strategy.solve(table, costs, budget)
+                plan = allocate(problems[estimator], budget, ILPConfig(), limits=limit)
             except InfeasibleBudget as err:  # an infeasible limit is a result
                 rows.append({"model": model, "method": f"ilp ({estimator})", "limit": label,
                              metric: f"infeasible: {err}"})  # fmt: skip

@@ -9,7 +9,7 @@ strategies make of it for any budget.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model, source_from_file
 from mixprec.plan import PrecisionPlan
 from mixprec.progress import cell_progress
+from mixprec.scheme import Scheme
 from mixprec.scoring import Calibration, as_bundle
 from mixprec.search.base import Limits, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig
@@ -52,13 +53,16 @@ class AllocationProblem:
         estimator: str = "isolation",
         *,
         data: Calibration | None = None,
+        schemes: Sequence[str] | None = None,
         latency_table: Path | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> AllocationProblem:
         """The problem of `table` for `model` (the one it was scored on, with its `data` for
         an `nn.Module`); costs do not depend on the estimator and are computed once here.
+        `schemes` narrows the candidates (default: every scheme scored, and `keep`).
 
         >>> problem = AllocationProblem.build(table, model, "fisher", data=data)
+        >>> int4_or_int8 = AllocationProblem.build(table, model, schemes=["w:int4", "w:int8"])
         """
         table.check_usable(estimator)
         bundle = as_bundle(model, data)
@@ -72,7 +76,15 @@ class AllocationProblem:
                 f"the score table names layers {bundle.name!r} does not have ({unknown[0]!r} "
                 f"and {len(unknown) - 1} more): it was scored on another model"
             )
-        costs = build_cost_model(bundle, table_schemes(table, estimator), latency_table)
+        scored = table_schemes(table, estimator)
+        chosen = scored if schemes is None else [str(Scheme.parse(s)) for s in schemes]
+        missing = [s for s in chosen if s not in scored]
+        if missing:
+            raise MixprecError(
+                f"scheme {missing[0]!r} has no {estimator} scores in the table; "
+                f"scored: {', '.join(scored)}"
+            )
+        costs = build_cost_model(bundle, chosen, latency_table)
         return cls(table, bundle, costs, estimator, dict(provenance or {}))
 
     def scores(self, kappa: float = 0.0) -> np.ndarray:

@@ -198,6 +198,17 @@ def test_the_problem_is_built_once_and_serves_every_budget_and_strategy(tmp_path
     assert frame["predicted_score"].iloc[1] == ilp.predicted["score"]
 
 
+def test_candidates_can_be_narrowed_to_scored_schemes() -> None:
+    bundle, table, _ = digits_problem()
+    scored = sorted(set(table.frame["scheme"]))
+    narrow = AllocationProblem.build(table, bundle, "isolation", schemes=scored[:2])
+    assert narrow.costs.schemes == tuple(scored[:2])  # and no `keep`
+    plan = allocate(narrow, "8bits")
+    assert set(plan.assignment.values()) <= set(scored[:2])
+    with pytest.raises(MixprecError, match=r"^scheme 'w:fp8_e5m2' has no isolation scores"):
+        AllocationProblem.build(table, bundle, "isolation", schemes=["w:fp8_e5m2"])
+
+
 def test_measured_objectives_get_the_problems_model() -> None:
     bundle, table, _ = digits_problem()
     problem = AllocationProblem.build(table, bundle, "isolation")
