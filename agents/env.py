@@ -123,7 +123,7 @@ class AllocationEnv(gym.Env[np.ndarray, np.ndarray]):
         used = self.spent[0] / first if first > 0 else 1.0
         remaining = (len(self.fallback) - self.unit) / len(self.fallback)
         allowed = [float(self.allowed(i, int(k))) for k in self.order]
-        planned = (self.order == self.plan[0]).astype(float) if self.plan else 0.0 * row
+        planned = (self.order == self.plan[0]).astype(float) if self.plan else np.zeros_like(row)
         parts = [self.features[i], scaled, allowed, planned, [used, 1.0 - used, remaining]]
         return np.clip(np.concatenate(parts), -10.0, 10.0).astype(np.float32)
 

@@ -28,6 +28,7 @@ from mixprec.scoring import Calibration, as_bundle
 from mixprec.search.base import Limits, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
+from mixprec.search.space import search_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
 from mixprec.units import quantizable_layers
@@ -43,6 +44,8 @@ class AllocationProblem:
     costs: CostModel
     estimator: str
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    #: [units, schemes]: which scheme each unit may take (exclusions and search spaces)
+    allowed: np.ndarray | None = field(default=None, compare=False, repr=False)
     _matrices: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -54,15 +57,21 @@ class AllocationProblem:
         *,
         data: Calibration | None = None,
         schemes: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        spaces: Mapping[str, Sequence[str]] | None = None,
         latency_table: Path | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> AllocationProblem:
         """The problem of `table` for `model` (the one it was scored on, with its `data` for
         an `nn.Module`); costs do not depend on the estimator and are computed once here.
-        `schemes` narrows the candidates (default: every scheme scored, and `keep`).
+        `schemes` narrows the candidates (default: every scheme scored, and `keep`); a unit
+        matching an `exclude` regex is kept as stored (its bytes count, fixed); one matching
+        a `spaces` regex (the first that matches) may take only that pattern's schemes.
 
         >>> problem = AllocationProblem.build(table, model, "fisher", data=data)
         >>> int4_or_int8 = AllocationProblem.build(table, model, schemes=["w:int4", "w:int8"])
+        >>> AllocationProblem.build(table, model, exclude=[r"lm_head"],
+        ...                         spaces={r"attn": ["w:int8", "w:mxfp8_e4m3"]})
         """
         table.check_usable(estimator)
         bundle = as_bundle(model, data)
@@ -85,12 +94,21 @@ class AllocationProblem:
                 f"scored: {', '.join(scored)}"
             )
         costs = build_cost_model(bundle, chosen, latency_table)
-        return cls(table, bundle, costs, estimator, dict(provenance or {}))
+        allowed = search_space(costs, exclude, spaces or {})
+        recorded = dict(provenance or {})
+        if exclude:
+            recorded["exclude"] = list(exclude)
+        if spaces:
+            recorded["spaces"] = {k: [str(Scheme.parse(s)) for s in v] for k, v in spaces.items()}
+        return cls(table, bundle, costs, estimator, recorded, allowed)
 
     def scores(self, kappa: float = 0.0) -> np.ndarray:
         """[units, schemes] score matrix (see `score_matrix`), built once per kappa."""
         if kappa not in self._matrices:
-            self._matrices[kappa] = score_matrix(self.table, self.costs, self.estimator, kappa)
+            matrix = score_matrix(self.table, self.costs, self.estimator, kappa)
+            if self.allowed is not None:
+                matrix = np.where(self.allowed, matrix, np.inf)
+            self._matrices[kappa] = matrix
         return self._matrices[kappa]
 
 

@@ -149,6 +149,24 @@ class StrategyTestCase(ABC):
         bounded = self.strategy(limits=Limits(max_bops=cheap * 1.5)).solve(table, costs, "8bits")
         assert bounded.predicted["bops"] <= cheap * 1.5
 
+    def test_exclusions_and_search_spaces_are_respected(self) -> None:
+        from mixprec.allocation import AllocationProblem, allocate
+
+        bundle, table, costs = synthetic_problem()
+        by_size = sorted(costs.units, key=lambda u: costs.params[costs.units.index(u)])
+        kept, narrowed = by_size[0], by_size[1]  # the smallest two: any budget still fits
+        problem = AllocationProblem.build(
+            table, bundle, exclude=[f"^{kept}$"], spaces={f"^{narrowed}$": ["w:int8"]}
+        )
+        for budget in ("4.2bits", "9bits"):
+            plan = allocate(problem, budget, self.config(3), workdir=self.context().get("workdir"))
+            assert (
+                str(plan.assignment[kept]) == "keep" and str(plan.assignment[narrowed]) == "w:int8"
+            )
+            assert plan.predicted["weight_bytes"] <= Budget.parse(budget).weight_bytes(costs) * (
+                1 + 1e-9
+            )
+
 
 class EstimatorTestCase(ABC):
     """What every SensitivityEstimator must do: an interval around its score over the

@@ -15,15 +15,21 @@ from mixprec.search.selection import Constraint, Selection, within
 
 
 def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selection:
-    """The scored-everywhere scheme with the least total score within every limit."""
+    """The scheme with the least total score within every limit, on every unit that may take
+    it; a unit with one choice only (one excluded from the search) keeps that one."""
     best = Selection((), "infeasible", float("nan"))
+    finite = np.isfinite(scores)
+    pinned = finite.sum(axis=1) == 1
+    only = finite.argmax(axis=1)
+    rows = np.arange(scores.shape[0])
     for k in range(scores.shape[1]):
-        column = scores[:, k]
-        fits = all(within(c[:, k].sum(), limit) for c, limit in constraints)
-        if np.isfinite(column).all() and fits:
-            total = float(column.sum())
+        if not (finite[:, k] | pinned).all():
+            continue
+        choice = np.where(finite[:, k], k, only)
+        if all(within(c[rows, choice].sum(), limit) for c, limit in constraints):
+            total = float(scores[rows, choice].sum())
             if not best.choice or total < best.objective:
-                best = Selection((k,) * scores.shape[0], "feasible", total)
+                best = Selection(tuple(int(c) for c in choice), "feasible", total)
     return best
 
 
