@@ -1,6 +1,7 @@
 """Are two results files of one study the same results? For checking that a refactor changed
-nothing: every table cell must be equal except in timing columns (a header ending in " s",
-"seconds" or "time"); the "Made by" line and image names are skipped. Images are compared
+nothing: every table cell must be equal except timings (a column whose header ends in " s",
+"seconds" or "time", or a whole table under a heading that names a time); the "Made by" line
+and image names are skipped. Images are compared
 byte for byte when given with --images.
 
     python tools/compare_results.py before/hawq.md after/hawq.md --images before.png after.png
@@ -17,10 +18,16 @@ TIMING = (" s", "seconds", "time")
 
 
 def tables(path: Path) -> list[list[list[str]]]:
-    """Every Markdown table of the file, as rows of cells (header first, rule dropped)."""
+    """Every Markdown table of the file that is not a timing table, as rows of cells (header
+    first, rule dropped)."""
     found: list[list[list[str]]] = []
     current: list[list[str]] = []
+    timing = False
     for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            timing = "time" in line.lower()
+        if line.startswith("|") and timing:
+            continue
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if not all(set(c) <= set("-: ") for c in cells):
