@@ -503,7 +503,10 @@ CASES: dict[str, Case] = {
         lambda w: ["pareto", str(w.run), "--estimator", "bogus"],
         "bogus",
     ),
-    "pareto --method sac": (lambda w: ["pareto", str(w.run), "--method", "sac"], "ilp or greedy"),
+    "pareto --method sac": (
+        lambda w: ["pareto", str(w.run), "--method", "sac"],
+        "use ilp, greedy or uniform",
+    ),
     "search --estimator fisher (not scored)": (
         lambda w: [
             "search",
@@ -663,7 +666,25 @@ CASES: dict[str, Case] = {
         lambda w: ["run", str(write_config(w, "c.toml", output=str(w.root / "new"), schemes=[]))],
         "schemes",
     ),
-}
+    "config methods with a misspelt setting": (
+        lambda w: ["run", str(with_line(write_config(w, "c.toml", output=str(w.root / "new")),
+                                        'methods = [{name = "optuna", trails = 5}]'))],
+        "unknown optuna setting 'trails'; valid: kappa, seed, sampler, trials",
+    ),
+    "config estimators with a setting of the wrong type": (
+        lambda w: ["run", str(with_line(write_config(w, "c.toml", output=str(w.root / "new")),
+                                        'estimators = [{name = "hessian", max_probes = "many"}]'))],
+        "hessian setting max_probes: input should be a valid integer",
+    ),
+}  # fmt: skip
+
+
+def with_line(config: Path, line: str) -> Path:
+    """The config with one key replaced by a raw TOML line (inline tables are not JSON)."""
+    key = line.split("=")[0].strip()
+    kept = [k for k in config.read_text().splitlines() if not k.startswith(f"{key} =")]
+    config.write_text("\n".join([*kept, line]) + "\n")
+    return config
 
 
 def test_evaluate_json_of_a_nan_model_is_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
