@@ -33,6 +33,7 @@ _EXPORTS = {
     "ScoreTable": "mixprec.sensitivity.table",
     "score": "mixprec.scoring",
     "Calibration": "mixprec.scoring",
+    "TextData": "mixprec.textdata",
     "AllocationProblem": "mixprec.allocation",
     "allocate": "mixprec.allocation",
     "pareto": "mixprec.allocation",
@@ -83,6 +84,7 @@ __all__ = [
     "SearchStrategy",
     "SensitivityEstimator",
     "StrategyConfig",
+    "TextData",
     "UniformConfig",
     "Unit",
     "allocate",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:
     )
     from mixprec.sensitivity.runner import analyze
     from mixprec.sensitivity.table import ScoreTable
+    from mixprec.textdata import TextData
     from mixprec.units import Unit, discover_units
 
 

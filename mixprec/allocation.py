@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model, source_from_file
@@ -31,6 +32,7 @@ from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_
 from mixprec.search.space import search_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
+from mixprec.textdata import TextData
 from mixprec.units import quantizable_layers
 
 
@@ -197,12 +199,16 @@ def problem_from_run(
         )
     source = source_from_file(analysis.spec.model, str(run.manifest_path), trust_source)
     seed, fingerprint = analysis.spec.seed, analysis.fingerprint
-    bundle = load_model(source, seed=seed)
+    data = TextData.from_json(analysis.spec.data) if analysis.spec.data else None
+    bundle = load_model(source, seed=seed, data=data)
     if bundle.fingerprint != fingerprint:
         raise MixprecError(
             f"{folder} was scored on other weights of {source!r} than load now "
             f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
+    scored_on = bundle.calibration[: analysis.spec.calib_batches or len(bundle.calibration)]
+    if data is not None and content_hash(scored_on) != analysis.calibration_hash:
+        raise MixprecError(f"{data.path} changed since {folder} was scored; re-run analyze")
     provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}
     return AllocationProblem.build(table, bundle, estimator, latency_table=latency_table,
                                    provenance=provenance)  # fmt: skip

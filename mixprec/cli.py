@@ -12,11 +12,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mixprec.cli_data import (
+    CalibSamplesOption,
+    DataOption,
+    EvalSamplesOption,
+    SeqLenOption,
+    TextFieldOption,
+    text_data,
+)
 from mixprec.cli_plans import TrustOption
 from mixprec.cli_plans import register as register_plan_commands
 from mixprec.cli_service import register as register_service_commands
 from mixprec.errors import MixprecError
 from mixprec.logs import quiet_optional_backends
+from mixprec.textdata import CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN, TEXT_FIELD
 
 app = typer.Typer(
     name="mixprec",
@@ -139,6 +148,11 @@ def evaluate_command(
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
     trust_model_source: TrustOption = False,
+    data: DataOption = None,
+    text_field: TextFieldOption = TEXT_FIELD,
+    seq_len: SeqLenOption = SEQ_LEN,
+    calib_samples: CalibSamplesOption = CALIB_SAMPLES,
+    eval_samples: EvalSamplesOption = EVAL_SAMPLES,
 ) -> None:
     """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
@@ -155,10 +169,11 @@ def evaluate_command(
     if (scheme is None) == (plan is None):
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
+    text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
         source = model or source_from_file(loaded.model, str(plan), trust_model_source)
-        bundle = load_model(source, seed=seed)
+        bundle = load_model(source, seed=seed, data=text)
         loaded.check_model(bundle.model, bundle.fingerprint)
         assignment: dict[str, Scheme | str] = dict(loaded.assignment)
         label = {"plan": str(plan)}
@@ -167,7 +182,7 @@ def evaluate_command(
         parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
         if model is None:
             raise MixprecError("--scheme needs --model (minilm, digits-cnn, tiny-gpt, hf:DIR, ...)")
-        bundle = load_model(model, seed=seed)
+        bundle = load_model(model, seed=seed, data=text)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
     result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
@@ -211,10 +226,16 @@ def analyze_command(
         "default"
     ),
     seed: Annotated[int, typer.Option(help="Seed for probes, bootstrap and built-ins.")] = 0,
+    data: DataOption = None,
+    text_field: TextFieldOption = TEXT_FIELD,
+    seq_len: SeqLenOption = SEQ_LEN,
+    calib_samples: CalibSamplesOption = CALIB_SAMPLES,
+    eval_samples: EvalSamplesOption = EVAL_SAMPLES,
 ) -> None:
     """Score every unit under every scheme with each estimator (cached, resumable).
 
-    Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits
+    Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits;
+    mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --out runs/mine
     """
     from mixprec.scheme import parse_list, scheme_list
     from mixprec.sensitivity.cells import AnalysisSpec
@@ -235,6 +256,7 @@ def analyze_command(
         LEVELS if levels == "default" else tuple(_split(levels)),
         calib_batches,
         seed,
+        data=text_data(data, text_field, seq_len, calib_samples, eval_samples, seed),
     )
     try:
         table = analyze(spec, workers=workers, address=address, out=out)

@@ -38,6 +38,11 @@ class RunConfig(BaseModel):
     )
     levels: list[str] = Field(default_factory=lambda: list(_registered("level")))
     calib_batches: int | None = Field(default=None, ge=1)
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description="your own text for an hf: model: {path = 'notes.jsonl', field = 'text', "
+        "seq_len = 512, calib_samples = 16, eval_samples = 16}",
+    )
     budgets: list[str] = ["4.5bits", "6bits", "8bits"]
     methods: list[str | dict[str, Any]] = Field(
         default=["ilp"], description="names or tables: ['ilp', {name = 'optuna', trials = 200}]"
@@ -68,6 +73,34 @@ class RunConfig(BaseModel):
         if not value:
             raise ValueError("needs at least one budget, e.g. ['4.5bits', '12MB', '0.3x']")
         return [_parsed(Budget.parse, b) for b in value]
+
+    @field_validator("data")
+    @classmethod
+    def _data_table(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        from pydantic import TypeAdapter
+
+        from mixprec.textdata import TextData
+
+        settings = [f for f in TextData.__dataclass_fields__ if f != "seed"]
+        unknown = [k for k in value if k not in settings]
+        if unknown or "path" not in value:
+            problem = f"unknown setting {unknown[0]!r}" if unknown else "needs a path"
+            raise ValueError(f"{problem}; settings: {', '.join(settings)}")
+        try:
+            TypeAdapter(TextData).validate_python(value)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = f"{first['loc'][0]}: " if first["loc"] else ""
+            raise ValueError(where + str(first["msg"]).removeprefix("Value error, ")) from None
+        return value
+
+    def text_data(self) -> Any:
+        """The `data` table as a TextData seeded with the run's seed (None: built-in data)."""
+        from mixprec.textdata import TextData
+
+        return None if self.data is None else TextData(**self.data, seed=self.seed)
 
     @field_validator("levels", "exports", "search_estimator")
     @classmethod

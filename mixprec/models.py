@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch import nn
 from mixprec.data import hash_tensors
 from mixprec.errors import MixprecError
 from mixprec.tasks import Batch, OutputTask, Task
+
+if TYPE_CHECKING:
+    from mixprec.textdata import TextData
 
 
 @dataclass(frozen=True)
@@ -60,21 +64,32 @@ def builtin_models() -> dict[str, Callable[[int], ModelBundle]]:
     return {"minilm": zoo.minilm, "digits-cnn": zoo.digits_cnn, "tiny-gpt": zoo.tiny_gpt}
 
 
-def load_model(source: str, seed: int = 0) -> ModelBundle:
-    """Load a model by source string; unknown sources get an error listing the valid forms."""
+def load_model(source: str, seed: int = 0, data: TextData | None = None) -> ModelBundle:
+    """Load a model by source string; unknown sources get an error listing the valid forms.
+    `data` (your own text) replaces an `hf:` model's calibration and evaluation batches."""
     builtins = builtin_models()
+    check_data_source(source, data)
     if source in builtins:
         return builtins[source](seed)
     if source.startswith("hf:"):
         from mixprec.zoo import huggingface_dir
 
-        return huggingface_dir(Path(source[3:]), seed)
+        return huggingface_dir(Path(source[3:]), seed, data)
     if source.startswith("module:"):
         return _from_factory(source[len("module:") :], seed)
     raise MixprecError(
         f"unknown model {source!r}; valid: {', '.join(builtins)}, hf:/path/to/dir, "
         "module:package.module:factory"
     )
+
+
+def check_data_source(source: str, data: TextData | None) -> None:
+    """Your own text is tokenised by an hf: model's own tokenizer; other sources bring data."""
+    if data is not None and not source.startswith("hf:"):
+        raise MixprecError(
+            f"--data (your own text) is read with an hf: model's own tokenizer; {source!r} is "
+            "not an hf:DIR source"
+        )
 
 
 def source_from_file(source: object, origin: str, trust: bool = False) -> str:

@@ -118,11 +118,12 @@ class Pipeline:
 
         c = self.config
         schemes = scheme_list(c.schemes)
-        spec = AnalysisSpec(
-            c.model, schemes, tuple(c.estimators), tuple(c.levels), c.calib_batches, c.seed
-        )
+        data = c.text_data()
+        spec = AnalysisSpec(c.model, schemes, tuple(c.estimators), tuple(c.levels),
+                            c.calib_batches, c.seed, data=data)  # fmt: skip
+        text = [c.data, Path(data.path)] if data else []  # the file's bytes: edited text redoes it
         inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
-                             c.calib_batches, c.seed)  # fmt: skip
+                             c.calib_batches, c.seed, *text)  # fmt: skip
         scores = self.folder.scores_path
 
         def work() -> None:

@@ -24,6 +24,7 @@ from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
 from mixprec.sensitivity.runner import analyze, score_bundle
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.tasks import CallableTask, Task
+from mixprec.textdata import TextData
 from mixprec.units import LEVELS
 
 Forward = Callable[[nn.Module, Any], Any]
@@ -109,7 +110,7 @@ def as_bundle(
 
 def score(
     model: nn.Module | ModelBundle | str,
-    data: Calibration | Iterable[Any] | None = None,
+    data: Calibration | TextData | Iterable[Any] | None = None,
     schemes: Sequence[str] | str = DEFAULT_SCHEMES,
     estimators: Sequence[str | Mapping[str, Any] | EstimatorConfig] = DEFAULT_ESTIMATORS,
     levels: Sequence[str] = LEVELS,
@@ -133,13 +134,23 @@ def score(
     `seed` seeds every one of them.
 
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
-    (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data. `calib_batches` uses
-    the first K calibration batches.
+    (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data, or an `hf:` source
+    with your text as a `TextData` (each worker reads and tokenises it the same way).
+    `calib_batches` uses the first K calibration batches.
+
+    >>> table = score("hf:models/llama", TextData("notes.jsonl", seq_len=512), workers=2)
     """
     chosen = scheme_list(schemes)
-    if isinstance(model, str) and data is None and forward is None and loss is None:
-        spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
+    text = data if isinstance(data, TextData) else None
+    if isinstance(model, str) and (data is None or text) and forward is None and loss is None:
+        spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed,
+                            data=text)  # fmt: skip
         return analyze(spec, workers=workers, address=address, progress=progress, cache=cache)
+    if isinstance(data, TextData):
+        raise MixprecError(
+            "TextData is read by an hf: source's own tokenizer: pass model='hf:DIR' (and no "
+            "forward/loss), or give a model object your own batches"
+        )
     if workers or address is not None:
         raise MixprecError(
             "a model object or your own batches are scored in this process (workers=0): "

@@ -104,6 +104,7 @@ class SpecRecord(BaseModel):
     seed: int = 0
     chunk: int = 8
     threads: int = 1
+    data: dict[str, Any] | None = None  # a TextData as JSON: the user's own text
 
 
 class AnalysisRecord(BaseModel):

@@ -78,8 +78,9 @@ def _mean_kl(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor])
     for out, ref in zip(outputs, reference, strict=True):
         ref_logp = F.log_softmax(ref.float().reshape(-1, ref.shape[-1]), dim=-1)
         out_logp = F.log_softmax(out.float().reshape(-1, out.shape[-1]), dim=-1)
-        kl = F.kl_div(out_logp, ref_logp, log_target=True, reduction="sum")
-        total += float(kl)
+        per_position = F.kl_div(out_logp, ref_logp, log_target=True, reduction="none").sum(-1)
+        # KL is never negative; float32 sums over a large vocabulary can dip just below 0
+        total += float(per_position.clamp_min(0.0).sum())
         count += ref_logp.shape[0]
     return total / count
 

@@ -31,6 +31,7 @@ from mixprec.tasks import (
     OutputTask,
     SentenceEmbeddingTask,
 )
+from mixprec.textdata import TextData
 
 MINILM_MAX_TOKENS = 64
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -270,15 +271,23 @@ def _load_or_train(
     return model.float()
 
 
-def _hf_batches(path: Path, vocab: int, seed: int) -> tuple[tuple[Batch, ...], tuple[Batch, ...]]:
-    """Python-doc text through the folder's own tokenizer; seeded random ids if it has none."""
+def _hf_batches(
+    path: Path, vocab: int, seed: int, data: TextData | None = None
+) -> tuple[tuple[Batch, ...], tuple[Batch, ...]]:
+    """`data` (else Python-doc text) through the folder's own tokenizer; seeded random ids if
+    it has none and no data was given."""
     from transformers import AutoTokenizer
 
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    has_tokenizer = any((path / name).is_file() for name in TOKENIZER_FILES)
+    if data is not None and not has_tokenizer:
+        raise MixprecError(f"hf:{path} has no tokenizer files, so --data cannot be tokenised")
+    if not has_tokenizer:
         gen = torch.Generator().manual_seed(seed)
         made = [{"input_ids": torch.randint(0, vocab, (4, 32), generator=gen)} for _ in range(8)]
         return tuple(made[:4]), tuple(made[4:])
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if data is not None:
+        return data.batches(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     splits = python_doc_paragraphs()
@@ -322,7 +331,7 @@ def check_hf_folder(path: Path) -> None:
         )
 
 
-def huggingface_dir(path: Path, seed: int = 0) -> ModelBundle:
+def huggingface_dir(path: Path, seed: int = 0, data: TextData | None = None) -> ModelBundle:
     """A local transformers checkpoint: causal LMs by perplexity, others by output MSE."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -343,6 +352,7 @@ def huggingface_dir(path: Path, seed: int = 0) -> ModelBundle:
         model = loader.from_pretrained(path, use_safetensors=True, **safe).float().eval()
     except Exception as err:  # safetensors, torch and transformers each raise their own
         raise MixprecError(f"hf:{path}: transformers cannot load the model ({gist(err)})") from None
-    calibration, evaluation = _hf_batches(path, int(getattr(config, "vocab_size", 256)), seed)
+    vocab = int(getattr(config, "vocab_size", 256))
+    calibration, evaluation = _hf_batches(path, vocab, seed, data)
     task = CausalLMTask() if causal else OutputTask(f"hf:{path}", input_key="input_ids")
     return ModelBundle(f"hf:{path}", model, task, calibration, evaluation)

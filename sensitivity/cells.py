@@ -13,10 +13,11 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
-from mixprec.models import ModelBundle, load_model
+from mixprec.models import ModelBundle, check_data_source, load_model
 from mixprec.scheme import DEFAULT_SCHEMES, Scheme
 from mixprec.sensitivity.base import estimator_config, make_estimator
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
+from mixprec.textdata import TextData
 from mixprec.units import LEVELS, Unit
 
 Estimators: TypeAlias = tuple[str | Mapping[str, Any] | EstimatorConfig, ...]
@@ -36,6 +37,7 @@ class AnalysisSpec:
     seed: int = 0
     chunk: int = 8
     threads: int = 1
+    data: TextData | None = None  # your own text for an hf: model (else its built-in data)
 
     def validated(self) -> AnalysisSpec:
         """Checked, with schemes in canonical spelling and estimators as configs (both are
@@ -48,6 +50,7 @@ class AnalysisSpec:
                 raise MixprecError(f"estimator {name!r} is listed twice; one entry per estimator")
         for level in self.levels:
             one_of("level", level, LEVELS)
+        check_data_source(self.model, self.data)
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
         return replace(self, schemes=schemes, estimators=configs)
@@ -74,7 +77,7 @@ class CellWorker:
     ) -> None:
         torch.set_num_threads(spec.threads)
         self.spec = spec
-        self.bundle = bundle or load_model(spec.model, seed=spec.seed)
+        self.bundle = bundle or load_model(spec.model, seed=spec.seed, data=spec.data)
         if fingerprint and self.bundle.fingerprint != fingerprint:
             raise MixprecError(
                 f"a worker loaded {spec.model!r} with other weights than the driver "

@@ -56,6 +56,7 @@ class IsolationConfig(EstimatorConfig):
     unit's block its FP32 inputs so the errors of earlier blocks do not mix in."""
 
     name: ClassVar[str] = "isolation"
+    VERSION: ClassVar[int] = 2  # 2: a position's KL is never below 0 (float32 rounding was)
     replay: bool = True
 
 

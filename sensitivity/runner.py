@@ -79,7 +79,7 @@ def _score_all(
     cache: CellCache | None,
 ) -> ScoreTable:
     started = time.perf_counter()
-    bundle = bundle or load_model(spec.model, seed=spec.seed)
+    bundle = bundle or load_model(spec.model, seed=spec.seed, data=spec.data)
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)

