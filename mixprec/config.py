@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from mixprec.errors import MixprecError, one_of
+from mixprec.errors import MixprecError, first_problem, one_of
 
 
 class RunConfig(BaseModel):
@@ -91,9 +91,8 @@ class RunConfig(BaseModel):
         try:
             TypeAdapter(TextData).validate_python(value)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = f"{first['loc'][0]}: " if first["loc"] else ""
-            raise ValueError(where + str(first["msg"]).removeprefix("Value error, ")) from None
+            key, message = first_problem(err)
+            raise ValueError(f"{key}: {message}" if key else message) from None
         return value
 
     def text_data(self) -> Any:
@@ -258,12 +257,12 @@ def load_config(path: Path) -> RunConfig:
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "top level"
+    key, message = first_problem(err)
+    key = key or "top level"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     valid_keys = ", ".join(RunConfig.model_fields)
     if first["type"] == "extra_forbidden":
         return f"unknown key {key!r}; valid keys: {valid_keys}{more}"
     if first["type"] == "missing":
         return f"missing key {key!r} (required: model, output){more}"
-    message = str(first["msg"]).removeprefix("Value error, ")
     return f"key {key!r}: {message}{more}"

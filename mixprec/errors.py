@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 class MixprecError(ValueError):
@@ -26,3 +27,11 @@ def at_least(option: str, value: float, least: float) -> None:
     """Refuse a NaN, an infinity or anything below `least`."""
     if not (math.isfinite(value) and value >= least):
         raise MixprecError(f"{option} {value} must be a finite number >= {least:g}")
+
+
+def first_problem(err: Any) -> tuple[str, str]:
+    """A pydantic ValidationError's first problem as (dotted key, "" at the top level; message
+    without pydantic's "Value error, " before our own one-line errors)."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    return key, str(first["msg"]).removeprefix("Value error, ")

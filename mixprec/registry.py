@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from mixprec.errors import MixprecError, one_of
+from mixprec.errors import MixprecError, first_problem, one_of
 
 C = TypeVar("C", bound=type)
 
@@ -73,8 +73,5 @@ def config_from(kind: str, classes: Mapping[str, Any], entry: object, **defaults
     try:
         return TypeAdapter(config_type).validate_python(chosen)
     except ValidationError as err:  # a wrong type, or the config's own check
-        first = err.errors()[0]
-        where = f" setting {first['loc'][0]}" if first["loc"] else ""
-        raise MixprecError(
-            f"{name}{where}: {str(first['msg']).removeprefix('Value error, ')}"
-        ) from None
+        key, message = first_problem(err)
+        raise MixprecError(f"{name}{f' setting {key}' if key else ''}: {message}") from None
