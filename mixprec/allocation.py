@@ -183,6 +183,7 @@ def problem_from_run(
     """The problem of a scored run folder. Its manifest's model source is untrusted (a
     `module:` source runs only with `trust_source`); the model must load to the weights the
     scores were made with."""
+    from mixprec.sensitivity.cells import calibration_batches
     from mixprec.store import RunFolder, file_digest
 
     if not folder.is_dir():
@@ -206,7 +207,7 @@ def problem_from_run(
             f"{folder} was scored on other weights of {source!r} than load now "
             f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
-    scored_on = bundle.calibration[: analysis.spec.calib_batches or len(bundle.calibration)]
+    scored_on = calibration_batches(bundle, analysis.spec.calib_batches)
     if data is not None and content_hash(scored_on) != analysis.calibration_hash:
         raise MixprecError(f"{data.path} changed since {folder} was scored; re-run analyze")
     provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}

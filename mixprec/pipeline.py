@@ -136,10 +136,9 @@ class Pipeline:
     def problem(self) -> Any:
         """The scored folder's allocation problem (loads the model once, only when needed)."""
         from mixprec.allocation import problem_from_run
-        from mixprec.store import read_manifest
 
         if self._problem is None:
-            record = read_manifest(self.path).analysis
+            record = self.folder.manifest().analysis
             scored = record.spec.model if record else None
             trusted = scored == self.config.model  # the config's own source is the user's word
             estimator = self.config.estimator_for_search
