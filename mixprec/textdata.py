@@ -101,11 +101,10 @@ class TextData:
     def token_ids(self, tokenizer: Any) -> list[int]:
         separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         ids: list[int] = []
+        texts = self.texts()  # its own one-line errors stay as they are
         try:
-            for text in self.texts():
+            for text in texts:
                 ids += tokenizer(text, add_special_tokens=False)["input_ids"] + separator
-        except MixprecError:
-            raise
         except Exception as err:  # the tokenizer's own failure on this text
             raise MixprecError(f"the tokenizer cannot encode {self.path}: {gist(err)}") from None
         return ids
