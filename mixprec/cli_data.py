@@ -1,4 +1,5 @@
-"""The `--data` options of `analyze` and `evaluate`: your own text for an hf: model."""
+"""The options that say what a model runs on: `--data` (your own text for an hf: model) and
+`--dtype` / `--device` (where and in which precision it runs)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mixprec.errors import MixprecError
+from mixprec.placement import DEVICE_FORMS, DTYPES
 from mixprec.textdata import CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN, TEXT_FIELD, TextData
 
 DataOption = Annotated[
@@ -25,6 +27,15 @@ SeqLenOption = Annotated[int, typer.Option("--seq-len", help="Tokens per sequenc
 CalibSamplesOption = Annotated[int, typer.Option("--calib-samples", help="Sequences to score on.")]
 EvalSamplesOption = Annotated[
     int, typer.Option("--eval-samples", help="Sequences to measure plans on (disjoint).")
+]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help=f"{', '.join(DTYPES)}: auto runs the model in its checkpoint's dtype."
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help=f"{DEVICE_FORMS}: auto takes the first GPU if any.")
 ]
 
 

@@ -37,6 +37,22 @@ TrustOption = Annotated[
         help="Honour a module:PKG:FN model source named inside the file (imports and runs it).",
     ),
 ]
+ExcludeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Keep matching layers as stored (regex; repeatable). 'default' keeps the LM head, "
+        "'none' nothing; MoE routers are always kept. Default: default.",
+    ),
+]
+SpaceOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--space",
+        help="'REGEX=SCHEME,SCHEME': matching layers may take only these (repeatable; the first "
+        "match decides), e.g. 'self_attn=w:int8,keep'.",
+    ),
+]
 LatencyTableOption = Annotated[
     Path | None,
     typer.Option("--latency-table", help="CSV with columns format, shape (OUTxIN or *), seconds."),
@@ -97,6 +113,8 @@ def search_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for stochastic methods.")] = 0,
     trust_model_source: TrustOption = False,
+    exclude: ExcludeOption = None,
+    space: SpaceOption = None,
 ) -> None:
     """Find the plan with the least predicted loss within a budget.
 
@@ -107,6 +125,7 @@ def search_command(
     from mixprec.allocation import allocate, problem_from_run
     from mixprec.guard import check_output_file
     from mixprec.search.cost import Budget
+    from mixprec.search.space import DEFAULT, parse_spaces
     from mixprec.store import RunFolder
 
     check_output_file(out, [RunFolder(run).scores_path, RunFolder(run).manifest_path])
@@ -115,7 +134,9 @@ def search_command(
                "sampler": sampler, "objective": objective, "timesteps": timesteps,
                "policy": policy}  # fmt: skip
     config, limits = _strategy(method, options, max_bops, max_latency)
-    problem = problem_from_run(run, estimator, latency_table, trust_model_source)
+    spaces = parse_spaces(space or [])
+    problem = problem_from_run(run, estimator, latency_table, trust_model_source,
+                               exclude or [DEFAULT], spaces)  # fmt: skip
     plan = allocate(problem, parsed, config, limits=limits, workdir=run, measure=measure,
                     progress=True)  # fmt: skip
     plan.save(out)
@@ -141,6 +162,8 @@ def pareto_command(
     solver: SolverOption = "cbc",
     kappa: KappaOption = 0.0,
     trust_model_source: TrustOption = False,
+    exclude: ExcludeOption = None,
+    space: SpaceOption = None,
 ) -> None:
     """Solve many budgets from the cached scores -> RUN/pareto.parquet and the frontier.
 
@@ -149,6 +172,7 @@ def pareto_command(
     from mixprec.allocation import pareto, problem_from_run
     from mixprec.files import atomic_write_parquet
     from mixprec.search.cost import parse_budgets
+    from mixprec.search.space import DEFAULT, parse_spaces
 
     if method not in FAST_METHODS:
         raise MixprecError(
@@ -157,7 +181,9 @@ def pareto_command(
         )
     chosen = parse_budgets(budgets)
     config, _ = _strategy(method, {"kappa": kappa, "solver": solver}, None, None)
-    problem = problem_from_run(run, estimator, trust_source=trust_model_source)
+    spaces = parse_spaces(space or [])
+    problem = problem_from_run(run, estimator, trust_source=trust_model_source,
+                               exclude=exclude or [DEFAULT], spaces=spaces)  # fmt: skip
     frame = pareto(problem, chosen, config, measure=evaluate, progress=True)
     atomic_write_parquet(run / "pareto.parquet", frame)
     shown = [c for c in frame.columns if c not in ("plan", "reason")]
@@ -192,7 +218,7 @@ def export_command(
     source = model or source_from_file(plan.model, str(plan_path), trust_model_source)
 
     def load() -> tuple[Any, str]:
-        bundle = load_model(source)
+        bundle = load_model(source, dtype=plan.dtype, device="cpu")  # weights as planned
         return bundle.model, bundle.fingerprint
 
     exported = export_plan(plan, to, out, load)

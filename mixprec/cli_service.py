@@ -60,14 +60,27 @@ def _run(config: object, quiet: bool) -> None:
 def run_command(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="A run config (TOML).")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Overrides the config's dtype (auto, bf16, ...).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Overrides the config's device (cpu, cuda:N).")
+    ] = None,
 ) -> None:
     """Analyze, search every budget and method, evaluate, export and report; resumable.
 
-    Example: mixprec run study.toml  (a re-run skips the steps that are up to date)
+    Example: mixprec run study.toml  (a re-run skips the steps that are up to date);
+    mixprec run mine.toml --dtype bf16 --device cuda
     """
-    from mixprec.config import load_config
+    from mixprec.config import load_config, parse_config
+    from mixprec.placement import Placement
 
-    _run(load_config(config_path), quiet)
+    given = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    Placement(**given)  # a bad name fails before the config is read
+    config = load_config(config_path)
+    if given:
+        config = parse_config({**config.model_dump(exclude_none=True), **given}, "--dtype/--device")
+    _run(config, quiet)
 
 
 def demo_command(

@@ -43,11 +43,20 @@ class RunConfig(BaseModel):
         description="your own text for an hf: model: {path = 'notes.jsonl', field = 'text', "
         "seq_len = 512, calib_samples = 16, eval_samples = 16}",
     )
+    dtype: str = Field(default="auto", description="auto (the checkpoint's), bf16, fp16, fp32")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     budgets: list[str] = ["4.5bits", "6bits", "8bits"]
     methods: list[str | dict[str, Any]] = Field(
         default=["ilp"], description="names or tables: ['ilp', {name = 'optuna', trials = 200}]"
     )
     search_estimator: str | None = None
+    exclude: list[str] = Field(
+        default=["default"],
+        description="layers kept as stored (regexes); 'default' is the LM head, 'none' nothing",
+    )
+    spaces: dict[str, list[str]] = Field(
+        default_factory=dict, description="{regex = [schemes]}: what matching layers may take"
+    )
     evaluate: bool = True
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int = Field(default=0, ge=0)
@@ -93,6 +102,42 @@ class RunConfig(BaseModel):
         except ValidationError as err:
             key, message = first_problem(err)
             raise ValueError(f"{key}: {message}" if key else message) from None
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression: {err}") from None
+        if "none" in value and len(value) > 1:
+            raise ValueError("'none' keeps nothing by default: give it alone")
+        return value
+
+    @field_validator("spaces")
+    @classmethod
+    def _spaces(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from mixprec.scheme import KEEP, Scheme
+
+        for pattern, schemes in value.items():
+            if not schemes:
+                raise ValueError(f"{pattern!r} lists no scheme")
+            value[pattern] = [s if s == KEEP else _parsed(Scheme.parse, s) for s in schemes]
+        return value
+
+    @field_validator("dtype", "device")
+    @classmethod
+    def _placement(cls, value: str, info: ValidationInfo) -> str:
+        from mixprec.placement import Placement
+
+        try:
+            Placement(**{str(info.field_name): value})
+        except MixprecError as err:
+            raise ValueError(str(err).replace("--", "", 1)) from None
         return value
 
     def text_data(self) -> Any:

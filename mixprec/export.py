@@ -177,7 +177,7 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, path: Path) -> list[str]:
         writer = gguf.GGUFWriter(str(tmp), _model_type(model))
         writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
         for module, tensor in names.items():
-            data = layer_weight(quantized[module]).detach().float().contiguous().numpy()
+            data = layer_weight(quantized[module]).detach().float().cpu().contiguous().numpy()
             writer.add_tensor(tensor, np.ascontiguousarray(data, dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -85,15 +85,21 @@ def evaluate(
     kernel: str | KernelPreference = KernelPreference.AUTO,
     packed: bool = False,
 ) -> Evaluation:
-    """Apply the assignment to a copy of the model and measure it on the evaluation split.
+    """Apply the assignment to the model in place (restored afterwards; no copy of the model)
+    and measure it on the evaluation split; `packed` measures a packed copy.
 
     The result names the kernel that ran (`kernel` resolved for the model's device).
     """
     choice = choose(kernel, next(bundle.model.parameters()).device)
-    quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=packed)
-    with torch.inference_mode():
-        outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
-    metrics = bundle.task.metrics(Observed(outputs, bundle.reference_outputs, bundle.evaluation))
+    reference = bundle.reference_outputs  # from the unquantized weights, before any change
+    if packed:
+        quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=True)
+        with torch.inference_mode():
+            outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
+    else:
+        with temporarily_applied(bundle.model, assignment, kernel) as model, torch.inference_mode():
+            outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
+    metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
     size = footprint(bundle.model, assignment)
     return Evaluation(metrics, size.size_mb, size.bits_per_weight, str(choice), packed)
 

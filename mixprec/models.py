@@ -1,7 +1,8 @@
 """Model sources (`minilm`, `digits-cnn`, `tiny-gpt`, `hf:DIR`, `module:pkg.mod:factory`).
 
-Every source gives a `ModelBundle`: the FP32 model in eval mode, its task, and fixed, disjoint
-calibration and evaluation batches. Nothing is downloaded; trained models are cached.
+Every source gives a `ModelBundle`: the full-precision model in eval mode (in its own dtype,
+or the one asked for, on the device asked for), its task, and fixed, disjoint calibration and
+evaluation batches on that device. Nothing is downloaded; trained models are cached.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from mixprec.data import hash_tensors
 from mixprec.errors import MixprecError
+from mixprec.placement import Placement, place
 from mixprec.tasks import Batch, OutputTask, Task
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ class ModelBundle:
 
     @cached_property
     def reference_outputs(self) -> tuple[torch.Tensor, ...]:
-        """FP32 outputs on the evaluation split, computed once."""
+        """The unquantized model's outputs on the evaluation split (its own dtype), once."""
         with torch.inference_mode():
             return tuple(self.task.outputs(self.model, b) for b in self.evaluation)
 
@@ -64,31 +66,48 @@ def builtin_models() -> dict[str, Callable[[int], ModelBundle]]:
     return {"minilm": zoo.minilm, "digits-cnn": zoo.digits_cnn, "tiny-gpt": zoo.tiny_gpt}
 
 
-def load_model(source: str, seed: int = 0, data: TextData | None = None) -> ModelBundle:
+def load_model(
+    source: str,
+    seed: int = 0,
+    data: TextData | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> ModelBundle:
     """Load a model by source string; unknown sources get an error listing the valid forms.
-    `data` (your own text) replaces an `hf:` model's calibration and evaluation batches."""
+    `data` (your own text) replaces an `hf:` model's calibration and evaluation batches;
+    `dtype` (auto: the checkpoint's own) and `device` place the model and its batches."""
+    placement = Placement(dtype, device)  # a bad name fails before anything is loaded
+    return place(_load(source, seed, data, placement), placement)
+
+
+def _load(source: str, seed: int, data: TextData | None, placement: Placement) -> ModelBundle:
     builtins = builtin_models()
     check_data_source(source, data)
     if source in builtins:
         return builtins[source](seed)
+    if source == "smollm2":
+        from mixprec.smollm2 import smollm2
+
+        return smollm2(seed, data, placement)
     if source.startswith("hf:"):
         from mixprec.zoo import huggingface_dir
 
-        return huggingface_dir(Path(source[3:]), seed, data)
+        return huggingface_dir(Path(source[3:]), seed, data, placement)
     if source.startswith("module:"):
         return _from_factory(source[len("module:") :], seed)
     raise MixprecError(
-        f"unknown model {source!r}; valid: {', '.join(builtins)}, hf:/path/to/dir, "
+        f"unknown model {source!r}; valid: {', '.join(builtins)}, smollm2, hf:/path/to/dir, "
         "module:package.module:factory"
     )
 
 
 def check_data_source(source: str, data: TextData | None) -> None:
-    """Your own text is tokenised by an hf: model's own tokenizer; other sources bring data."""
-    if data is not None and not source.startswith("hf:"):
+    """Your own text is tokenised by a language model's own tokenizer (an hf: folder's or
+    smollm2's); other sources bring their own data."""
+    if data is not None and not (source.startswith("hf:") or source == "smollm2"):
         raise MixprecError(
             f"--data (your own text) is read with an hf: model's own tokenizer; {source!r} is "
-            "not an hf:DIR source"
+            "not an hf:DIR source or smollm2"
         )
 
 
@@ -124,7 +143,7 @@ def _from_factory(spec: str, seed: int) -> ModelBundle:
             f"factory 'module:{spec}' returned {type(made).__name__}; "
             "expected nn.Module or ModelBundle"
         )
-    model = made.float().eval()
+    model = made.eval()
     calibration, evaluation = random_inputs_for(model, seed)
     return ModelBundle(f"module:{spec}", model, OutputTask(spec), calibration, evaluation)
 

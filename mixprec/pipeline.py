@@ -120,10 +120,12 @@ class Pipeline:
         schemes = scheme_list(c.schemes)
         data = c.text_data()
         spec = AnalysisSpec(c.model, schemes, tuple(c.estimators), tuple(c.levels),
-                            c.calib_batches, c.seed, data=data)  # fmt: skip
+                            c.calib_batches, c.seed, data=data, dtype=c.dtype,
+                            device=c.device)  # fmt: skip
         text = [c.data, Path(data.path)] if data else []  # the file's bytes: edited text redoes it
+        placed = [c.dtype, c.device] if (c.dtype, c.device) != ("auto", "auto") else []
         inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
-                             c.calib_batches, c.seed, *text)  # fmt: skip
+                             c.calib_batches, c.seed, *text, *placed)  # fmt: skip
         scores = self.folder.scores_path
 
         def work() -> None:
@@ -142,7 +144,9 @@ class Pipeline:
             scored = record.spec.model if record else None
             trusted = scored == self.config.model  # the config's own source is the user's word
             estimator = self.config.estimator_for_search
-            self._problem = problem_from_run(self.path, estimator, trust_source=trusted)
+            self._problem = problem_from_run(self.path, estimator, trust_source=trusted,
+                                             exclude=self.config.exclude,
+                                             spaces=self.config.spaces)  # fmt: skip
         return self._problem
 
     def search(self) -> list[Path]:
@@ -152,12 +156,14 @@ class Pipeline:
         c = self.config
         estimator = c.estimator_for_search
         plans = []
+        narrowed = [c.exclude, c.spaces] if (c.exclude, c.spaces) != (["default"], {}) else []
         for strategy in c.strategy_configs():
             for budget in c.budgets:
                 out = self.folder.plan_path(strategy.name, budget)
                 name = f"search {strategy.name} {budget}"
                 settings = strategy.provenance()
-                inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed, settings)
+                inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed, settings,
+                                     *narrowed)  # fmt: skip
 
                 def work(
                     strategy: Any = strategy, budget: str = budget, out: Path = out

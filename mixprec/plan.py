@@ -81,15 +81,17 @@ def apply_plan(
     """Quantize the named layers' weights (and inputs, where the scheme says) in a copy.
 
     `kernel` picks the torch reference or the Triton kernels (same bits). By default weights
-    are fake-quantized in their dtype; `packed=True` swaps each quantized layer for a
-    `PackedLayer` that holds codes and scales only and runs the dequant-matmul. Each quantized
-    weight is a new tensor, so a weight tied elsewhere (an embedding shared with an LM head)
-    is untied rather than quantized behind the other user's back.
+    are fake-quantized in their dtype (computed in float32, cast back); `packed=True` swaps
+    each quantized layer for a `PackedLayer` that holds codes and scales only and runs the
+    dequant-matmul. A tied weight (an LM head that is the embedding matrix) is one tensor
+    with one scheme: its other users see the quantized values too, as in a runtime that
+    stores it once.
     """
     parsed = normalize_assignment(model, assignment)
     kernel = KernelPreference.parse(kernel)
     target = model if inplace else copy.deepcopy(model)
     layers = quantizable_layers(target)
+    tied = tied_users(target)
     with torch.no_grad():
         for name, scheme in parsed.items():
             module = layers[name]
@@ -97,18 +99,25 @@ def apply_plan(
             if scheme.weight is None:
                 continue
             channel_dim = activation_channel_dim(module)
+            weight = layer_weight(module)
+            others = [(u, a) for u, a in tied.get(id(weight), ()) if u is not module]
+            quantized = None
+            if not (packed and scheme.weight.is_quantized) or others:
+                matrix = quantize_dequantize(weight_matrix(module).float(), scheme.weight, kernel)
+                quantized = nn.Parameter(
+                    matrix_to_weight(module, matrix).to(weight.dtype),
+                    requires_grad=weight.requires_grad,
+                )
             if packed and scheme.weight.is_quantized:
                 from mixprec.packed import PackedLayer, replace_module
 
                 module = PackedLayer(module, scheme.weight, kernel)
                 target = replace_module(target, name, module)
             else:
-                weight = layer_weight(module)
-                matrix = quantize_dequantize(weight_matrix(module).float(), scheme.weight, kernel)
-                module.weight = nn.Parameter(
-                    matrix_to_weight(module, matrix).to(weight.dtype),
-                    requires_grad=weight.requires_grad,
-                )
+                assert quantized is not None
+                module.weight = quantized
+            for user, attr in others:  # the same tensor elsewhere (tied): the same bits there
+                setattr(user, attr, quantized)
             if scheme.activation is not None:
                 hook = ActivationQuantizer(scheme.activation, channel_dim, kernel)
                 module.register_forward_pre_hook(hook)
@@ -116,7 +125,9 @@ def apply_plan(
 
 
 @contextmanager
-def temporarily_applied(model: nn.Module, assignment: Assignment) -> Iterator[nn.Module]:
+def temporarily_applied(
+    model: nn.Module, assignment: Assignment, kernel: str | KernelPreference = KernelPreference.AUTO
+) -> Iterator[nn.Module]:
     """Apply a plan in place for the `with` block, then restore weights and hooks exactly.
 
     Cheaper than `apply_plan`'s copy when one model is probed under many small plans.
@@ -124,14 +135,29 @@ def temporarily_applied(model: nn.Module, assignment: Assignment) -> Iterator[nn
     layers = quantizable_layers(model)
     names = list(normalize_assignment(model, assignment))
     saved = {n: (layers[n].weight, dict(layers[n]._forward_pre_hooks)) for n in names}
+    tied = tied_users(model)
+    shared = [(user, attr, layers[n].weight) for n in names
+              for user, attr in tied.get(id(layers[n].weight), ())]  # fmt: skip
     try:
-        yield apply_plan(model, assignment, inplace=True)
+        yield apply_plan(model, assignment, inplace=True, kernel=kernel)
     finally:
         for name, (weight, hooks) in saved.items():
             module = layers[name]
             module.weight = weight
             module._forward_pre_hooks.clear()
             module._forward_pre_hooks.update(hooks)
+        for user, attr, weight in shared:
+            setattr(user, attr, weight)
+
+
+def tied_users(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """For each parameter held by more than one module (tied weights), every (module, name)
+    that holds it."""
+    users: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, param in module.named_parameters(recurse=False):
+            users.setdefault(id(param), []).append((module, attr))
+    return {key: held for key, held in users.items() if len(held) > 1}
 
 
 def _remove_activation_quantizers(module: nn.Module) -> None:
@@ -175,6 +201,12 @@ class PrecisionPlan:
             "provenance": dict(self.provenance),
         }
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the model was in when the plan was made (`auto` for older plans)."""
+        recorded = self.provenance.get("dtype")
+        return recorded if isinstance(recorded, str) else "auto"
+
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
 
@@ -186,7 +218,8 @@ class PrecisionPlan:
         if fingerprint != self.fingerprint:
             raise MixprecError(
                 f"plan was made for model {self.model!r} with fingerprint {self.fingerprint[:12]}, "
-                f"not this model ({fingerprint[:12]})"
+                f"not this model ({fingerprint[:12]}; made in dtype {self.dtype}: another "
+                "--dtype gives other weights)"
             )
         normalize_assignment(model, self.assignment)
 

@@ -17,6 +17,7 @@ from torch import nn
 from mixprec.data import named_tensors
 from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle, load_model
+from mixprec.placement import Placement, model_device, model_dtype, move_batch, place
 from mixprec.scheme import DEFAULT_SCHEMES, scheme_list
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
@@ -88,7 +89,7 @@ def as_bundle(
         if data is None:
             return bundle
         task = bundle.task if data.forward is None and data.loss is None else data.task()
-        return ModelBundle(bundle.name, bundle.model, task, data.batches, data.measured_on)
+        return ModelBundle(bundle.name, bundle.model, task, *_batches_beside(bundle.model, data))
     if not isinstance(model, nn.Module):
         raise MixprecError(
             f"model must be an nn.Module, a ModelBundle or a source string, "
@@ -105,7 +106,14 @@ def as_bundle(
             "noise); call model.eval() first"
         )
     name = f"python:{type(model).__module__}.{type(model).__qualname__}"
-    return ModelBundle(name, model, data.task(), data.batches, data.measured_on)
+    return ModelBundle(name, model, data.task(), *_batches_beside(model, data))
+
+
+def _batches_beside(model: nn.Module, data: Calibration) -> tuple[tuple[Any, ...], ...]:
+    """Your calibration and evaluation batches on the model's device, floats in its dtype."""
+    device, dtype = model_device(model), model_dtype(model)
+    return tuple(tuple(move_batch(b, device, dtype) for b in part)
+                 for part in (data.batches, data.measured_on))  # fmt: skip
 
 
 def score(
@@ -123,6 +131,8 @@ def score(
     seed: int = 0,
     calib_batches: int | None = None,
     progress: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
 ) -> ScoreTable:
     """How much the loss grows for every (estimator, unit, scheme): what `mixprec analyze`
     computes, for the model in your process and your batches.
@@ -136,15 +146,18 @@ def score(
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
     (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data, or an `hf:` source
     with your text as a `TextData` (each worker reads and tokenises it the same way).
-    `calib_batches` uses the first K calibration batches.
+    `calib_batches` uses the first K calibration batches. `dtype` / `device` place the model
+    (a model object is moved in place; by default everything runs where it already is).
 
     >>> table = score("hf:models/llama", TextData("notes.jsonl", seq_len=512), workers=2)
+    >>> table = score("hf:models/llama", TextData("notes.jsonl"), dtype="bf16", device="cuda")
     """
     chosen = scheme_list(schemes)
+    placement = Placement(dtype, device)
     text = data if isinstance(data, TextData) else None
     if isinstance(model, str) and (data is None or text) and forward is None and loss is None:
         spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed,
-                            data=text)  # fmt: skip
+                            data=text, dtype=dtype, device=device)  # fmt: skip
         return analyze(spec, workers=workers, address=address, progress=progress, cache=cache)
     if isinstance(data, TextData):
         raise MixprecError(
@@ -159,6 +172,8 @@ def score(
     if data is None and (forward is not None or loss is not None):
         raise MixprecError("forward/loss were given without data: pass the batches too")
     calibration = None if data is None else Calibration.of(data, forward, loss)
+    keep_where_it_is = placement == Placement() and not isinstance(model, str)
     bundle = as_bundle(model, calibration, seed)
+    bundle = bundle if keep_where_it_is else place(bundle, placement)
     spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
     return score_bundle(spec, bundle, progress, cache)

@@ -105,6 +105,8 @@ class SpecRecord(BaseModel):
     chunk: int = 8
     threads: int = 1
     data: dict[str, Any] | None = None  # a TextData as JSON: the user's own text
+    dtype: str = "fp32"  # runs recorded before --dtype were all upcast to float32
+    device: str = "cpu"
 
 
 class AnalysisRecord(BaseModel):

@@ -167,13 +167,13 @@ class SentenceEmbeddingTask(Task):
         emb = self.outputs(model, batch)
         anchors, positives = emb.chunk(2)
         logits = anchors @ positives.T / self.temperature
-        return F.cross_entropy(logits, torch.arange(len(anchors)))
+        return F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device))
 
     def task_metrics(self, run: Observed) -> dict[str, float]:
         out, ref = torch.cat(list(run.outputs)), torch.cat(list(run.reference))
         cosine = float(F.cosine_similarity(out, ref, dim=-1).mean())
         out_top1, ref_top1 = _pair_top1(run.outputs), _pair_top1(run.reference)
-        truth = torch.arange(len(out_top1))
+        truth = torch.arange(len(out_top1), device=out_top1.device)
         return {
             "cosine": cosine,
             "top1_agreement": float((out_top1 == ref_top1).float().mean()),

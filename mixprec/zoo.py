@@ -24,6 +24,7 @@ from mixprec.data import byte_sequences, digits_splits, python_doc_paragraphs, s
 from mixprec.errors import MixprecError, gist
 from mixprec.files import atomic_path
 from mixprec.models import ModelBundle, cache_dir
+from mixprec.placement import Placement, torch_dtypes
 from mixprec.tasks import (
     Batch,
     CausalLMTask,
@@ -331,8 +332,11 @@ def check_hf_folder(path: Path) -> None:
         )
 
 
-def huggingface_dir(path: Path, seed: int = 0, data: TextData | None = None) -> ModelBundle:
-    """A local transformers checkpoint: causal LMs by perplexity, others by output MSE."""
+def huggingface_dir(
+    path: Path, seed: int = 0, data: TextData | None = None, placement: Placement | None = None
+) -> ModelBundle:
+    """A local transformers checkpoint in its own dtype (or `placement`'s): causal LMs by
+    perplexity, others by output MSE."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -348,11 +352,21 @@ def huggingface_dir(path: Path, seed: int = 0, data: TextData | None = None) -> 
     causal_names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     causal = any(a in causal_names for a in (config.architectures or []))
     loader = AutoModelForCausalLM if causal else AutoModel
+    dtype = (placement or Placement()).torch_dtype(checkpoint_dtype(config))
     try:
-        model = loader.from_pretrained(path, use_safetensors=True, **safe).float().eval()
+        model = loader.from_pretrained(path, use_safetensors=True, dtype=dtype, **safe).eval()
     except Exception as err:  # safetensors, torch and transformers each raise their own
         raise MixprecError(f"hf:{path}: transformers cannot load the model ({gist(err)})") from None
     vocab = int(getattr(config, "vocab_size", 256))
     calibration, evaluation = _hf_batches(path, vocab, seed, data)
     task = CausalLMTask() if causal else OutputTask(f"hf:{path}", input_key="input_ids")
     return ModelBundle(f"hf:{path}", model, task, calibration, evaluation)
+
+
+def checkpoint_dtype(config: object) -> torch.dtype:
+    """The dtype a transformers config says its weights are stored in (float32 if unsaid)."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    floating = set(torch_dtypes().values())
+    return stored if isinstance(stored, torch.dtype) and stored in floating else torch.float32

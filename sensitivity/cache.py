@@ -30,8 +30,10 @@ def cell_key(
     params: dict[str, object],
     calibration: str,
     seed: int,
+    device: str = "cpu",
 ) -> str:
-    """SHA-256 over everything that decides a score."""
+    """SHA-256 over everything that decides a score; a GPU's scores (other kernels, other
+    rounding) are filed apart from the CPU's, whose keys stay as they were."""
     parts = {
         "version": CACHE_VERSION,
         "model": fingerprint,
@@ -43,6 +45,8 @@ def cell_key(
         "calibration": calibration,
         "seed": seed,
     }
+    if device != "cpu":
+        parts["device"] = device
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -14,6 +14,7 @@ import torch
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
 from mixprec.models import ModelBundle, check_data_source, load_model
+from mixprec.placement import Placement
 from mixprec.scheme import DEFAULT_SCHEMES, Scheme
 from mixprec.sensitivity.base import estimator_config, make_estimator
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
@@ -38,6 +39,12 @@ class AnalysisSpec:
     chunk: int = 8
     threads: int = 1
     data: TextData | None = None  # your own text for an hf: model (else its built-in data)
+    dtype: str = "auto"  # the model's own dtype, or bf16 / fp16 / fp32
+    device: str = "auto"  # the first GPU where one is visible, else the CPU
+
+    def load(self) -> ModelBundle:
+        """The model this spec names, with its data, in its dtype on its device."""
+        return load_model(self.model, self.seed, self.data, self.dtype, self.device)
 
     def validated(self) -> AnalysisSpec:
         """Checked, with schemes in canonical spelling and estimators as configs (both are
@@ -51,6 +58,7 @@ class AnalysisSpec:
         for level in self.levels:
             one_of("level", level, LEVELS)
         check_data_source(self.model, self.data)
+        Placement(self.dtype, self.device).torch_device()  # a device not here: before any work
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
         return replace(self, schemes=schemes, estimators=configs)
@@ -77,7 +85,7 @@ class CellWorker:
     ) -> None:
         torch.set_num_threads(spec.threads)
         self.spec = spec
-        self.bundle = bundle or load_model(spec.model, seed=spec.seed, data=spec.data)
+        self.bundle = bundle or spec.load()
         if fingerprint and self.bundle.fingerprint != fingerprint:
             raise MixprecError(
                 f"a worker loaded {spec.model!r} with other weights than the driver "

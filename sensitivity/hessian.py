@@ -100,18 +100,22 @@ def _hutchinson_sample(
     bundle: ModelBundle, batch: Batch, weights: list[torch.Tensor], gen: torch.Generator
 ) -> np.ndarray:
     """v_l . (H v)_l for each layer l, with one Rademacher v over all layers' weights."""
-    probes = [torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1 for w in weights]
+    # drawn on the CPU (the same probes on any device), then moved to each weight
+    probes = [
+        (torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w.device, w.dtype) for w in weights
+    ]
     loss = bundle.task.loss(bundle.model, batch)
     grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     out = np.zeros(len(weights))
     if not used:
         return out
-    dot = torch.stack([(grads[i] * probes[i]).sum() for i in used]).sum()
+    # sums in float32 whatever the model's dtype (a bf16 sum over a layer loses the trace)
+    dot = torch.stack([(grads[i] * probes[i]).sum(dtype=torch.float32) for i in used]).sum()
     products = torch.autograd.grad(dot, [weights[i] for i in used], allow_unused=True)
     for i, hv in zip(used, products, strict=True):
         if hv is not None:
-            out[i] = float((hv * probes[i]).sum())
+            out[i] = float((hv * probes[i]).sum(dtype=torch.float32))
     return out
 
 

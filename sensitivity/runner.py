@@ -19,7 +19,8 @@ import torch
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.metrics import layer_weight_bytes
-from mixprec.models import ModelBundle, cache_dir, load_model
+from mixprec.models import ModelBundle, cache_dir
+from mixprec.placement import dtype_name, model_device, model_dtype
 from mixprec.progress import cell_progress
 from mixprec.runlock import RunLock
 from mixprec.scheme import Scheme
@@ -79,7 +80,7 @@ def _score_all(
     cache: CellCache | None,
 ) -> ScoreTable:
     started = time.perf_counter()
-    bundle = bundle or load_model(spec.model, seed=spec.seed, data=spec.data)
+    bundle = bundle or spec.load()
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)
@@ -93,9 +94,17 @@ def _score_all(
             )
     calibration = content_hash(batches)
     cache = cache or CellCache(cache_dir() / "cells")
+    device = model_device(bundle.model).type
     keys = {
         (name, scheme, unit.name): cell_key(
-            bundle.fingerprint, unit, scheme, name, config.cache_params(), calibration, spec.seed
+            bundle.fingerprint,
+            unit,
+            scheme,
+            name,
+            config.cache_params(),
+            calibration,
+            spec.seed,
+            device,
         )
         for name, config in configs.items()
         for scheme in spec.schemes
@@ -182,6 +191,8 @@ def _write_outputs(
                 **asdict(spec),
                 "estimators": [c.name for c in spec.configs()],
                 "estimator_settings": {c.name: c.cache_params() for c in spec.configs()},
+                "dtype": dtype_name(model_dtype(bundle.model)),  # what auto resolved to
+                "device": str(model_device(bundle.model)),
             }
         ),
         model=bundle.name,

@@ -99,6 +99,12 @@ def test_strategy_and_estimator_settings_live_in_the_config() -> None:
         ({**BASE, "budgets": []}, "key 'budgets': needs at least one budget"),
         ({**BASE, "workers": -1}, "key 'workers': Input should be greater than or equal to 0"),
         ({**BASE, "exports": ["onnx"]}, "key 'exports': unknown export target 'onnx'; valid: j"),
+        ({**BASE, "dtype": "half"}, "key 'dtype': unknown dtype 'half'; valid: auto, bf16, fp16"),
+        ({**BASE, "device": "tpu:0"}, "key 'device': unknown device 'tpu:0'; valid: auto, cpu"),
+        ({**BASE, "exclude": ["("]}, "key 'exclude': '(' is not a regular expression"),
+        ({**BASE, "exclude": ["none", "x"]}, "key 'exclude': 'none' keeps nothing by default"),
+        ({**BASE, "spaces": {"attn": []}}, "key 'spaces': 'attn' lists no scheme"),
+        ({**BASE, "spaces": {"attn": ["w:int9"]}}, "key 'spaces': bad scheme 'w:int9'"),
     ],
 )
 def test_bad_configs_name_the_key(data: dict[str, object], message: str) -> None:
