@@ -18,6 +18,7 @@ from typing import Any
 from mixprec.config import RunConfig
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.memory import peak_memory
 from mixprec.runlock import RunLock
 from mixprec.store import RunFolder, check_run_folder, inputs_hash
 
@@ -101,13 +102,15 @@ class Pipeline:
         self.say(f"{name} ...")
         self.folder.mark(name, "running", inputs)
         try:
-            note = work()
+            with peak_memory() as peak:
+                note = work()
         except BaseException as err:
             self.folder.mark(name, "failed", inputs, error=str(err) or type(err).__name__)
             raise
         if note:
             self.say(f"  {name}: {note}")
-        self.folder.mark(name, "done", inputs, [p for p in outputs if p.exists()], note=note or "")
+        written = [p for p in outputs if p.exists()]
+        self.folder.mark(name, "done", inputs, written, note=note or "", peak=peak)
         self.summary.written.extend(p for p in outputs if p.exists())
         return True
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text, check_writable_parent
+from mixprec.memory import PeakMemory
 from mixprec.runlock import LOCK_FILE, owner_alive
 
 STORE_VERSION = 1
@@ -79,6 +80,8 @@ class StepRecord(BaseModel):
     finished: str = ""
     error: str = ""
     note: str = ""
+    peak_rss_mb: float | None = None  # this process's peak while the step ran
+    peak_cuda_mb: float | None = None
 
 
 class FailedCell(BaseModel):
@@ -124,6 +127,8 @@ class AnalysisRecord(BaseModel):
     seconds: float
     blocks: dict[str, list[str]] = {}
     torch: str = ""
+    peak_rss_mb: float | None = None  # the scoring process's peak (Ray workers not counted)
+    peak_cuda_mb: float | None = None
 
 
 _ANALYSIS_FIELDS = tuple(AnalysisRecord.model_fields)
@@ -152,6 +157,8 @@ class Manifest(BaseModel):
     seconds: float | None = None
     blocks: dict[str, list[str]] = {}
     torch: str | None = None
+    peak_rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
 
     @property
     def analysis(self) -> AnalysisRecord | None:
@@ -262,11 +269,13 @@ class RunFolder:
         outputs: Iterable[Path] = (),
         error: str = "",
         note: str = "",
+        peak: PeakMemory | None = None,
     ) -> None:
         names = [str(p.relative_to(self.path)) for p in outputs]
         digests = {n: file_digest(self.path / n) for n in names}
+        memory = {"peak_rss_mb": peak.rss_mb, "peak_cuda_mb": peak.cuda_mb} if peak else {}
         record = StepRecord(status=status, inputs=inputs, outputs=names, digests=digests,
-                            finished=now(), error=error, note=note)  # fmt: skip
+                            finished=now(), error=error, note=note, **memory)  # fmt: skip
         self._update(steps={**self.manifest().steps, step: record})
 
     def keep_only(self, steps: Iterable[str]) -> None:

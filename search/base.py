@@ -94,9 +94,12 @@ def check_feasible(
         if not within(least, limit):
             if name == "budget":
                 smallest = budget.from_weight_bytes(least, costs)
+                fixed = int((np.isfinite(scores).sum(axis=1) == 1).sum())
+                why = "excluded (--exclude) or scored under one scheme only"
+                kept = f" ({fixed} units have one choice: {why})" if fixed else ""
                 raise InfeasibleBudget(
                     f"budget {budget} is infeasible: the smallest plan needs {smallest.value:.4g}"
-                    f"{smallest.unit}",
+                    f"{smallest.unit}{kept}",
                     smallest,
                 )
             raise InfeasibleBudget(

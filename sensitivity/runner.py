@@ -18,6 +18,7 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
+from mixprec.memory import read_peak, reset_peak
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir
 from mixprec.placement import dtype_name, model_device, model_dtype
@@ -80,6 +81,7 @@ def _score_all(
     cache: CellCache | None,
 ) -> ScoreTable:
     started = time.perf_counter()
+    reset_peak()  # the record's peak memory counts from here (this process; not Ray workers)
     bundle = bundle or spec.load()
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
@@ -181,6 +183,7 @@ def _write_outputs(
     seconds: float,
 ) -> None:
     """The table into RUN/scores.parquet, and its record handed to the run store."""
+    peak = read_peak()
     out.mkdir(parents=True, exist_ok=True)
     table.save(out / "scores.parquet")
     frame = table.frame
@@ -203,5 +206,7 @@ def _write_outputs(
         seconds=seconds,
         blocks=blocks,
         torch=torch.__version__,
+        peak_rss_mb=peak.rss_mb,
+        peak_cuda_mb=peak.cuda_mb,
     )
     RunFolder(out).record_analysis(record)

@@ -64,7 +64,12 @@ def test_run_takes_dtype_from_the_config_or_the_command_line(
     )
     code, _, err = run(["run", str(config), "--dtype", "bf16", "-q"], capsys)
     assert code == 0, err
-    assert read_manifest(tmp_path / "run").analysis.spec.dtype == "bf16"  # type: ignore[union-attr]
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest.analysis.spec.dtype == "bf16"  # type: ignore[union-attr]
+    # every step records this process's peak memory (at least the loaded libraries: 100 MB)
+    assert manifest.analysis.peak_rss_mb > 100  # type: ignore[union-attr,operator]
+    assert all(step.peak_rss_mb > 100 for step in manifest.steps.values())  # type: ignore[operator]
+    assert set(manifest.steps) >= {"analyze", "search ilp 6bits", "evaluate ilp-6bits"}
     code, _, err = run(["run", str(config), "--device", "tpu"], capsys)
     assert code == 2 and "unknown --device 'tpu'" in err and err.count("\n") == 1
     config.write_text(config.read_text().replace('"fp16"', '"float16"'))
@@ -111,6 +116,9 @@ def test_search_keeps_the_head_by_default_and_takes_spaces(
     code, _, err = run(["search", str(folder), "--budget", "8bits", "--out",
                         str(tmp_path / "p.json"), "--space", "mlp=w:fp3"], capsys)  # fmt: skip
     assert code == 2 and "w:fp3" in err and err.count("\n") == 1
+    code, _, err = run(["search", str(folder), "--budget", "2bits", "--out",
+                        str(tmp_path / "p.json")], capsys)  # fmt: skip
+    assert code == 2 and "(1 units have one choice: excluded (--exclude)" in err
     code, out, _ = run(["units", "-m", model, "--json"], capsys)
     kept = {u["name"]: u["kept"] for u in json.loads(out) if u["level"] == "layer"}
     assert kept.pop("lm_head") == "LM head (default)" and set(kept.values()) == {None}

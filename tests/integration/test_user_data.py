@@ -50,7 +50,18 @@ def test_scored_searched_and_measured_on_your_text(
     assert spec.data is not None and spec.data["path"] == str(data) and spec.data["seq_len"] == 32
     first = ScoreTable.load(run_folder / "scores.parquet")
     plan = tmp_path / "plan.json"
-    code, _, err = run(["search", str(run_folder), "--budget", "6bits", "--out", str(plan)], capsys)
+    # a 30k-token LM head in a 2-layer model: searched too (it is kept by default)
+    search = [
+        "search",
+        str(run_folder),
+        "--budget",
+        "6bits",
+        "--exclude",
+        "none",
+        "--out",
+        str(plan),
+    ]
+    code, _, err = run(search, capsys)
     assert code == 0, err
     measured = json.loads(plan.read_text())["measured"]
     code, out, err = run(["evaluate", "--plan", str(plan), "--data", str(data), "--text-field",
@@ -63,7 +74,7 @@ def test_scored_searched_and_measured_on_your_text(
     assert not ScoreTable.load(other / "scores.parquet").same_scores(first)
     # the file edited after scoring: searching the old scores would mix two texts
     notes(data, shift=5)
-    code, _, err = run(["search", str(run_folder), "--budget", "6bits", "--out", str(plan)], capsys)
+    code, _, err = run(search, capsys)
     assert code == 2 and "changed since" in err and err.count("\n") == 1
 
 
@@ -75,6 +86,7 @@ def test_a_run_config_takes_a_data_table(
     config.write_text(
         f'model = "{model}"\noutput = "{tmp_path / "run"}"\nschemes = ["w:int8", "w:int4_g32"]\n'
         'estimators = ["isolation"]\nlevels = ["layer"]\nbudgets = ["6bits"]\nexports = []\n'
+        'exclude = ["none"]\n'
         f'data = {{path = "{data}", field = "body", seq_len = 32, calib_samples = 4, '
         "eval_samples = 4}\n"
     )

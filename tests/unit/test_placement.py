@@ -89,3 +89,27 @@ def test_batches_keep_their_shape_and_move_floats_only() -> None:
     assert moved["x"].dtype == torch.float16 and moved["pair"][0].dtype == torch.int64
     assert isinstance(moved["pair"], tuple) and moved["pair"][1][0].dtype == torch.float16
     assert dtype_name(torch.bfloat16) == "bf16" and dtype_name(torch.float64) == "float64"
+
+
+def test_a_bf16_model_object_is_scored_and_planned_where_it_is(tmp_path: Path) -> None:
+    import mixprec
+    from mixprec.sensitivity.cache import CellCache
+
+    model = make_llama().to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 64, (2, 16), generator=gen)} for _ in range(3)]
+
+    def loss(output: object, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = output.logits[:, :-1].float()  # type: ignore[attr-defined]
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 64), batch["input_ids"][:, 1:].reshape(-1)
+        )
+
+    data = mixprec.Calibration(batches, loss=loss, divergence="kl")
+    table = mixprec.score(model, data, ["w:int8", "w:int4_g32"], ["fisher", "isolation"],
+                          ["layer"], cache=CellCache(tmp_path))  # fmt: skip
+    assert (table.frame["status"] == "ok").all() and (table.frame["score"] >= 0).all()
+    assert model_dtype(model) == torch.bfloat16  # scored where and as it was
+    problem = mixprec.AllocationProblem.build(table, model, "fisher", data=data)
+    plan = mixprec.allocate(problem, "6bits", measure=True)
+    assert plan.provenance["dtype"] == "bf16" and plan.measured["output_kl"] >= 0

@@ -92,3 +92,18 @@ def test_a_wrongly_typed_manifest_is_one_line(
     with pytest.raises(MixprecError) as info:
         folder.manifest()
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_peak_memory_counts_the_block_it_wraps() -> None:
+    import numpy as np
+
+    from mixprec.memory import peak_memory
+
+    with peak_memory() as big:
+        held = np.ones(300_000_000 // 8)  # 300 MB, touched
+        held += 1
+    del held
+    with peak_memory() as small:
+        np.ones(10)
+    assert big.rss_mb is not None and small.rss_mb is not None
+    assert big.rss_mb > small.rss_mb + 250  # the second block's peak starts again from now
