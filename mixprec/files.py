@@ -3,6 +3,7 @@ writable-folder check made before any."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,3 +51,17 @@ def check_writable_parent(resolved: Path, what: str, shown: Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MixprecError(f"cannot write {what} {shown}: {parent} is not a writable folder")
+
+
+@contextmanager
+def held_lock(beside: Path) -> Iterator[None]:
+    """An exclusive OS lock on a hidden file beside `beside`: processes that make the same
+    cached file at once (a driver and its Ray workers) take turns, one makes it."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    lock = beside.with_name(f".{beside.name}.lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)

@@ -13,8 +13,6 @@ is biased low for this model. Say so next to any result measured on it.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixprec.errors import MixprecError, gist
+from mixprec.files import held_lock
 from mixprec.models import ModelBundle, cache_dir
 
 if TYPE_CHECKING:
@@ -49,30 +48,18 @@ def gguf_path() -> Path:
     return found[0]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def smollm2_folder() -> Path:
     """The converted transformers folder, made on first use (one process converts, the rest
     wait on a lock beside it and then load it)."""
+    from mixprec.store import file_digest
+
     source = gguf_path()
-    digest = file_sha256(source)
+    digest = file_digest(source)
     folder = cache_dir() / f"{NAME}-{digest[:16]}"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.with_name(f".{folder.name}.lock")
-    with lock.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        try:
-            if not _complete(folder, digest):
-                shutil.rmtree(folder, ignore_errors=True)  # a half-written folder is redone
-                _convert(source, folder, digest)
-        finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
+    with held_lock(folder):
+        if not _complete(folder, digest):
+            shutil.rmtree(folder, ignore_errors=True)  # a half-written folder is redone
+            _convert(source, folder, digest)
     return folder
 
 

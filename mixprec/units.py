@@ -21,6 +21,7 @@ LEVELS: tuple[Level, ...] = get_args(Level)
 
 # (role, regex searched in the module's fully-qualified name); the first match wins.
 ROLE_RULES: tuple[tuple[str, str], ...] = (
+    ("gate_up", r"gate_up_proj$"),  # Phi-3 fuses the two input projections of its MLP
     ("qkv", r"(c_attn|qkv_proj|query_key_value|Wqkv|\.qkv)$"),
     ("q", r"(q_proj|\.query|q_lin|\.wq)$"),
     ("k", r"(k_proj|\.key|k_lin|\.wk)$"),

@@ -7,7 +7,6 @@ cached as safetensors (written to a temp file, then renamed).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from mixprec.data import byte_sequences, digits_splits, python_doc_paragraphs, sentence_pairs
 from mixprec.errors import MixprecError, gist
-from mixprec.files import atomic_path
+from mixprec.files import atomic_path, held_lock
 from mixprec.models import ModelBundle, cache_dir
 from mixprec.placement import Placement, torch_dtypes
 from mixprec.tasks import (
@@ -226,14 +225,8 @@ def trained_or_cached(
     on a lock beside the file, so one trains and the rest load its weights.
     """
     path = cache_dir() / f"{name}-{recipe.key()[:16]}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    with lock.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        try:
-            return _load_or_train(path, recipe, build, train)
-        finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
+    with held_lock(path):
+        return _load_or_train(path, recipe, build, train)
 
 
 @contextmanager
