@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -227,10 +228,10 @@ def pareto_page() -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def cached_model(name: str, origin: str) -> tuple[Any, str]:
+def cached_model(name: str, origin: str, dtype: str = "auto") -> tuple[Any, str]:
     from mixprec.models import load_model, source_from_file
 
-    bundle = load_model(source_from_file(name, origin, TRUSTED))
+    bundle = load_model(source_from_file(name, origin, TRUSTED), dtype=dtype, device="cpu")
     return bundle.model, bundle.fingerprint
 
 
@@ -256,7 +257,8 @@ def export_page() -> None:
                                key=f"download_{target}")  # fmt: skip
         elif st.button(f"Write {label}", key=f"write_{target}"):
             try:
-                export_plan(plan, target, path, lambda: cached_model(plan.model, f"plan {name}"))
+                load = partial(cached_model, plan.model, f"plan {name}", plan.dtype)
+                export_plan(plan, target, path, load)
             except MixprecError as err:
                 st.warning(f"{label}: {err}")
             else:
