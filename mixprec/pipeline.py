@@ -111,7 +111,7 @@ class Pipeline:
             self.say(f"  {name}: {note}")
         written = [p for p in outputs if p.exists()]
         self.folder.mark(name, "done", inputs, written, note=note or "", peak=peak)
-        self.summary.written.extend(p for p in outputs if p.exists())
+        self.summary.written.extend(written)
         return True
 
     def analyze(self) -> None:
@@ -155,11 +155,12 @@ class Pipeline:
     def search(self) -> list[Path]:
         from mixprec.allocation import allocate
         from mixprec.search.cost import InfeasibleBudget
+        from mixprec.search.space import DEFAULT
 
         c = self.config
         estimator = c.estimator_for_search
         plans = []
-        narrowed = [c.exclude, c.spaces] if (c.exclude, c.spaces) != (["default"], {}) else []
+        narrowed = [c.exclude, c.spaces] if (c.exclude, c.spaces) != ([DEFAULT], {}) else []
         for strategy in c.strategy_configs():
             for budget in c.budgets:
                 out = self.folder.plan_path(strategy.name, budget)

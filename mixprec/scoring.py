@@ -172,8 +172,8 @@ def score(
     if data is None and (forward is not None or loss is not None):
         raise MixprecError("forward/loss were given without data: pass the batches too")
     calibration = None if data is None else Calibration.of(data, forward, loss)
-    keep_where_it_is = placement == Placement() and not isinstance(model, str)
     bundle = as_bundle(model, calibration, seed)
-    bundle = bundle if keep_where_it_is else place(bundle, placement)
+    if placement != Placement():  # by default everything runs where it already is
+        bundle = place(bundle, placement)
     spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
     return score_bundle(spec, bundle, progress, cache)

@@ -26,11 +26,15 @@ ALWAYS_EXCLUDE: tuple[tuple[str, str], ...] = (
 )
 
 
+def _built_in(exclude: Sequence[str]) -> list[tuple[str, str]]:
+    """The built-in (pattern, why) rules an exclude list brings in."""
+    return list(ALWAYS_EXCLUDE) + (list(DEFAULT_EXCLUDE) if DEFAULT in exclude else [])
+
+
 def expand_exclude(names: Sequence[str], exclude: Sequence[str]) -> list[str]:
     """The patterns an exclude list stands for over layer `names`: `default` becomes the
     default patterns that match something, `none` nothing; MoE routers are always added."""
-    built_in = list(ALWAYS_EXCLUDE) + (list(DEFAULT_EXCLUDE) if DEFAULT in exclude else [])
-    chosen = [p for p, _ in built_in if any(re.search(p, n) for n in names)]
+    chosen = [p for p, _ in _built_in(exclude) if any(re.search(p, n) for n in names)]
     for pattern in exclude:
         if pattern == NONE and len(exclude) > 1:
             raise MixprecError(f"exclude {NONE!r} keeps nothing by default: give it alone")
@@ -41,8 +45,7 @@ def expand_exclude(names: Sequence[str], exclude: Sequence[str]) -> list[str]:
 
 def kept_by_default(name: str, exclude: Sequence[str] = (DEFAULT,)) -> str | None:
     """Why layer `name` is kept as stored by the built-in rules (None: it is searched)."""
-    built_in = list(ALWAYS_EXCLUDE) + (list(DEFAULT_EXCLUDE) if DEFAULT in exclude else [])
-    return next((why for pattern, why in built_in if re.search(pattern, name)), None)
+    return next((why for pattern, why in _built_in(exclude) if re.search(pattern, name)), None)
 
 
 def search_space(

@@ -81,7 +81,8 @@ def _score_all(
     cache: CellCache | None,
 ) -> ScoreTable:
     started = time.perf_counter()
-    reset_peak()  # the record's peak memory counts from here (this process; not Ray workers)
+    if out is not None:  # the record's peak memory counts from here (this process, not Ray's)
+        reset_peak()
     bundle = bundle or spec.load()
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
