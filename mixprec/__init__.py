@@ -34,6 +34,7 @@ _EXPORTS = {
     "score": "mixprec.scoring",
     "Calibration": "mixprec.scoring",
     "TextData": "mixprec.textdata",
+    "TensorData": "mixprec.tensordata",
     "AllocationProblem": "mixprec.allocation",
     "allocate": "mixprec.allocation",
     "pareto": "mixprec.allocation",
@@ -84,6 +85,7 @@ __all__ = [
     "SearchStrategy",
     "SensitivityEstimator",
     "StrategyConfig",
+    "TensorData",
     "TextData",
     "UniformConfig",
     "Unit",
@@ -137,6 +139,7 @@ if TYPE_CHECKING:
     )
     from mixprec.sensitivity.runner import analyze
     from mixprec.sensitivity.table import ScoreTable
+    from mixprec.tensordata import TensorData
     from mixprec.textdata import TextData
     from mixprec.units import Unit, discover_units
 

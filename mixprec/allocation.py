@@ -33,7 +33,7 @@ from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_
 from mixprec.search.space import expand_exclude, search_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
-from mixprec.textdata import TextData
+from mixprec.tensordata import data_from_json
 from mixprec.units import quantizable_layers
 
 
@@ -205,7 +205,7 @@ def problem_from_run(
         )
     spec, fingerprint = analysis.spec, analysis.fingerprint
     source = source_from_file(spec.model, str(run.manifest_path), trust_source)
-    data = TextData.from_json(spec.data) if spec.data else None
+    data = data_from_json(spec.data) if spec.data else None
     bundle = load_model(source, spec.seed, data, spec.dtype, spec.device)  # as it was scored
     if bundle.fingerprint != fingerprint:
         raise MixprecError(

@@ -14,12 +14,15 @@ from rich.table import Table
 
 from mixprec.cli_data import (
     CalibSamplesOption,
+    ChatTemplateOption,
     DataOption,
     DeviceOption,
     DtypeOption,
     EvalSamplesOption,
+    GpusPerWorkerOption,
     SeqLenOption,
     TextFieldOption,
+    WorkersOption,
     text_data,
 )
 from mixprec.cli_plans import TrustOption
@@ -160,6 +163,7 @@ def evaluate_command(
     seq_len: SeqLenOption = SEQ_LEN,
     calib_samples: CalibSamplesOption = CALIB_SAMPLES,
     eval_samples: EvalSamplesOption = EVAL_SAMPLES,
+    chat_template: ChatTemplateOption = False,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
@@ -180,7 +184,7 @@ def evaluate_command(
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     Placement(dtype, device)
-    text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed)
+    text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
         source = model or source_from_file(loaded.model, str(plan), trust_model_source)
@@ -226,10 +230,11 @@ def analyze_command(
     estimators: Annotated[
         str, typer.Option(help="'default' (every built-in estimator) or a list: fisher,isolation")
     ] = "default",
-    workers: Annotated[int, typer.Option(help="Ray workers; 0 runs serially without Ray.")] = 0,
+    workers: WorkersOption = None,
     address: Annotated[
         str | None, typer.Option(help="Join a running Ray cluster, e.g. 127.0.0.1:6379.")
     ] = None,
+    gpus_per_worker: GpusPerWorkerOption = 0.0,
     calib_batches: Annotated[
         int | None, typer.Option("--calib-batches", help="Use the first K calibration batches.")
     ] = None,
@@ -242,6 +247,7 @@ def analyze_command(
     seq_len: SeqLenOption = SEQ_LEN,
     calib_samples: CalibSamplesOption = CALIB_SAMPLES,
     eval_samples: EvalSamplesOption = EVAL_SAMPLES,
+    chat_template: ChatTemplateOption = False,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
@@ -260,8 +266,6 @@ def analyze_command(
                          ("--levels", levels)):  # fmt: skip
         if not parse_list(text):
             raise MixprecError(f"{option} {text!r} lists nothing; give at least one")
-    if workers < 0:
-        raise MixprecError(f"--workers {workers} must be 0 (serial) or more")
     spec = AnalysisSpec(
         model,
         scheme_list(schemes),
@@ -269,12 +273,14 @@ def analyze_command(
         LEVELS if levels == "default" else tuple(_split(levels)),
         calib_batches,
         seed,
-        data=text_data(data, text_field, seq_len, calib_samples, eval_samples, seed),
+        data=text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template),
         dtype=dtype,
         device=device,
     )
     try:
-        table = analyze(spec, workers=workers, address=address, out=out)
+        table = analyze(
+            spec, workers=workers, address=address, gpus_per_worker=gpus_per_worker, out=out
+        )
     except KeyboardInterrupt:
         sys.stderr.write("mixprec: interrupted; finished cells are cached, re-run to resume\n")
         raise typer.Exit(130) from None

@@ -1,5 +1,6 @@
-"""The options that say what a model runs on: `--data` (your own text for an hf: model) and
-`--dtype` / `--device` (where and in which precision it runs)."""
+"""The options that say what a model runs on: `--data` (your own text for an hf: model),
+`--dtype` / `--device` (where and in which precision it runs) and `--workers` /
+`--gpus-per-worker` (who scores it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 
 from mixprec.errors import MixprecError
 from mixprec.placement import DEVICE_FORMS, DTYPES
+from mixprec.tensordata import TensorData, is_tensor_file
 from mixprec.textdata import CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN, TEXT_FIELD, TextData
 
 DataOption = Annotated[
@@ -28,6 +30,14 @@ CalibSamplesOption = Annotated[int, typer.Option("--calib-samples", help="Sequen
 EvalSamplesOption = Annotated[
     int, typer.Option("--eval-samples", help="Sequences to measure plans on (disjoint).")
 ]
+ChatTemplateOption = Annotated[
+    bool,
+    typer.Option(
+        "--chat-template",
+        help="Render each text (or a .jsonl list of role/content messages) with the "
+        "tokenizer's chat template.",
+    ),
+]
 DtypeOption = Annotated[
     str,
     typer.Option(
@@ -38,6 +48,21 @@ DeviceOption = Annotated[
     str, typer.Option("--device", help=f"{DEVICE_FORMS}: auto takes the first GPU if any.")
 ]
 
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Ray workers; 0 runs serially. Default: serially, or as many as the cluster holds "
+        "with --address, --gpus-per-worker or inside a Ray job.",
+    ),
+]
+GpusPerWorkerOption = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker", help="GPUs each Ray worker holds (one model per GPU worker)."
+    ),
+]
+
 
 def text_data(
     data: Path | None,
@@ -46,14 +71,27 @@ def text_data(
     calib_samples: int,
     eval_samples: int,
     seed: int,
-) -> TextData | None:
-    """The TextData the options describe; the other options without --data are a mistake."""
+    chat_template: bool = False,
+) -> TextData | TensorData | None:
+    """The TextData (or, for a .safetensors / .npy file, TensorData) the options describe;
+    text options without --data, or with an inputs file, are a mistake."""
     given = {"--text-field": (text_field, TEXT_FIELD), "--seq-len": (seq_len, SEQ_LEN),
              "--calib-samples": (calib_samples, CALIB_SAMPLES),
-             "--eval-samples": (eval_samples, EVAL_SAMPLES)}  # fmt: skip
+             "--eval-samples": (eval_samples, EVAL_SAMPLES),
+             "--chat-template": (chat_template, False)}  # fmt: skip
     if data is None:
         changed = [option for option, (value, default) in given.items() if value != default]
         if changed:
             raise MixprecError(f"{changed[0]} shapes your own text: give it with --data FILE")
         return None
-    return TextData(str(data), text_field, seq_len, calib_samples, eval_samples, seed)
+    if is_tensor_file(data):
+        text_only = {
+            k: v for k, v in given.items() if k not in ("--calib-samples", "--eval-samples")
+        }
+        changed = [option for option, (value, default) in text_only.items() if value != default]
+        if changed:
+            raise MixprecError(f"{changed[0]} shapes text; {data} is an inputs file")
+        return TensorData(str(data), calib_samples, eval_samples, seed=seed)
+    return TextData(
+        str(data), text_field, seq_len, calib_samples, eval_samples, seed, chat_template
+    )

@@ -66,20 +66,29 @@ def run_command(
     device: Annotated[
         str | None, typer.Option("--device", help="Overrides the config's device (cpu, cuda:N).")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Overrides the config's Ray workers.")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", help="Overrides the config's GPUs each.")
+    ] = None,
 ) -> None:
     """Analyze, search every budget and method, evaluate, export and report; resumable.
 
     Example: mixprec run study.toml  (a re-run skips the steps that are up to date);
-    mixprec run mine.toml --dtype bf16 --device cuda
+    mixprec run mine.toml --dtype bf16 --device cuda; mixprec run mine.toml --gpus-per-worker 1
     """
     from mixprec.config import load_config, parse_config
     from mixprec.placement import Placement
 
-    given = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
-    Placement(**given)  # a bad name fails before the config is read
+    placed = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    Placement(**placed)  # a bad name fails before the config is read
+    ray = {"workers": workers, "gpus_per_worker": gpus_per_worker}
+    given = {**placed, **{k: v for k, v in ray.items() if v is not None}}
     config = load_config(config_path)
     if given:
-        config = parse_config({**config.model_dump(exclude_none=True), **given}, "--dtype/--device")
+        options = "/".join(f"--{k.replace('_', '-')}" for k in given)
+        config = parse_config({**config.model_dump(exclude_none=True), **given}, options)
     _run(config, quiet)
 
 

@@ -59,7 +59,10 @@ class RunConfig(BaseModel):
     )
     evaluate: bool = True
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
-    workers: int = Field(default=0, ge=0)
+    workers: int | None = Field(
+        default=None, ge=0, description="Ray workers; 0 serial; unset: serial, or the cluster's"
+    )
+    gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs per Ray worker")
     address: str | None = None
     seed: int = 0
 
@@ -90,15 +93,17 @@ class RunConfig(BaseModel):
             return value
         from pydantic import TypeAdapter
 
+        from mixprec.tensordata import TensorData, is_tensor_file
         from mixprec.textdata import TextData
 
-        settings = [f for f in TextData.__dataclass_fields__ if f != "seed"]
+        kind = TensorData if is_tensor_file(str(value.get("path", ""))) else TextData
+        settings = [f for f in kind.__dataclass_fields__ if f != "seed"]
         unknown = [k for k in value if k not in settings]
         if unknown or "path" not in value:
             problem = f"unknown setting {unknown[0]!r}" if unknown else "needs a path"
             raise ValueError(f"{problem}; settings: {', '.join(settings)}")
         try:
-            TypeAdapter(TextData).validate_python(value)
+            TypeAdapter(kind).validate_python(value)
         except ValidationError as err:
             key, message = first_problem(err)
             raise ValueError(f"{key}: {message}" if key else message) from None
@@ -141,10 +146,11 @@ class RunConfig(BaseModel):
         return value
 
     def text_data(self) -> Any:
-        """The `data` table as a TextData seeded with the run's seed (None: built-in data)."""
-        from mixprec.textdata import TextData
+        """The `data` table as a TextData (a TensorData for a .safetensors / .npy file) seeded
+        with the run's seed (None: built-in data)."""
+        from mixprec.tensordata import data_from_json
 
-        return None if self.data is None else TextData(**self.data, seed=self.seed)
+        return None if self.data is None else data_from_json({**self.data, "seed": self.seed})
 
     @field_validator("levels", "exports", "search_estimator")
     @classmethod

@@ -10,6 +10,7 @@ warning naming the substitution.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from mixprec.errors import MixprecError, one_of
 from mixprec.files import atomic_path, atomic_write_text
 from mixprec.kernels.formats import NumberFormat
-from mixprec.plan import PrecisionPlan, apply_plan
+from mixprec.plan import PrecisionPlan, normalize_assignment, quantized_weight
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
 from mixprec.units import layer_weight, quantizable_layers, weight_matrix
@@ -168,20 +169,25 @@ def _keep_format(model: nn.Module, module: str) -> str:
 
 
 def write_gguf(plan: PrecisionPlan, model: nn.Module, path: Path) -> list[str]:
-    """The plan-applied weights (F32) under GGUF names, with the plan in the metadata."""
+    """The plan-applied weights (F32) under GGUF names, with the plan in the metadata; one
+    layer is quantized and written at a time (the model itself is not changed or copied)."""
     import gguf
 
     names, missing = gguf_names(model, list(plan.assignment))
-    quantized = quantizable_layers(apply_plan(model, plan.assignment))
+    layers = quantizable_layers(model)
+    schemes = normalize_assignment(model, plan.assignment)
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), _model_type(model))
         writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
         for module, tensor in names.items():
-            data = layer_weight(quantized[module]).detach().float().cpu().contiguous().numpy()
-            writer.add_tensor(tensor, np.ascontiguousarray(data, dtype=np.float32))
+            shape = tuple(layer_weight(layers[module]).shape)
+            writer.add_tensor_info(tensor, shape, np.dtype(np.float32), 4 * math.prod(shape))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for module in names:  # in the order of the tensor infos
+            weight = quantized_weight(layers[module], schemes[module]).float().cpu()
+            writer.write_tensor_data(np.ascontiguousarray(weight.numpy(), dtype=np.float32))
         writer.close()
     return [f"module {m} has no GGUF tensor name; left out" for m in missing]
 

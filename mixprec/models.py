@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +20,12 @@ from torch import nn
 
 from mixprec.data import hash_tensors
 from mixprec.errors import MixprecError
+from mixprec.moe import linear_experts
 from mixprec.placement import Placement, place
 from mixprec.tasks import Batch, OutputTask, Task
 
 if TYPE_CHECKING:
+    from mixprec.tensordata import TensorData
     from mixprec.textdata import TextData
 
 
@@ -36,6 +38,9 @@ class ModelBundle:
     task: Task
     calibration: tuple[Batch, ...]
     evaluation: tuple[Batch, ...]
+
+    def __post_init__(self) -> None:
+        linear_experts(self.model)  # fused MoE experts become one linear layer each, in place
 
     @cached_property
     def fingerprint(self) -> str:
@@ -69,18 +74,27 @@ def builtin_models() -> dict[str, Callable[[int], ModelBundle]]:
 def load_model(
     source: str,
     seed: int = 0,
-    data: TextData | None = None,
+    data: TextData | TensorData | None = None,
     dtype: str = "auto",
     device: str = "auto",
 ) -> ModelBundle:
     """Load a model by source string; unknown sources get an error listing the valid forms.
-    `data` (your own text) replaces an `hf:` model's calibration and evaluation batches;
-    `dtype` (auto: the checkpoint's own) and `device` place the model and its batches."""
+    `data` (your own text for an `hf:` model, or your inputs for any) replaces the model's
+    calibration and evaluation batches; `dtype` (auto: the checkpoint's own) and `device`
+    place the model and its batches."""
     placement = Placement(dtype, device)  # a bad name fails before anything is loaded
     return place(_load(source, seed, data, placement), placement)
 
 
-def _load(source: str, seed: int, data: TextData | None, placement: Placement) -> ModelBundle:
+def _load(
+    source: str, seed: int, data: TextData | TensorData | None, placement: Placement
+) -> ModelBundle:
+    from mixprec.tensordata import TensorData
+
+    if isinstance(data, TensorData):  # the model's own batches show the keys and dtypes
+        bundle = _load(source, seed, None, placement)
+        calibration, evaluation = data.batches(bundle.calibration[0])
+        return replace(bundle, calibration=calibration, evaluation=evaluation)
     builtins = builtin_models()
     check_data_source(source, data)
     if source in builtins:
@@ -101,10 +115,13 @@ def _load(source: str, seed: int, data: TextData | None, placement: Placement) -
     )
 
 
-def check_data_source(source: str, data: TextData | None) -> None:
+def check_data_source(source: str, data: TextData | TensorData | None) -> None:
     """Your own text is tokenised by a language model's own tokenizer (an hf: folder's or
-    smollm2's); other sources bring their own data."""
-    if data is not None and not (source.startswith("hf:") or source == "smollm2"):
+    smollm2's); inputs (.safetensors, .npy) go to any source."""
+    from mixprec.textdata import TextData
+
+    text = isinstance(data, TextData)
+    if text and not (source.startswith("hf:") or source == "smollm2"):
         raise MixprecError(
             f"--data (your own text) is read with an hf: model's own tokenizer; {source!r} is "
             "not an hf:DIR source or smollm2"

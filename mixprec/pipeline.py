@@ -132,7 +132,8 @@ class Pipeline:
         scores = self.folder.scores_path
 
         def work() -> None:
-            analyze(spec, workers=c.workers, address=c.address, out=self.path,
+            analyze(spec, workers=c.workers, address=c.address,
+                    gpus_per_worker=c.gpus_per_worker, out=self.path,
                     progress=self.progress)  # fmt: skip
             return None
 

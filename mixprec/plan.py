@@ -103,10 +103,8 @@ def apply_plan(
             others = [(u, a) for u, a in tied.get(id(weight), ()) if u is not module]
             quantized = None
             if not (packed and scheme.weight.is_quantized) or others:
-                matrix = quantize_dequantize(weight_matrix(module).float(), scheme.weight, kernel)
                 quantized = nn.Parameter(
-                    matrix_to_weight(module, matrix).to(weight.dtype),
-                    requires_grad=weight.requires_grad,
+                    quantized_weight(module, scheme, kernel), requires_grad=weight.requires_grad
                 )
             if packed and scheme.weight.is_quantized:
                 from mixprec.packed import PackedLayer, replace_module
@@ -122,6 +120,18 @@ def apply_plan(
                 hook = ActivationQuantizer(scheme.activation, channel_dim, kernel)
                 module.register_forward_pre_hook(hook)
     return target
+
+
+def quantized_weight(
+    module: nn.Module, scheme: Scheme, kernel: KernelPreference = KernelPreference.AUTO
+) -> torch.Tensor:
+    """The layer's weight after `scheme`, in its own layout and dtype (computed in float32);
+    the weight itself where the scheme keeps it."""
+    weight = layer_weight(module).detach()
+    if scheme.weight is None:
+        return weight
+    matrix = quantize_dequantize(weight_matrix(module).detach().float(), scheme.weight, kernel)
+    return matrix_to_weight(module, matrix).to(weight.dtype)
 
 
 @contextmanager

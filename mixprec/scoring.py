@@ -25,6 +25,7 @@ from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
 from mixprec.sensitivity.runner import analyze, score_bundle
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.tasks import CallableTask, Task
+from mixprec.tensordata import TensorData
 from mixprec.textdata import TextData
 from mixprec.units import LEVELS
 
@@ -118,7 +119,7 @@ def _batches_beside(model: nn.Module, data: Calibration) -> tuple[tuple[Any, ...
 
 def score(
     model: nn.Module | ModelBundle | str,
-    data: Calibration | TextData | Iterable[Any] | None = None,
+    data: Calibration | TextData | TensorData | Iterable[Any] | None = None,
     schemes: Sequence[str] | str = DEFAULT_SCHEMES,
     estimators: Sequence[str | Mapping[str, Any] | EstimatorConfig] = DEFAULT_ESTIMATORS,
     levels: Sequence[str] = LEVELS,
@@ -126,8 +127,9 @@ def score(
     loss: Loss | None = None,
     forward: Forward | None = None,
     cache: CellCache | None = None,
-    workers: int = 0,
+    workers: int | None = 0,
     address: str | None = None,
+    gpus_per_worker: float = 0.0,
     seed: int = 0,
     calib_batches: int | None = None,
     progress: bool = False,
@@ -145,26 +147,29 @@ def score(
 
     Ray workers (`workers`, `address`) load the model themselves, so they take a source string
     (`hf:DIR`, `module:pkg.mod:factory`, a built-in) with its own data, or an `hf:` source
-    with your text as a `TextData` (each worker reads and tokenises it the same way).
+    with your text as a `TextData` (each worker reads and tokenises it the same way), or any
+    source with your inputs as a `TensorData` (.safetensors / .npy).
     `calib_batches` uses the first K calibration batches. `dtype` / `device` place the model
     (a model object is moved in place; by default everything runs where it already is).
 
     >>> table = score("hf:models/llama", TextData("notes.jsonl", seq_len=512), workers=2)
     >>> table = score("hf:models/llama", TextData("notes.jsonl"), dtype="bf16", device="cuda")
+    >>> table = score("hf:models/llama", TextData("notes.jsonl"), workers=4, gpus_per_worker=1)
     """
     chosen = scheme_list(schemes)
     placement = Placement(dtype, device)
-    text = data if isinstance(data, TextData) else None
+    text = data if isinstance(data, TextData | TensorData) else None
     if isinstance(model, str) and (data is None or text) and forward is None and loss is None:
         spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed,
                             data=text, dtype=dtype, device=device)  # fmt: skip
-        return analyze(spec, workers=workers, address=address, progress=progress, cache=cache)
-    if isinstance(data, TextData):
+        return analyze(spec, workers=workers, address=address, gpus_per_worker=gpus_per_worker,
+                       progress=progress, cache=cache)  # fmt: skip
+    if isinstance(data, TextData | TensorData):
         raise MixprecError(
-            "TextData is read by an hf: source's own tokenizer: pass model='hf:DIR' (and no "
-            "forward/loss), or give a model object your own batches"
+            f"{type(data).__name__} is read for a source string: pass model='hf:DIR' (or any "
+            "source for TensorData) and no forward/loss, or give a model object your own batches"
         )
-    if workers or address is not None:
+    if workers or address is not None or gpus_per_worker:
         raise MixprecError(
             "a model object or your own batches are scored in this process (workers=0): "
             "Ray workers load a source string (hf:DIR, module:pkg.mod:factory) themselves"

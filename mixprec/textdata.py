@@ -8,12 +8,17 @@ seeded, disjoint calibration and evaluation splits.
 Files: `.txt` (paragraphs split at blank lines), `.jsonl` (`field` of each object), `.parquet`
 and `.csv` (column `field`), or a `datasets.save_to_disk` folder (its Arrow files, column
 `field`). The batches' content hash keys every cached score, so other text is scored anew.
+
+With `chat_template`, each text is rendered by the tokenizer's own chat template as one user
+turn, or, where a `.jsonl` field holds a list of `{"role", "content"}` messages, as that
+conversation: the text a chat model sees when it serves.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +31,7 @@ if TYPE_CHECKING:  # torch is imported on use: the CLI reads the defaults below 
     from mixprec.tasks import Batch
 
 SUFFIXES = (".txt", ".jsonl", ".parquet", ".csv")
+Text = str | tuple[dict[str, str], ...]  # plain text, or a conversation for the chat template
 BATCH_SEQUENCES = 4  # sequences per batch: one forward pass holds 4 x seq_len tokens
 TEXT_FIELD, SEQ_LEN, CALIB_SAMPLES, EVAL_SAMPLES = "text", 512, 16, 16
 
@@ -40,6 +46,7 @@ class TextData:
     calib_samples: int = CALIB_SAMPLES
     eval_samples: int = EVAL_SAMPLES
     seed: int = 0
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         # absolute, so a manifest read from another folder (or a Ray worker) finds it
@@ -55,17 +62,18 @@ class TextData:
     def from_json(cls, data: dict[str, Any]) -> TextData:
         return cls(**data)
 
-    def texts(self) -> tuple[str, ...]:
+    def texts(self) -> tuple[Text, ...]:
         """The file's texts, in file order; one line naming the problem otherwise."""
         path = Path(self.path)
         if not path.exists():
             raise MixprecError(f"no data file at {path}")
+        texts: Sequence[Text]
         if path.is_dir():
             texts = _arrow_folder(path, self.field)
         elif path.suffix == ".txt":
             texts = [p.strip() for p in _read(path).split("\n\n")]
         elif path.suffix == ".jsonl":
-            texts = _jsonl(path, self.field)
+            texts = _jsonl(path, self.field, self.chat_template)
         elif path.suffix == ".csv":
             texts = _csv(path, self.field)
         elif path.suffix == ".parquet":
@@ -74,7 +82,7 @@ class TextData:
             raise MixprecError(
                 f"data file {path} is not {', '.join(SUFFIXES)} or a datasets.save_to_disk folder"
             )
-        kept = tuple(t for t in texts if t.strip())
+        kept = tuple(t for t in texts if not isinstance(t, str) or t.strip())
         if not kept:
             raise MixprecError(f"data file {path} holds no text")
         return kept
@@ -102,8 +110,16 @@ class TextData:
         separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         ids: list[int] = []
         texts = self.texts()  # its own one-line errors stay as they are
+        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise MixprecError(
+                f"--chat-template: the model's tokenizer has no chat template; drop the option "
+                f"to tokenize {self.path} as plain text"
+            )
         try:
             for text in texts:
+                if self.chat_template:
+                    turns = [{"role": "user", "content": text}] if isinstance(text, str) else text
+                    text = tokenizer.apply_chat_template(turns, tokenize=False)
                 ids += tokenizer(text, add_special_tokens=False)["input_ids"] + separator
         except Exception as err:  # the tokenizer's own failure on this text
             raise MixprecError(f"the tokenizer cannot encode {self.path}: {gist(err)}") from None
@@ -131,8 +147,9 @@ def _missing(path: Path, field: str, fields: object) -> MixprecError:
     return MixprecError(f"{path} has no field {field!r}; fields: {shown} (use --text-field)")
 
 
-def _jsonl(path: Path, field: str) -> list[str]:
-    texts = []
+def _jsonl(path: Path, field: str, messages: bool) -> list[Text]:
+    """The field of every line; with `messages`, a list of role/content objects is kept too."""
+    texts: list[Text] = []
     for number, line in enumerate(_read(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -144,10 +161,32 @@ def _jsonl(path: Path, field: str) -> list[str]:
             raise MixprecError(f"{path} line {number} is not a JSON object")
         if field not in row:
             raise _missing(path, field, sorted(row))
-        if not isinstance(row[field], str):
-            raise MixprecError(f"{path} line {number}: {field!r} is not text")
-        texts.append(row[field])
+        value = row[field]
+        if messages and isinstance(value, list):
+            texts.append(_messages(value, path, number))
+            continue
+        if not isinstance(value, str):
+            kind = "text or a list of messages" if messages else "text"
+            raise MixprecError(f"{path} line {number}: {field!r} is not {kind}")
+        texts.append(value)
     return texts
+
+
+def _messages(value: list[Any], path: Path, number: int) -> tuple[dict[str, str], ...]:
+    turns = []
+    for turn in value:
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("role"), str)
+            and isinstance(turn.get("content"), str)
+        ):
+            raise MixprecError(
+                f'{path} line {number}: a message is not {{"role": ..., "content": ...}} text'
+            )
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if not turns:
+        raise MixprecError(f"{path} line {number}: an empty list of messages")
+    return tuple(turns)
 
 
 def _csv(path: Path, field: str) -> list[str]:

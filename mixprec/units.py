@@ -15,6 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mixprec.errors import MixprecError
+from mixprec.moe import expert_group
 
 Level = Literal["layer", "component", "block"]
 LEVELS: tuple[Level, ...] = get_args(Level)
@@ -110,11 +111,16 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
 def discover_units(
     model: nn.Module, fusion: Iterable[tuple[str, ...]] | None = DEFAULT_FUSION
 ) -> tuple[Unit, ...]:
-    """Layers (module order), then components by role, then blocks; `fusion=None` unfuses."""
+    """Layers (module order), then components by role, then blocks; `fusion=None` unfuses.
+    The experts of one MoE layer are one group either way (runtimes give them one scheme)."""
     layers = quantizable_layers(model)
     roles = {name: role_of(name) for name in layers}
     params = {name: int(layer_weight(mod).numel()) for name, mod in layers.items()}
     groups = _fusion_groups(roles, tuple(fusion or ()))
+    for name in layers:
+        group = expert_group(name)
+        if group is not None:
+            groups[name] = group
     units = [
         Unit(name, "layer", (name,), params[name], groups.get(name), roles[name]) for name in layers
     ]

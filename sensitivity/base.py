@@ -14,6 +14,7 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
+from mixprec.kernels.formats import NumberFormat
 from mixprec.models import ModelBundle
 from mixprec.registry import ConfigRegistry, config_from
 from mixprec.scheme import Scheme
@@ -81,6 +82,12 @@ class SensitivityEstimator(ABC):
             raise MixprecError(f"{type(self).__name__} is built from a {self.config_type.__name__},"
                                f" not a {type(self.config).__name__}")  # fmt: skip
         self.seed = self.config.seed
+        self.expected: tuple[Scheme, ...] = ()
+
+    def expect(self, schemes: Sequence[Scheme]) -> None:
+        """Say which schemes will be asked, so statistics shared by all of them (Fisher) are
+        gathered in one pass over the data."""
+        self.expected = tuple(schemes)
 
     @property
     def params(self) -> dict[str, object]:
@@ -151,24 +158,53 @@ def make_estimator(
     return estimators()[config.name](config)
 
 
-class WeightDeltas:
-    """(Q(W) - W)^2 per layer and scheme in [out, in] layout, the newest `capacity` kept."""
+DELTA_MEMO_BYTES = 512 * 2**20
+ROW_CHUNK_ELEMENTS = 2**22  # a large layer is quantized this many elements at a time
 
-    def __init__(self, capacity: int = 128) -> None:
-        self.capacity = capacity
+
+def row_chunks(rows: int, columns: int, whole: bool = False) -> list[slice]:
+    """Slices of about ROW_CHUNK_ELEMENTS elements over a [rows, columns] matrix (`whole`:
+    one slice), so float32 temporaries of a large layer stay small."""
+    step = rows if whole else max(1, ROW_CHUNK_ELEMENTS // max(columns, 1))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def squared_error(weight: torch.Tensor, fmt: NumberFormat | None) -> torch.Tensor:
+    """(Q(W) - W)^2 in float32, `fmt` applied in row chunks unless it has one scale for the
+    whole tensor (each row's blocks and channel scales are its own, so chunks are exact)."""
+    out = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    if fmt is None:
+        return out
+    rows, columns = weight.shape
+    for chunk in row_chunks(rows, columns, whole=fmt.tensor_scale_bits > 0):
+        part = weight[chunk].float()
+        out[chunk] = fmt.quantize_dequantize(part).sub_(part).square_()
+    return out
+
+
+def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> float:
+    """sum(weights * values) over two [rows, columns] matrices, a row chunk at a time."""
+    return sum(float((weights[r] * values[r]).sum()) for r in row_chunks(*weights.shape))
+
+
+class WeightDeltas:
+    """(Q(W) - W)^2 per layer and scheme in [out, in] layout; the newest kept up to
+    `capacity_bytes`, so a large model recomputes them instead of holding a float32 copy."""
+
+    def __init__(self, capacity_bytes: int = DELTA_MEMO_BYTES) -> None:
+        self.capacity_bytes = capacity_bytes
         self._memo: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+        self._bytes = 0
 
     def squared(self, bundle: ModelBundle, layer: str, scheme: Scheme) -> torch.Tensor:
         key = (bundle.fingerprint, layer, str(scheme))
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
-        weight = weight_matrix(quantizable_layers(bundle.model)[layer]).detach().float()
-        if scheme.weight is None:
-            delta = torch.zeros_like(weight)
-        else:
-            delta = scheme.weight.quantize_dequantize(weight) - weight
-        self._memo[key] = delta.square()
-        while len(self._memo) > self.capacity:
-            self._memo.popitem(last=False)
-        return self._memo[key]
+        weight = weight_matrix(quantizable_layers(bundle.model)[layer]).detach()
+        squared = squared_error(weight, scheme.weight)
+        self._memo[key] = squared
+        self._bytes += squared.nbytes
+        while self._bytes > self.capacity_bytes and len(self._memo) > 1:
+            self._bytes -= self._memo.popitem(last=False)[1].nbytes
+        return squared

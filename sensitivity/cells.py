@@ -18,6 +18,7 @@ from mixprec.placement import Placement
 from mixprec.scheme import DEFAULT_SCHEMES, Scheme
 from mixprec.sensitivity.base import estimator_config, make_estimator
 from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
+from mixprec.tensordata import TensorData
 from mixprec.textdata import TextData
 from mixprec.units import LEVELS, Unit
 
@@ -38,7 +39,7 @@ class AnalysisSpec:
     seed: int = 0
     chunk: int = 8
     threads: int = 1
-    data: TextData | None = None  # your own text for an hf: model (else its built-in data)
+    data: TextData | TensorData | None = None  # your text (hf:) or inputs, else its own data
     dtype: str = "auto"  # the model's own dtype, or bf16 / fp16 / fp32
     device: str = "auto"  # the first GPU where one is visible, else the CPU
 
@@ -95,6 +96,8 @@ class CellWorker:
         self.batches = calibration_batches(self.bundle, spec.calib_batches)
         self.calibration = content_hash(self.batches)
         self.estimators = {c.name: make_estimator(c) for c in spec.configs()}
+        for estimator in self.estimators.values():
+            estimator.expect([Scheme.parse(s) for s in spec.schemes])
 
     def run(self, cell: Cell) -> list[dict[str, Any]]:
         estimator = self.estimators[cell.estimator]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -22,9 +22,15 @@ JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a job's entrypo
 
 
 def ray_map(
-    spec: AnalysisSpec, fingerprint: str, cells: Sequence[Cell], workers: int, address: str | None
+    spec: AnalysisSpec,
+    fingerprint: str,
+    cells: Sequence[Cell],
+    workers: int | None,
+    address: str | None,
+    gpus: float = 0.0,
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
-    """Cells on `workers` Ray actors, each loading the model once; lost actors restart."""
+    """Cells on `workers` Ray actors (None: as many as the cluster holds), each loading the
+    model once and holding `gpus` GPUs; lost actors restart."""
     if address is None:
         # A local cluster advertises its own node address; keep it on loopback instead.
         os.environ.setdefault(LOOPBACK_ONLY, "0")
@@ -34,18 +40,25 @@ def ray_map(
     environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE and more; shutdown leaves them
     if address is None and job_cluster():
         address = os.environ["RAY_ADDRESS"]  # inside a Ray job: its own cluster
+    where = "this machine" if address is None else "the cluster"
     if started_here:
         if address is None:
             room = max((os.cpu_count() or 1) // spec.threads, 1)
-            workers = capped_workers(workers, room, "this machine")
-            start_local_ray(workers * spec.threads)
+            start_local_ray(min(workers or room, room) * spec.threads)
         else:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-    if address is not None:
-        room = max(int(ray.cluster_resources().get("CPU", 1)) // spec.threads, 1)
-        workers = capped_workers(workers, room, "the cluster")
-    actor = ray.remote(num_cpus=spec.threads, max_restarts=3, max_task_retries=3)(CellWorker)
+    try:
+        room = worker_room(ray.cluster_resources(), spec.threads, gpus, where)
+    except MixprecError:
+        if started_here:
+            ray.shutdown()
+            undo_environment_changes(environment)
+        raise
+    workers = room if workers is None else capped_workers(workers, room, where)
+    actor = ray.remote(num_cpus=spec.threads, num_gpus=gpus, max_restarts=3, max_task_retries=3)(
+        CellWorker
+    )
     actors: list[Any] = [actor.remote(spec, None, fingerprint) for _ in range(workers)]
     queues = schedule(spec, cells, workers)
     in_flight: dict[Any, int] = {}
@@ -99,6 +112,21 @@ def job_cluster() -> bool:
     """Running as a Ray job's entrypoint (Ray sets these): use that cluster, not a new one whose
     workers could not fetch the job's runtime_env package."""
     return bool(os.environ.get("RAY_ADDRESS")) and JOB_CONFIG_ENV in os.environ
+
+
+def worker_room(resources: Mapping[str, float], threads: int, gpus: float, where: str) -> int:
+    """How many actors fit: CPUs per `threads` each, and GPUs per `gpus` where asked for;
+    GPUs asked of a place with none is an error that names what it has."""
+    cpus, have = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    room = max(int(cpus // threads), 1)
+    if gpus <= 0:
+        return room
+    if have < gpus:
+        raise MixprecError(
+            f"--gpus-per-worker {gpus:g}: {where} has {have:g} GPUs and {cpus:g} CPUs; drop the "
+            "option to score on CPUs, or join a cluster with GPUs (--address)"
+        )
+    return min(room, int(have // gpus))
 
 
 def capped_workers(wanted: int, available: int, where: str) -> int:

@@ -4,11 +4,15 @@ The first-order score ModelOpt and GWQ use. Per-sample gradients come from one b
 per batch: each layer's input and output gradient are captured by hooks and multiplied per
 sample (g_i = dy_i^T x_i), which is exact for losses that sum over samples (cross-entropy,
 next-token) and gives each text's contribution for the in-batch contrastive loss.
+
+Memory stays near one forward-backward: no weight gradient is formed (the backward pass runs
+only to each layer's output), and each layer's F is reduced against the squared errors of every
+expected scheme as soon as its gradient arrives, then dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +21,20 @@ from transformers.pytorch_utils import Conv1D
 
 from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle
+from mixprec.moe import Routed
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas, register_estimator
+from mixprec.sensitivity.base import (
+    SensitivityEstimator,
+    WeightDeltas,
+    register_estimator,
+    weighted_sum,
+)
 from mixprec.sensitivity.configs import FisherConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, layer_weight, quantizable_layers, weight_matrix
 
-FisherDiagonals = dict[str, list[torch.Tensor]]  # layer -> F per batch, [out, in] layout
+GRADIENT_CHUNK_BYTES = 256 * 2**20  # per-sample gradients held at once, at most (or one)
+LayerScores = dict[tuple[str, str], list[float]]  # (layer, scheme) -> score per batch
 
 
 @register_estimator(FisherConfig)
@@ -32,17 +43,30 @@ class FisherEstimator(SensitivityEstimator):
 
     def __init__(self, config: FisherConfig | None = None) -> None:
         super().__init__(config)
-        self._fisher: dict[tuple[str, str], FisherDiagonals] = {}
+        self._scores: dict[tuple[str, str], LayerScores] = {}
         self._deltas = WeightDeltas()
 
-    def diagonals(
-        self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str
-    ) -> FisherDiagonals:
-        key = (bundle.fingerprint, calibration)
-        if key not in self._fisher:
-            per_batch = [empirical_fisher(bundle, b) for b in batches]
-            self._fisher[key] = {name: [f[name] for f in per_batch] for name in per_batch[0]}
-        return self._fisher[key]
+    def layer_scores(
+        self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str, scheme: Scheme
+    ) -> LayerScores:
+        """Per-layer, per-batch scores; a scheme not yet seen costs one pass over the batches,
+        which also scores every expected scheme not yet seen."""
+        scores = self._scores.setdefault((bundle.fingerprint, calibration), {})
+        first = next(iter(quantizable_layers(bundle.model)))
+        wanted = {str(s): s for s in (*self.expected, scheme) if (first, str(s)) not in scores}
+        if not wanted:
+            return scores
+        fresh: LayerScores = {}
+
+        def reduce(name: str, fisher: torch.Tensor) -> None:
+            for label, each in wanted.items():
+                value = weighted_sum(fisher, self._deltas.squared(bundle, name, each))
+                fresh.setdefault((name, label), []).append(value)
+
+        for batch in batches:
+            stream_fisher(bundle, batch, reduce)
+        scores.update(fresh)
+        return scores
 
     def per_batch(
         self,
@@ -52,65 +76,118 @@ class FisherEstimator(SensitivityEstimator):
         batches: Sequence[Batch],
         calibration: str,
     ) -> list[float]:
-        fisher = self.diagonals(bundle, batches, calibration)
-        deltas = {m: self._deltas.squared(bundle, m, scheme) for m in unit.modules}
-        return [
-            sum(float((fisher[m][b] * deltas[m]).sum()) for m in unit.modules)
-            for b in range(len(batches))
-        ]
+        scores = self.layer_scores(bundle, batches, calibration, scheme)
+        per_layer = [scores[m, str(scheme)] for m in unit.modules]
+        return [sum(values) for values in zip(*per_layer, strict=True)]
 
 
 def empirical_fisher(bundle: ModelBundle, batch: Batch) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of every quantizable layer's weight on one batch."""
-    layers = quantizable_layers(bundle.model)
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    grads: dict[str, dict[int, torch.Tensor]] = {n: {} for n in layers}
+    """Diagonal empirical Fisher of every quantizable layer's weight on one batch ([out, in])."""
+    fisher: dict[str, torch.Tensor] = {}
+    stream_fisher(bundle, batch, fisher.__setitem__)
+    return fisher
 
-    def capture(name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            call = len(inputs[name])  # pairs each call's input with its output gradient
-            inputs[name].append(args[0].detach())
-            if output.requires_grad:
-                output.register_hook(lambda g: grads[name].__setitem__(call, g.detach()))
+
+def stream_fisher(
+    bundle: ModelBundle, batch: Batch, consume: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Hands each layer's diagonal Fisher on `batch` to `consume` as soon as the backward pass
+    has reached every call of it; a layer no gradient reaches gets zeros. A zero scalar added to
+    every layer's output is the one thing differentiated, so no weight gradient is formed."""
+    layers = quantizable_layers(bundle.model)
+    anchor = torch.zeros((), device=layer_weight(next(iter(layers.values()))).device)
+    anchor.requires_grad_(True)
+    inputs: dict[str, dict[int, tuple[torch.Tensor, Routed | None]]] = {n: {} for n in layers}
+    calls = dict.fromkeys(layers, 0)
+    totals: dict[str, torch.Tensor] = {}
+    finished: set[str] = set()
+    samples = bundle.task.samples(batch)
+
+    def finish(name: str) -> None:
+        total = totals.pop(name, None)
+        if total is None:
+            total = torch.zeros_like(weight_matrix(layers[name]), dtype=torch.float32)
+        finished.add(name)
+        consume(name, total.div_(max(samples, 1)))
+
+    def received(name: str, call: int, dy: torch.Tensor) -> None:
+        x, routed = inputs[name].pop(call)
+        if routed is not None:  # an expert's rows: gradients added up per sample, not per token
+            x, dy = _per_sample_rows(x, dy, routed, samples)
+        part = _squared_grads(layers[name], x, dy.detach())
+        totals[name] = totals[name] + part if name in totals else part
+        if not inputs[name]:  # every call of this layer has its gradient
+            finish(name)
+
+    def capture(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], object]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> object:
+            call = calls[name]
+            calls[name] += 1
+            inputs[name][call] = (args[0].detach(), getattr(module, "routed", None))
+            anchored = output + anchor.to(output.dtype)
+            anchored.register_hook(lambda g: received(name, call, g))
+            return anchored
 
         return hook
 
     handles = [mod.register_forward_hook(capture(n)) for n, mod in layers.items()]
     try:
-        samples = bundle.task.samples(batch)
         loss = bundle.task.loss(bundle.model, batch) * samples  # sum over samples
-        weights = [layer_weight(m) for m in layers.values()]
-        torch.autograd.grad(loss, weights, allow_unused=True)
+        torch.autograd.grad(loss, [anchor], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    fisher = {}
-    for name, module in layers.items():
-        total = torch.zeros_like(weight_matrix(module), dtype=torch.float32)
-        for call, dy in grads[name].items():
-            total += _per_sample_grads(module, inputs[name][call], dy).square().sum(0)
-        fisher[name] = total / max(samples, 1)
-    return fisher
+    for name in layers:  # never called, or some call's output did not reach the loss
+        if name not in finished:
+            finish(name)
 
 
-def _per_sample_grads(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """[samples, out, in] gradients of the weight matrix, one per leading-dim sample."""
+def _per_sample_rows(
+    x: torch.Tensor, dy: torch.Tensor, routed: Routed, samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An expert's [rows, features] input and gradient as [samples, rows, features], zeros where
+    a row belongs to another sample: then x^T dy per sample is that sample's gradient."""
+    rows, tokens = routed
+    owner = rows.to(x.device) * samples // tokens
+    mask = owner[None, :] == torch.arange(samples, device=x.device)[:, None]  # [samples, rows]
+    return x[None] * mask[..., None].to(x.dtype), dy.detach()[None] * mask[..., None].to(dy.dtype)
+
+
+def _squared_grads(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Sum over the leading-dim samples of each one's squared weight gradient ([out, in]), a
+    few samples at a time so the [samples, out, in] gradients never exist at once."""
     n = x.shape[0]
     if isinstance(module, nn.Linear | Conv1D):
-        xs = x.reshape(n, -1, x.shape[-1]).float()
-        ds = dy.reshape(n, -1, dy.shape[-1]).float()
-        return torch.einsum("nto,nti->noi", ds, xs)
-    if isinstance(module, nn.Conv1d | nn.Conv2d):
-        if module.groups != 1:
-            raise MixprecError(f"grouped convolutions are not supported by fisher: {module}")
-        flat = isinstance(module, nn.Conv1d)
-        x4 = x.unsqueeze(2) if flat else x
-        kernel = (1, *module.kernel_size) if flat else module.kernel_size
-        pad = (0, *module.padding) if flat else module.padding
-        stride = (1, *module.stride) if flat else module.stride
-        dilation = (1, *module.dilation) if flat else module.dilation
-        if isinstance(pad, str):
-            raise MixprecError(f"string padding is not supported by fisher: {module}")
-        cols = F.unfold(x4.float(), kernel, dilation=dilation, padding=pad, stride=stride)
-        return torch.einsum("nol,nil->noi", dy.reshape(n, dy.shape[1], -1).float(), cols)
-    raise MixprecError(f"fisher cannot take per-sample gradients of {type(module).__name__}")
+        xs = x.reshape(n, -1, x.shape[-1])
+        ds = dy.reshape(n, -1, dy.shape[-1])
+        equation, size = "nto,nti->noi", ds.shape[-1] * xs.shape[-1]
+    elif isinstance(module, nn.Conv1d | nn.Conv2d):
+        xs, ds = _unfolded(module, x), dy.reshape(n, dy.shape[1], -1)
+        equation, size = "nol,nil->noi", ds.shape[1] * xs.shape[1]
+    else:
+        raise MixprecError(f"fisher cannot take per-sample gradients of {type(module).__name__}")
+    step = max(1, GRADIENT_CHUNK_BYTES // (4 * size))
+    total: torch.Tensor | None = None
+    for first in range(0, n, step):
+        chunk = slice(first, first + step)
+        part = torch.einsum(equation, ds[chunk].float(), xs[chunk].float()).square_()
+        squares = part[0] if part.shape[0] == 1 else part.sum(0)
+        total = squares if total is None else total.add_(squares)
+    if total is None:
+        raise MixprecError(f"fisher got an empty batch for {type(module).__name__}")
+    return total
+
+
+def _unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's input as [samples, in * kernel, positions] columns."""
+    if module.groups != 1:
+        raise MixprecError(f"grouped convolutions are not supported by fisher: {module}")
+    flat = isinstance(module, nn.Conv1d)
+    x4 = x.unsqueeze(2) if flat else x
+    kernel = (1, *module.kernel_size) if flat else module.kernel_size
+    pad = (0, *module.padding) if flat else module.padding
+    stride = (1, *module.stride) if flat else module.stride
+    dilation = (1, *module.dilation) if flat else module.dilation
+    if isinstance(pad, str):
+        raise MixprecError(f"string padding is not supported by fisher: {module}")
+    return F.unfold(x4, kernel, dilation=dilation, padding=pad, stride=stride)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,48 +34,86 @@ from mixprec.sensitivity.cells import (
     calibration_batches,
     check_forward,
 )
-from mixprec.sensitivity.cluster import ray_map
+from mixprec.sensitivity.cluster import job_cluster, ray_map
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord, check_run_folder
 from mixprec.units import discover_units, quantizable_layers
+
+GPU_WORKER_DEVICES = ("auto", "cuda")  # what a GPU actor's device may be asked as
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Who scores: this process (`count=0` without an address), or Ray actors (`count`, at
+    least one; None for as many as the cluster holds) at `address`, each with `gpus` GPUs."""
+
+    count: int | None = 0
+    address: str | None = None
+    gpus: float = 0.0
+
+    @property
+    def serial(self) -> bool:
+        """No address, and none asked for (or no GPUs asked for outside a Ray job)."""
+        if self.address is not None:
+            return False
+        return self.count == 0 or (self.count is None and not self.gpus and not job_cluster())
 
 
 def analyze(
     spec: AnalysisSpec,
     *,
-    workers: int = 0,
+    workers: int | None = 0,
     address: str | None = None,
+    gpus_per_worker: float = 0.0,
     out: Path | None = None,
     progress: bool = True,
     cache: CellCache | None = None,
 ) -> ScoreTable:
-    """Score every (estimator, unit, scheme) of `spec`, serially or on Ray workers; reuse
-    cached cells; with `out`, write OUT/scores.parquet and hand its record to the run store.
-    What `mixprec analyze` and the analyze step of `mixprec run` call.
+    """Score every (estimator, unit, scheme) of `spec`, serially or on Ray workers (`None`:
+    as many as the cluster holds); reuse cached cells; with `out`, write OUT/scores.parquet
+    and hand its record to the run store. What `mixprec analyze` and `mixprec run` call.
 
     >>> table = analyze(AnalysisSpec("digits-cnn", ("w:int8", "w:mxfp4")), workers=2)
+    >>> table = analyze(AnalysisSpec("hf:models/llama", dtype="bf16"), gpus_per_worker=1)
 
-    The output folder is checked (new, empty or a mixprec run) and locked before any work."""
-    spec = spec.validated()
+    With GPU workers the driver loads the model on its CPU (it needs no GPU) and each actor
+    on its own GPU. The output folder is checked and locked before any work."""
+    who = Workers(workers, address, gpus_per_worker)
+    spec = _validated(spec, who)
     if out is None:
-        return _score_all(spec, None, workers, address, None, progress, cache)
+        return _score_all(spec, None, who, None, progress, cache)
     check_run_folder(out, "--out")
     with RunLock(out):
-        return _score_all(spec, None, workers, address, out, progress, cache)
+        return _score_all(spec, None, who, out, progress, cache)
+
+
+def _validated(spec: AnalysisSpec, who: Workers) -> AnalysisSpec:
+    if who.gpus < 0:
+        raise MixprecError(f"--gpus-per-worker {who.gpus:g} must be 0 (CPU workers) or more")
+    if who.count is not None and who.count < 0:
+        raise MixprecError(f"--workers {who.count} must be 0 (serial) or more")
+    if not who.gpus:
+        return spec.validated()
+    if who.serial or who.count == 0 or spec.device not in GPU_WORKER_DEVICES:
+        raise MixprecError(
+            f"--gpus-per-worker {who.gpus:g} runs Ray actors on GPUs: give --workers other than "
+            f"0 and --device {' or '.join(GPU_WORKER_DEVICES)}, not {spec.device!r}"
+        )
+    # the driver needs no GPU: it is checked as if on the CPU, the actors on their own GPUs
+    return replace(replace(spec, device="cpu").validated(), device=spec.device)
 
 
 def score_bundle(
     spec: AnalysisSpec, bundle: ModelBundle, progress: bool = False, cache: CellCache | None = None
 ) -> ScoreTable:
     """Score a model already loaded in this process (`spec.model` only names it), serially."""
-    return _score_all(spec.validated(), bundle, 0, None, None, progress, cache)
+    return _score_all(spec.validated(), bundle, Workers(), None, progress, cache)
 
 
 def _score_all(
     spec: AnalysisSpec,
     bundle: ModelBundle | None,
-    workers: int,
-    address: str | None,
+    who: Workers,
     out: Path | None,
     progress: bool,
     cache: CellCache | None,
@@ -83,7 +121,7 @@ def _score_all(
     started = time.perf_counter()
     if out is not None:  # the record's peak memory counts from here (this process, not Ray's)
         reset_peak()
-    bundle = bundle or spec.load()
+    bundle = bundle or (replace(spec, device="cpu") if who.gpus else spec).load()
     units = [u for u in discover_units(bundle.model) if u.level in spec.levels]
     by_name = {u.name: u for u in units}
     batches = calibration_batches(bundle, spec.calib_batches)
@@ -97,7 +135,7 @@ def _score_all(
             )
     calibration = content_hash(batches)
     cache = cache or CellCache(cache_dir() / "cells")
-    device = model_device(bundle.model).type
+    device = "cuda" if who.gpus else model_device(bundle.model).type  # where cells are computed
     keys = {
         (name, scheme, unit.name): cell_key(
             bundle.fingerprint,
@@ -120,7 +158,7 @@ def _score_all(
             pending = [u for u in units if found[keys[name, scheme, u.name]] is None]
             for i in range(0, len(pending), spec.chunk):
                 todo.append(Cell(name, scheme, tuple(pending[i : i + spec.chunk])))
-    for cell, results in _execute(spec, bundle, todo, workers, address, progress):
+    for cell, results in _execute(spec, bundle, todo, who, progress):
         for unit, result in zip(cell.units, results, strict=True):
             key = keys[cell.estimator, cell.scheme, unit.name]
             found[key] = result
@@ -148,7 +186,7 @@ def _score_all(
     if out is not None:
         blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
         elapsed = time.perf_counter() - started
-        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed)
+        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed, device)
     return table
 
 
@@ -156,20 +194,20 @@ def _execute(
     spec: AnalysisSpec,
     bundle: ModelBundle,
     cells: Sequence[Cell],
-    workers: int,
-    address: str | None,
+    who: Workers,
     progress: bool,
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     with cell_progress(f"scoring {spec.model}", len(cells), progress) as advance:
         if not cells:
             return
-        if workers == 0 and address is None:
+        if who.serial:
             worker = CellWorker(spec, bundle)
             for cell in cells:
                 yield cell, worker.run(cell)
                 advance()
             return
-        for cell, results in ray_map(spec, bundle.fingerprint, cells, max(workers, 1), address):
+        count = None if who.count is None else max(who.count, 1)
+        for cell, results in ray_map(spec, bundle.fingerprint, cells, count, who.address, who.gpus):
             yield cell, results
             advance()
 
@@ -182,6 +220,7 @@ def _write_outputs(
     calibration: str,
     blocks: dict[str, list[str]],
     seconds: float,
+    device: str,
 ) -> None:
     """The table into RUN/scores.parquet, and its record handed to the run store."""
     peak = read_peak()
@@ -196,7 +235,7 @@ def _write_outputs(
                 "estimators": [c.name for c in spec.configs()],
                 "estimator_settings": {c.name: c.cache_params() for c in spec.configs()},
                 "dtype": dtype_name(model_dtype(bundle.model)),  # what auto resolved to
-                "device": str(model_device(bundle.model)),
+                "device": device if device == "cuda" else str(model_device(bundle.model)),
             }
         ),
         model=bundle.name,

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from mixprec.errors import MixprecError
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
+from mixprec.store import read_manifest
 from tests.helpers.ray_head import free_port, port_open, running_head
 
 SPEC = AnalysisSpec("digits-cnn", schemes=("w:int4", "w:mxfp8_e4m3"), chunk=4)
@@ -43,3 +45,19 @@ def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path:
     serial = analyze(SPEC, cache=CellCache(tmp_path / "b"), progress=False)
     assert (on_cluster.frame["status"] == "ok").all()
     assert on_cluster.same_scores(serial) and local.same_scores(serial)
+    record = read_manifest(tmp_path / "run").analysis
+    assert record is not None and record.worker_peak_rss_mb and record.worker_peak_rss_mb > 50
+
+
+def test_gpu_workers_on_a_machine_without_gpus_say_what_it_has() -> None:
+    """The driver needs no GPU (`--device cuda` passes its checks on this CPU machine); the
+    local Ray instance has none to give, which the error says, and Ray is shut down again."""
+    import ray
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/gpu runs GPU workers")
+    spec = AnalysisSpec("digits-cnn", ("w:int8",), ("isolation",), device="cuda")
+    with pytest.raises(MixprecError, match=r"^--gpus-per-worker 1: this machine has 0 GPUs and "):
+        analyze(spec, workers=1, gpus_per_worker=1.0, progress=False)
+    assert not ray.is_initialized()

@@ -106,6 +106,7 @@ def test_a_run_config_takes_a_data_table(
     ("argv", "message"),
     [
         (["--seq-len", "64"], "mixprec: --seq-len shapes your own text: give it with --data FILE"),
+        (["--chat-template"], "mixprec: --chat-template shapes your own text: give it with --data"),
         (["--data", "{data}"], "mixprec: --data (your own text) is read with an hf: model's"),
     ],
 )
@@ -131,5 +132,5 @@ def test_the_python_form_scores_the_same_text(model: str, tmp_path: Path) -> Non
                           cache=CellCache(tmp_path / "fresh"))  # fmt: skip
     assert table.same_scores(again) and (table.frame["status"] == "ok").all()
     loaded = mixprec.load_model(model, data=data)
-    with pytest.raises(mixprec.MixprecError, match="TextData is read by an hf: source's own"):
+    with pytest.raises(mixprec.MixprecError, match="TextData is read for a source string"):
         mixprec.score(loaded.model, data)

@@ -136,3 +136,62 @@ def test_too_little_text_says_what_to_change(tmp_path: Path, tokenizer: Any) -> 
 def test_bad_shapes_are_refused(settings: dict[str, int], message: str) -> None:
     with pytest.raises(MixprecError, match=message):
         TextData("x.txt", **settings)  # type: ignore[arg-type]
+
+
+CHAT = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+
+
+def test_chat_template_renders_each_text_as_a_user_turn(tmp_path: Path, tokenizer: Any) -> None:
+    path = write_all(tmp_path)["txt"]
+    tokenizer.chat_template = CHAT
+    try:
+        ids = TextData(str(path), chat_template=True).token_ids(tokenizer)
+    finally:
+        tokenizer.chat_template = None
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    expected: list[int] = []
+    for text in TEXTS:
+        rendered = f"[user] {text}\n"
+        expected += tokenizer(rendered, add_special_tokens=False)["input_ids"] + sep
+    assert ids == expected
+
+
+def test_chat_template_takes_jsonl_conversations(tmp_path: Path, tokenizer: Any) -> None:
+    turns = [{"role": "user", "content": "What is NVFP4?"},
+             {"role": "assistant", "content": "A 4-bit float with FP8 block scales."}]  # fmt: skip
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": turns}) + "\n" + json.dumps({"messages": "hi"}) + "\n")
+    data = TextData(str(path), "messages", chat_template=True)
+    assert data.texts() == (tuple(turns), "hi")
+    tokenizer.chat_template = CHAT
+    try:
+        ids = data.token_ids(tokenizer)
+    finally:
+        tokenizer.chat_template = None
+    rendered = "[user] What is NVFP4?\n[assistant] A 4-bit float with FP8 block scales.\n"
+    assert (
+        ids[: len(tokenizer(rendered, add_special_tokens=False)["input_ids"])]
+        == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    )
+    with pytest.raises(MixprecError, match=r"line 1: 'messages' is not text$"):
+        TextData(str(path), "messages").texts()  # a conversation needs the chat template
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ([{"role": "user"}], r"line 1: a message is not \{\"role\": ..., \"content\": ...\} text"),
+        ([], r"line 1: an empty list of messages"),
+    ],
+)
+def test_bad_conversations_are_one_line(tmp_path: Path, line: object, message: str) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": line}) + "\n")
+    with pytest.raises(MixprecError, match=message):
+        TextData(str(path), "messages", chat_template=True).texts()
+
+
+def test_chat_template_needs_a_tokenizer_that_has_one(tmp_path: Path, tokenizer: Any) -> None:
+    path = write_all(tmp_path)["txt"]
+    with pytest.raises(MixprecError, match=r"^--chat-template: the model's tokenizer has no chat"):
+        TextData(str(path), chat_template=True).token_ids(tokenizer)

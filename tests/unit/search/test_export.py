@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
@@ -86,11 +88,21 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
     )
 
 
-def test_gguf_carries_the_plan_and_the_planned_weights(tmp_path: Path) -> None:
+def test_gguf_carries_the_plan_and_the_planned_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = make_gpt2()
     plan = plan_for(model, ["w:mxfp4", "w:int4_g128", "keep"])
     out = tmp_path / "model.gguf"
-    export_plan(plan, "gguf", out, loader(model))
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export copied the model")
+
+    with monkeypatch.context() as patch:  # streamed layer by layer: no copy of the model
+        patch.setattr(copy, "deepcopy", no_copy)
+        export_plan(plan, "gguf", out, loader(model))
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
     assert read_gguf_plan(out) == plan
     reader = gguf.GGUFReader(str(out))
     tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
