@@ -129,6 +129,8 @@ class AnalysisRecord(BaseModel):
     torch: str = ""
     peak_rss_mb: float | None = None  # the scoring process's peak (Ray workers not counted)
     peak_cuda_mb: float | None = None
+    worker_peak_rss_mb: float | None = None  # the largest Ray worker's peak, where Ray scored
+    worker_peak_cuda_mb: float | None = None
 
 
 _ANALYSIS_FIELDS = tuple(AnalysisRecord.model_fields)
@@ -159,6 +161,8 @@ class Manifest(BaseModel):
     torch: str | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
+    worker_peak_rss_mb: float | None = None
+    worker_peak_cuda_mb: float | None = None
 
     @property
     def analysis(self) -> AnalysisRecord | None:

@@ -13,6 +13,7 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
+from mixprec.memory import PeakMemory, read_peak
 from mixprec.models import ModelBundle, check_data_source, load_model
 from mixprec.placement import Placement
 from mixprec.scheme import DEFAULT_SCHEMES, Scheme
@@ -125,6 +126,10 @@ class CellWorker:
 
     def run_indexed(self, index: int, cell: Cell) -> tuple[int, list[dict[str, Any]]]:
         return index, self.run(cell)
+
+    def peak(self) -> PeakMemory:
+        """This worker process's peak memory so far (a Ray actor's, asked at the end)."""
+        return read_peak()
 
 
 def check_forward(bundle: ModelBundle, batch: Any) -> None:

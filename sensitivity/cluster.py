@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mixprec.errors import MixprecError
+from mixprec.memory import PeakMemory
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cells import AnalysisSpec, Cell, CellWorker
 
@@ -28,9 +29,11 @@ def ray_map(
     workers: int | None,
     address: str | None,
     gpus: float = 0.0,
+    peaks: list[PeakMemory] | None = None,
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     """Cells on `workers` Ray actors (None: as many as the cluster holds), each loading the
-    model once and holding `gpus` GPUs; lost actors restart."""
+    model once and holding `gpus` GPUs; lost actors restart. Once every cell is done, each
+    actor's peak memory is added to `peaks`."""
     if address is None:
         # A local cluster advertises its own node address; keep it on loopback instead.
         os.environ.setdefault(LOOPBACK_ONLY, "0")
@@ -77,6 +80,8 @@ def ray_map(
             index, results = ray.get(done)
             feed(worker)
             yield cells[index], results
+        if peaks is not None:
+            peaks.extend(ray.get([a.peak.remote() for a in actors]))
     finally:
         if started_here:
             ray.shutdown()

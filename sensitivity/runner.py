@@ -9,7 +9,7 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
-from mixprec.memory import read_peak, reset_peak
+from mixprec.memory import PeakMemory, read_peak, reset_peak
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir
 from mixprec.placement import dtype_name, model_device, model_dtype
@@ -158,7 +158,8 @@ def _score_all(
             pending = [u for u in units if found[keys[name, scheme, u.name]] is None]
             for i in range(0, len(pending), spec.chunk):
                 todo.append(Cell(name, scheme, tuple(pending[i : i + spec.chunk])))
-    for cell, results in _execute(spec, bundle, todo, who, progress):
+    peaks: list[PeakMemory] = []  # of the Ray workers, where they scored
+    for cell, results in _execute(spec, bundle, todo, who, progress, peaks):
         for unit, result in zip(cell.units, results, strict=True):
             key = keys[cell.estimator, cell.scheme, unit.name]
             found[key] = result
@@ -186,7 +187,7 @@ def _score_all(
     if out is not None:
         blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
         elapsed = time.perf_counter() - started
-        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed, device)
+        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed, device, peaks)
     return table
 
 
@@ -196,6 +197,7 @@ def _execute(
     cells: Sequence[Cell],
     who: Workers,
     progress: bool,
+    peaks: list[PeakMemory],
 ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     with cell_progress(f"scoring {spec.model}", len(cells), progress) as advance:
         if not cells:
@@ -207,7 +209,8 @@ def _execute(
                 advance()
             return
         count = None if who.count is None else max(who.count, 1)
-        for cell, results in ray_map(spec, bundle.fingerprint, cells, count, who.address, who.gpus):
+        mapped = ray_map(spec, bundle.fingerprint, cells, count, who.address, who.gpus, peaks)
+        for cell, results in mapped:
             yield cell, results
             advance()
 
@@ -221,6 +224,7 @@ def _write_outputs(
     blocks: dict[str, list[str]],
     seconds: float,
     device: str,
+    peaks: list[PeakMemory],
 ) -> None:
     """The table into RUN/scores.parquet, and its record handed to the run store."""
     peak = read_peak()
@@ -248,5 +252,12 @@ def _write_outputs(
         torch=torch.__version__,
         peak_rss_mb=peak.rss_mb,
         peak_cuda_mb=peak.cuda_mb,
+        worker_peak_rss_mb=_largest(p.rss_mb for p in peaks),
+        worker_peak_cuda_mb=_largest(p.cuda_mb for p in peaks),
     )
     RunFolder(out).record_analysis(record)
+
+
+def _largest(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
