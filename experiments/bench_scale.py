@@ -91,13 +91,13 @@ def timed(argv: list[str]) -> Measured:
     return Measured(seconds, usage.ru_maxrss / 1024)
 
 
-def text_file() -> Path:
+def text_file(work: Path) -> Path:
     """Calibration text: Python's own reference docs, a local file."""
     from pydoc_data.topics import topics
 
-    path = WORK / "pydoc_topics.txt"
+    path = work / "pydoc_topics.txt"
     if not path.is_file():
-        WORK.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         path.write_text("\n\n".join(topics[k] for k in sorted(topics)), encoding="utf-8")
     return path
 
@@ -105,11 +105,11 @@ def text_file() -> Path:
 def run_size(
     size: str, dtype: str, tokenizer: Path, args: argparse.Namespace
 ) -> list[dict[str, object]]:
-    folder = WORK / f"llama-{size}"
+    folder = args.work / f"llama-{size}"
     params = build_model(size, folder, tokenizer)
-    runs = WORK / f"llama-{size}-{dtype}"
+    runs = args.work / f"llama-{size}-{dtype}"
     shutil.rmtree(runs, ignore_errors=True)
-    data = ["--data", str(text_file()), "--seq-len", str(args.seq_len),
+    data = ["--data", str(text_file(args.work)), "--seq-len", str(args.seq_len),
             "--calib-samples", str(args.calib_samples), "--eval-samples", str(args.eval_samples),
             "--dtype", dtype, "--device", "cpu"]  # fmt: skip
     model = f"hf:{folder}"
@@ -194,6 +194,7 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=4)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.md")
+    parser.add_argument("--work", type=Path, default=WORK, help="models and runs (kept)")
     args = parser.parse_args()
     sizes = args.sizes.split(",")
     for size in sizes:

@@ -15,13 +15,15 @@ Run: .venv/bin/python experiments/smollm2.py   (about an hour on 2 CPU cores)
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from study import ROOT, load_config, parse_args, publish_study
+from study import load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.markdown import frame_markdown
@@ -45,18 +47,17 @@ DEFAULTS: dict[str, object] = {
     "eval_samples": 64,
     "workers": 0,
 }
-TEXT = ROOT / "runs" / "smollm2-text"
 
 
-def text_files() -> tuple[Path, Path]:
-    """Python's reference topics, split by a hash of each topic's name: calibration, held out."""
+def text_files(folder: Path) -> tuple[Path, Path]:
+    """Python's reference topics, split by a hash of each topic's name: calibration, held out
+    (scores are keyed by the text's content, not by where the files are)."""
     from pydoc_data.topics import topics
 
-    TEXT.mkdir(parents=True, exist_ok=True)
     parts: dict[bool, list[str]] = {True: [], False: []}
     for key in sorted(topics):
         parts[hashlib.sha256(key.encode()).digest()[0] < 64].append(topics[key])  # ~1/4 calib
-    paths = TEXT / "calibration.txt", TEXT / "held_out.txt"
+    paths = folder / "calibration.txt", folder / "held_out.txt"
     for path, texts in zip(paths, (parts[True], parts[False]), strict=True):
         path.write_text("\n\n".join(texts), encoding="utf-8")
     return paths
@@ -66,8 +67,8 @@ def main() -> int:
     args = parse_args("smollm2", __doc__.splitlines()[0])
     config = load_config(args.config, DEFAULTS)
     started = time.perf_counter()
-    torch.set_num_threads(2)
-    calibration_file, held_out_file = text_files()
+    text = tempfile.TemporaryDirectory(prefix="mixprec-smollm2-")
+    calibration_file, held_out_file = text_files(Path(text.name))
     dtype, schemes = str(config["dtype"]), [str(s) for s in config["schemes"]]
     calib = TextData(str(calibration_file), seq_len=int(config["calib_seq_len"]),
                      calib_samples=int(config["calib_samples"]), eval_samples=4)  # fmt: skip
@@ -88,6 +89,7 @@ def main() -> int:
                       "wall s (cached cells free)": time.perf_counter() - begin})  # fmt: skip
     scoring_peak = read_peak().rss_mb
     bundle = load_model("smollm2", 0, held_out, dtype)
+    torch.set_num_threads(os.cpu_count() or 1)  # scoring ran on one thread; measure on all
     layers = [u.name for u in select(discover_units(bundle.model), "layer")]
     rows = []
 

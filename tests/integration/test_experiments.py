@@ -234,3 +234,42 @@ def test_agents_script_quick(tmp_path: Path) -> None:
     text = out.read_text()
     assert "| digits-cnn | 5bits | sac |" in text and "| digits-cnn | 6bits | ilp |" in text
     assert "## 2. Transfer" in text and "| zero-shot |" in text and "| fine-tuned |" in text
+
+
+def test_smollm2_study_quick(tmp_path: Path) -> None:
+    """The real LM end to end on a small config: FP, uniform schemes and a fisher ILP plan,
+    each measured on the held-out text, and the verdict against uniform at the budget."""
+    (tmp_path / "study.toml").write_text(
+        'schemes = ["w:int8", "w:mxfp4"]\nestimators = ["fisher"]\nbudgets = [6.0]\n'
+        "calib_seq_len = 32\ncalib_samples = 4\neval_seq_len = 64\neval_samples = 4\n"
+    )
+    out = tmp_path / "smollm2.md"
+    args = ["--config", "study.toml", "--out", str(out), "--cache", str(tmp_path / "cells")]
+    proc = run_script([str(ROOT / "experiments" / "smollm2.py"), *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    [rows] = tables_with(text, "plan", "method", "bits/weight", "perplexity")
+    assert [r["method"] for r in rows] == ["reference", "uniform", "uniform", "fisher"]
+    fp, int8, mxfp4, plan = (float(r["perplexity"]) for r in rows)
+    # on 256 tokens int8 may even measure below FP (46.67 vs 46.92 when this was written)
+    assert fp > 1 and abs(int8 / fp - 1) < 0.03 and int8 < mxfp4 and plan < mxfp4
+    assert 4.5 < float(rows[3]["bits/weight"]) <= 6.0
+    assert "6.0 bits, fisher: perplexity" in text and "Q4_1" in text
+
+
+def test_scale_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "scale.md"
+    proc = run_script([str(ROOT / "experiments" / "bench_scale.py"), "--sizes", "30M",
+                       "--dtypes", "bf16", "--seq-len", "16", "--work", str(tmp_path / "work"),
+                       "--out", str(out)], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    [rows] = tables_with(text, "size", "params (M)", "dtype", "step", "wall s", "peak RSS MB")
+    assert [r["step"] for r in rows] == [
+        "fisher (every level)",
+        "isolation (blocks)",
+        "ILP solve at 5bits",
+        "evaluate the plan",
+    ]
+    assert all(float(r["peak RSS MB"]) > 100 for r in rows)
+    assert "One size only" in text
