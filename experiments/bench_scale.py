@@ -5,8 +5,8 @@ Writes experiments/results/scale.md: wall time and peak RSS of every step (the c
 own high-water mark, from the kernel), and the exponent of a power-law fit against parameter
 count. Models are built locally from `LlamaConfig` (random weights, SmolLM2's tokenizer and
 vocabulary) and saved as bf16 checkpoints; nothing is downloaded. Fisher scores every level
-and scheme; isolation scores the blocks only (one forward of the later blocks per cell), so
-its wall time per cell is the figure that carries over to a full run.
+and scheme; isolation scores the blocks under one scheme only (one forward of the later blocks
+per cell), so its wall time per cell is the figure that carries over to a full run.
 
 Run: .venv/bin/python experiments/bench_scale.py [--sizes 30M,125M,350M,1B --dtypes bf16,fp32]
 """
@@ -35,6 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORK = ROOT / "runs" / "bench-scale"
 MIXPREC = str(Path(sys.executable).with_name("mixprec"))
 SCHEMES = "w:int8,w:int4_g128,w:mxfp4"
+ISOLATION_SCHEME = "w:int4_g128"  # one scheme: a cell's cost does not depend on which
 BUDGET = "5bits"
 # the Llama shapes (vocabulary 49152, tied embeddings, as SmolLM2) by rough parameter count
 SHAPES: dict[str, dict[str, int]] = {
@@ -113,11 +114,12 @@ def run_size(
             "--calib-samples", str(args.calib_samples), "--eval-samples", str(args.eval_samples),
             "--dtype", dtype, "--device", "cpu"]  # fmt: skip
     model = f"hf:{folder}"
-    analyze = [MIXPREC, "analyze", "--model", model, "--schemes", SCHEMES, "--out"]
+    analyze = [MIXPREC, "analyze", "--model", model, "--out"]
     steps = {
-        "fisher (every level)": [*analyze, str(runs / "fisher"), "--estimators", "fisher", *data],
+        "fisher (every level)": [*analyze, str(runs / "fisher"), "--estimators", "fisher",
+                                 "--schemes", SCHEMES, *data],
         "isolation (blocks)": [*analyze, str(runs / "isolation"), "--estimators", "isolation",
-                               "--levels", "block", *data],
+                               "--levels", "block", "--schemes", ISOLATION_SCHEME, *data],
         f"ILP solve at {BUDGET}": [MIXPREC, "search", str(runs / "fisher"), "--budget", BUDGET,
                                    "--estimator", "fisher", "--exclude", "none", "--no-measure",
                                    "--out", str(runs / "plan.json")],
@@ -211,7 +213,8 @@ def main() -> int:
         f"Made by `python experiments/bench_scale.py --sizes {args.sizes} --dtypes {args.dtypes}` "
         f"on {platform.machine()} ({os.cpu_count()} CPUs, no GPU used), {minutes:.0f} min. "
         f"Random Llama models (vocabulary 49152, tied embeddings) from `LlamaConfig`, "
-        f"schemes {SCHEMES}, the ILP searching every layer (`--exclude none`: the tied LM "
+        f"schemes {SCHEMES} (isolation: {ISOLATION_SCHEME} on every block), "
+        "the ILP searching every layer (`--exclude none`: the tied LM "
         "head too), calibration "
         f"{args.calib_samples} x {args.seq_len} tokens of "
         f"Python's reference docs, evaluation {args.eval_samples} x {args.seq_len}. Each step "
