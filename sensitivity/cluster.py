@@ -51,14 +51,27 @@ def ray_map(
         else:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-    try:
+    try:  # from here on, whatever fails, a Ray instance started here is shut down
         room = worker_room(ray.cluster_resources(), spec.threads, gpus, where)
-    except MixprecError:
+        workers = room if workers is None else capped_workers(workers, room, where)
+        yield from _on_actors(spec, fingerprint, cells, workers, gpus, peaks)
+    finally:
         if started_here:
             ray.shutdown()
             undo_environment_changes(environment)
-        raise
-    workers = room if workers is None else capped_workers(workers, room, where)
+
+
+def _on_actors(
+    spec: AnalysisSpec,
+    fingerprint: str,
+    cells: Sequence[Cell],
+    workers: int,
+    gpus: float,
+    peaks: list[PeakMemory] | None,
+) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+    """The cells on `workers` new actors of the Ray instance this process is connected to."""
+    import ray
+
     actor = ray.remote(num_cpus=spec.threads, num_gpus=gpus, max_restarts=3, max_task_retries=3)(
         CellWorker
     )
@@ -71,21 +84,16 @@ def ray_map(
             index = queues.take(worker)
             in_flight[actors[worker].run_indexed.remote(index, cells[index])] = worker
 
-    try:
-        for worker in range(workers):
-            feed(worker)
-        while in_flight:
-            [done], _ = ray.wait(list(in_flight), num_returns=1)
-            worker = in_flight.pop(done)
-            index, results = ray.get(done)
-            feed(worker)
-            yield cells[index], results
-        if peaks is not None:
-            peaks.extend(ray.get([a.peak.remote() for a in actors]))
-    finally:
-        if started_here:
-            ray.shutdown()
-            undo_environment_changes(environment)
+    for worker in range(workers):
+        feed(worker)
+    while in_flight:
+        [done], _ = ray.wait(list(in_flight), num_returns=1)
+        worker = in_flight.pop(done)
+        index, results = ray.get(done)
+        feed(worker)
+        yield cells[index], results
+    if peaks is not None:
+        peaks.extend(ray.get([a.peak.remote() for a in actors]))
 
 
 def start_local_ray(cpus: int) -> None:

@@ -112,10 +112,11 @@ def stream_fisher(
 
     def received(name: str, call: int, dy: torch.Tensor) -> None:
         x, routed = inputs[name].pop(call)
+        dy = dy.detach()
         if routed is not None:  # an expert's rows: gradients added up per sample, not per token
             x, dy = _per_sample_rows(x, dy, routed, samples)
-        part = _squared_grads(layers[name], x, dy.detach())
-        totals[name] = totals[name] + part if name in totals else part
+        part = _squared_grads(layers[name], x, dy)
+        totals[name] = totals[name].add_(part) if name in totals else part
         if not inputs[name]:  # every call of this layer has its gradient
             finish(name)
 
@@ -150,7 +151,7 @@ def _per_sample_rows(
     rows, tokens = routed
     owner = rows.to(x.device) * samples // tokens
     mask = owner[None, :] == torch.arange(samples, device=x.device)[:, None]  # [samples, rows]
-    return x[None] * mask[..., None].to(x.dtype), dy.detach()[None] * mask[..., None].to(dy.dtype)
+    return x[None] * mask[..., None].to(x.dtype), dy[None] * mask[..., None].to(dy.dtype)
 
 
 def _squared_grads(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
