@@ -81,11 +81,32 @@ def choose(preference: str | KernelPreference, device: torch.device | str) -> Ke
     return choice
 
 
+def has_triton_kernel(fmt: NumberFormat) -> bool:
+    """Quantized formats outside llama.cpp's own types have Triton kernels."""
+    return fmt.is_quantized and fmt.family != "ggml"
+
+
+def runs_on_triton(
+    fmt: NumberFormat, preference: str | KernelPreference, device: torch.device | str
+) -> bool:
+    """Whether Triton runs `fmt` here: llama.cpp's types only have the torch reference."""
+    if not fmt.is_quantized:
+        return False
+    triton = choose(preference, device).backend == "triton"
+    if triton and not has_triton_kernel(fmt):
+        choice = KernelChoice("torch", "llama.cpp types have no Triton kernel")
+        if choice not in _logged:
+            _logged.add(choice)
+            log.info("quantization kernels: %s", choice)
+        return False
+    return triton
+
+
 def quantize_dequantize(
     x: torch.Tensor, fmt: NumberFormat, kernel: str | KernelPreference = KernelPreference.AUTO
 ) -> torch.Tensor:
     """Fake-quantize with the chosen implementation; both give the same bits."""
-    if fmt.is_quantized and choose(kernel, x.device).backend == "triton":
+    if runs_on_triton(fmt, kernel, x.device):
         from mixprec.kernels.triton import qdq
 
         return qdq.quantize_dequantize(x, fmt)
@@ -96,7 +117,7 @@ def pack(
     x: torch.Tensor, fmt: NumberFormat, kernel: str | KernelPreference = KernelPreference.AUTO
 ) -> PackedTensor:
     """Quantize into the packed layout (kernels/packing.py) with the chosen implementation."""
-    if choose(kernel, x.device).backend == "triton":
+    if runs_on_triton(fmt, kernel, x.device):
         from mixprec.kernels.triton import qdq
 
         return qdq.pack(x, fmt)
@@ -105,7 +126,7 @@ def pack(
 
 def unpack(p: PackedTensor, kernel: str | KernelPreference = KernelPreference.AUTO) -> torch.Tensor:
     """Float32 values of a packed tensor."""
-    if choose(kernel, p.codes.device).backend == "triton":
+    if runs_on_triton(p.fmt, kernel, p.codes.device):
         from mixprec.kernels.triton import matmul
 
         return matmul.unpack(p)
@@ -119,7 +140,7 @@ def packed_linear(
     kernel: str | KernelPreference = KernelPreference.AUTO,
 ) -> torch.Tensor:
     """`x @ W.T + bias` with W kept packed (Triton) or unpacked on the fly (torch)."""
-    if choose(kernel, x.device).backend == "triton":
+    if runs_on_triton(weight.fmt, kernel, x.device):
         from mixprec.kernels.triton import matmul
 
         return matmul.packed_linear(x, weight, bias)

@@ -12,7 +12,7 @@ from mixprec.errors import MixprecError
 if TYPE_CHECKING:
     import torch
 
-Family = Literal["int", "fp", "mx", "nv", "native"]
+Family = Literal["int", "fp", "mx", "nv", "ggml", "native"]
 ElementKind = Literal["float", "int", "native"]
 ScaleFormat = Literal["fp32", "fp16", "e8m0", "e4m3", "none"]
 # How a float element type spends its top encodings: IEEE-style (top exponent is inf/NaN),
@@ -33,7 +33,11 @@ class NumberFormat:
 
     `block_size` 0 means one scale per output channel (dim 0); otherwise one scale per
     `block_size` consecutive elements of the last dim. Integer elements are symmetric in
-    [-qmax, qmax] unless `zero_point_bits` > 0 (asymmetric, codes 0..2^bits-1).
+    [-qmax, qmax] unless `zero_point_bits` > 0 (asymmetric, codes 0..2^bits-1) or
+    `twos_complement` (llama.cpp's q4_0 / q5_0: codes -2^(bits-1)..qmax). Family "ggml" is a
+    llama.cpp type (`ggml_type`), quantized exactly as llama.cpp does (kernels/ggml.py), stored
+    in blocks of `block_bytes` bytes; K-quants scale sub-blocks of `block_size` inside
+    `superblock`s of 256 with quantized scales.
     """
 
     name: str
@@ -49,6 +53,10 @@ class NumberFormat:
     zero_point_bits: int = 0
     tensor_scale_bits: int = 0
     specials: Specials = "none"
+    twos_complement: bool = False
+    ggml_type: str = ""
+    superblock: int = 0
+    block_bytes: int = 0
     description: str = ""
 
     @property
@@ -75,6 +83,13 @@ class NumberFormat:
         return 2**self.element_bits - 1
 
     @property
+    def row_multiple(self) -> int:
+        """A row length the runtime needs (llama.cpp stores whole blocks only); 1: any length."""
+        if self.family != "ggml":
+            return 1
+        return self.superblock or self.block_size
+
+    @property
     def max_normal(self) -> float:
         """Largest finite element magnitude (for integers: qmax * 2^-fraction_bits)."""
         if self.element_kind == "float":
@@ -86,7 +101,7 @@ class NumberFormat:
                 mantissa -= 2.0 ** (-self.mantissa_bits)
             return math.ldexp(mantissa, top_exponent)
         if self.element_kind == "int":
-            return self.qmax / 2**self.fraction_bits
+            return (self.qmax + self.twos_complement) / 2**self.fraction_bits
         raise MixprecError(f"{self.name} is not quantized; it has no element grid")
 
     @property
@@ -107,6 +122,8 @@ class NumberFormat:
         """
         if self.family == "native":
             return float(_NATIVE_BITS[self.name])
+        if self.block_bytes:
+            return 8 * self.block_bytes / self.row_multiple
         overhead = 0.0
         if self.block_size:
             overhead = (self.scale_bits + self.zero_point_bits) / self.block_size
@@ -118,6 +135,9 @@ class NumberFormat:
         numel = math.prod(dims)
         if self.family == "native":
             return numel * _NATIVE_BITS[self.name] // 8
+        if self.block_bytes:  # whole llama.cpp blocks per row
+            blocks = numel // dims[-1] * math.ceil(dims[-1] / self.row_multiple)
+            return blocks * self.block_bytes
         if self.block_size:
             groups = numel // dims[-1] * math.ceil(dims[-1] / self.block_size)
         else:
@@ -144,7 +164,8 @@ class NumberFormat:
             values = sorted({-m for m in mags if m} | mags)
             return torch.tensor(values, dtype=torch.float32)
         if self.element_kind == "int":
-            codes = range(-self.qmax, self.qmax + 1) if self.symmetric else range(self.qmax + 1)
+            low = -self.qmax - self.twos_complement if self.symmetric else 0
+            codes = range(low, self.qmax + 1)
             return torch.tensor([c / 2**self.fraction_bits for c in codes], dtype=torch.float32)
         if self.name == "fp32":
             raise MixprecError("fp32 has 2^32 encodings; element_values() stops at 16 bits")
@@ -229,6 +250,46 @@ def _mx_fp(name: str, e: int, m: int, bias: int) -> NumberFormat:
     )
 
 
+def _ggml_int(name: str, bits: int, block_bytes: int, twos_complement: bool = False,
+              minimum: bool = False) -> NumberFormat:  # fmt: skip
+    """A llama.cpp integer block type: 32 codes with an FP16 scale (and an FP16 minimum)."""
+    what = "FP16 scale and minimum" if minimum else "FP16 scale"
+    return NumberFormat(
+        name,
+        "ggml",
+        "int",
+        bits,
+        block_size=32,
+        scale_format="fp16",
+        zero_point_bits=16 if minimum else 0,
+        twos_complement=twos_complement,
+        ggml_type=name,
+        block_bytes=block_bytes,
+        description=f"llama.cpp {name.upper()}: INT{bits} codes, {what} per 32",
+    )
+
+
+def _k_quant(name: str, bits: int, sub: int, block_bytes: int, minimum_bits: int = 0
+             ) -> NumberFormat:  # fmt: skip
+    """A llama.cpp K-quant: super-blocks of 256 under an FP16 scale, sub-blocks of `sub` with
+    quantized scales (and minimums)."""
+    what = f"{minimum_bits}-bit scales and minimums" if minimum_bits else "signed scales"
+    return NumberFormat(
+        name,
+        "ggml",
+        "int",
+        bits,
+        block_size=sub,
+        scale_format="fp16",
+        zero_point_bits=minimum_bits,
+        twos_complement=not minimum_bits,
+        ggml_type=name,
+        superblock=256,
+        block_bytes=block_bytes,
+        description=f"llama.cpp {name.upper()}: INT{bits} codes, {what} per {sub} in 256",
+    )
+
+
 def _native(name: str, e: int, m: int, bias: int, what: str) -> NumberFormat:
     return NumberFormat(
         name,
@@ -309,6 +370,30 @@ _REGISTRY: dict[str, NumberFormat] = {
             scale_format="e4m3",
             tensor_scale_bits=32,
             description="INT4 elements, E4M3 scale per 16, FP32 per-tensor scale",
+        ),
+        _ggml_int("q8_0", 8, 34),
+        _ggml_int("q5_1", 5, 24, minimum=True),
+        _ggml_int("q5_0", 5, 22, twos_complement=True),
+        _ggml_int("q4_1", 4, 20, minimum=True),
+        _ggml_int("q4_0", 4, 18, twos_complement=True),
+        _k_quant("q6_k", 6, 16, 210),
+        _k_quant("q5_k", 5, 32, 176, minimum_bits=6),
+        _k_quant("q4_k", 4, 32, 144, minimum_bits=6),
+        _k_quant("q3_k", 3, 16, 110),
+        _k_quant("q2_k", 2, 16, 84, minimum_bits=4),
+        NumberFormat(
+            "mxfp4_ggml",
+            "ggml",
+            "float",
+            4,
+            2,
+            1,
+            1,
+            block_size=32,
+            scale_format="e8m0",
+            ggml_type="mxfp4",
+            block_bytes=17,
+            description="llama.cpp MXFP4: E2M1, E8M0 scale per 32, ties to the smaller value",
         ),
         _native("bf16", 8, 7, 127, "bfloat16"),
         _native("fp16", 5, 10, 15, "IEEE half"),

@@ -9,8 +9,10 @@ Layout (the Triton kernels read and write the same bytes):
   integers two's complement, asymmetric integers the unsigned code;
 - `scales` is (rows, groups per row): float32 for FP per-channel formats, float16 for integer
   formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
-- `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `tensor_scale` is the
-  FP32 per-tensor scale of NV formats.
+- `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `minimums` float16
+  (rows, groups per row) for llama.cpp's q4_1 / q5_1; `tensor_scale` is the FP32 per-tensor
+  scale of NV formats; llama.cpp's K-quants keep each sub-block's scale (d * sc) and minimum
+  as float32 (exact; llama.cpp's own files pack them into 4/6-bit codes);
 Packing needs finite input (FP4/FP6 have no encoding for inf or NaN); integer codes have no -0.0,
 so unpacking gives +0.0 where fake quantization gave -0.0 (equal values, other sign bit).
 """
@@ -38,6 +40,7 @@ class PackedTensor:
     scales: torch.Tensor
     zero_points: torch.Tensor | None = None
     tensor_scale: torch.Tensor | None = None
+    minimums: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -55,7 +58,7 @@ class PackedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes held in memory: codes, scales, zero points and the per-tensor scale."""
-        parts = (self.codes, self.scales, self.zero_points, self.tensor_scale)
+        parts = (self.codes, self.scales, self.zero_points, self.tensor_scale, self.minimums)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def to(self, device: torch.device | str) -> PackedTensor:
@@ -69,6 +72,7 @@ class PackedTensor:
             self.scales.to(device),
             move(self.zero_points),
             move(self.tensor_scale),
+            move(self.minimums),
         )
 
 
@@ -102,6 +106,9 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
     codes = encode_elements(as_rows(q.elements, cols), fmt)
     scales = encode_scales(as_rows(q.scale, cols), fmt)
     zero = None if q.zero is None else as_rows(q.zero, cols).to(torch.uint8)
+    minimum = None if q.minimum is None else as_rows(q.minimum, cols)
+    if minimum is not None and not fmt.superblock:
+        minimum = minimum.to(torch.float16)
     return PackedTensor(
         fmt,
         tuple(x.shape),
@@ -109,6 +116,7 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
         scales,
         zero,
         q.tensor_scale,
+        minimum,
     )
 
 
@@ -117,7 +125,10 @@ def unpack(p: PackedTensor) -> torch.Tensor:
     codes = unpack_bits(p.codes, p.fmt.element_bits, p.cols)
     elements = decode_elements(codes, p.fmt)
     scale = decode_scales(p.scales, p.fmt).repeat_interleave(p.group_size, dim=1)[:, : p.cols]
-    if p.zero_points is not None:
+    if p.minimums is not None:
+        minimum = p.minimums.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
+        values = elements * scale + minimum
+    elif p.zero_points is not None:
         zero = p.zero_points.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
         values = (elements - zero) * scale
     elif p.tensor_scale is not None:
@@ -174,24 +185,24 @@ def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 
 def encode_scales(scale: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """Float32 scales (rows, groups) -> their stored type (see the module docstring)."""
-    if fmt.family == "mx":
+    if fmt.scale_format == "e8m0":
         biased = torch.bitwise_right_shift(scale.view(torch.int32), 23) & 0xFF
         return torch.where(torch.isnan(scale), E8M0_NAN, biased).to(torch.uint8)
-    if fmt.family == "nv":
+    if fmt.scale_format == "e4m3":
         return scale.to(torch.float8_e4m3fn).view(torch.uint8)
-    if fmt.scale_format == "fp16":
+    if fmt.scale_format == "fp16" and not fmt.superblock:  # K-quants: float32 d * sc
         return scale.to(torch.float16)
     return scale.contiguous()
 
 
 def decode_scales(stored: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """Stored scales -> float32, exactly the values the reference multiplied by."""
-    if fmt.family == "mx":
+    if fmt.scale_format == "e8m0":
         biased = stored.to(torch.int32)
         normal = torch.bitwise_left_shift(biased, 23).view(torch.float32)
         scale = torch.where(biased == 0, 2.0**-F32_EXPONENT_BIAS, normal)
         return torch.where(biased == E8M0_NAN, float("nan"), scale)
-    if fmt.family == "nv":
+    if fmt.scale_format == "e4m3":
         return stored.view(torch.float8_e4m3fn).float()
     return stored.float()
 

@@ -9,7 +9,9 @@ Conventions (float32 in, float32 out, same shape):
 - per-channel, group and NV formats take the group amax over finite values, so +-inf saturates
   to the largest magnitude of its group; MX formats follow OCP MX v1.0 / torchao instead: the
   E8M0 exponent of an inf amax is 128 - emax_elem (NaN scale when that exceeds 127);
-- an all-zero group gets scale 1 (MX: 2^-127, the smallest E8M0) and stays zero.
+- an all-zero group gets scale 1 (MX: 2^-127, the smallest E8M0) and stays zero;
+- llama.cpp's types (family "ggml") are computed as llama.cpp computes them instead
+  (kernels/ggml.py, kernels/kquants.py), keeping only the inf/NaN rules above.
 """
 
 from __future__ import annotations
@@ -39,16 +41,20 @@ class QuantizedGroups:
     """A tensor split into scale groups (one per row), before the scales are multiplied back.
 
     `elements` are element-grid values (float32; asymmetric: unsigned codes); one `scale` per
-    row, plus an integer `zero` point (asymmetric) or a per-tensor scale (NV).
+    row, plus an integer `zero` point (asymmetric), a per-tensor scale (NV) or a stored
+    `minimum` added back (llama.cpp's q4_1 / q5_1).
     """
 
     elements: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor | None = None
     tensor_scale: torch.Tensor | None = None
+    minimum: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         """Dequantized rows, with exactly the reference's arithmetic."""
+        if self.minimum is not None:
+            return self.elements * self.scale + self.minimum
         if self.zero is not None:
             return (self.elements - self.zero) * self.scale
         if self.tensor_scale is not None:
@@ -75,6 +81,10 @@ def quantize(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Scales and element values of `x` (float32), one scale group per row of the result."""
     if fmt.block_size == 0:
         return _per_group(group_rows(x, fmt), fmt)
+    if fmt.family == "ggml":
+        from mixprec.kernels import ggml  # ggml builds QuantizedGroups from this module
+
+        return ggml.quantize(_to_blocks(x, fmt.row_multiple), fmt)  # K-quants: super-blocks
     blocks = _to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
         return _mx(blocks, fmt)

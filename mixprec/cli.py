@@ -27,6 +27,7 @@ from mixprec.cli_data import (
 )
 from mixprec.cli_plans import TrustOption
 from mixprec.cli_plans import register as register_plan_commands
+from mixprec.cli_runtimes import register as register_runtime_commands
 from mixprec.cli_service import register as register_service_commands
 from mixprec.errors import MixprecError
 from mixprec.logs import quiet_optional_backends
@@ -337,6 +338,7 @@ def _split(text: str) -> list[str]:
 
 register_plan_commands(app)
 register_service_commands(app)
+register_runtime_commands(app)
 
 
 def interrupt_on_sigterm() -> None:

@@ -1,10 +1,9 @@
 """Export a PrecisionPlan to what runtimes read: plain JSON, an HF-style quantization config,
 llama.cpp `--tensor-type` overrides, or a GGUF file that carries the plan.
 
-llama.cpp types for each format (LLAMACPP_TYPES): the same format where llama.cpp has it
-(mxfp4, nvfp4, f16, bf16, f32; int8 -> q8_0 and int4 per 32 -> q4_0 share element and block
-layout up to the scale's dtype), otherwise the nearest type of at least as many bits, with a
-warning naming the substitution.
+llama.cpp types for each format (`llamacpp_type`): llama.cpp's own types (family "ggml") and
+f16/bf16/f32 as they are; any other format as the nearest type of at least as many bits, with
+a warning naming the substitution (even mxfp4 -> mxfp4: llama.cpp rounds ties differently).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from torch import nn
 
 from mixprec.errors import MixprecError, one_of
 from mixprec.files import atomic_path, atomic_write_text
+from mixprec.kernels import formats
 from mixprec.kernels.formats import NumberFormat
 from mixprec.plan import PrecisionPlan, normalize_assignment, quantized_weight
 from mixprec.scheme import Scheme
@@ -28,20 +28,29 @@ from mixprec.store import EXPORT_SUFFIX
 from mixprec.units import layer_weight, quantizable_layers, weight_matrix
 
 TARGETS = tuple(EXPORT_SUFFIX)
-# format -> (llama.cpp type, same format?)
-LLAMACPP_TYPES: dict[str, tuple[str, bool]] = {
-    "fp32": ("f32", True), "fp16": ("f16", True), "bf16": ("bf16", True),
-    "mxfp4": ("mxfp4", True), "nvfp4": ("nvfp4", True),
-    "int8": ("q8_0", True), "int8_g128": ("q8_0", True), "int4_g32": ("q4_0", True),
-    "int4": ("q4_0", False), "int4_g64": ("q4_0", False), "int4_g128": ("q4_0", False),
-    "int4_asym_g128": ("q4_1", False), "nvint4": ("q4_0", False),
-    "int3": ("q3_k", False), "int3_g128": ("q3_k", False),
-    "int2": ("q2_k", False), "int2_g64": ("q2_k", False),
-    "fp8_e4m3": ("q8_0", False), "fp8_e5m2": ("q8_0", False), "mxfp8_e4m3": ("q8_0", False),
-    "mxfp8_e5m2": ("q8_0", False), "mxint8": ("q8_0", False), "mxint4": ("q4_0", False),
-    "fp6_e3m2": ("q6_k", False), "fp6_e2m3": ("q6_k", False), "mxfp6_e3m2": ("q6_k", False),
-    "mxfp6_e2m3": ("q6_k", False), "fp4_e2m1": ("iq4_nl", False),
+# The llama.cpp type each other format is stored as: llama.cpp's values differ from the format's
+# (other rounding, scale dtype or block), so each use is warned about. Family "ggml" formats
+# are llama.cpp's own types, and the native ones its f32/f16/bf16.
+LLAMACPP_NEAREST: dict[str, str] = {
+    "mxfp4": "mxfp4", "nvfp4": "nvfp4", "int8": "q8_0", "int8_g128": "q8_0", "int4_g32": "q4_0",
+    "int4": "q4_0", "int4_g64": "q4_0", "int4_g128": "q4_0", "int4_asym_g128": "q4_1",
+    "nvint4": "q4_0", "int3": "q3_k", "int3_g128": "q3_k", "int2": "q2_k", "int2_g64": "q2_k",
+    "fp8_e4m3": "q8_0", "fp8_e5m2": "q8_0", "mxfp8_e4m3": "q8_0", "mxfp8_e5m2": "q8_0",
+    "mxint8": "q8_0", "mxint4": "q4_0", "fp6_e3m2": "q6_k", "fp6_e2m3": "q6_k",
+    "mxfp6_e3m2": "q6_k", "mxfp6_e2m3": "q6_k", "fp4_e2m1": "iq4_nl",
 }  # fmt: skip
+LLAMACPP_NATIVE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+def llamacpp_type(fmt: NumberFormat) -> tuple[str, bool]:
+    """The llama.cpp type that stores `fmt`, and whether it holds exactly the same values."""
+    if fmt.ggml_type:
+        return fmt.ggml_type, True
+    if not fmt.is_quantized:
+        return LLAMACPP_NATIVE[fmt.name], True
+    return LLAMACPP_NEAREST[fmt.name], False
+
+
 PLAN_KEY = "mixprec.plan"
 
 
@@ -144,12 +153,11 @@ def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> tuple[list[str]
     substituted: dict[str, list[str]] = {}  # one warning per substitution, naming its modules
     for module, tensor in names.items():
         scheme = Scheme.parse(plan.assignment[module])
-        fmt = scheme.weight.name if scheme.weight else _keep_format(model, module)
-        kind, same = LLAMACPP_TYPES[fmt]
+        fmt = scheme.weight or formats.get(_keep_format(model, module))
+        kind, same = llamacpp_type(fmt)
         if not same:
-            substituted.setdefault(f"llama.cpp has no {fmt} type; nearest is {kind}", []).append(
-                module
-            )
+            message = f"llama.cpp stores {fmt.name} as {kind}, with other values"
+            substituted.setdefault(message, []).append(module)
         if scheme.activation is not None:
             substituted.setdefault(
                 f"llama.cpp ignores the activation format of {scheme}", []

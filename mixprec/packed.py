@@ -30,7 +30,7 @@ class PackedLayer(nn.Module):
         self.matrix_shape = packed.shape
         self.weight_shape = tuple(weight.shape)
         self.linear = isinstance(module, nn.Linear | Conv1D)
-        for name in ("codes", "scales", "zero_points", "tensor_scale"):
+        for name in ("codes", "scales", "zero_points", "tensor_scale", "minimums"):
             self.register_buffer(name, getattr(packed, name))
         self.bias = module.bias
         self.conv: nn.Module | None = None
@@ -49,6 +49,7 @@ class PackedLayer(nn.Module):
             scales,
             buffers["zero_points"],
             buffers["tensor_scale"],
+            buffers["minimums"],
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

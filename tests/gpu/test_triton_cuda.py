@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mixprec.kernels import formats, packing
 from tests.helpers.triton_cases import (
     PACKED_MATMUL,
-    QUANTIZED,
+    TRITON,
     edge_tensor,
     random_tensor,
     same_bits,
@@ -18,7 +18,7 @@ from tests.helpers.triton_cases import (
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 @pytest.mark.parametrize("shape", [(64, 4096), (7, 45), (2, 3, 40), (3, 9000)], ids=str)
 def test_compiled_qdq_is_bit_exact(name: str, shape: tuple[int, ...]) -> None:
     from mixprec.kernels.triton import interpreted, qdq
@@ -30,7 +30,7 @@ def test_compiled_qdq_is_bit_exact(name: str, shape: tuple[int, ...]) -> None:
         assert got.is_cuda and same_bits(got.cpu(), fmt.quantize_dequantize(x))
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 def test_compiled_pack_and_unpack_are_bit_exact(name: str) -> None:
     from mixprec.kernels.triton import matmul, qdq
 

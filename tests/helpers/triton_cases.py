@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from mixprec.kernels import formats
+from mixprec.kernels.dispatch import has_triton_kernel
 
 QUANTIZED = [f.name for f in formats.all() if f.is_quantized]
+TRITON = [f.name for f in formats.all() if has_triton_kernel(f)]
 PACKED_MATMUL = ["int4_g128", "mxfp4", "nvfp4", "int8", "fp8_e4m3", "int3_g128", "mxfp6_e2m3"]
 
 

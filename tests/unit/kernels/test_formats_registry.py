@@ -22,6 +22,11 @@ NAME_GRAMMAR = (
     (r"nvfp(?P<bits>\d)", "nv", "float", 16, "e4m3"),
     (r"nvint(?P<bits>\d)", "nv", "int", 16, "e4m3"),
     (r"(?:bf|fp)(?P<bits>16|32)", "native", "native", 0, "none"),
+    (r"q(?P<bits>\d)_(?:0|(?P<asym>1))", "ggml", "int", 32, "fp16"),
+    (r"q(?P<bits>[36])_k", "ggml", "int", 16, "fp16"),  # K-quants: sub-blocks in 256
+    (r"q(?P<bits>2)_(?P<asym>k)", "ggml", "int", 16, "fp16"),
+    (r"q(?P<bits>[45])_(?P<asym>k)", "ggml", "int", 32, "fp16"),
+    (r"mxfp(?P<bits>4)_ggml", "ggml", "float", 32, "e8m0"),
 )
 
 
@@ -89,6 +94,18 @@ def test_unknown_name_lists_the_valid_ones() -> None:
         ("fp8_e4m3", 8.0),
         ("int3", 3.0),
         ("mxfp6_e2m3", 6.25),
+        # llama.cpp's own figures: block bytes * 8 / 32
+        ("q8_0", 8.5),
+        ("q5_1", 6.0),
+        ("q5_0", 5.5),
+        ("q4_1", 5.0),
+        ("q4_0", 4.5),
+        ("mxfp4_ggml", 4.25),
+        ("q6_k", 6.5625),
+        ("q5_k", 5.5),
+        ("q4_k", 4.5),
+        ("q3_k", 3.4375),
+        ("q2_k", 2.625),
     ],
 )
 def test_bits_per_element(name: str, bits: float) -> None:
@@ -114,6 +131,9 @@ def test_bits_per_element(name: str, bits: float) -> None:
         ("mxfp8_e5m2", (2, 40), 80 + 2 * 2),
         ("bf16", (7, 3), 42),
         ("fp32", (7, 3), 84),
+        # llama.cpp stores whole blocks: 300 columns take two super-blocks of 144 bytes
+        ("q4_k", (3, 300), 3 * 2 * 144),
+        ("q4_0", (2, 40), 2 * 2 * 18),
     ],
 )
 def test_storage_bytes_by_hand(name: str, shape: tuple[int, ...], expected: int) -> None:
@@ -151,12 +171,21 @@ def test_fp4_values_as_documented() -> None:
         ("mxint8", 255, 127 / 64),
         ("mxint4", 15, 7 / 4),
         ("nvint4", 15, 7),
+        ("q8_0", 255, 127),
+        ("q4_0", 16, 8),  # codes -8..7: the largest magnitude is negative
+        ("q5_0", 32, 16),
+        ("q4_1", 16, 15),
+        ("q5_1", 32, 31),
+        ("q6_k", 64, 32),
+        ("q3_k", 8, 4),
+        ("q4_k", 16, 15),
+        ("q2_k", 4, 3),
     ],
 )
 def test_integer_element_grids(name: str, count: int, top: float) -> None:
     values = formats.get(name).element_values()
     assert len(values) == count
-    assert values.max().item() == top == formats.get(name).max_normal
+    assert values.abs().max().item() == top == formats.get(name).max_normal
 
 
 def test_native_element_values_are_every_finite_half() -> None:
@@ -178,6 +207,14 @@ def test_mx_emax_matches_ocp_table() -> None:
         "mxint8": 0,
         "mxint4": 0,
     }
+
+
+def test_llamacpp_types_have_llamacpps_block_sizes() -> None:
+    import gguf
+
+    for fmt in (f for f in formats.all() if f.family == "ggml"):
+        kind = gguf.GGMLQuantizationType[fmt.ggml_type.upper()]
+        assert gguf.GGML_QUANT_SIZES[kind] == (fmt.row_multiple, fmt.block_bytes), fmt.name
 
 
 def test_formats_are_frozen() -> None:

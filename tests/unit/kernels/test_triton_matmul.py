@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, packing
 from mixprec.kernels.triton import matmul
-from tests.helpers.triton_cases import PACKED_MATMUL, QUANTIZED, random_tensor, same_bits
+from tests.helpers.triton_cases import PACKED_MATMUL, TRITON, random_tensor, same_bits
 
 # fp32: the kernel sums K products in another order than torch; a few ulps of |x| |W| K.
 FP32_TOLERANCE = {"atol": 1e-4, "rtol": 1e-5}
@@ -17,7 +17,7 @@ FP32_TOLERANCE = {"atol": 1e-4, "rtol": 1e-5}
 BF16_TOLERANCE = {"atol": 5e-2, "rtol": 2e-2}
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 def test_unpack_is_bit_exact(name: str) -> None:
     packed = packing.pack(random_tensor((9, 200)), formats.get(name))
     assert same_bits(matmul.unpack(packed), packing.unpack(packed))

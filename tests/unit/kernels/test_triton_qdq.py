@@ -9,12 +9,12 @@ import torch
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, packing
 from mixprec.kernels.triton import qdq
-from tests.helpers.triton_cases import QUANTIZED, edge_tensor, random_tensor, same_bits
+from tests.helpers.triton_cases import TRITON, edge_tensor, random_tensor, same_bits
 
 SHAPES = [(24, 256), (7, 45), (33,), (2, 3, 40), (4, 2, 3, 3), (3, 5000)]
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_random_tensors_bit_exact(name: str, shape: tuple[int, ...]) -> None:
     fmt = formats.get(name)
@@ -22,7 +22,7 @@ def test_random_tensors_bit_exact(name: str, shape: tuple[int, ...]) -> None:
     assert same_bits(qdq.quantize_dequantize(x, fmt), fmt.quantize_dequantize(x))
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 def test_edge_tensors_bit_exact(name: str) -> None:
     fmt = formats.get(name)
     x = edge_tensor()
@@ -45,7 +45,7 @@ def test_native_formats_are_plain_casts(name: str) -> None:
     assert same_bits(qdq.quantize_dequantize(x, fmt), fmt.quantize_dequantize(x))
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", TRITON)
 @pytest.mark.parametrize("shape", [(24, 256), (5, 45), (2, 3, 40)], ids=str)
 def test_pack_writes_the_reference_bytes(name: str, shape: tuple[int, ...]) -> None:
     fmt = formats.get(name)

@@ -14,9 +14,10 @@ from torch import nn
 
 from mixprec.errors import MixprecError
 from mixprec.export import (
-    LLAMACPP_TYPES,
+    LLAMACPP_NEAREST,
     export_plan,
     gguf_names,
+    llamacpp_type,
     read_gguf_plan,
     to_hf_config,
 )
@@ -38,9 +39,13 @@ def loader(model: nn.Module):  # type: ignore[no-untyped-def]
 
 
 def test_every_format_has_a_llamacpp_type_that_gguf_knows() -> None:
-    assert set(LLAMACPP_TYPES) == set(formats.names())
     known = {t.name.lower() for t in gguf.GGMLQuantizationType}
-    assert {kind for kind, _ in LLAMACPP_TYPES.values()} <= known
+    types = {f.name: llamacpp_type(f) for f in formats.all()}
+    assert {kind for kind, _ in types.values()} <= known
+    exact = {name for name, (_, same) in types.items() if same}
+    ggml = {f.name for f in formats.all() if f.family == "ggml"}
+    assert exact == ggml | {"bf16", "fp16", "fp32"} and len(ggml) == 11
+    assert not set(LLAMACPP_NEAREST) & exact
 
 
 def test_json_and_hf_round_trip(tmp_path: Path) -> None:
@@ -76,14 +81,16 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
     names, _ = gguf_names(model, list(plan.assignment))
     for module, text in plan.assignment.items():  # every module's type reads back
         fmt = text.removeprefix("w:") if text != "keep" else "fp32"
-        assert parsed[names[module]] == LLAMACPP_TYPES[fmt][0]
+        assert parsed[names[module]] == llamacpp_type(formats.get(fmt))[0]
     assert lines[0] == "--tensor-type blk.0.attn_qkv.weight=mxfp4"
     assert lines[1] == "--tensor-type blk.0.attn_output.weight=q8_0"
     assert lines[2] == "--tensor-type blk.0.ffn_up.weight=f32"
     assert lines[-1] == "--tensor-type output.weight=" + ["mxfp4", "q8_0", "f32"][8 % 3]
     assert len(lines) == len(plan.assignment)
     assert exported.warnings == (
-        "llama.cpp has no fp8_e4m3 type; nearest is q8_0 (transformer.h.0.attn.c_proj, "
+        "llama.cpp stores mxfp4 as mxfp4, with other values (transformer.h.0.attn.c_attn, "
+        "transformer.h.0.mlp.c_proj, transformer.h.1.mlp.c_fc)",
+        "llama.cpp stores fp8_e4m3 as q8_0, with other values (transformer.h.0.attn.c_proj, "
         "transformer.h.1.attn.c_attn, transformer.h.1.mlp.c_proj)",
     )
 
