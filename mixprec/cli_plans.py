@@ -225,6 +225,8 @@ def export_command(
     for warning in exported.warnings:
         sys.stderr.write(f"mixprec: warning: {warning}\n")
     console.print(f"{to} -> {exported.path}")
+    if exported.command:
+        console.print(f"apply it with: {exported.command}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

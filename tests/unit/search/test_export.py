@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import gguf
@@ -77,22 +78,45 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
     out = tmp_path / "overrides.txt"
     exported = export_plan(plan, "llamacpp", out, loader(model))
     lines = out.read_text().splitlines()
-    parsed = dict(line.removeprefix("--tensor-type ").split("=") for line in lines)
+    parsed = dict(line.split("=") for line in lines)  # bare PATTERN=TYPE, as the file wants
     names, _ = gguf_names(model, list(plan.assignment))
+    tied = model.lm_head.weight is model.transformer.wte.weight
     for module, text in plan.assignment.items():  # every module's type reads back
         fmt = text.removeprefix("w:") if text != "keep" else "fp32"
-        assert parsed[names[module]] == llamacpp_type(formats.get(fmt))[0]
-    assert lines[0] == "--tensor-type blk.0.attn_qkv.weight=mxfp4"
-    assert lines[1] == "--tensor-type blk.0.attn_output.weight=q8_0"
-    assert lines[2] == "--tensor-type blk.0.ffn_up.weight=f32"
-    assert lines[-1] == "--tensor-type output.weight=" + ["mxfp4", "q8_0", "f32"][8 % 3]
-    assert len(lines) == len(plan.assignment)
+        kind = llamacpp_type(formats.get(fmt))[0]
+        if names[module] == "token_embd.weight":
+            assert tied and f"--token-embedding-type {kind} " in exported.command
+        elif names[module] == "output.weight":
+            assert not tied and f"--output-tensor-type {kind} " in exported.command
+        else:
+            pattern = "^" + names[module].replace(".", "\\.") + "$"
+            assert parsed[pattern] == kind and re.fullmatch(pattern[1:-1], names[module])
+    assert lines[0] == "^blk\\.0\\.attn_qkv\\.weight$=mxfp4"
+    assert lines[1] == "^blk\\.0\\.attn_output\\.weight$=q8_0"
+    assert lines[2] == "^blk\\.0\\.ffn_up\\.weight$=f32"
+    assert len(lines) == len(plan.assignment) - 1  # the head goes by its own flag
+    assert exported.command == (
+        f"llama-quantize --pure --tensor-type-file {out} --token-embedding-type f32 "
+        f"--output-tensor-type {['mxfp4', 'q8_0', 'f32'][8 % 3]} MODEL-F16.gguf "
+        "MODEL-mixprec.gguf MXFP4_MOE"
+    )
     assert exported.warnings == (
         "llama.cpp stores mxfp4 as mxfp4, with other values (transformer.h.0.attn.c_attn, "
         "transformer.h.0.mlp.c_proj, transformer.h.1.mlp.c_fc)",
         "llama.cpp stores fp8_e4m3 as q8_0, with other values (transformer.h.0.attn.c_proj, "
         "transformer.h.1.attn.c_attn, transformer.h.1.mlp.c_proj)",
     )
+
+
+def test_llamacpp_types_export_as_they_are(tmp_path: Path) -> None:
+    model = make_gpt2(tie=False)
+    plan = plan_for(model, ["w:q4_k", "w:q6_k", "w:q4_0"])
+    exported = export_plan(plan, "llamacpp", tmp_path / "types.txt", loader(model))
+    assert exported.warnings == ()
+    text = (tmp_path / "types.txt").read_text()
+    assert "=q4_k\n" in text and "=q6_k\n" in text and "=q4_0\n" in text
+    assert "^output" not in text and "--output-tensor-type" in exported.command
+    assert exported.command.endswith(" Q4_K")  # the type most weights have is the base
 
 
 def test_gguf_carries_the_plan_and_the_planned_weights(
@@ -140,3 +164,15 @@ def test_a_model_without_gguf_architecture(tmp_path: Path) -> None:
     plan = PrecisionPlan("seq", fingerprint(model), {"0": "w:int8"}, "8bits")
     with pytest.raises(MixprecError, match="no GGUF architecture for model type 'None'"):
         export_plan(plan, "llamacpp", tmp_path / "o.txt", loader(model))
+
+
+def test_a_tied_head_is_the_token_embedding_for_llamacpp(tmp_path: Path) -> None:
+    """llama.cpp stores a tied head once, as token_embd: the head's scheme goes there."""
+    model = make_gpt2(tie=True)
+    plan = plan_for(model, ["w:q8_0", "w:q4_k"])
+    exported = export_plan(plan, "llamacpp", tmp_path / "tied.txt", loader(model))
+    assert gguf_names(model, ["lm_head"])[0] == {"lm_head": "token_embd.weight"}
+    head = plan.assignment["lm_head"].removeprefix("w:")
+    assert f"--token-embedding-type {head} " in exported.command
+    assert "--output-tensor-type" not in exported.command
+    assert "token_embd" not in (tmp_path / "tied.txt").read_text()

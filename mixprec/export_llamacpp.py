@@ -1,0 +1,149 @@
+"""A plan as llama.cpp's llama-quantize takes it: a `--tensor-type-file` of bare
+`PATTERN=TYPE` entries (each an anchored regex naming one GGUF tensor), a quantized base type
+(llama-quantize ignores every override when the base type is F16/BF16/F32) and the command
+that applies them; the token embedding and the output head go by their own flags, and a tied
+head is the token embedding (llama.cpp stores it once)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.kernels import formats
+from mixprec.kernels.formats import NumberFormat
+from mixprec.plan import PrecisionPlan
+from mixprec.scheme import Scheme
+from mixprec.units import layer_weight, quantizable_layers
+
+# The llama.cpp type each other format is stored as: llama.cpp's values differ from the format's
+# (other rounding, scale dtype or block), so each use is warned about. Family "ggml" formats
+# are llama.cpp's own types, and the native ones its f32/f16/bf16.
+LLAMACPP_NEAREST: dict[str, str] = {
+    "mxfp4": "mxfp4", "nvfp4": "nvfp4", "int8": "q8_0", "int8_g128": "q8_0", "int4_g32": "q4_0",
+    "int4": "q4_0", "int4_g64": "q4_0", "int4_g128": "q4_0", "int4_asym_g128": "q4_1",
+    "nvint4": "q4_0", "int3": "q3_k", "int3_g128": "q3_k", "int2": "q2_k", "int2_g64": "q2_k",
+    "fp8_e4m3": "q8_0", "fp8_e5m2": "q8_0", "mxfp8_e4m3": "q8_0", "mxfp8_e5m2": "q8_0",
+    "mxint8": "q8_0", "mxint4": "q4_0", "fp6_e3m2": "q6_k", "fp6_e2m3": "q6_k",
+    "mxfp6_e3m2": "q6_k", "mxfp6_e2m3": "q6_k", "fp4_e2m1": "iq4_nl",
+}  # fmt: skip
+LLAMACPP_NATIVE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+# llama-quantize's name for a whole-model type with this ggml type (with --pure: every tensor)
+BASE_TYPES = {
+    "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k": "Q5_K", "q5_1": "Q5_1", "q5_0": "Q5_0",
+    "q4_k": "Q4_K", "q4_1": "Q4_1", "q4_0": "Q4_0", "iq4_nl": "IQ4_NL", "mxfp4": "MXFP4_MOE",
+    "q3_k": "Q3_K", "q2_k": "Q2_K",
+}  # fmt: skip
+TOKEN_EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
+_DTYPE_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def llamacpp_type(fmt: NumberFormat) -> tuple[str, bool]:
+    """The llama.cpp type that stores `fmt`, and whether it holds exactly the same values."""
+    if fmt.ggml_type:
+        return fmt.ggml_type, True
+    if not fmt.is_quantized:
+        return LLAMACPP_NATIVE[fmt.name], True
+    return LLAMACPP_NEAREST[fmt.name], False
+
+
+@dataclass(frozen=True)
+class LlamaCppOverrides:
+    """What llama-quantize needs to apply a plan."""
+
+    types: dict[str, str]  # GGUF tensor -> ggml type, in the file
+    base: str  # llama-quantize's whole-model type
+    token_embedding: str | None
+    output: str | None
+    warnings: tuple[str, ...]
+
+    def text(self) -> str:
+        """The `--tensor-type-file`: one `^name$=type` per line."""
+        return "".join(f"^{re.escape(t)}$={kind}\n" for t, kind in self.types.items())
+
+    def command(self, types_file: Path) -> str:
+        flags = ["llama-quantize", "--pure", "--tensor-type-file", str(types_file)]
+        if self.token_embedding:
+            flags += ["--token-embedding-type", self.token_embedding]
+        if self.output:
+            flags += ["--output-tensor-type", self.output]
+        return " ".join([*flags, "MODEL-F16.gguf", "MODEL-mixprec.gguf", self.base])
+
+
+def gguf_names(model: nn.Module, modules: list[str]) -> tuple[dict[str, str], list[str]]:
+    """module -> GGUF tensor name (gguf's own HF name map for the model's architecture; a
+    head tied to the input embedding is the token embedding)."""
+    import gguf
+
+    model_type = model_type_of(model)
+    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(model_type)
+    if arch is None:
+        raise MixprecError(
+            f"no GGUF architecture for model type {model_type!r}; export with --to json or hf"
+        )
+    config = getattr(model, "config", None)
+    blocks = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+    mapping = gguf.get_tensor_name_map(arch, blocks)
+    embedding = _input_embedding(model)
+    layers = quantizable_layers(model)
+    names, missing = {}, []
+    for module in modules:
+        found = mapping.get_name(module, try_suffixes=(".weight",))
+        if embedding is not None and layer_weight(layers[module]) is embedding:
+            names[module] = TOKEN_EMBEDDING
+        elif found is None:
+            missing.append(module)
+        else:
+            names[module] = f"{found}.weight"
+    return names, missing
+
+
+def model_type_of(model: nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def _input_embedding(model: nn.Module) -> torch.Tensor | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    module = getter() if callable(getter) else None
+    return getattr(module, "weight", None)
+
+
+def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> LlamaCppOverrides:
+    """The plan's types per GGUF tensor, its base type and flags, and warnings."""
+    names, missing = gguf_names(model, list(plan.assignment))
+    layers = quantizable_layers(model)
+    warnings = [f"module {m} has no GGUF tensor name; left out" for m in missing]
+    substituted: dict[str, list[str]] = {}  # one warning per substitution, naming its modules
+    types: dict[str, str] = {}
+    weights: Counter[str] = Counter()
+    for module, tensor in names.items():
+        scheme = Scheme.parse(plan.assignment[module])
+        weight = layer_weight(layers[module])
+        fmt = scheme.weight or formats.get(_DTYPE_FORMATS.get(weight.dtype, "fp32"))
+        kind, same = llamacpp_type(fmt)
+        if not same:
+            message = f"llama.cpp stores {fmt.name} as {kind}, with other values"
+            substituted.setdefault(message, []).append(module)
+        if scheme.activation is not None:
+            message = f"llama.cpp ignores the activation format of {scheme}"
+            substituted.setdefault(message, []).append(module)
+        types[tensor] = kind
+        weights[kind] += weight.numel()
+    for message, modules in substituted.items():
+        shown = ", ".join(modules[:3]) + (
+            f" and {len(modules) - 3} more" if len(modules) > 3 else ""
+        )
+        warnings.append(f"{message} ({shown})")
+    embedding = _input_embedding(model)
+    token_embedding = types.pop(TOKEN_EMBEDDING, None)
+    if token_embedding is None and embedding is not None:  # not searched: kept as stored
+        token_embedding = LLAMACPP_NATIVE[_DTYPE_FORMATS.get(embedding.dtype, "fp32")]
+    output = types.pop(OUTPUT, None)
+    based = [kind for kind, _ in weights.most_common() if kind in BASE_TYPES]
+    base = BASE_TYPES[based[0]] if based else "Q8_0"
+    return LlamaCppOverrides(types, base, token_embedding, output, tuple(warnings))
