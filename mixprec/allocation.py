@@ -31,10 +31,11 @@ from mixprec.search.base import Limits, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
 from mixprec.search.space import expand_exclude, search_space
+from mixprec.search.targets import check_spaces, target_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
 from mixprec.tensordata import data_from_json
-from mixprec.units import quantizable_layers
+from mixprec.units import quantizable_layers, weight_matrix
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class AllocationProblem:
         schemes: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         spaces: Mapping[str, Sequence[str]] | None = None,
+        target: str = "any",
         latency_table: Path | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> AllocationProblem:
@@ -70,7 +72,8 @@ class AllocationProblem:
         `schemes` narrows the candidates (default: every scheme scored, and `keep`); a unit
         matching an `exclude` regex is kept as stored (its bytes count, fixed; `"default"`
         adds the LM head; MoE routers always are); one matching a `spaces` regex (the first
-        that matches) may take only that pattern's schemes.
+        that matches) may take only that pattern's schemes; `target` (search.targets) keeps
+        only what that runtime runs on each layer's shape.
 
         >>> problem = AllocationProblem.build(table, model, "fisher", data=data)
         >>> int4_or_int8 = AllocationProblem.build(table, model, schemes=["w:int4", "w:int8"])
@@ -99,8 +102,15 @@ class AllocationProblem:
             )
         costs = build_cost_model(bundle, chosen, latency_table)
         exclude = expand_exclude(list(layers), exclude)
+        shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
+        check_spaces(costs, shapes, target, spaces or {})
         allowed = search_space(costs, exclude, spaces or {})
+        runnable = target_space(costs, shapes, target)
+        if runnable is not None:
+            allowed = runnable if allowed is None else allowed & runnable
         recorded = {**(provenance or {}), "dtype": dtype_name(model_dtype(bundle.model))}
+        if target != "any":
+            recorded["target"] = target
         if exclude:
             recorded["exclude"] = exclude
         if spaces:
@@ -184,6 +194,7 @@ def problem_from_run(
     trust_source: bool = False,
     exclude: Sequence[str] = (),
     spaces: Mapping[str, Sequence[str]] | None = None,
+    target: str = "any",
 ) -> AllocationProblem:
     """The problem of a scored run folder. Its manifest's model source is untrusted (a
     `module:` source runs only with `trust_source`); the model must load to the weights the
@@ -217,4 +228,5 @@ def problem_from_run(
         raise MixprecError(f"{data.path} changed since {folder} was scored; re-run analyze")
     provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}
     return AllocationProblem.build(table, bundle, estimator, exclude=exclude, spaces=spaces,
-                                   latency_table=latency_table, provenance=provenance)  # fmt: skip
+                                   target=target, latency_table=latency_table,
+                                   provenance=provenance)  # fmt: skip

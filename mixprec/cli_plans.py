@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mixprec.errors import MixprecError, one_of
 from mixprec.search.configs import OBJECTIVES, SAMPLERS, SOLVERS, builtin_strategies, spoken_list
+from mixprec.search.targets import TARGETS
 
 METHODS = spoken_list([c.name for c in builtin_strategies()])
 FAST_METHODS = [c.name for c in builtin_strategies() if c.FAST]
@@ -51,6 +52,14 @@ SpaceOption = Annotated[
         "--space",
         help="'REGEX=SCHEME,SCHEME': matching layers may take only these (repeatable; the first "
         "match decides), e.g. 'self_attn=w:int8,keep'.",
+    ),
+]
+TargetOption = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        help="The runtime the plan is for: any (every format) or llamacpp (its own types, on "
+        "rows of whole blocks).",
     ),
 ]
 LatencyTableOption = Annotated[
@@ -115,6 +124,7 @@ def search_command(
     trust_model_source: TrustOption = False,
     exclude: ExcludeOption = None,
     space: SpaceOption = None,
+    target: TargetOption = "any",
 ) -> None:
     """Find the plan with the least predicted loss within a budget.
 
@@ -128,6 +138,7 @@ def search_command(
     from mixprec.search.space import DEFAULT, parse_spaces
     from mixprec.store import RunFolder
 
+    one_of("--target", target, TARGETS)
     check_output_file(out, [RunFolder(run).scores_path, RunFolder(run).manifest_path])
     parsed = Budget.parse(budget)
     options = {"kappa": kappa, "seed": seed, "solver": solver, "trials": trials,
@@ -136,7 +147,7 @@ def search_command(
     config, limits = _strategy(method, options, max_bops, max_latency)
     spaces = parse_spaces(space or [])
     problem = problem_from_run(run, estimator, latency_table, trust_model_source,
-                               exclude or [DEFAULT], spaces)  # fmt: skip
+                               exclude or [DEFAULT], spaces, target)  # fmt: skip
     plan = allocate(problem, parsed, config, limits=limits, workdir=run, measure=measure,
                     progress=True)  # fmt: skip
     plan.save(out)
@@ -164,6 +175,7 @@ def pareto_command(
     trust_model_source: TrustOption = False,
     exclude: ExcludeOption = None,
     space: SpaceOption = None,
+    target: TargetOption = "any",
 ) -> None:
     """Solve many budgets from the cached scores -> RUN/pareto.parquet and the frontier.
 
@@ -174,6 +186,7 @@ def pareto_command(
     from mixprec.search.cost import parse_budgets
     from mixprec.search.space import DEFAULT, parse_spaces
 
+    one_of("--target", target, TARGETS)
     if method not in FAST_METHODS:
         raise MixprecError(
             f"pareto method {method!r} is not valid; use {spoken_list(FAST_METHODS)} (the "
@@ -183,7 +196,8 @@ def pareto_command(
     config, _ = _strategy(method, {"kappa": kappa, "solver": solver}, None, None)
     spaces = parse_spaces(space or [])
     problem = problem_from_run(run, estimator, trust_source=trust_model_source,
-                               exclude=exclude or [DEFAULT], spaces=spaces)  # fmt: skip
+                               exclude=exclude or [DEFAULT], spaces=spaces,
+                               target=target)  # fmt: skip
     frame = pareto(problem, chosen, config, measure=evaluate, progress=True)
     atomic_write_parquet(run / "pareto.parquet", frame)
     shown = [c for c in frame.columns if c not in ("plan", "reason")]

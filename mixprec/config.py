@@ -57,6 +57,7 @@ class RunConfig(BaseModel):
     spaces: dict[str, list[str]] = Field(
         default_factory=dict, description="{regex = [schemes]}: what matching layers may take"
     )
+    target: str = Field(default="any", description="the runtime plans are for: any, llamacpp")
     evaluate: bool = True
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int | None = Field(
@@ -121,6 +122,15 @@ class RunConfig(BaseModel):
                 raise ValueError(f"{pattern!r} is not a regular expression: {err}") from None
         if "none" in value and len(value) > 1:
             raise ValueError("'none' keeps nothing by default: give it alone")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        from mixprec.search.targets import TARGETS
+
+        if value not in TARGETS:
+            raise ValueError(f"unknown target {value!r}; valid: {', '.join(TARGETS)}")
         return value
 
     @field_validator("spaces")

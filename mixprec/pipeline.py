@@ -150,7 +150,8 @@ class Pipeline:
             estimator = self.config.estimator_for_search
             self._problem = problem_from_run(self.path, estimator, trust_source=trusted,
                                              exclude=self.config.exclude,
-                                             spaces=self.config.spaces)  # fmt: skip
+                                             spaces=self.config.spaces,
+                                             target=self.config.target)  # fmt: skip
         return self._problem
 
     def search(self) -> list[Path]:
@@ -162,6 +163,8 @@ class Pipeline:
         estimator = c.estimator_for_search
         plans = []
         narrowed = [c.exclude, c.spaces] if (c.exclude, c.spaces) != ([DEFAULT], {}) else []
+        if c.target != "any":  # a plan for another runtime is another plan
+            narrowed.append(c.target)
         for strategy in c.strategy_configs():
             for budget in c.budgets:
                 out = self.folder.plan_path(strategy.name, budget)

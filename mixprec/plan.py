@@ -212,6 +212,12 @@ class PrecisionPlan:
         }
 
     @property
+    def target(self) -> str:
+        """The runtime the plan was made for (search.targets; `any` when none was named)."""
+        recorded = self.provenance.get("target")
+        return recorded if isinstance(recorded, str) else "any"
+
+    @property
     def dtype(self) -> str:
         """The dtype the model was in when the plan was made (`auto` for older plans)."""
         recorded = self.provenance.get("dtype")

@@ -1,0 +1,96 @@
+"""A plan made for llama.cpp holds only what llama.cpp runs: its own types, weights only, on rows
+that hold whole blocks (K-quants need 256; llama-quantize would quietly swap in another type);
+asking for anything else explicitly is one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mixprec.allocation import AllocationProblem, allocate
+from mixprec.errors import MixprecError
+from mixprec.plan import PrecisionPlan
+from mixprec.scheme import Scheme
+from mixprec.scoring import Calibration, score
+from mixprec.search.targets import refusal
+from mixprec.sensitivity.table import ScoreTable
+
+Scored = tuple[LlamaForCausalLM, Calibration, ScoreTable]
+SCHEMES = ["w:q4_k", "w:q6_k", "w:q4_0", "w:q8_0", "w:int4_g128", "w:nvfp4,a:nvfp4"]
+
+
+@pytest.fixture(scope="module")
+def scored() -> Scored:
+    """A Llama whose down projections read 384-wide rows (not a multiple of 256)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=384,
+                         num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+    data = Calibration(
+        [ids[:2], ids[2:]],
+        forward=lambda m, b: m(b).logits,
+        loss=lambda logits, b: F.cross_entropy(logits[:, :-1].flatten(0, 1), b[:, 1:].flatten()),
+    )
+    return model, data, score(model, data, SCHEMES, ["fisher"], ["layer"])
+
+
+def test_refusals_name_what_llamacpp_lacks() -> None:
+    assert refusal("any", Scheme.parse("w:nvfp4,a:nvfp4"), (8, 8)) is None
+    assert refusal("llamacpp", Scheme.parse("keep"), (8, 3)) is None
+    assert "no activation formats" in str(
+        refusal("llamacpp", Scheme.parse("w:q8_0,a:mxfp8_e4m3"), (8, 64))
+    )
+    assert "no int4_g128" in str(refusal("llamacpp", Scheme.parse("w:int4_g128"), (8, 256)))
+    assert (
+        refusal("llamacpp", Scheme.parse("w:q4_k"), (256, 384))
+        == "rows of 384 are not a multiple of q4_k's block of 256"
+    )
+    assert refusal("llamacpp", Scheme.parse("w:q4_0"), (256, 384)) is None
+
+
+@pytest.mark.parametrize("budget", ["4.6bits", "5.5bits", "7bits"])
+def test_a_llamacpp_plan_holds_only_what_llamacpp_runs(scored: Scored, budget: str) -> None:
+    model, data, table = scored
+    problem = AllocationProblem.build(table, model, "fisher", data=data, target="llamacpp",
+                                      exclude=["none"])  # fmt: skip
+    plan = allocate(problem, budget)
+    assert plan.target == "llamacpp"
+    for module, text in plan.assignment.items():
+        scheme = Scheme.parse(text)
+        shape = tuple(model.get_submodule(module).weight.shape)
+        assert refusal("llamacpp", scheme, shape) is None, (module, text)
+        if module.endswith("down_proj"):
+            assert scheme.weight is None or not scheme.weight.superblock
+    assert PrecisionPlan.from_json(plan.to_json()).target == "llamacpp"
+    anywhere = allocate(AllocationProblem.build(table, model, "fisher", data=data,
+                                                exclude=["none"]), budget)  # fmt: skip
+    assert anywhere.target == "any" and "target" not in anywhere.provenance
+
+
+def test_asking_for_what_the_target_cannot_run_is_one_line(scored: Scored) -> None:
+    model, data, table = scored
+    with pytest.raises(MixprecError, match=r"asks for w:q4_k on model.layers.0.mlp.down_proj.*"
+                                           r"rows of 384"):  # fmt: skip
+        AllocationProblem.build(table, model, "fisher", data=data, target="llamacpp",
+                                spaces={"down_proj": ["w:q4_k"]})  # fmt: skip
+    with pytest.raises(MixprecError, match="runs none of the candidates"):
+        AllocationProblem.build(table, model, "fisher", data=data, target="llamacpp",
+                                schemes=["w:int4_g128"])  # fmt: skip
+    with pytest.raises(MixprecError, match="unknown target 'vllm'; valid: any, llamacpp"):
+        AllocationProblem.build(table, model, "fisher", data=data, target="vllm")
+
+
+def test_the_cli_refuses_an_unknown_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers.cli import run
+
+    code, _, err = run(["search", str(tmp_path), "--budget", "5bits", "--out",
+                        str(tmp_path / "p.json"), "--target", "tensorrt"], capsys)  # fmt: skip
+    assert code == 2 and "unknown --target 'tensorrt'; valid: any, llamacpp" in err
