@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mixprec.errors import MixprecError, one_of
-from mixprec.files import held_lock
+from mixprec.files import atomic_path, held_lock
 from mixprec.models import cache_dir
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,38 @@ def build(part: str = "tools", jobs: int | None = None) -> LlamaCpp:
             os.replace(staged, folder)
     log.info("llama.cpp's %s built in %s", part, folder)
     return LlamaCpp(folder)
+
+
+def converter() -> Path:
+    """llama.cpp's own `convert_hf_to_gguf.py` (with its `conversion/` and `gguf-py/`), taken
+    from the sdist once into the cache; it runs with this Python."""
+    root = default_root()
+    folder = root / "converter"
+    with held_lock(folder):
+        if not (folder / STAMP).is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".converter-", dir=root) as tmp:
+                work = Path(tmp)
+                source = _unpacked_sdist(root, work)
+                staged = work / "staged"
+                staged.mkdir()
+                shutil.copy2(source / "convert_hf_to_gguf.py", staged)
+                for package in ("conversion", "gguf-py"):
+                    shutil.copytree(source / package, staged / package)
+                (staged / STAMP).write_text(json.dumps({"sdist": "==".join(SDIST)}) + "\n")
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(staged, folder)
+    return folder / "convert_hf_to_gguf.py"
+
+
+def convert_to_gguf(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
+    """A transformers folder as llama.cpp's converter writes it (the base GGUF that
+    llama-quantize and `--to gguf --base` start from)."""
+    with atomic_path(out) as tmp:
+        _run([sys.executable, str(converter()), str(model_dir), "--outfile", str(tmp),
+              "--outtype", outtype])  # fmt: skip
+    return out
 
 
 def _unpacked_sdist(root: Path, work: Path) -> Path:
