@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,9 +29,7 @@ MXFP4_DOUBLED = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
 def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Scales and element values of (n, block) float32 `blocks` under llama.cpp type `fmt`."""
-    from mixprec.kernels.kquants import KQUANTIZERS  # K-quants build on the helpers here
-
-    quantizers = {**_QUANTIZERS, **KQUANTIZERS}
+    quantizers = _all_quantizers()
     try:
         quantizer = quantizers[fmt.ggml_type]
     except KeyError:
@@ -43,6 +42,14 @@ def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         groups = poisoned.repeat_interleave(q.scale.shape[0] // blocks.shape[0], dim=0)
         q = dataclasses.replace(q, scale=torch.where(groups, torch.nan, q.scale))
     return q
+
+
+@cache
+def _all_quantizers() -> dict[str, Callable[[torch.Tensor], QuantizedGroups]]:
+    """These types' quantizers and the K-quants' (which build on the helpers here)."""
+    from mixprec.kernels.kquants import KQUANTIZERS
+
+    return {**_QUANTIZERS, **KQUANTIZERS}
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +82,9 @@ def finite_range(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def clamped(blocks: torch.Tensor) -> torch.Tensor:
     """The block clamped to +-(its largest finite magnitude): unchanged when it is finite."""
-    mags = torch.where(torch.isinf(blocks), 0.0, blocks.abs())
-    amax = mags.amax(dim=-1, keepdim=True)
+    from mixprec.kernels.reference import finite_amax
+
+    amax = finite_amax(blocks)
     return torch.maximum(torch.minimum(blocks, amax), -amax)
 
 

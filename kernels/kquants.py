@@ -1,7 +1,7 @@
 """llama.cpp's K-quants (q2_k .. q6_k): super-blocks of 256 with 16 or 32 sub-block scales,
 quantized as ggml-quants.c's `quantize_row_q*_K_ref` does (what llama-quantize runs without an
 importance matrix). C's float loops are kept in their order, one element at a time across all
-sub-blocks at once, so every sum rounds as in C; `nearest_int` is round-half-even (`nearest_int`).
+sub-blocks at once, so every sum rounds as in C; `nearest_int` is round-half-even.
 
 Each function takes (n, 256) float32 super-blocks and returns one scale group per sub-block:
 codes, the float32 sub-block scale d * sc, and (q2/q4/q5_k) the minimum -(dmin * m) added back.
@@ -154,12 +154,9 @@ def positive_ratio(numerator: float, value: torch.Tensor) -> torch.Tensor:
     return torch.where(value > 0, divide(numerator, torch.where(value > 0, value, 1.0)), 0.0)
 
 
-def _sub_blocks(blocks: torch.Tensor, size: int) -> torch.Tensor:
-    return blocks.reshape(-1, size)
-
-
-def _per_block(values: torch.Tensor, count: int) -> torch.Tensor:
-    return values.reshape(-1, count)
+def _rows_of(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Sub-blocks of a super-block as rows, or a super-block's sub-block scales as one row."""
+    return values.reshape(-1, width)
 
 
 def _requantize(x: torch.Tensor, d: torch.Tensor, low: int, high: int,
@@ -180,12 +177,12 @@ def _k_with_minimum(sub: int, nmax: int, rmin: float, nstep: int
     """q4_k / q5_k: 8 sub-blocks of 32 weighted by rms + |x|, 6-bit scales and minimums."""
 
     def quantize(blocks: torch.Tensor) -> QuantizedGroups:
-        x = _sub_blocks(clamped(blocks), sub)
+        x = _rows_of(clamped(blocks), sub)
         sum_x2 = ordered_sum(x, x)
         weights = torch.sqrt(divide(sum_x2, float(sub))) + x.abs()
         levels, scales, mins = make_qkx2_quants(x, weights, nmax, rmin, 0.1, nstep, False)
         count = SUPER_BLOCK // sub
-        per_scale, per_min = _per_block(scales, count), _per_block(mins, count)
+        per_scale, per_min = _rows_of(scales, count), _rows_of(mins, count)
         max_scale = torch.clamp(per_scale.amax(dim=1, keepdim=True), min=0.0)
         max_min = torch.clamp(per_min.amax(dim=1, keepdim=True), min=0.0)
         inv_scale, inv_min = positive_ratio(63.0, max_scale), positive_ratio(63.0, max_min)
@@ -201,9 +198,9 @@ def _k_with_minimum(sub: int, nmax: int, rmin: float, nstep: int
 
 def _q2_k(blocks: torch.Tensor) -> QuantizedGroups:
     """q2_k: 16 sub-blocks of 16 weighted by |x|, 4-bit scales and minimums."""
-    x = _sub_blocks(clamped(blocks), 16)
+    x = _rows_of(clamped(blocks), 16)
     levels, scales, mins = make_qkx2_quants(x, x.abs(), 3, -0.5, 0.1, 15, True)
-    per_scale, per_min = _per_block(scales, 16), _per_block(mins, 16)
+    per_scale, per_min = _rows_of(scales, 16), _rows_of(mins, 16)
     max_scale = torch.clamp(per_scale.amax(dim=1, keepdim=True), min=0.0)
     max_min = torch.clamp(per_min.amax(dim=1, keepdim=True), min=0.0)
 
@@ -228,9 +225,9 @@ def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
     def quantize(blocks: torch.Tensor) -> QuantizedGroups:
         from mixprec.kernels.reference import QuantizedGroups
 
-        x = _sub_blocks(clamped(blocks), 16)
+        x = _rows_of(clamped(blocks), 16)
         levels, scales = sub_quant(x, nmax)
-        per_scale = _per_block(scales, 16)
+        per_scale = _rows_of(scales, 16)
         top = signed_max(per_scale)  # C's strict `>` scan from 0
         # q6_k zeroes a super-block whose largest scale is below GROUP_MAX_EPS, q3_k one of 0
         live = top.abs() >= GROUP_MAX_EPS if scale_levels == 128 else top != 0

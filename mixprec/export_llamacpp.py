@@ -17,6 +17,7 @@ from torch import nn
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats
 from mixprec.kernels.formats import NumberFormat
+from mixprec.placement import dtype_name
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.units import layer_weight, quantizable_layers
@@ -40,7 +41,6 @@ BASE_TYPES = {
     "q3_k": "Q3_K", "q2_k": "Q2_K",
 }  # fmt: skip
 TOKEN_EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
-_DTYPE_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def llamacpp_type(fmt: NumberFormat) -> tuple[str, bool]:
@@ -124,7 +124,7 @@ def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> LlamaCppOverrid
     for module, tensor in names.items():
         scheme = Scheme.parse(plan.assignment[module])
         weight = layer_weight(layers[module])
-        fmt = scheme.weight or formats.get(_DTYPE_FORMATS.get(weight.dtype, "fp32"))
+        fmt = scheme.weight or formats.get(dtype_name(weight.dtype))
         kind, same = llamacpp_type(fmt)
         if not same:
             message = f"llama.cpp stores {fmt.name} as {kind}, with other values"
@@ -142,7 +142,7 @@ def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> LlamaCppOverrid
     embedding = _input_embedding(model)
     token_embedding = types.pop(TOKEN_EMBEDDING, None)
     if token_embedding is None and embedding is not None:  # not searched: kept as stored
-        token_embedding = LLAMACPP_NATIVE[_DTYPE_FORMATS.get(embedding.dtype, "fp32")]
+        token_embedding = LLAMACPP_NATIVE[dtype_name(embedding.dtype)]
     output = types.pop(OUTPUT, None)
     based = [kind for kind, _ in weights.most_common() if kind in BASE_TYPES]
     base = BASE_TYPES[based[0]] if based else "Q8_0"

@@ -61,7 +61,7 @@ def search_space(
     for pattern in exclude:
         if KEEP not in costs.schemes:
             raise MixprecError(f"exclude {pattern!r} keeps units as stored: add keep to schemes")
-        rows = _matching(costs, pattern, "exclude")
+        rows = matching_units(costs, pattern, "exclude")
         allowed[rows] = False
         allowed[rows, costs.schemes.index(KEEP)] = True
         decided[rows] = True
@@ -73,13 +73,14 @@ def search_space(
                 f"search space {pattern!r}: {unknown[0] if unknown else 'no scheme'!r} is not a "
                 f"candidate; candidates: {', '.join(costs.schemes)}"
             )
-        rows = [r for r in _matching(costs, pattern, "search space") if not decided[r]]
+        rows = [r for r in matching_units(costs, pattern, "search space") if not decided[r]]
         allowed[rows] = np.isin(np.asarray(costs.schemes), names)
         decided[rows] = True
     return allowed
 
 
-def _matching(costs: CostModel, pattern: str, what: str) -> list[int]:
+def matching_units(costs: CostModel, pattern: str, what: str) -> list[int]:
+    """Rows of the units whose name or a layer's name `pattern` finds (none is an error)."""
     try:
         compiled = re.compile(pattern)
     except re.error as err:
