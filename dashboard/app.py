@@ -236,7 +236,7 @@ def cached_model(name: str, origin: str, dtype: str = "auto") -> tuple[Any, str]
 
 
 def export_page() -> None:
-    from mixprec.export import export_plan
+    from mixprec.export import base_for, export_plan
 
     st.header("Export")
     run = picked_run()
@@ -258,7 +258,7 @@ def export_page() -> None:
         elif st.button(f"Write {label}", key=f"write_{target}"):
             try:
                 load = partial(cached_model, plan.model, f"plan {name}", plan.dtype)
-                export_plan(plan, target, path, load)
+                export_plan(plan, target, path, load, base_for(target, plan.model))
             except MixprecError as err:
                 st.warning(f"{label}: {err}")
             else:

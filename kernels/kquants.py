@@ -166,10 +166,13 @@ def _requantize(x: torch.Tensor, d: torch.Tensor, low: int, high: int,
     return nearest_int(shifted / torch.where(d == 0, 1.0, d)).clamp(low, high)
 
 
-def _with_minimum(levels: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> QuantizedGroups:
+def _with_minimum(levels: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
+                  super_scale: torch.Tensor, super_minimum: torch.Tensor
+                  ) -> QuantizedGroups:  # fmt: skip
     from mixprec.kernels.reference import QuantizedGroups
 
-    return QuantizedGroups(levels, d, minimum=-m)
+    return QuantizedGroups(levels, d, minimum=-m, super_scale=super_scale,
+                           super_minimum=super_minimum)  # fmt: skip
 
 
 def _k_with_minimum(sub: int, nmax: int, rmin: float, nstep: int
@@ -188,10 +191,10 @@ def _k_with_minimum(sub: int, nmax: int, rmin: float, nstep: int
         inv_scale, inv_min = positive_ratio(63.0, max_scale), positive_ratio(63.0, max_min)
         ls = torch.remainder(nearest_int(inv_scale * per_scale), 256).clamp(max=63)
         lm = torch.remainder(nearest_int(inv_min * per_min), 256).clamp(max=63)
-        d = (to_fp16(divide(max_scale, 63.0)) * ls).reshape(-1, 1)
-        dm = (to_fp16(divide(max_min, 63.0)) * lm).reshape(-1, 1)
+        d_super, dmin_super = to_fp16(divide(max_scale, 63.0)), to_fp16(divide(max_min, 63.0))
+        d, dm = (d_super * ls).reshape(-1, 1), (dmin_super * lm).reshape(-1, 1)
         fresh = _requantize(x, d, 0, nmax, dm)
-        return _with_minimum(torch.where(d == 0, levels, fresh), d, dm)
+        return _with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_super, dmin_super)
 
     return quantize
 
@@ -214,7 +217,7 @@ def _q2_k(blocks: torch.Tensor) -> QuantizedGroups:
     d = (d_all * (packed & 0xF)).reshape(-1, 1)
     dm = (dmin_all * ((packed >> 4) & 0xF)).reshape(-1, 1)
     fresh = _requantize(x, d, 0, 3, dm)
-    return _with_minimum(torch.where(d == 0, levels, fresh), d, dm)
+    return _with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_all, dmin_all)
 
 
 def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
@@ -237,7 +240,7 @@ def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
         d_all = torch.where(live, to_fp16(divide(1.0, iscale)), 0.0)
         d = (d_all * torch.where(live, sc, 0.0)).reshape(-1, 1)
         fresh = _requantize(x, d, *code_range)
-        return QuantizedGroups(torch.where(d == 0, levels, fresh), d)
+        return QuantizedGroups(torch.where(d == 0, levels, fresh), d, super_scale=d_all)
 
     return quantize
 

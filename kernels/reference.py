@@ -42,7 +42,8 @@ class QuantizedGroups:
 
     `elements` are element-grid values (float32; asymmetric: unsigned codes); one `scale` per
     row, plus an integer `zero` point (asymmetric), a per-tensor scale (NV) or a stored
-    `minimum` added back (llama.cpp's q4_1 / q5_1).
+    `minimum` added back (llama.cpp's q4_1 / q5_1); K-quants also keep each super-block's
+    fp16 `super_scale` (and `super_minimum`), of which the sub-block scales are integer multiples.
     """
 
     elements: torch.Tensor
@@ -50,6 +51,8 @@ class QuantizedGroups:
     zero: torch.Tensor | None = None
     tensor_scale: torch.Tensor | None = None
     minimum: torch.Tensor | None = None
+    super_scale: torch.Tensor | None = None
+    super_minimum: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         """Dequantized rows, with exactly the reference's arithmetic."""

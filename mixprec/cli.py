@@ -156,6 +156,14 @@ def evaluate_command(
     packed: Annotated[
         bool, typer.Option("--packed", help="Hold weights packed and run the dequant-matmul.")
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(help="torch (mixprec's kernels) or llamacpp (the plan's GGUF in llama.cpp)."),
+    ] = "torch",
+    llamacpp_bin: Annotated[
+        Path | None,
+        typer.Option("--llamacpp-bin", help="Your llama.cpp build/bin (default: the cached one)."),
+    ] = None,
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
     trust_model_source: TrustOption = False,
@@ -171,13 +179,15 @@ def evaluate_command(
     """Measure one uniform scheme, or a mixed plan, on the evaluation split.
 
     Examples: mixprec evaluate --model minilm --scheme w:mxfp4 --json;
-    mixprec evaluate --plan plan.json --kernel triton --packed
+    mixprec evaluate --plan plan.json --kernel triton --packed;
+    mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp)
     """
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model, source_from_file
     from mixprec.placement import Placement
     from mixprec.plan import PrecisionPlan, uniform_assignment
+    from mixprec.runtime_llamacpp import evaluate_in_llamacpp, runtime_build, text_only
     from mixprec.scheme import Scheme
     from mixprec.units import discover_units
 
@@ -185,6 +195,7 @@ def evaluate_command(
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     Placement(dtype, device)
+    build = runtime_build(runtime, llamacpp_bin, packed)  # no build: one line, nothing loaded
     text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
@@ -198,10 +209,19 @@ def evaluate_command(
         parsed = Scheme.parse(scheme)  # fail on a bad scheme before loading anything
         if model is None:
             raise MixprecError("--scheme needs --model (minilm, digits-cnn, tiny-gpt, hf:DIR, ...)")
-        bundle = load_model(model, seed, text, dtype, device)
+        source = model
+        bundle = load_model(source, seed, text, dtype, device)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
-    result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+    if build is None:
+        result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+    else:
+        plan_in = loaded if plan is not None else PrecisionPlan(
+            bundle.name, bundle.fingerprint, {m: str(s) for m, s in assignment.items()}, "uniform"
+        )  # fmt: skip
+        result, warnings = evaluate_in_llamacpp(build, bundle, plan_in, source, text_only(text))
+        for warning in warnings:
+            sys.stderr.write(f"mixprec: warning: {warning}\n")
     unusable = sorted(k for k, v in result.metrics.items() if not math.isfinite(v))
     if unusable:
         sys.stderr.write(

@@ -216,12 +216,20 @@ def export_command(
         str | None, typer.Option("--model", "-m", help="Model source, if not the plan's own.")
     ] = None,
     trust_model_source: TrustOption = False,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="--to gguf: the GGUF of llama.cpp's converter to build on "
+            "(default: converted from the plan's model)."
+        ),
+    ] = None,
 ) -> None:
     """Write a plan for a runtime: JSON, an HF quantization config, llama.cpp overrides, GGUF.
 
-    Example: mixprec export plan.json --to llamacpp --out overrides.txt
+    Examples: mixprec export plan.json --to llamacpp --out overrides.txt;
+    mixprec export plan.json --to gguf --base model-f16.gguf --out model-mixprec.gguf
     """
-    from mixprec.export import TARGETS, export_plan
+    from mixprec.export import TARGETS, base_for, export_plan
     from mixprec.guard import check_output_file
     from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan
@@ -235,7 +243,7 @@ def export_command(
         bundle = load_model(source, dtype=plan.dtype, device="cpu")  # weights as planned
         return bundle.model, bundle.fingerprint
 
-    exported = export_plan(plan, to, out, load)
+    exported = export_plan(plan, to, out, load, base_for(to, source, base))
     for warning in exported.warnings:
         sys.stderr.write(f"mixprec: warning: {warning}\n")
     console.print(f"{to} -> {exported.path}")

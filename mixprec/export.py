@@ -1,39 +1,29 @@
 """Export a PrecisionPlan to what runtimes read: plain JSON, an HF-style quantization config,
-llama.cpp `--tensor-type` overrides, or a GGUF file that carries the plan.
+llama.cpp `--tensor-type-file` overrides, or a complete GGUF built on the converter's.
 
-llama.cpp's types for each format and the overrides file: mixprec/export_llamacpp.py.
+llama.cpp's types and the overrides: mixprec/export_llamacpp.py; the GGUF: export_gguf.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from mixprec.errors import MixprecError, one_of
-from mixprec.export_llamacpp import (
-    LLAMACPP_NEAREST,
-    gguf_names,
-    llamacpp_overrides,
-    llamacpp_type,
-    model_type_of,
-)
-from mixprec.files import atomic_path, atomic_write_text
+from mixprec.export_gguf import PLAN_KEY, write_gguf
+from mixprec.export_llamacpp import llamacpp_overrides
+from mixprec.files import atomic_write_text
 from mixprec.kernels.formats import NumberFormat
-from mixprec.plan import PrecisionPlan, normalize_assignment, quantized_weight
+from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
-from mixprec.units import layer_weight, quantizable_layers
 
 TARGETS = tuple(EXPORT_SUFFIX)
-__all__ = ["LLAMACPP_NEAREST", "gguf_names", "llamacpp_type"]  # also exported here
-PLAN_KEY = "mixprec.plan"
 
 
 @dataclass(frozen=True)
@@ -101,30 +91,6 @@ def to_hf_config(plan: PrecisionPlan) -> dict[str, Any]:
     }
 
 
-def write_gguf(plan: PrecisionPlan, model: nn.Module, path: Path) -> list[str]:
-    """The plan-applied weights (F32) under GGUF names, with the plan in the metadata; one
-    layer is quantized and written at a time (the model itself is not changed or copied)."""
-    import gguf
-
-    names, missing = gguf_names(model, list(plan.assignment))
-    layers = quantizable_layers(model)
-    schemes = normalize_assignment(model, plan.assignment)
-    with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), model_type_of(model))
-        writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
-        for module, tensor in names.items():
-            shape = tuple(layer_weight(layers[module]).shape)
-            writer.add_tensor_info(tensor, shape, np.dtype(np.float32), 4 * math.prod(shape))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for module in names:  # in the order of the tensor infos
-            weight = quantized_weight(layers[module], schemes[module]).float().cpu()
-            writer.write_tensor_data(np.ascontiguousarray(weight.numpy(), dtype=np.float32))
-        writer.close()
-    return [f"module {m} has no GGUF tensor name; left out" for m in missing]
-
-
 def read_gguf_plan(path: Path) -> PrecisionPlan:
     """The plan a GGUF written by `write_gguf` carries."""
     import gguf
@@ -137,11 +103,32 @@ def read_gguf_plan(path: Path) -> PrecisionPlan:
     return PrecisionPlan.from_json(json.loads(text), str(path))
 
 
+def base_for(target: str, source: str, base: Path | None = None) -> Path | None:
+    """The base GGUF a `gguf` export builds on: `base` if given, else the model's own, made by
+    llama.cpp's converter (cached); other targets take none."""
+    if target != "gguf" or base is not None:
+        return base
+    from mixprec.llamacpp import base_gguf
+    from mixprec.models import checkpoint_folder
+
+    try:
+        folder = checkpoint_folder(source)
+    except MixprecError as err:
+        raise MixprecError(f"--to gguf builds on a base GGUF: give --base MODEL-F16.gguf ({err})"
+                           ) from None  # fmt: skip
+    return base_gguf(folder)
+
+
 def export_plan(
-    plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]]
-) -> Exported:
-    """Write `plan` as `target`; `load` gives the model and its fingerprint where needed."""
+    plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]],
+    base: Path | None = None,
+) -> Exported:  # fmt: skip
+    """Write `plan` as `target`; `load` gives the model and its fingerprint where needed, and
+    `base` (gguf) is the GGUF from llama.cpp's converter the plan's tensors go into."""
     one_of("export target", target, TARGETS)
+    if (target == "gguf") != (base is not None):
+        raise MixprecError("--base MODEL-F16.gguf (a GGUF from llama.cpp's converter) goes with "
+                           f"--to gguf{'' if target == 'gguf' else ' only'}")  # fmt: skip
     model, fingerprint = load()
     plan.check_model(model, fingerprint)  # every target: same weights, every module a layer
     if target == "json":
@@ -154,4 +141,5 @@ def export_plan(
         overrides = llamacpp_overrides(plan, model)
         atomic_write_text(out, overrides.text())
         return Exported(out, overrides.warnings, overrides.command(out))
-    return Exported(out, tuple(write_gguf(plan, model, out)))
+    assert base is not None
+    return Exported(out, tuple(write_gguf(plan, model, base, out)))

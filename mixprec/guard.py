@@ -7,6 +7,7 @@ plan); run folders are checked by the run store (`mixprec.store.check_run_folder
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mixprec.store import RUN_FILES, is_run_folder
 
 GGUF_MAGIC = b"GGUF"
 PARQUET_MAGIC = b"PAR1"
+OVERRIDE_LINE = re.compile(r"\^.+\$=[a-z0-9_]+")  # one `--tensor-type-file` entry
 
 
 def is_mixprec_output(path: Path) -> bool:
@@ -38,8 +40,8 @@ def is_mixprec_output(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all(line.startswith("--tensor-type ") for line in lines):
-        return True  # llama.cpp overrides
+    if lines and all(OVERRIDE_LINE.fullmatch(line) for line in lines):
+        return True  # llama.cpp overrides (a --tensor-type-file)
     try:
         data = json.loads(text)
     except ValueError:

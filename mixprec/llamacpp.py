@@ -6,6 +6,7 @@ llama.cpp formats are tested against."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -151,6 +152,21 @@ def convert_to_gguf(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
     with atomic_path(out) as tmp:
         _run([sys.executable, str(converter()), str(model_dir), "--outfile", str(tmp),
               "--outtype", outtype])  # fmt: skip
+    return out
+
+
+def base_gguf(model_dir: Path) -> Path:
+    """The F32 GGUF llama.cpp's converter makes of `model_dir` (exactly the model's weights),
+    made once and cached, keyed by the folder's files (names, sizes, modification times)."""
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    listing = [(str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+               for p in files]  # fmt: skip
+    key = hashlib.sha256(json.dumps([SDIST, str(model_dir.resolve()), listing]).encode())
+    out = default_root() / "bases" / f"{model_dir.name}-{key.hexdigest()[:16]}-f32.gguf"
+    with held_lock(out):
+        if not out.is_file():
+            log.info("converting %s to GGUF with llama.cpp's converter", model_dir)
+            convert_to_gguf(model_dir, out, "f32")
     return out
 
 

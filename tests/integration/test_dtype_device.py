@@ -48,9 +48,9 @@ def test_scored_searched_measured_in_bf16(
     assert json.loads(out)["metrics"]["perplexity"] == pytest.approx(made["measured"]["perplexity"])
     code, _, err = run(["evaluate", "--plan", str(plan), "--dtype", "fp32"], capsys)
     assert code == 2 and "made in dtype bf16" in err and err.count("\n") == 1
-    gguf = tmp_path / "plan.gguf"
-    code, _, err = run(["export", str(plan), "--to", "gguf", "--out", str(gguf)], capsys)
-    assert code == 0 and gguf.stat().st_size > 0, err
+    overrides = tmp_path / "plan.txt"
+    code, _, err = run(["export", str(plan), "--to", "llamacpp", "--out", str(overrides)], capsys)
+    assert code == 0 and "$=q" in overrides.read_text(), err
 
 
 def test_run_takes_dtype_from_the_config_or_the_command_line(

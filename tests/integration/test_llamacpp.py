@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType, quants
 
 from mixprec import llamacpp
 from mixprec.errors import MixprecError
-from mixprec.kernels import formats
+from mixprec.kernels import formats, ggml_blocks
 from tests.helpers.cli import run
 
 LLAMACPP_FORMATS = [f for f in formats.all() if f.family == "ggml"]
@@ -45,6 +45,7 @@ def test_our_values_are_llamacpps(build: llamacpp.LlamaCpp, fmt: formats.NumberF
     assert data.nbytes == fmt.storage_bytes(x.shape)
     if fmt.ggml_type in {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "mxfp4"}:  # gguf-py's too
         assert np.array_equal(quants.quantize(x.numpy(), kind_id), data)
+    assert np.array_equal(ggml_blocks.encode(x, fmt), data)  # the bytes mixprec writes
 
 
 def test_the_build_is_cached(build: llamacpp.LlamaCpp) -> None:

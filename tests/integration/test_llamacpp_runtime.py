@@ -5,8 +5,8 @@ exactly the values mixprec's fake quantization gives, and the file runs in llama
 
 from __future__ import annotations
 
+import json
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader, quants
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from mixprec import llamacpp
+from mixprec import llamacpp, runtime_llamacpp
+from mixprec.data import python_doc_paragraphs
 from mixprec.export import export_plan
 from mixprec.export_llamacpp import gguf_names
 from mixprec.kernels import formats
 from mixprec.models import fingerprint
 from mixprec.plan import PrecisionPlan
-from mixprec.smollm2 import smollm2_folder
 from mixprec.units import quantizable_layers
+from tests.helpers.cli import run
+from tests.helpers.llamacpp import llama_quantize, tiny_llama
 
 TYPES = ["w:q4_k", "w:q6_k", "w:q8_0", "w:q4_0", "w:q5_1", "w:mxfp4_ggml", "w:q2_k", "w:q3_k",
          "w:q5_k", "w:q4_1", "w:q5_0"]  # fmt: skip
@@ -38,15 +40,7 @@ def tools() -> llamacpp.LlamaCpp:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaForCausalLM, Path]:
     """A random 2-block Llama with SmolLM2's tokenizer and tied head, and its F16 GGUF."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder / "hf")
-    tokenizer.save_pretrained(folder / "hf")
+    model = tiny_llama(folder / "hf")
     return model, llamacpp.convert_to_gguf(folder / "hf", folder / "model-f16.gguf")
 
 
@@ -60,13 +54,7 @@ def test_llama_quantize_stores_the_plan_exactly(
     types_file = tmp_path / "plan.txt"
     exported = export_plan(plan, "llamacpp", types_file, lambda: (model, fingerprint(model)))
     assert exported.warnings == ()
-    argv = shlex.split(exported.command.replace("MODEL-F16.gguf", str(base)).replace(
-        "MODEL-mixprec.gguf", str(tmp_path / "mixed.gguf")))  # fmt: skip
-    argv[0] = str(tools.tool("llama-quantize"))
-    done = subprocess.run(argv, capture_output=True, text=True, env=tools.environment(),
-                          timeout=300, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "malformed" not in done.stdout + done.stderr
+    llama_quantize(tools, exported, base, tmp_path / "mixed.gguf")
     source = {t.name: t for t in GGUFReader(str(base)).tensors}
     mixed = {t.name: t for t in GGUFReader(str(tmp_path / "mixed.gguf")).tensors}
     names, missing = gguf_names(model, layers)
@@ -90,10 +78,7 @@ def test_the_mixed_file_runs_in_llama_perplexity(
                          {n: TYPES[i % 3] for i, n in enumerate(layers)}, "5bits")  # fmt: skip
     exported = export_plan(plan, "llamacpp", tmp_path / "plan.txt",
                            lambda: (model, fingerprint(model)))  # fmt: skip
-    argv = shlex.split(exported.command.replace("MODEL-F16.gguf", str(base)).replace(
-        "MODEL-mixprec.gguf", str(tmp_path / "mixed.gguf")))  # fmt: skip
-    argv[0] = str(tools.tool("llama-quantize"))
-    subprocess.run(argv, capture_output=True, env=tools.environment(), timeout=300, check=True)
+    llama_quantize(tools, exported, base, tmp_path / "mixed.gguf")
     from pydoc_data.topics import topics
 
     text = tmp_path / "text.txt"
@@ -105,3 +90,69 @@ def test_the_mixed_file_runs_in_llama_perplexity(
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r"Final estimate: PPL = ([0-9.]+)", done.stdout + done.stderr)
     assert found and float(found.group(1)) > 1.0
+
+
+def test_our_gguf_holds_llama_quantizes_bytes_and_runs(
+    tools: llamacpp.LlamaCpp, tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path
+) -> None:
+    """`--to gguf --base` writes, without llama-quantize, the very file content it would."""
+    model, base = tiny
+    layers = list(quantizable_layers(model))
+    assignment = {n: TYPES[(i + 3) % len(TYPES)] for i, n in enumerate(layers)}
+    plan = PrecisionPlan("tiny-llama", fingerprint(model), assignment, "5bits")
+    load = lambda: (model, fingerprint(model))  # noqa: E731
+    exported = export_plan(plan, "llamacpp", tmp_path / "plan.txt", load)
+    llama_quantize(tools, exported, base, tmp_path / "theirs.gguf")
+    assert export_plan(plan, "gguf", tmp_path / "ours.gguf", load, base).warnings == ()
+    theirs = {t.name: t for t in GGUFReader(str(tmp_path / "theirs.gguf")).tensors}
+    ours = {t.name: t for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    names, _ = gguf_names(model, layers)
+    assert set(ours) == set(theirs)
+    for tensor in names.values():
+        assert ours[tensor].tensor_type == theirs[tensor].tensor_type, tensor
+        assert np.array_equal(np.asarray(ours[tensor].data), np.asarray(theirs[tensor].data))
+    texts = tmp_path / "text.txt"
+    texts.write_text("\n\n".join(python_doc_paragraphs().evaluation[:30]), encoding="utf-8")
+    assert runtime_llamacpp.perplexity(tools, tmp_path / "ours.gguf",
+                                       [texts.read_text()], 2, tmp_path) > 1.0  # fmt: skip
+
+
+def test_evaluate_in_llamacpp_from_the_cli(
+    tools: llamacpp.LlamaCpp, tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    source = f"hf:{tiny[1].parent / 'hf'}"
+    argv = ["evaluate", "-m", source, "--scheme", "w:q8_0", "--runtime", "llamacpp", "--json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["kernel"].startswith("llama.cpp") and result["bits_per_weight"] == 8.5
+    assert result["metrics"]["perplexity"] > 1.0
+    code, out, err = run(["evaluate", "-m", "minilm", "--scheme", "w:q8_0", "--runtime",
+                          "llamacpp", "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    assert 0.99 < metrics["cosine"] <= 1.0 and metrics["top1_agreement"] > 0.9
+    assert "pooler.dense has no GGUF tensor name" in err  # llama.cpp's BERT has no pooler
+
+
+def test_evaluate_in_llamacpp_refuses_what_it_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scheme = ["--scheme", "w:q8_0"]
+    cases = {
+        ("-m", "digits-cnn", *scheme, "--runtime", "llamacpp"): "causal LMs (perplexity) and "
+        "sentence encoders (cosine); digits-cnn is neither",
+        ("-m", "minilm", *scheme, "--runtime", "onnx"): "unknown --runtime 'onnx'; valid: torch",
+        ("-m", "minilm", *scheme, "--runtime", "llamacpp", "--packed"): "it goes with --runtime "
+        "torch",
+        ("-m", "minilm", *scheme, "--llamacpp-bin", str(tmp_path)): "--llamacpp-bin goes with",
+        ("-m", "minilm", *scheme, "--runtime", "llamacpp", "--llamacpp-bin", str(tmp_path)):
+            "has no llama-quantize",
+    }  # fmt: skip
+    for argv, message in cases.items():
+        code, _, err = run(["evaluate", *argv], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
+    code, _, err = run(["evaluate", "-m", "minilm", *scheme, "--runtime", "llamacpp"], capsys)
+    assert code == 2 and "mixprec llamacpp-build" in err and err.count("\n") == 1

@@ -106,6 +106,12 @@ def test_export_from_the_cli(
         assert json.loads(out.read_text())
     code, _, err = run(["export", str(plan), "--to", "gguf", "--out", str(tmp_path / "g")], capsys)
     assert code == 2
+    assert err.startswith("mixprec: --to gguf builds on a base GGUF: give --base") and (
+        "has no transformers folder" in err and err.count("\n") == 1
+    )
+    code, _, err = run(["export", str(plan), "--to", "llamacpp", "--out", str(tmp_path / "o")],
+                       capsys)  # fmt: skip
+    assert code == 2
     assert (
         err == "mixprec: no GGUF architecture for model type 'None'; export with --to json or hf\n"
     )

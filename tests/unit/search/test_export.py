@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
-from mixprec.export import (
-    LLAMACPP_NEAREST,
-    export_plan,
-    gguf_names,
-    llamacpp_type,
-    read_gguf_plan,
-    to_hf_config,
-)
+from mixprec.export import export_plan, to_hf_config
+from mixprec.export_llamacpp import LLAMACPP_NEAREST, gguf_names, llamacpp_type
 from mixprec.kernels import formats
 from mixprec.models import fingerprint
-from mixprec.plan import PrecisionPlan, apply_plan
-from mixprec.units import layer_weight, quantizable_layers
+from mixprec.plan import PrecisionPlan
+from mixprec.units import quantizable_layers
 from tests.helpers.models import make_gpt2
 
 
@@ -119,41 +110,17 @@ def test_llamacpp_types_export_as_they_are(tmp_path: Path) -> None:
     assert exported.command.endswith(" Q4_K")  # the type most weights have is the base
 
 
-def test_gguf_carries_the_plan_and_the_planned_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = make_gpt2()
-    plan = plan_for(model, ["w:mxfp4", "w:int4_g128", "keep"])
-    out = tmp_path / "model.gguf"
-    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
-
-    def no_copy(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the export copied the model")
-
-    with monkeypatch.context() as patch:  # streamed layer by layer: no copy of the model
-        patch.setattr(copy, "deepcopy", no_copy)
-        export_plan(plan, "gguf", out, loader(model))
-    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
-    assert read_gguf_plan(out) == plan
-    reader = gguf.GGUFReader(str(out))
-    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
-    planned = quantizable_layers(apply_plan(model, plan.assignment))
-    assert len(tensors) == len(plan.assignment)
-    for module, tensor in [("transformer.h.1.mlp.c_proj", "blk.1.ffn_down.weight"),
-                           ("lm_head", "output.weight")]:  # fmt: skip
-        expected = layer_weight(planned[module]).detach().numpy()
-        assert tensors[tensor].size == expected.size
-        np.testing.assert_array_equal(tensors[tensor].reshape(expected.shape), expected)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
-
-
 def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
     model = make_gpt2()
     plan = plan_for(model, ["w:int8"])
     other = make_gpt2(tie=True)
     other.lm_head.weight.data.mul_(2)
     with pytest.raises(MixprecError, match="plan was made for model 'gpt2'"):
-        export_plan(plan, "gguf", tmp_path / "x.gguf", loader(other))
+        export_plan(plan, "llamacpp", tmp_path / "x.txt", loader(other))
+    with pytest.raises(MixprecError, match=r"--base MODEL-F16\.gguf .* goes with --to gguf$"):
+        export_plan(plan, "gguf", tmp_path / "x.gguf", loader(model))
+    with pytest.raises(MixprecError, match="goes with --to gguf only"):
+        export_plan(plan, "json", tmp_path / "x.json", loader(model), tmp_path / "base.gguf")
     with pytest.raises(MixprecError, match="unknown export target 'onnx'; valid: json, hf"):
         export_plan(plan, "onnx", tmp_path / "x", loader(model))
     assert not list(tmp_path.iterdir())

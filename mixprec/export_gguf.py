@@ -1,0 +1,179 @@
+"""A plan as a complete GGUF llama.cpp loads: a base GGUF from llama.cpp's converter gives the
+metadata, tokenizer and every untouched tensor; each planned tensor is stored in its llama.cpp
+type (mixprec writes the blocks itself: kernels/ggml_blocks.py), and the plan rides along."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixprec.errors import MixprecError
+from mixprec.export_llamacpp import gguf_names, llamacpp_type, model_type_of
+from mixprec.files import atomic_path
+from mixprec.kernels import formats, ggml_blocks
+from mixprec.kernels.formats import NumberFormat
+from mixprec.placement import dtype_name
+from mixprec.plan import PrecisionPlan
+from mixprec.scheme import Scheme
+from mixprec.units import layer_weight, quantizable_layers
+
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
+
+PLAN_KEY = "mixprec.plan"
+# A base whose tensor differs from the model's by more than this (relative, in the sum of
+# squares: blind to the converter's row permutations) holds another model's weights.
+OTHER_WEIGHTS = 1e-2
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    """One planned tensor: its GGUF name, the format it is stored in and the module it is."""
+
+    name: str
+    fmt: NumberFormat
+    module: str
+
+
+def ggml_format(ggml_type: str) -> NumberFormat | None:
+    """mixprec's format holding exactly llama.cpp type `ggml_type`, if it has one."""
+    return next((f for f in formats.all() if f.ggml_type == ggml_type), None)
+
+
+def planned_tensors(plan: PrecisionPlan, model: nn.Module) -> tuple[list[GgufTensor], list[str]]:
+    """Each planned module's GGUF tensor and stored format, and warnings (substitutions)."""
+    names, missing = gguf_names(model, list(plan.assignment))
+    layers = quantizable_layers(model)
+    warnings = [f"module {m} has no GGUF tensor name; left out" for m in missing]
+    planned = []
+    for module, tensor in names.items():
+        weight = layer_weight(layers[module])
+        fmt = Scheme.parse(plan.assignment[module]).weight or formats.get(dtype_name(weight.dtype))
+        if fmt.family == "native":
+            planned.append(GgufTensor(tensor, fmt, module))
+            continue
+        kind, same = llamacpp_type(fmt)
+        stored = ggml_format(kind)
+        if stored is None:
+            raise MixprecError(
+                f"module {module}: mixprec cannot write llama.cpp's {kind} (for {fmt.name}) into "
+                "a GGUF yet; export --to llamacpp and apply it with llama-quantize"
+            )
+        if not same:
+            warnings.append(f"module {module}: {fmt.name} is stored as llama.cpp's {kind} "
+                            f"({stored.bits_per_element:g} bits), with other values")  # fmt: skip
+        planned.append(GgufTensor(tensor, stored, module))
+    return planned, warnings
+
+
+def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) -> list[str]:
+    """Copy `base` into `path` with the plan's tensors quantized from the base's own values
+    (one tensor at a time); returns warnings. The base must hold this model's weights."""
+    import gguf
+
+    reader = _open_base(base)
+    planned, warnings = planned_tensors(plan, model)
+    arch = _field_text(reader, "general.architecture")
+    expected = model_type_of(model)
+    if arch != expected:
+        raise MixprecError(f"--base {base} is a {arch!r} model, not this plan's {expected!r}")
+    tensors = {t.name: t for t in reader.tensors}
+    layers = quantizable_layers(model)
+    by_name = {p.name: p for p in planned}
+    for item in planned:
+        _check_tensor(base, tensors.get(item.name), item, layer_weight(layers[item.module]))
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        for field in reader.fields.values():
+            if field.name in ("general.architecture", "general.alignment", PLAN_KEY) or \
+                    field.name.startswith("GGUF."):  # fmt: skip
+                continue
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+        writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
+        for tensor in reader.tensors:
+            name, shape, dtype, nbytes, kind = _stored_info(tensor, by_name.get(tensor.name))
+            writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(_stored_data(tensor, by_name.get(tensor.name)))
+        writer.close()
+    return warnings
+
+
+def _kept(item: GgufTensor | None) -> bool:
+    """Not planned, or a kept layer: the base's tensor is written as it is."""
+    return item is None or item.fmt.family == "native"
+
+
+def _stored_info(
+    tensor: ReaderTensor, item: GgufTensor | None
+) -> tuple[str, tuple[int, ...], np.dtype, int, GGMLQuantizationType]:
+    """(name, byte shape, dtype, bytes, ggml type) of a tensor as written, before its data."""
+    import gguf
+
+    data = tensor.data
+    if _kept(item):
+        return tensor.name, data.shape, data.dtype, data.nbytes, tensor.tensor_type
+    assert item is not None
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    row_bytes = shape[-1] // item.fmt.row_multiple * item.fmt.block_bytes
+    kind = gguf.GGMLQuantizationType[item.fmt.ggml_type.upper()]
+    byte_shape = (*shape[:-1], row_bytes)
+    return item.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), kind
+
+
+def _stored_data(tensor: ReaderTensor, item: GgufTensor | None) -> np.ndarray:
+    """A tensor's data as written: a planned one quantized from the base's own values."""
+    import gguf
+
+    if _kept(item):
+        return tensor.data
+    assert item is not None
+    values = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    data = ggml_blocks.encode(torch.from_numpy(values.reshape(-1, values.shape[-1])), item.fmt)
+    return data.reshape(*values.shape[:-1], -1)
+
+
+def _open_base(base: Path) -> GGUFReader:
+    import gguf
+
+    if not base.is_file():
+        raise MixprecError(f"--base {base} is not a file; give a GGUF from llama.cpp's converter")
+    try:
+        return gguf.GGUFReader(str(base))
+    except (ValueError, OSError) as error:
+        raise MixprecError(f"--base {base} is not a GGUF file ({error})") from None
+
+
+def _field_text(reader: GGUFReader, key: str) -> str:
+    field = reader.fields.get(key)
+    return "" if field is None else str(field.contents())
+
+
+def _check_tensor(
+    base: Path, tensor: ReaderTensor | None, item: GgufTensor, weight: torch.Tensor
+) -> None:
+    """The base holds this tensor with the model's shape and (up to row order) its weights."""
+    import gguf
+
+    if tensor is None:
+        raise MixprecError(f"--base {base} has no tensor {item.name} (module {item.module})")
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    if shape != tuple(weight.shape):
+        raise MixprecError(f"--base {base}: {item.name} is {list(shape)}, but module "
+                           f"{item.module} is {list(weight.shape)}")  # fmt: skip
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    theirs = float(np.square(values, dtype=np.float64).sum())
+    ours = float(weight.detach().double().square().sum())
+    if abs(theirs - ours) > OTHER_WEIGHTS * max(ours, 1e-30):
+        raise MixprecError(f"--base {base}: {item.name} holds other weights than module "
+                           f"{item.module} of this model")  # fmt: skip
