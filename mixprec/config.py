@@ -59,6 +59,9 @@ class RunConfig(BaseModel):
     )
     target: str = Field(default="any", description="the runtime plans are for: any, llamacpp")
     evaluate: bool = True
+    runtime: str = Field(default="torch", description="where plans are measured: torch "
+                         "(mixprec's kernels) or llamacpp (their GGUF in llama.cpp)")  # fmt: skip
+    llamacpp_bin: str | None = Field(default=None, description="your llama.cpp build/bin")
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int | None = Field(
         default=None, ge=0, description="Ray workers; 0 serial; unset: serial, or the cluster's"
@@ -131,6 +134,15 @@ class RunConfig(BaseModel):
 
         if value not in TARGETS:
             raise ValueError(f"unknown target {value!r}; valid: {', '.join(TARGETS)}")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        from mixprec.runtime_llamacpp import RUNTIMES
+
+        if value not in RUNTIMES:
+            raise ValueError(f"unknown runtime {value!r}; valid: {', '.join(RUNTIMES)}")
         return value
 
     @field_validator("spaces")

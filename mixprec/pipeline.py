@@ -55,6 +55,8 @@ class Pipeline:
     def run(self) -> RunSummary:
         """Refuse a folder that is not ours; hold its lock while the steps run."""
         check_run_folder(self.path, "the run folder")
+        if self.config.evaluate:
+            self.runtime()  # no llama.cpp build for runtime llamacpp: one line before any step
         with RunLock(self.path):
             return self._run_locked()
 
@@ -189,19 +191,41 @@ class Pipeline:
                     plans.append(out)
         return plans
 
+    def runtime(self) -> Any:
+        """The llama.cpp build plans are measured in (None: mixprec's own kernels)."""
+        from mixprec.runtime_llamacpp import runtime_build
+
+        c = self.config
+        bin_dir = Path(c.llamacpp_bin).expanduser() if c.llamacpp_bin else None
+        return runtime_build(c.runtime, bin_dir, packed=False)
+
     def evaluate(self, plan_path: Path) -> None:
         from mixprec.metrics import evaluate
         from mixprec.plan import PrecisionPlan
 
         out = self.folder.eval_path(plan_path)
 
+        c = self.config
+        runtime = [c.runtime, c.llamacpp_bin] if c.runtime != "torch" else []
+
         def work() -> None:
             plan = PrecisionPlan.load(plan_path)
-            result = evaluate(self.problem().bundle, plan.assignment)
+            bundle = self.problem().bundle
+            if c.runtime == "torch":
+                result = evaluate(bundle, plan.assignment)
+            else:
+                from mixprec.runtime_llamacpp import evaluate_in_llamacpp, text_only
+
+                build = self.runtime()
+                assert build is not None
+                result, warnings = evaluate_in_llamacpp(build, bundle, plan, c.model,
+                                                        text_only(c.text_data()))  # fmt: skip
+                for warning in warnings:
+                    self.say(f"  warning: {warning}")
             atomic_write_text(out, json.dumps(result.to_json(), indent=2) + "\n")
             return None
 
-        self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path), [out], work)
+        self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path, *runtime), [out], work)
 
     def export(self, plan_path: Path, target: str) -> None:
         from mixprec.export import base_for, export_plan

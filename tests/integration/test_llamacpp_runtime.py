@@ -156,3 +156,26 @@ def test_evaluate_in_llamacpp_refuses_what_it_cannot_run(
     monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path))
     code, _, err = run(["evaluate", "-m", "minilm", *scheme, "--runtime", "llamacpp"], capsys)
     assert code == 2 and "mixprec llamacpp-build" in err and err.count("\n") == 1
+
+
+def test_a_run_measures_its_plans_in_llamacpp(
+    tools: llamacpp.LlamaCpp, tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    source = tiny[1].parent / "hf"
+    config = tmp_path / "run.toml"
+    head = (f'model = "hf:{source}"\noutput = "{tmp_path / "run"}"\nschemes = ["w:q8_0", '
+            '"w:q4_0"]\nestimators = ["fisher"]\nlevels = ["layer"]\nbudgets = ["6bits"]\n'
+            'exports = []\ntarget = "llamacpp"\nexclude = ["none"]\n')  # fmt: skip
+    config.write_text(head + f'runtime = "llamacpp"\nllamacpp_bin = "{tmp_path / "none"}"\n')
+    code, _, err = run(["run", str(config), "-q"], capsys)
+    assert code == 2 and "has no llama-quantize" in err and not (tmp_path / "run").exists()
+    config.write_text(head + 'runtime = "onnx"\n')
+    code, _, err = run(["run", str(config), "-q"], capsys)
+    assert code == 2 and "unknown runtime 'onnx'; valid: torch, llamacpp" in err
+    config.write_text(head + 'runtime = "llamacpp"\n')
+    code, _, err = run(["run", str(config), "-q"], capsys)
+    assert code == 0, err
+    measured = json.loads((tmp_path / "run" / "eval" / "ilp-6bits.json").read_text())
+    assert measured["kernel"].startswith("llama.cpp") and measured["metrics"]["perplexity"] > 1
+    assert 4.5 <= measured["bits_per_weight"] <= 6.0
