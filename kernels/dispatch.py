@@ -17,6 +17,7 @@ import torch
 
 from mixprec.errors import MixprecError
 from mixprec.kernels import packing, reference
+from mixprec.kernels.formats import RUNTIME_FAMILIES
 
 if TYPE_CHECKING:
     from mixprec.kernels.formats import NumberFormat
@@ -82,8 +83,9 @@ def choose(preference: str | KernelPreference, device: torch.device | str) -> Ke
 
 
 def has_triton_kernel(fmt: NumberFormat) -> bool:
-    """Quantized formats outside llama.cpp's own types have Triton kernels."""
-    return fmt.is_quantized and fmt.family != "ggml"
+    """Quantized formats outside the runtimes' own (llama.cpp, compressed-tensors) have Triton
+    kernels."""
+    return fmt.is_quantized and fmt.family not in RUNTIME_FAMILIES
 
 
 def runs_on_triton(
@@ -94,7 +96,7 @@ def runs_on_triton(
         return False
     triton = choose(preference, device).backend == "triton"
     if triton and not has_triton_kernel(fmt):
-        choice = KernelChoice("torch", "llama.cpp types have no Triton kernel")
+        choice = KernelChoice("torch", "runtime formats have no Triton kernel")
         if choice not in _logged:
             _logged.add(choice)
             log.info("quantization kernels: %s", choice)

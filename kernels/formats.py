@@ -12,7 +12,9 @@ from mixprec.errors import MixprecError
 if TYPE_CHECKING:
     import torch
 
-Family = Literal["int", "fp", "mx", "nv", "ggml", "native"]
+Family = Literal["int", "fp", "mx", "nv", "ggml", "ct", "native"]
+# Families computed exactly as their runtime computes them (torch only, no Triton kernel).
+RUNTIME_FAMILIES: tuple[Family, ...] = ("ggml", "ct")
 ElementKind = Literal["float", "int", "native"]
 ScaleFormat = Literal["fp32", "fp16", "e8m0", "e4m3", "none"]
 # How a float element type spends its top encodings: IEEE-style (top exponent is inf/NaN),
@@ -290,6 +292,22 @@ def _k_quant(name: str, bits: int, sub: int, block_bytes: int, minimum_bits: int
     )
 
 
+def _ct_int(name: str, scheme: str, bits: int, asymmetric: bool = False) -> NumberFormat:
+    """A compressed-tensors integer scheme: signed codes per group of 128, FP32 scale."""
+    return NumberFormat(
+        name,
+        "ct",
+        "int",
+        bits,
+        block_size=128,
+        scale_format="fp32",
+        zero_point_bits=bits if asymmetric else 0,
+        twos_complement=not asymmetric,
+        description=f"compressed-tensors {scheme}: INT{bits} per 128, scale range / {2**bits - 1}"
+        + (", zero point" if asymmetric else " * 2 (clips the group's max)"),
+    )
+
+
 def _native(name: str, e: int, m: int, bias: int, what: str) -> NumberFormat:
     return NumberFormat(
         name,
@@ -381,6 +399,9 @@ _REGISTRY: dict[str, NumberFormat] = {
         _k_quant("q4_k", 4, 32, 144, minimum_bits=6),
         _k_quant("q3_k", 3, 16, 110),
         _k_quant("q2_k", 2, 16, 84, minimum_bits=4),
+        _ct_int("ct_w8a16", "W8A16", 8),
+        _ct_int("ct_w4a16", "W4A16", 4),
+        _ct_int("ct_w4a16_asym", "W4A16_ASYM", 4, asymmetric=True),
         NumberFormat(
             "mxfp4_ggml",
             "ggml",

@@ -11,7 +11,8 @@ Conventions (float32 in, float32 out, same shape):
   E8M0 exponent of an inf amax is 128 - emax_elem (NaN scale when that exceeds 127);
 - an all-zero group gets scale 1 (MX: 2^-127, the smallest E8M0) and stays zero;
 - llama.cpp's types (family "ggml") are computed as llama.cpp computes them instead
-  (kernels/ggml.py, kernels/kquants.py), keeping only the inf/NaN rules above.
+  (kernels/ggml.py, kernels/kquants.py), and compressed-tensors' schemes (family "ct") as it
+  does (kernels/ct.py), keeping only the inf/NaN rules above.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def quantize(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         from mixprec.kernels import ggml  # ggml builds QuantizedGroups from this module
 
         return ggml.quantize(_to_blocks(x, fmt.row_multiple), fmt)  # K-quants: super-blocks
+    if fmt.family == "ct":
+        from mixprec.kernels import ct
+
+        return ct.quantize(_to_blocks(x, fmt.block_size), fmt)
     blocks = _to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
         return _mx(blocks, fmt)

@@ -69,7 +69,7 @@ def evaluate_in_llamacpp(
 ) -> tuple[Evaluation, list[str]]:  # fmt: skip
     """The plan's GGUF measured in llama.cpp (on `data`'s eval_samples chunks, default 16),
     and the export's warnings."""
-    runner = _runner(bundle)  # an unsupported task fails before anything is converted
+    runner = metric_runner(bundle)  # an unsupported task fails before anything is converted
     base = base_gguf(checkpoint_folder(source))
     with tempfile.TemporaryDirectory(prefix="mixprec-llamacpp-") as tmp:
         path = Path(tmp) / "plan.gguf"
@@ -122,7 +122,9 @@ def embeddings(build: LlamaCpp, model: Path, texts: list[str], work: Path) -> to
     return torch.from_numpy(np.stack(values))
 
 
-def _runner(bundle: ModelBundle):  # type: ignore[no-untyped-def]
+def metric_runner(bundle: ModelBundle):  # type: ignore[no-untyped-def]
+    """How llama.cpp measures this model's task: `run(build, gguf, base, texts, chunks, work)`
+    gives its metrics."""
     task = bundle.task
     if isinstance(task, CausalLMTask):
 
@@ -148,12 +150,25 @@ def _runner(bundle: ModelBundle):  # type: ignore[no-untyped-def]
                        f"(cosine); {bundle.name} is neither")  # fmt: skip
 
 
-def _run(build: LlamaCpp, tool: str, args: list[str], stdout_only: bool = False) -> str:
+def quantize_uniform(build: LlamaCpp, base: Path, out: Path, kind: str, *flags: str) -> Path:
+    """llama.cpp's own whole-model type `kind` (Q4_K_M, Q8_0, ...) made by llama-quantize."""
+    _run(
+        build,
+        "llama-quantize",
+        [*flags, str(base), str(out), kind, str(len(os.sched_getaffinity(0)))],
+        threads=False,
+    )
+    return out
+
+
+def _run(build: LlamaCpp, tool: str, args: list[str], stdout_only: bool = False,
+         threads: bool = True) -> str:  # fmt: skip
     """Run one llama.cpp tool on all this machine's cores; its output, or one line on failure."""
-    threads = str(len(os.sched_getaffinity(0)))
     start = time.monotonic()
-    log.info("running %s on %s", tool, args[1])
-    command = [str(build.tool(tool)), *args, "-t", threads]
+    log.info("running %s %s", tool, " ".join(args[:2]))
+    command = [str(build.tool(tool)), *args]
+    if threads:
+        command += ["-t", str(len(os.sched_getaffinity(0)))]
     done = subprocess.run(command, capture_output=True, text=True, env=build.environment(),
                           timeout=TIMEOUT_S, check=False)  # fmt: skip
     log.info("%s finished in %.0f s", tool, time.monotonic() - start)

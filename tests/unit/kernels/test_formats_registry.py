@@ -27,6 +27,7 @@ NAME_GRAMMAR = (
     (r"q(?P<bits>2)_(?P<asym>k)", "ggml", "int", 16, "fp16"),
     (r"q(?P<bits>[45])_(?P<asym>k)", "ggml", "int", 32, "fp16"),
     (r"mxfp(?P<bits>4)_ggml", "ggml", "float", 32, "e8m0"),
+    (r"ct_w(?P<bits>\d)a16(?P<asym>_asym)?", "ct", "int", 128, "fp32"),
 )
 
 

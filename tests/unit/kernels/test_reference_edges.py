@@ -51,10 +51,12 @@ def unit_scale_groups(name: str) -> torch.Tensor:
     return x * 448.0 if fmt.family == "nv" else x  # NV: block scale 448 on tensor scale 1
 
 
-@pytest.mark.parametrize("name", [n for n in QUANTIZED if not formats.get(n).superblock])
+@pytest.mark.parametrize("name", [n for n in QUANTIZED if not formats.get(n).superblock
+                                  and formats.get(n).family != "ct"])  # fmt: skip
 def test_exact_grid_values_survive(name: str) -> None:
     """(Not K-quants: their sub-block scales are 4/6-bit multiples of a super-block scale,
-    so a sub-block's scale is rarely exactly 1.)"""
+    so a sub-block's scale is rarely exactly 1; not compressed-tensors' schemes, whose scale
+    puts the largest magnitude half a step past the grid: tests/unit/kernels/test_ct_formats.)"""
     x = unit_scale_groups(name)
     torch.testing.assert_close(formats.get(name).quantize_dequantize(x), x, atol=0, rtol=0)
 

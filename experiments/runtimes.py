@@ -1,0 +1,163 @@
+"""Plans measured inside llama.cpp: MiniLM (embedding cosine, llama-embedding) and SmolLM2-135M
+(perplexity, llama-perplexity) planned with `--target llamacpp` at several budgets, beside
+llama.cpp's own whole-model types made by llama-quantize from the same F32 base; writes
+experiments/results/runtimes.md.
+
+Every file is measured by the llama.cpp tools built from the llama-cpp-python sdist (cached;
+`mixprec llamacpp-build`). Bits per weight are counted over the same tensors in every file: those
+mixprec's plan sets (every matrix of SmolLM2, the token embedding too; MiniLM's encoder layers).
+MiniLM's embeddings stay F32 in every file (`--token-embedding-type f32` for llama-quantize), as
+mixprec does not search them. SmolLM2 is scored on the calibration part of Python's reference
+topics and measured on the held-out part (experiments/smollm2.py's split).
+
+Run: .venv/bin/python experiments/runtimes.py   (about 40 minutes on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from smollm2 import text_files
+from study import load_config, parse_args, publish_study
+
+from mixprec import llamacpp
+from mixprec.allocation import AllocationProblem, allocate
+from mixprec.export_gguf import planned_tensors, write_gguf
+from mixprec.markdown import frame_markdown
+from mixprec.models import ModelBundle, checkpoint_folder, load_model
+from mixprec.plan import PrecisionPlan
+from mixprec.runtime_llamacpp import gguf_size, held_out_texts, metric_runner, quantize_uniform
+from mixprec.scoring import score
+from mixprec.search.space import NONE
+from mixprec.sensitivity.cache import CellCache
+from mixprec.textdata import TextData
+
+DEFAULTS: dict[str, object] = {
+    "schemes": ["w:q4_0", "w:q4_1", "w:q5_0", "w:q5_1", "w:q8_0", "w:q3_k", "w:q4_k",
+                "w:q5_k", "w:q6_k"],
+    "uniform": ["Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K", "Q8_0"],
+    "budgets": [4.5, 5.0, 5.5, 6.0],
+    "estimator": "fisher",
+    "calib_seq_len": 128,
+    "calib_samples": 8,
+    "eval_chunks": 16,
+}  # fmt: skip
+METRIC = {"minilm": ("cosine", True), "smollm2": ("perplexity", False)}
+K_MIXES = ("Q4_K_M", "Q5_K_M")  # llama.cpp's own mixed recipes
+
+
+def study(model: str, config: dict[str, Any], build: llamacpp.LlamaCpp, work: Path,
+          cache: CellCache) -> pd.DataFrame:  # fmt: skip
+    """Every uniform type and every budget's plan of one model, measured in llama.cpp."""
+    calibration, held_out = text_files(work) if model == "smollm2" else (None, None)
+    calib = None if calibration is None else TextData(
+        str(calibration), seq_len=int(config["calib_seq_len"]),
+        calib_samples=int(config["calib_samples"]), eval_samples=1)  # fmt: skip
+    held = None if held_out is None else TextData(str(held_out), eval_samples=int(
+        config["eval_chunks"]))  # fmt: skip
+    bundle = load_model(model, 0, calib, "fp32")
+    base = llamacpp.base_gguf(checkpoint_folder(model))
+    runner = metric_runner(bundle)
+    texts, chunks = held_out_texts(held), int(config["eval_chunks"])
+    table = score(bundle, None, [str(s) for s in config["schemes"]], [str(config["estimator"])],
+                  ["layer"], cache=cache, progress=True)  # fmt: skip
+    problem = AllocationProblem.build(table, bundle, str(config["estimator"]), exclude=[NONE],
+                                      target="llamacpp")  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    planned: set[str] = set()
+
+    def measure(label: str, method: str, path: Path) -> None:
+        begin = time.perf_counter()
+        metrics = runner(build, path, base, texts, chunks, work)
+        size, bits = gguf_size(path, planned)
+        rows.append({"model": model, "file": label, "method": method, "bits/weight": bits,
+                     "size MB": size / 1e6, METRIC[model][0]: metrics[METRIC[model][0]],
+                     "measure s": time.perf_counter() - begin})  # fmt: skip
+        print(rows[-1], flush=True)
+
+    plans = []
+    for bits in config["budgets"]:
+        plan = allocate(problem, f"{bits}bits")
+        plans.append((bits, plan))
+        planned |= {t.name for t in planned_tensors(plan, bundle.model)[0]}
+    measure("F32 (converter)", "reference", base)
+    flags = ["--token-embedding-type", "f32"] if model == "minilm" else []
+    for kind in config["uniform"]:
+        out = quantize_uniform(build, base, work / f"{model}-{kind}.gguf", str(kind), *flags)
+        measure(str(kind), "llama-quantize", out)
+        out.unlink()
+    for bits, plan in plans:
+        out = work / f"{model}-mixprec-{bits}.gguf"
+        write_gguf(_named(plan, bundle), bundle.model, base, out)
+        measure(f"mixprec {bits} bits", f"ILP ({config['estimator']})", out)
+        out.unlink()
+    return pd.DataFrame(rows)
+
+
+def _named(plan: PrecisionPlan, bundle: ModelBundle) -> PrecisionPlan:
+    return plan if plan.model == bundle.name else PrecisionPlan(
+        bundle.name, plan.fingerprint, plan.assignment, plan.budget)  # fmt: skip
+
+
+def verdicts_for(results: pd.DataFrame, model: str) -> list[str]:
+    """Each plan against every uniform type of as many bits or more, and the K-quant mixes."""
+    metric, higher = METRIC[model]
+    frame = results[results["model"] == model]
+    uniform = frame[frame["method"] == "llama-quantize"]
+    lines = []
+
+    def better(a: float, b: float) -> bool:
+        return a > b if higher else a < b
+
+    rows = uniform.to_dict("records")
+    mixes = "; ".join(f"{u['file']} at {u['bits/weight']:.2f} bits: {u[metric]:.4g}"
+                      for u in rows if u["file"] in K_MIXES)  # fmt: skip
+    for plan in frame[frame["method"].str.startswith("ILP")].to_dict("records"):
+        value, bits = plan[metric], plan["bits/weight"]
+        bigger = [u for u in rows if u["bits/weight"] >= bits - 1e-9]
+        losing = [f"{u['file']} ({u['bits/weight']:.2f} bits, {u[metric]:.4g})"
+                  for u in bigger if better(u[metric], value)]  # fmt: skip
+        head = f"- {model}, {plan['file']} ({bits:.2f} bits, {metric} {value:.4g}):"
+        if losing:
+            lines.append(f"{head} **not met**: beaten by {', '.join(losing)} of as many bits or "
+                         f"more. K-quant mixes: {mixes}.")  # fmt: skip
+        else:
+            lines.append(f"{head} at least as good as every uniform type of as many bits or more "
+                         f"({len(bigger)} of them). K-quant mixes: {mixes}.")  # fmt: skip
+    return lines
+
+
+def main() -> int:
+    args = parse_args("runtimes", __doc__.splitlines()[0])
+    config = load_config(args.config, DEFAULTS)
+    started = time.perf_counter()
+    build = llamacpp.find()
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="mixprec-runtimes-") as tmp:
+        for model in ("minilm", "smollm2"):
+            frames.append(study(model, config, build, Path(tmp), CellCache(args.cache)))
+    results = pd.concat(frames, ignore_index=True)
+    verdicts = [line for model in METRIC for line in verdicts_for(results, model)]
+    what = (
+        f"Plans made with `--target llamacpp` ({config['estimator']} scores, ILP) and written by "
+        "`--to gguf` on the F32 base of llama.cpp's converter; uniform files by llama-quantize "
+        f"from the same base. SmolLM2: perplexity over {config['eval_chunks']} chunks of 512 "
+        "tokens of held-out text; MiniLM: mean cosine of llama-embedding's embeddings (mean "
+        "pooling) to the F32 file's, on the (anchor, positive) halves of held-out paragraphs. "
+        "**Caveat:** SmolLM2's package ships the model as Q4_1, so Q4_1 is lossless for it (its "
+        "weights already sit on that grid): its Q4_1 row is not a fair comparison."
+    )
+    sections = [(f"{model}: inside llama.cpp",
+                 frame_markdown(results[results["model"] == model].drop(columns="model"),
+                                digits=5)) for model in METRIC]  # fmt: skip
+    return publish_study(args, "Plans inside llama.cpp", time.perf_counter() - started, what,
+                         verdicts, sections, "No plots: the tables are the result.\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""compressed-tensors' schemes quantize exactly as compressed-tensors does: its own
+`calculate_qparams` (from each group's min and max, as its min-max observer) then
+`fake_quantize`; FP8_DYNAMIC's weights are mixprec's fp8_e4m3, value for value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+from compressed_tensors.quantization.quant_scheme import FP8_DYNAMIC, W4A16, W4A16_ASYM, W8A16
+from compressed_tensors.quantization.utils import calculate_qparams
+
+from mixprec.kernels import formats, packing
+from tests.unit.kernels.test_ggml_formats import weights
+
+SCHEMES = {"ct_w8a16": W8A16, "ct_w4a16": W4A16, "ct_w4a16_asym": W4A16_ASYM,
+           "fp8_e4m3": FP8_DYNAMIC}  # fmt: skip
+
+
+def compressed_tensors(x: torch.Tensor, name: str) -> torch.Tensor:
+    """compressed-tensors' fake quantization of the 2-D float32 `x` under scheme `name`."""
+    args = SCHEMES[name]["weights"]
+    if args.group_size:
+        rows = x.reshape(x.shape[0], -1, args.group_size)
+        lo, hi = rows.amin(-1), rows.amax(-1)
+    else:  # per output channel
+        lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+    scale, zero = calculate_qparams(lo, hi, args)
+    return fake_quantize(x, scale, zero, args)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+@pytest.mark.parametrize("kind", ["normal", "bf16", "grid"])
+def test_values_are_compressed_tensors(name: str, kind: str) -> None:
+    x = weights(kind, (48, 512), seed=2)
+    x[4] = 0.0  # an all-zero row: compressed-tensors' eps scale
+    x[5, :128] = x[5, :128].abs() + 0.5  # a group of one sign: the asymmetric range holds 0
+    expected = compressed_tensors(x, name)
+    got = formats.get(name).quantize_dequantize(x)
+    assert torch.equal(got + 0.0, expected + 0.0)  # -0.0 and 0.0 alike
+
+
+def test_the_symmetric_grid_clips_the_groups_largest_value() -> None:
+    """amax / 7.5: the largest magnitude is 7.5 steps, so +amax clips to 7 and -amax rounds
+    (half to even) to -8, past itself."""
+    x = torch.zeros(1, 128)
+    x[0, 0], x[0, 1] = 7.0, -7.0
+    got = formats.get("ct_w4a16").quantize_dequantize(x)
+    step = torch.tensor(7.0) / 7.5
+    assert got[0, 0] == 7 * step and got[0, 1] == -8 * step  # 6.53 and -7.47
+    mixprec = formats.get("int4_g128").quantize_dequantize(x)  # amax / 7: both exact
+    assert mixprec[0, 0] == 7.0 and mixprec[0, 1] == -7.0
+
+
+@pytest.mark.parametrize("name", ["ct_w8a16", "ct_w4a16", "ct_w4a16_asym"])
+def test_packed_codes_decode_to_the_same_values(name: str) -> None:
+    fmt = formats.get(name)
+    x = weights("normal", (16, 384), seed=4)
+    packed = packing.pack(x, fmt)
+    assert torch.equal(packing.unpack(packed) + 0.0, fmt.quantize_dequantize(x) + 0.0)
+    assert fmt.storage_bytes(x.shape) == 16 * 384 * fmt.element_bits // 8 + 16 * 3 * (
+        4 + fmt.zero_point_bits / 8)  # fmt: skip
+
+
+def test_inf_saturates_and_nan_poisons_its_group() -> None:
+    x = weights("normal", (2, 256), seed=1)
+    x[0, 3], x[1, 200] = float("inf"), float("nan")
+    got = formats.get("ct_w4a16").quantize_dequantize(x)
+    assert torch.isfinite(got[0]).all() and got[0, 3] == got[0].max()
+    assert torch.isnan(got[1, 128:]).all() and torch.isfinite(got[1, :128]).all()
