@@ -236,7 +236,7 @@ def cached_model(name: str, origin: str, dtype: str = "auto") -> tuple[Any, str]
 
 
 def export_page() -> None:
-    from mixprec.export import base_for, export_plan
+    from mixprec.export import export_plan, model_files
 
     st.header("Export")
     run = picked_run()
@@ -255,10 +255,12 @@ def export_page() -> None:
         if path.is_file():
             st.download_button(f"Download {label}", path.read_bytes(), file_name=path.name,
                                key=f"download_{target}")  # fmt: skip
+        elif path.is_dir():  # a checkpoint folder: loaded from where it is
+            st.caption(f"{label}: `{path}`")
         elif st.button(f"Write {label}", key=f"write_{target}"):
             try:
                 load = partial(cached_model, plan.model, f"plan {name}", plan.dtype)
-                export_plan(plan, target, path, load, base_for(target, plan.model))
+                export_plan(plan, target, path, load, *model_files(target, plan.model))
             except MixprecError as err:
                 st.warning(f"{label}: {err}")
             else:
@@ -297,8 +299,8 @@ def jobs_page() -> None:
 
 DEFAULT_BITS = 6.0  # where the Budget slider starts (clamped to the run's feasible range)
 LOG_TAIL = 20_000  # characters of a job's log shown
-EXPORT_LABELS = {"json": "plan JSON", "hf": "HF quantization_config",
-                 "llamacpp": "llama.cpp arguments", "gguf": "GGUF"}  # fmt: skip
+EXPORT_LABELS = {"json": "plan JSON", "compressed-tensors": "compressed-tensors checkpoint",
+                 "llamacpp": "llama.cpp overrides", "gguf": "GGUF"}  # fmt: skip
 PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,
          "Pareto": pareto_page, "Export": export_page, "Jobs": jobs_page}  # fmt: skip
 for key, valid in (("page", list(PAGES)), ("run", None)):  # deep links: ?run=NAME&page=Budget

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 from smollm2 import text_files
-from study import load_config, parse_args, publish_study
+from study import fail, load_config, parse_args, publish_study
 
 from mixprec import llamacpp
 from mixprec.allocation import AllocationProblem, allocate
@@ -38,17 +38,19 @@ from mixprec.sensitivity.cache import CellCache
 from mixprec.textdata import TextData
 
 DEFAULTS: dict[str, object] = {
+    "models": ["minilm", "smollm2"],
     "schemes": ["w:q4_0", "w:q4_1", "w:q5_0", "w:q5_1", "w:q8_0", "w:q3_k", "w:q4_k",
                 "w:q5_k", "w:q6_k"],
     "uniform": ["Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K", "Q8_0"],
     "budgets": [4.5, 5.0, 5.5, 6.0],
-    "estimator": "fisher",
+    "estimators": {"minilm": "isolation", "smollm2": "fisher"},  # the estimator of each model
     "calib_seq_len": 128,
     "calib_samples": 8,
     "eval_chunks": 16,
 }  # fmt: skip
 METRIC = {"minilm": ("cosine", True), "smollm2": ("perplexity", False)}
 K_MIXES = ("Q4_K_M", "Q5_K_M")  # llama.cpp's own mixed recipes
+EQUAL_SIZE = 1.01  # a plan within 1% of a file's bits counts as the same size
 
 
 def study(model: str, config: dict[str, Any], build: llamacpp.LlamaCpp, work: Path,
@@ -64,10 +66,10 @@ def study(model: str, config: dict[str, Any], build: llamacpp.LlamaCpp, work: Pa
     base = llamacpp.base_gguf(checkpoint_folder(model))
     runner = metric_runner(bundle)
     texts, chunks = held_out_texts(held), int(config["eval_chunks"])
-    table = score(bundle, None, [str(s) for s in config["schemes"]], [str(config["estimator"])],
-                  ["layer"], cache=cache, progress=True)  # fmt: skip
-    problem = AllocationProblem.build(table, bundle, str(config["estimator"]), exclude=[NONE],
-                                      target="llamacpp")  # fmt: skip
+    estimator = str(config["estimators"][model])
+    table = score(bundle, None, [str(s) for s in config["schemes"]], [estimator], ["layer"],
+                  cache=cache, progress=True)  # fmt: skip
+    problem = AllocationProblem.build(table, bundle, estimator, exclude=[NONE], target="llamacpp")
     rows: list[dict[str, Any]] = []
     planned: set[str] = set()
 
@@ -94,7 +96,7 @@ def study(model: str, config: dict[str, Any], build: llamacpp.LlamaCpp, work: Pa
     for bits, plan in plans:
         out = work / f"{model}-mixprec-{bits}.gguf"
         write_gguf(_named(plan, bundle), bundle.model, base, out)
-        measure(f"mixprec {bits} bits", f"ILP ({config['estimator']})", out)
+        measure(f"mixprec {bits} bits", f"ILP ({estimator})", out)
         out.unlink()
     return pd.DataFrame(rows)
 
@@ -105,30 +107,39 @@ def _named(plan: PrecisionPlan, bundle: ModelBundle) -> PrecisionPlan:
 
 
 def verdicts_for(results: pd.DataFrame, model: str) -> list[str]:
-    """Each plan against every uniform type of as many bits or more, and the K-quant mixes."""
+    """Each plan against every uniform type that fits its bits (equal or smaller files), and
+    llama.cpp's K-quant mixes against the plans of their size or smaller."""
     metric, higher = METRIC[model]
     frame = results[results["model"] == model]
-    uniform = frame[frame["method"] == "llama-quantize"]
+    uniform = frame[frame["method"] == "llama-quantize"].to_dict("records")
+    plans = frame[frame["method"].str.startswith("ILP")].to_dict("records")
     lines = []
 
     def better(a: float, b: float) -> bool:
         return a > b if higher else a < b
 
-    rows = uniform.to_dict("records")
-    mixes = "; ".join(f"{u['file']} at {u['bits/weight']:.2f} bits: {u[metric]:.4g}"
-                      for u in rows if u["file"] in K_MIXES)  # fmt: skip
-    for plan in frame[frame["method"].str.startswith("ILP")].to_dict("records"):
-        value, bits = plan[metric], plan["bits/weight"]
-        bigger = [u for u in rows if u["bits/weight"] >= bits - 1e-9]
-        losing = [f"{u['file']} ({u['bits/weight']:.2f} bits, {u[metric]:.4g})"
-                  for u in bigger if better(u[metric], value)]  # fmt: skip
-        head = f"- {model}, {plan['file']} ({bits:.2f} bits, {metric} {value:.4g}):"
+    def shown(row: dict[str, Any]) -> str:
+        return f"{row['file']} ({row['bits/weight']:.2f} bits, {metric} {row[metric]:.4g})"
+
+    for plan in plans:
+        fitting = [u for u in uniform if u["bits/weight"] <= plan["bits/weight"] + 1e-9]
+        losing = [shown(u) for u in fitting if better(u[metric], plan[metric])]
         if losing:
-            lines.append(f"{head} **not met**: beaten by {', '.join(losing)} of as many bits or "
-                         f"more. K-quant mixes: {mixes}.")  # fmt: skip
+            lines.append(f"- {model}, {shown(plan)}: **not met**: {', '.join(losing)} "
+                         "is better in as few bits or fewer.")  # fmt: skip
+        elif fitting:
+            lines.append(f"- {model}, {shown(plan)}: better than every uniform type that fits "
+                         f"its bits ({', '.join(u['file'] for u in fitting)}).")  # fmt: skip
         else:
-            lines.append(f"{head} at least as good as every uniform type of as many bits or more "
-                         f"({len(bigger)} of them). K-quant mixes: {mixes}.")  # fmt: skip
+            lines.append(f"- {model}, {shown(plan)}: no uniform type is that small.")
+    for mix in (u for u in uniform if u["file"] in K_MIXES):
+        near = [p for p in plans if p["bits/weight"] <= mix["bits/weight"] * EQUAL_SIZE]
+        if not near:
+            lines.append(f"- {model}, {shown(mix)}: no plan of its size or smaller.")
+            continue
+        best = max(near, key=lambda p: p[metric] if higher else -p[metric])
+        word = "beats" if better(best[metric], mix[metric]) else "**does not beat**"
+        lines.append(f"- {model}: {shown(best)} {word} llama.cpp's {shown(mix)}.")
     return lines
 
 
@@ -137,24 +148,32 @@ def main() -> int:
     config = load_config(args.config, DEFAULTS)
     started = time.perf_counter()
     build = llamacpp.find()
+    unknown = [m for m in config["models"] if m not in METRIC or m not in config["estimators"]]
+    if unknown:
+        fail(f"{args.config}: model {unknown[0]!r} needs an estimator and is one of "
+             f"{', '.join(METRIC)}")  # fmt: skip
     frames = []
     with tempfile.TemporaryDirectory(prefix="mixprec-runtimes-") as tmp:
-        for model in ("minilm", "smollm2"):
+        for model in config["models"]:
             frames.append(study(model, config, build, Path(tmp), CellCache(args.cache)))
     results = pd.concat(frames, ignore_index=True)
-    verdicts = [line for model in METRIC for line in verdicts_for(results, model)]
+    verdicts = [line for model in config["models"] for line in verdicts_for(results, model)]
+    scores = ", ".join(f"{e} for {m}" for m, e in config["estimators"].items())
     what = (
-        f"Plans made with `--target llamacpp` ({config['estimator']} scores, ILP) and written by "
+        f"Plans made with `--target llamacpp` (ILP on the scores of {scores}) and written by "
         "`--to gguf` on the F32 base of llama.cpp's converter; uniform files by llama-quantize "
         f"from the same base. SmolLM2: perplexity over {config['eval_chunks']} chunks of 512 "
         "tokens of held-out text; MiniLM: mean cosine of llama-embedding's embeddings (mean "
         "pooling) to the F32 file's, on the (anchor, positive) halves of held-out paragraphs. "
         "**Caveat:** SmolLM2's package ships the model as Q4_1, so Q4_1 is lossless for it (its "
-        "weights already sit on that grid): its Q4_1 row is not a fair comparison."
+        "weights already sit on that grid): its Q4_1 row is not a fair comparison, and plans "
+        "that reach Q4_1 everywhere stop there. The goal is read as: no uniform type that fits "
+        "a plan's bits (an equal or smaller file) is better than the plan, and a plan of a "
+        "K-quant mix's size (within 1%) or smaller is better than the mix."
     )
     sections = [(f"{model}: inside llama.cpp",
                  frame_markdown(results[results["model"] == model].drop(columns="model"),
-                                digits=5)) for model in METRIC]  # fmt: skip
+                                digits=5)) for model in config["models"]]  # fmt: skip
     return publish_study(args, "Plans inside llama.cpp", time.perf_counter() - started, what,
                          verdicts, sections, "No plots: the tables are the result.\n")  # fmt: skip
 

@@ -224,18 +224,22 @@ def export_command(
         ),
     ] = None,
 ) -> None:
-    """Write a plan for a runtime: JSON, an HF quantization config, llama.cpp overrides, GGUF.
+    """Write a plan for a runtime: JSON, a compressed-tensors checkpoint, llama.cpp overrides, GGUF.
 
     Examples: mixprec export plan.json --to llamacpp --out overrides.txt;
     mixprec export plan.json --to gguf --base model-f16.gguf --out model-mixprec.gguf
     """
-    from mixprec.export import TARGETS, base_for, export_plan
+    from mixprec.export import TARGETS, export_plan, model_files
+    from mixprec.export_compressed import check_export_folder
     from mixprec.guard import check_output_file
     from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan
 
     one_of("export target", to, TARGETS)
-    check_output_file(out, [plan_path])
+    if to == "compressed-tensors":
+        check_export_folder(out)
+    else:
+        check_output_file(out, [plan_path])
     plan = PrecisionPlan.load(plan_path)
     source = model or source_from_file(plan.model, str(plan_path), trust_model_source)
 
@@ -243,7 +247,7 @@ def export_command(
         bundle = load_model(source, dtype=plan.dtype, device="cpu")  # weights as planned
         return bundle.model, bundle.fingerprint
 
-    exported = export_plan(plan, to, out, load, base_for(to, source, base))
+    exported = export_plan(plan, to, out, load, *model_files(to, source, base))
     for warning in exported.warnings:
         sys.stderr.write(f"mixprec: warning: {warning}\n")
     console.print(f"{to} -> {exported.path}")

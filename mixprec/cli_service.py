@@ -112,6 +112,7 @@ def demo_command(
         calib_batches=2,
         budgets=["4.5bits", "5bits", "6bits"],
         methods=["ilp", "uniform"],
+        exports=["json", "llamacpp"],  # gguf, compressed-tensors: for llama.cpp's / vLLM's types
         workers=workers,
     )
     _run(config, quiet=False)

@@ -127,22 +127,15 @@ class RunConfig(BaseModel):
             raise ValueError("'none' keeps nothing by default: give it alone")
         return value
 
-    @field_validator("target")
+    @field_validator("target", "runtime")
     @classmethod
-    def _target(cls, value: str) -> str:
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        from mixprec.runtime_llamacpp import RUNTIMES
         from mixprec.search.targets import TARGETS
 
-        if value not in TARGETS:
-            raise ValueError(f"unknown target {value!r}; valid: {', '.join(TARGETS)}")
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime(cls, value: str) -> str:
-        from mixprec.runtime_llamacpp import RUNTIMES
-
-        if value not in RUNTIMES:
-            raise ValueError(f"unknown runtime {value!r}; valid: {', '.join(RUNTIMES)}")
+        valid = {"target": TARGETS, "runtime": RUNTIMES}[str(info.field_name)]
+        if value not in valid:
+            raise ValueError(f"unknown {info.field_name} {value!r}; valid: {', '.join(valid)}")
         return value
 
     @field_validator("spaces")

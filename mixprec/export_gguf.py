@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
-from mixprec.export_llamacpp import gguf_names, llamacpp_type, model_type_of
+from mixprec.export_llamacpp import gguf_names, llamacpp_type, model_type_of, substitution
 from mixprec.files import atomic_path
 from mixprec.kernels import formats, ggml_blocks
 from mixprec.kernels.formats import NumberFormat
 from mixprec.placement import dtype_name
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
-from mixprec.units import layer_weight, quantizable_layers
+from mixprec.units import layer_weight, quantizable_layers, weight_matrix
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
@@ -58,7 +58,8 @@ def planned_tensors(plan: PrecisionPlan, model: nn.Module) -> tuple[list[GgufTen
         if fmt.family == "native":
             planned.append(GgufTensor(tensor, fmt, module))
             continue
-        kind, same = llamacpp_type(fmt)
+        row = int(weight_matrix(layers[module]).shape[-1])
+        kind, same = llamacpp_type(fmt, row)
         stored = ggml_format(kind)
         if stored is None:
             raise MixprecError(
@@ -66,8 +67,8 @@ def planned_tensors(plan: PrecisionPlan, model: nn.Module) -> tuple[list[GgufTen
                 "a GGUF yet; export --to llamacpp and apply it with llama-quantize"
             )
         if not same:
-            warnings.append(f"module {module}: {fmt.name} is stored as llama.cpp's {kind} "
-                            f"({stored.bits_per_element:g} bits), with other values")  # fmt: skip
+            warnings.append(f"module {module}: {substitution(fmt, kind, row)} "
+                            f"({stored.bits_per_element:g} bits)")  # fmt: skip
         planned.append(GgufTensor(tensor, stored, module))
     return planned, warnings
 
@@ -87,7 +88,7 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
     layers = quantizable_layers(model)
     by_name = {p.name: p for p in planned}
     for item in planned:
-        _check_tensor(base, tensors.get(item.name), item, layer_weight(layers[item.module]))
+        _check_tensor(base, tensors.get(item.name), item, weight_matrix(layers[item.module]))
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
         for field in reader.fields.values():

@@ -20,7 +20,7 @@ from mixprec.kernels.formats import NumberFormat
 from mixprec.placement import dtype_name
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
-from mixprec.units import layer_weight, quantizable_layers
+from mixprec.units import layer_weight, quantizable_layers, weight_matrix
 
 # The llama.cpp type each other format is stored as: llama.cpp's values differ from the format's
 # (other rounding, scale dtype or block), so each use is warned about. Family "ggml" formats
@@ -35,6 +35,9 @@ LLAMACPP_NEAREST: dict[str, str] = {
     "ct_w4a16": "q4_0", "ct_w4a16_asym": "q4_1",
 }  # fmt: skip
 LLAMACPP_NATIVE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+# What llama-quantize stores instead of a K-quant on a row that does not hold whole super-blocks
+# of 256 (its own fallback, at least as many bits; it lacks iq4_nl's place: q4_0 here).
+ROW_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 # llama-quantize's name for a whole-model type with this ggml type (with --pure: every tensor)
 BASE_TYPES = {
     "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k": "Q5_K", "q5_1": "Q5_1", "q5_0": "Q5_0",
@@ -44,13 +47,22 @@ BASE_TYPES = {
 TOKEN_EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
 
 
-def llamacpp_type(fmt: NumberFormat) -> tuple[str, bool]:
-    """The llama.cpp type that stores `fmt`, and whether it holds exactly the same values."""
-    if fmt.ggml_type:
-        return fmt.ggml_type, True
+def llamacpp_type(fmt: NumberFormat, row: int | None = None) -> tuple[str, bool]:
+    """The llama.cpp type that stores `fmt` (on rows of `row` values, where given), and whether
+    it holds exactly the same values."""
     if not fmt.is_quantized:
         return LLAMACPP_NATIVE[fmt.name], True
-    return LLAMACPP_NEAREST[fmt.name], False
+    kind, same = (fmt.ggml_type, True) if fmt.ggml_type else (LLAMACPP_NEAREST[fmt.name], False)
+    if row is not None and row % 256 and kind in ROW_FALLBACK:
+        return ROW_FALLBACK[kind], False
+    return kind, same
+
+
+def substitution(fmt: NumberFormat, kind: str, row: int) -> str:
+    """Why a layer planned as `fmt` is stored as llama.cpp's `kind` instead."""
+    if fmt.ggml_type and fmt.ggml_type != kind:
+        return f"llama.cpp stores {fmt.name} as {kind} on rows of {row} (no whole super-blocks)"
+    return f"llama.cpp stores {fmt.name} as {kind}, with other values"
 
 
 @dataclass(frozen=True)
@@ -126,9 +138,10 @@ def llamacpp_overrides(plan: PrecisionPlan, model: nn.Module) -> LlamaCppOverrid
         scheme = Scheme.parse(plan.assignment[module])
         weight = layer_weight(layers[module])
         fmt = scheme.weight or formats.get(dtype_name(weight.dtype))
-        kind, same = llamacpp_type(fmt)
+        row = int(weight_matrix(layers[module]).shape[-1])
+        kind, same = llamacpp_type(fmt, row)
         if not same:
-            message = f"llama.cpp stores {fmt.name} as {kind}, with other values"
+            message = substitution(fmt, kind, row)
             substituted.setdefault(message, []).append(module)
         if scheme.activation is not None:
             message = f"llama.cpp ignores the activation format of {scheme}"

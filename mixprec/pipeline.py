@@ -9,6 +9,7 @@ also cached individually, so an interrupted analysis resumes where it stopped.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ class Pipeline:
         self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path, *runtime), [out], work)
 
     def export(self, plan_path: Path, target: str) -> None:
-        from mixprec.export import base_for, export_plan
+        from mixprec.export import export_plan, model_files
         from mixprec.plan import PrecisionPlan
 
         out = self.folder.export_path(plan_path, target)
@@ -238,10 +239,12 @@ class Pipeline:
             return bundle.model, bundle.fingerprint
 
         def work() -> str | None:
+            if out.is_dir():  # this run's own earlier checkpoint folder
+                shutil.rmtree(out)
             out.unlink(missing_ok=True)
             try:
-                base = base_for(target, self.config.model)
-                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load, base)
+                files = model_files(target, self.config.model)
+                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load, *files)
             except MixprecError as err:  # e.g. no llama.cpp names for this architecture
                 return f"not exported: {err}"
             for warning in exported.warnings:

@@ -34,10 +34,10 @@ RUN_KIND = "mixprec-run"
 SCORES = "scores.parquet"
 # Files a run folder keeps for itself; no --out may name them.
 RUN_FILES = (MANIFEST, SCORES, "config.toml", "report.md", "pareto.parquet", LOCK_FILE)
-# Every export target, and the suffix of its file beside the plan in RUN/exports/.
+# Every export target, and the suffix of its file (or folder) beside the plan in RUN/exports/.
 EXPORT_SUFFIX: dict[str, str] = {
     "json": ".json",
-    "hf": ".quantization_config.json",
+    "compressed-tensors": "-compressed-tensors",
     "llamacpp": ".llamacpp.txt",
     "gguf": ".gguf",
 }

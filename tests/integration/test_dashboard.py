@@ -180,13 +180,10 @@ def test_export_downloads_written_files_and_writes_missing_ones(app: AppTest, st
     app.selectbox(key="export_plan").set_value("ilp-6bits").run()
     downloads = {b.proto.label for b in app.get("download_button")}
     assert downloads == {"Download plan JSON"}  # the run exported json only
-    app.button(key="write_hf").click().run()
-    assert not app.exception and not app.warning
-    assert (store / "digits" / "exports" / "ilp-6bits.quantization_config.json").is_file()
-    downloads = {b.proto.label for b in app.get("download_button")}
-    assert downloads == {"Download plan JSON", "Download HF quantization_config"}
+    app.button(key="write_compressed-tensors").click().run()  # the CNN's plan: w:mxfp4, w:int8
+    assert not app.exception and "is not a compressed-tensors scheme" in app.warning[0].value
     app.button(key="write_llamacpp").click().run()  # no llama.cpp names for a CNN
-    assert not app.exception and app.warning[0].value.startswith("llama.cpp arguments: ")
+    assert not app.exception and app.warning[0].value.startswith("llama.cpp overrides: ")
 
 
 def test_heatmap_frames_order_and_hover(store: Path) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mixprec import llamacpp
+
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("ilp", "greedy", "optuna", "sac", "uniform")
 SEPARATOR = re.compile(r"\|(\s*:?-+:?\s*\|)+")
@@ -41,7 +43,7 @@ def test_uniform_sweep_script(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown number format 'int9'" in bad.stderr
 
 
-def run_study(name: str, config: str, tmp_path: Path) -> str:
+def run_study(name: str, config: str, tmp_path: Path, plots: bool = True) -> str:
     """Run experiments/NAME.py on a small config; its Markdown, after checking its plots."""
     (tmp_path / "study.toml").write_text(config)
     out = tmp_path / f"{name}.md"
@@ -50,7 +52,7 @@ def run_study(name: str, config: str, tmp_path: Path) -> str:
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     images = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
-    assert images
+    assert bool(images) == plots
     for image in images:
         assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"Made by `python experiments/{name}.py --config study.toml --out" in text
@@ -239,15 +241,9 @@ def test_agents_script_quick(tmp_path: Path) -> None:
 def test_smollm2_study_quick(tmp_path: Path) -> None:
     """The real LM end to end on a small config: FP, uniform schemes and a fisher ILP plan,
     each measured on the held-out text, and the verdict against uniform at the budget."""
-    (tmp_path / "study.toml").write_text(
-        'schemes = ["w:int8", "w:mxfp4"]\nestimators = ["fisher"]\nbudgets = [6.0]\n'
-        "calib_seq_len = 32\ncalib_samples = 4\neval_seq_len = 64\neval_samples = 4\n"
-    )
-    out = tmp_path / "smollm2.md"
-    args = ["--config", "study.toml", "--out", str(out), "--cache", str(tmp_path / "cells")]
-    proc = run_script([str(ROOT / "experiments" / "smollm2.py"), *args], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    text = out.read_text()
+    text = run_study("smollm2", 'schemes = ["w:int8", "w:mxfp4"]\nestimators = ["fisher"]\n'
+                     "budgets = [6.0]\ncalib_seq_len = 32\ncalib_samples = 4\neval_seq_len = 64\n"
+                     "eval_samples = 4\n", tmp_path, plots=False)  # fmt: skip
     [rows] = tables_with(text, "plan", "method", "bits/weight", "perplexity")
     assert [r["method"] for r in rows] == ["reference", "uniform", "uniform", "fisher"]
     fp, int8, mxfp4, plan = (float(r["perplexity"]) for r in rows)
@@ -255,6 +251,19 @@ def test_smollm2_study_quick(tmp_path: Path) -> None:
     assert fp > 1 and abs(int8 / fp - 1) < 0.03 and int8 < mxfp4 and plan < mxfp4
     assert 4.5 < float(rows[3]["bits/weight"]) <= 6.0
     assert "6.0 bits, fisher: perplexity" in text and "Q4_1" in text
+
+
+def test_runtimes_study_quick(tmp_path: Path) -> None:
+    """MiniLM inside llama.cpp on a small config: the F32 file, two llama-quantize types and a
+    plan, each measured by llama-embedding, and the verdict against the uniform types."""
+    llamacpp.build("tools")  # the cached build (made here on first use: minutes)
+    config = 'models = ["minilm"]\nschemes = ["w:q8_0", "w:q4_0"]\nuniform = ["Q4_0", "Q8_0"]\n'
+    text = run_study("runtimes", config + "budgets = [6.0]\n", tmp_path, plots=False)
+    [rows] = tables_with(text, "file", "method", "bits/weight", "cosine")
+    assert [r["file"] for r in rows] == ["F32 (converter)", "Q4_0", "Q8_0", "mixprec 6.0 bits"]
+    f32, q4, q8, plan = (float(r["cosine"]) for r in rows)
+    assert f32 == 1.0 and q4 < plan <= q8 < 1.0
+    assert 4.5 < float(rows[3]["bits/weight"]) <= 6.1 and "- minilm, mixprec 6.0 bits" in text
 
 
 def test_scale_benchmark_quick(tmp_path: Path) -> None:

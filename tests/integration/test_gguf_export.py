@@ -45,7 +45,7 @@ def test_the_gguf_is_the_base_with_the_plan_in_it(
     code, _, err = run(["export", str(folder / "plan.json"), "--to", "gguf", "--base", str(base),
                         "--out", str(out)], capsys)  # fmt: skip
     assert code == 0, err
-    assert "int8 is stored as llama.cpp's q8_0 (8.5 bits), with other values" in err
+    assert "llama.cpp stores int8 as q8_0, with other values (8.5 bits)" in err
     source, written = GGUFReader(str(base)), GGUFReader(str(out))
     assert set(written.fields) == set(source.fields) | {PLAN_KEY}
     for key in ("tokenizer.ggml.tokens", "llama.block_count", "general.architecture"):

@@ -241,7 +241,7 @@ CASES: dict[str, Case] = {
         "not a writable folder",
     ),
     "export --out its own plan": (
-        lambda w: ["export", str(w.plan), "--to", "hf", "--out", str(w.plan)],
+        lambda w: ["export", str(w.plan), "--to", "json", "--out", str(w.plan)],
         "own input",
     ),
     "export --out a user file": (
@@ -250,7 +250,7 @@ CASES: dict[str, Case] = {
     ),
     "export --to bogus": (
         lambda w: ["export", str(w.plan), "--to", "onnx", "--out", str(w.root / "x")],
-        "unknown export target 'onnx'; valid: json, hf",
+        "unknown export target 'onnx'; valid: json, compressed-tensors",
     ),
     # 2. opening a file never runs code
     "evaluate a plan naming module:": (
@@ -557,18 +557,6 @@ CASES: dict[str, Case] = {
             str(w.plan),
             "--to",
             "json",
-            "--out",
-            str(w.root / "x.json"),
-        ],
-        "nope.layer",
-    ),
-    "export a plan naming missing modules (hf)": (
-        lambda w: [
-            edit_json(w.plan, lambda d: d["assignment"].update({"nope.layer": "w:int8"}))
-            or "export",
-            str(w.plan),
-            "--to",
-            "hf",
             "--out",
             str(w.root / "x.json"),
         ],

@@ -28,7 +28,7 @@ def config_for(out: Path, **changes: object) -> dict[str, object]:
         "levels": ["layer"],
         "budgets": ["5bits", "1bits"],
         "methods": ["ilp", "greedy"],
-        "exports": ["json", "hf", "llamacpp"],
+        "exports": ["json", "compressed-tensors", "llamacpp"],
     }
     return {**base, **changes}
 
@@ -46,7 +46,8 @@ def test_a_run_writes_every_step_and_a_rerun_skips_them(tmp_path: Path) -> None:
         "ilp-5bits.json",
     ]
     assert (out / "eval" / "ilp-5bits.json").is_file() and (out / "report.md").is_file()
-    assert (out / "exports" / "ilp-5bits.quantization_config.json").is_file()
+    assert (out / "exports" / "ilp-5bits.json").is_file()
+    assert not (out / "exports" / "ilp-5bits-compressed-tensors").exists()  # not its schemes
     assert not (out / "exports" / "ilp-5bits.llamacpp.txt").exists()  # a CNN has no GGUF names
     plan = PrecisionPlan.load(out / "plans" / "ilp-5bits.json")
     assert plan.model == "digits-cnn" and plan.predicted["bits_per_weight"] <= 5

@@ -21,7 +21,12 @@ def test_defaults_and_canonical_spellings(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.schemes == ["w:nvfp4,a:nvfp4", "w:int8"]
     assert config.budgets == ["4.5bits", "12MB"]
-    assert config.methods == ["ilp"] and config.exports == ["json", "hf", "llamacpp", "gguf"]
+    assert config.methods == ["ilp"] and config.exports == [
+        "json",
+        "compressed-tensors",
+        "llamacpp",
+        "gguf",
+    ]
     assert config.name == "x" and config.estimator_for_search == "isolation"
 
 

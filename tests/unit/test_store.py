@@ -57,8 +57,8 @@ def test_file_places_come_from_the_folder(tmp_path: Path) -> None:
     assert plan == tmp_path / "plans" / "ilp-4.5bits.json"
     assert folder.eval_path(plan) == tmp_path / "eval" / "ilp-4.5bits.json"
     assert (
-        folder.export_path(plan, "hf")
-        == tmp_path / "exports" / "ilp-4.5bits.quantization_config.json"
+        folder.export_path(plan, "compressed-tensors")
+        == tmp_path / "exports" / "ilp-4.5bits-compressed-tensors"
     )
     plan.parent.mkdir()
     plan.write_text("{}")

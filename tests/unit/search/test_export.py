@@ -11,11 +11,12 @@ import pytest
 from torch import nn
 
 from mixprec.errors import MixprecError
-from mixprec.export import export_plan, to_hf_config
+from mixprec.export import export_plan
 from mixprec.export_llamacpp import LLAMACPP_NEAREST, gguf_names, llamacpp_type
 from mixprec.kernels import formats
 from mixprec.models import fingerprint
 from mixprec.plan import PrecisionPlan
+from mixprec.scheme import Scheme
 from mixprec.units import quantizable_layers
 from tests.helpers.models import make_gpt2
 
@@ -40,27 +41,13 @@ def test_every_format_has_a_llamacpp_type_that_gguf_knows() -> None:
     assert not set(LLAMACPP_NEAREST) & exact
 
 
-def test_json_and_hf_round_trip(tmp_path: Path) -> None:
+def test_json_round_trips(tmp_path: Path) -> None:
     model = make_gpt2()
     plan = plan_for(model, ["w:mxfp4", "w:nvfp4,a:nvfp4", "keep", "w:int8"])
     export_plan(plan, "json", tmp_path / "plan.json", loader(model))
     layers = json.loads((tmp_path / "plan.json").read_text())["layers"]
     assert {m: v["scheme"] for m, v in layers.items()} == dict(plan.assignment)
-    export_plan(plan, "hf", tmp_path / "config.json", loader(model))
-    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
-    back = dict.fromkeys(config["ignore"], "keep")
-    for group in config["config_groups"].values():
-        scheme = f"w:{group['weights']['format']}"
-        if group["input_activations"]:
-            scheme += f",a:{group['input_activations']['format']}"
-        back.update(dict.fromkeys(group["targets"], scheme))
-    assert back == dict(plan.assignment)
-    mx = next(g for g in config["config_groups"].values() if g["weights"]["format"] == "mxfp4")
-    assert mx["weights"] | {"bits_per_element": 0} == {
-        "format": "mxfp4", "type": "float", "num_bits": 4, "bits_per_element": 0,
-        "block_size": 32, "strategy": "group", "scale_format": "e8m0", "symmetric": True,
-    }  # fmt: skip
-    assert to_hf_config(plan) == {"quantization_config": config}
+    assert layers["lm_head"]["weight"] == Scheme.parse(plan.assignment["lm_head"]).weight.name
 
 
 def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
@@ -101,13 +88,32 @@ def test_llamacpp_overrides_name_gguf_tensors_and_warn(tmp_path: Path) -> None:
 
 def test_llamacpp_types_export_as_they_are(tmp_path: Path) -> None:
     model = make_gpt2(tie=False)
-    plan = plan_for(model, ["w:q4_k", "w:q6_k", "w:q4_0"])
+    plan = plan_for(model, ["w:q5_1", "w:q8_0", "w:q4_0"])
     exported = export_plan(plan, "llamacpp", tmp_path / "types.txt", loader(model))
     assert exported.warnings == ()
     text = (tmp_path / "types.txt").read_text()
-    assert "=q4_k\n" in text and "=q6_k\n" in text and "=q4_0\n" in text
+    assert "=q5_1\n" in text and "=q8_0\n" in text and "=q4_0\n" in text
     assert "^output" not in text and "--output-tensor-type" in exported.command
-    assert exported.command.endswith(" Q4_K")  # the type most weights have is the base
+    layers = quantizable_layers(model)
+    weights = {t: sum(layers[m].weight.numel() for m, s in plan.assignment.items() if s == t)
+               for t in set(plan.assignment.values())}  # fmt: skip
+    base = max(weights, key=weights.__getitem__).removeprefix("w:").upper()
+    assert exported.command.endswith(f" {base}")  # the type most weights have is the base
+
+
+def test_a_k_quant_on_rows_without_whole_super_blocks_is_llamacpps_fallback(
+    tmp_path: Path,
+) -> None:
+    """GPT-2 here has rows of 32 and 128: llama-quantize would store q4_k as q5_0 and q6_k as
+    q8_0; the export says so and writes what llama.cpp will hold."""
+    model = make_gpt2(tie=False)
+    plan = plan_for(model, ["w:q4_k", "w:q6_k"])
+    exported = export_plan(plan, "llamacpp", tmp_path / "types.txt", loader(model))
+    text = (tmp_path / "types.txt").read_text()
+    assert "=q5_0\n" in text and "=q8_0\n" in text and "_k\n" not in text
+    assert exported.warnings[0].startswith(
+        "llama.cpp stores q4_k as q5_0 on rows of 32 (no whole super-blocks) ("
+    )
 
 
 def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
@@ -121,7 +127,9 @@ def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
         export_plan(plan, "gguf", tmp_path / "x.gguf", loader(model))
     with pytest.raises(MixprecError, match="goes with --to gguf only"):
         export_plan(plan, "json", tmp_path / "x.json", loader(model), tmp_path / "base.gguf")
-    with pytest.raises(MixprecError, match="unknown export target 'onnx'; valid: json, hf"):
+    with pytest.raises(
+        MixprecError, match="unknown export target 'onnx'; valid: json, compressed-tensors"
+    ):
         export_plan(plan, "onnx", tmp_path / "x", loader(model))
     assert not list(tmp_path.iterdir())
 

@@ -1,0 +1,101 @@
+"""`--to compressed-tensors`: a checkpoint folder transformers loads on the CPU (compressed-
+tensors' own decompression) with exactly mixprec's fake-quantized weights and logits; vLLM's
+rules and a folder that is not new or empty are one line each, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mixprec.models import fingerprint
+from mixprec.plan import PrecisionPlan, apply_plan
+from mixprec.units import quantizable_layers
+from tests.helpers.cli import run
+from tests.helpers.llamacpp import tiny_llama
+
+BY_LEAF = {"q_proj": "w:ct_w4a16", "k_proj": "w:ct_w4a16", "v_proj": "w:ct_w4a16",
+           "o_proj": "w:ct_w8a16", "gate_proj": "w:fp8_e4m3", "up_proj": "w:fp8_e4m3",
+           "down_proj": "keep"}  # fmt: skip
+
+
+def plan_file(folder: Path, schemes: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    model = tiny_llama(folder / "hf")
+    layers = [n for n in quantizable_layers(model) if n != "lm_head"]
+    assignment = {n: schemes[n.rsplit(".", 1)[-1]] for n in layers}
+    plan = PrecisionPlan(f"hf:{folder / 'hf'}", fingerprint(model), assignment, "6bits")
+    plan.save(folder / "plan.json")
+    return folder / "plan.json", assignment
+
+
+def test_transformers_loads_exactly_the_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, assignment = plan_file(tmp_path, BY_LEAF)
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors"
+    assert config["format"] == "mixed-precision"  # int groups packed, FP8 float-quantized
+    groups = {g["format"]: g for g in config["config_groups"].values()}
+    assert set(groups) == {"pack-quantized", "float-quantized"}
+    targets = sorted(t for g in config["config_groups"].values() for t in g["targets"])
+    assert targets == sorted(m for m, s in assignment.items() if s != "keep")
+    assert "model.layers.0.mlp.down_proj" in config["ignore"] and "lm_head" in config["ignore"]
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer(["the quick brown fox jumps"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # the first forward decompresses (compressed-tensors' own hook)
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
+    theirs, ours = dict(loaded.named_modules()), dict(expected.named_modules())
+    for module in assignment:
+        assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"k_proj": "w:ct_w8a16"}, "vLLM fuses q_proj/k_proj/v_proj of model.layers.0.self_attn "
+                                   "into one layer with one scheme; the plan gives k_proj "
+                                   "w:ct_w8a16, q_proj w:ct_w4a16, v_proj w:ct_w4a16"),
+        ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
+                                "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:fp8_e4m3, keep"),
+    ],
+)  # fmt: skip
+def test_what_vllm_cannot_load_is_one_line(
+    change: dict[str, str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, **change})
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".checkpoint*"))
+
+
+def test_a_folder_that_holds_something_is_never_written_into(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asym = dict.fromkeys(("q_proj", "k_proj", "v_proj"), "w:ct_w4a16_asym")
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, **asym})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    (tmp_path / "file").write_text("mine\n")
+    for out, what in ((mine, "a folder that is not empty"), (tmp_path / "file", "a file")):
+        code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out",
+                            str(out)], capsys)  # fmt: skip
+        assert code == 2 and f"is {what}; give a new or empty folder" in err
+    assert (mine / "notes.txt").read_text() == "mine\n" and len(list(mine.iterdir())) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(empty)],
+                       capsys)  # fmt: skip
+    assert code == 0 and (empty / "model.safetensors").is_file(), err
+    assert "transformers cannot load asymmetric pack-quantized weights yet" in err
