@@ -127,11 +127,13 @@ def verdicts_for(results: pd.DataFrame, model: str) -> list[str]:
         if losing:
             lines.append(f"- {model}, {shown(plan)}: **not met**: {', '.join(losing)} "
                          "is better in as few bits or fewer.")  # fmt: skip
-        elif fitting:
-            lines.append(f"- {model}, {shown(plan)}: better than every uniform type that fits "
-                         f"its bits ({', '.join(u['file'] for u in fitting)}).")  # fmt: skip
         else:
-            lines.append(f"- {model}, {shown(plan)}: no uniform type is that small.")
+            fits = ", ".join(u["file"] for u in fitting) or "none is that small"
+            beaten = [u["file"] for u in uniform if u not in fitting and
+                      better(plan[metric], u[metric])]  # fmt: skip
+            lines.append(f"- {model}, {shown(plan)}: at least as good as every uniform type "
+                         f"that fits its bits ({fits})" + (f"; better than the larger "
+                         f"{', '.join(beaten)}" if beaten else "") + ".")  # fmt: skip
     for mix in (u for u in uniform if u["file"] in K_MIXES):
         near = [p for p in plans if p["bits/weight"] <= mix["bits/weight"] * EQUAL_SIZE]
         if not near:
@@ -172,8 +174,9 @@ def main() -> int:
         "K-quant mix's size (within 1%) or smaller is better than the mix."
     )
     sections = [(f"{model}: inside llama.cpp",
-                 frame_markdown(results[results["model"] == model].drop(columns="model"),
-                                digits=5)) for model in config["models"]]  # fmt: skip
+                 frame_markdown(results[results["model"] == model].drop(columns="model")
+                                .dropna(axis=1, how="all"), digits=5))
+                for model in config["models"]]  # fmt: skip
     return publish_study(args, "Plans inside llama.cpp", time.perf_counter() - started, what,
                          verdicts, sections, "No plots: the tables are the result.\n")  # fmt: skip
 

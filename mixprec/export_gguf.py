@@ -89,6 +89,13 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
     by_name = {p.name: p for p in planned}
     for item in planned:
         _check_tensor(base, tensors.get(item.name), item, weight_matrix(layers[item.module]))
+    requantized = [i.name for i in planned if not _kept(i) and
+                   tensors[i.name].tensor_type.name not in ("F32", "F16", "BF16")]  # fmt: skip
+    if requantized:
+        stored = tensors[requantized[0]].tensor_type.name
+        warnings.append(f"--base {base} holds {len(requantized)} planned tensors quantized "
+                        f"({requantized[0]} is {stored}): they are quantized again from those "
+                        "values; the converter's F32/F16 file gives the exact plan")  # fmt: skip
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
         for field in reader.fields.values():

@@ -72,6 +72,21 @@ def test_the_gguf_is_the_base_with_the_plan_in_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "model-mixprec.gguf"]
 
 
+def test_a_quantized_base_is_warned_about(
+    tiny: tuple[Path, PrecisionPlan, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, plan, base = tiny
+    q8 = PrecisionPlan(plan.model, plan.fingerprint, dict.fromkeys(plan.assignment, "w:q8_0"),
+                       "8.5bits")  # fmt: skip
+    q8.save(tmp_path / "q8.json")
+    argv = ["export", str(tmp_path / "q8.json"), "--to", "gguf", "--base", str(base), "--out"]
+    assert run([*argv, str(tmp_path / "q8.gguf")], capsys)[0] == 0
+    again = ["export", str(folder / "plan.json"), "--to", "gguf", "--base"]
+    code, _, err = run([*again, str(tmp_path / "q8.gguf"), "--out", str(tmp_path / "x.gguf")],
+                       capsys)  # fmt: skip
+    assert code == 0 and "planned tensors quantized (" in err and "is Q8_0" in err, err
+
+
 def test_without_base_the_models_own_is_converted(
     tiny: tuple[Path, PrecisionPlan, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
