@@ -104,7 +104,8 @@ def _sub_scales(q: QuantizedGroups, count: int, minimum: bool = False) -> np.nda
 
 
 def _two_bit_planes(codes: np.ndarray) -> np.ndarray:
-    """q2_k / q3_k's qs: per 128 values, byte l holds codes l, l+32, l+64, l+96 (2 bits each)."""
+    """q2_k / q3_k's qs and q6_k's qh: per 128 values, byte l holds the 2-bit codes l, l+32,
+    l+64 and l+96."""
     halves = codes.reshape(-1, 2, 4, 32) & 3
     planes = (
         halves[:, :, 0] | (halves[:, :, 1] << 2) | (halves[:, :, 2] << 4) | (halves[:, :, 3] << 6)
@@ -168,14 +169,12 @@ def _k_with_minimum(bits: int) -> Packer:
 def _q6_k(q: QuantizedGroups) -> list[np.ndarray]:
     assert q.super_scale is not None
     live = q.super_scale.reshape(-1, 1).numpy() != 0  # C zeroes a dead super-block entirely
-    codes = np.where(live, _codes(q, 32, 256), 0).reshape(-1, 2, 4, 32)
-    low = codes & 0xF
+    codes = np.where(live, _codes(q, 32, 256), 0)
+    low = (codes & 0xF).reshape(-1, 2, 4, 32)
     ql = np.concatenate([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)],
                         axis=2)  # fmt: skip
-    top = codes >> 4
-    qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)
     scales = np.where(live, _sub_scales(q, 16), 0).astype(np.int8).view(np.uint8)
-    return [ql.reshape(-1, 128).astype(np.uint8), qh.reshape(-1, 64).astype(np.uint8), scales,
+    return [ql.reshape(-1, 128).astype(np.uint8), _two_bit_planes(codes >> 4), scales,
             _half(q.super_scale)]  # fmt: skip
 
 

@@ -155,7 +155,7 @@ def quantize_uniform(build: LlamaCpp, base: Path, out: Path, kind: str, *flags: 
     _run(
         build,
         "llama-quantize",
-        [*flags, str(base), str(out), kind, str(len(os.sched_getaffinity(0)))],
+        [*flags, str(base), str(out), kind, _threads()],
         threads=False,
     )
     return out
@@ -168,7 +168,7 @@ def _run(build: LlamaCpp, tool: str, args: list[str], stdout_only: bool = False,
     log.info("running %s %s", tool, " ".join(args[:2]))
     command = [str(build.tool(tool)), *args]
     if threads:
-        command += ["-t", str(len(os.sched_getaffinity(0)))]
+        command += ["-t", _threads()]
     done = subprocess.run(command, capture_output=True, text=True, env=build.environment(),
                           timeout=TIMEOUT_S, check=False)  # fmt: skip
     log.info("%s finished in %.0f s", tool, time.monotonic() - start)
@@ -176,3 +176,8 @@ def _run(build: LlamaCpp, tool: str, args: list[str], stdout_only: bool = False,
         last = " ".join(done.stderr.strip().splitlines()[-1:])
         raise MixprecError(f"{tool} failed (exit {done.returncode}): {last}")
     return done.stdout if stdout_only else done.stdout + done.stderr
+
+
+def _threads() -> str:
+    """Every core this process may run on, as the tools' thread count."""
+    return str(len(os.sched_getaffinity(0)))
