@@ -31,11 +31,11 @@ from mixprec.search.base import Limits, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
 from mixprec.search.space import expand_exclude, search_space
-from mixprec.search.targets import check_spaces, target_space
+from mixprec.search.targets import check_spaces, fusion, target_space
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
 from mixprec.tensordata import data_from_json
-from mixprec.units import quantizable_layers, weight_matrix
+from mixprec.units import quantizable_layers, tied_to_embedding, weight_matrix
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,13 @@ class AllocationProblem:
                 f"scheme {missing[0]!r} has no {estimator} scores in the table; "
                 f"scored: {', '.join(scored)}"
             )
-        costs = build_cost_model(bundle, chosen, latency_table)
+        costs = build_cost_model(bundle, chosen, latency_table, fusion(target))
         exclude = expand_exclude(list(layers), exclude)
         shapes = {name: tuple(weight_matrix(layer).shape) for name, layer in layers.items()}
-        check_spaces(costs, shapes, target, spaces or {})
+        tied = tied_to_embedding(bundle.model)
+        check_spaces(costs, shapes, target, spaces or {}, tied)
         allowed = search_space(costs, exclude, spaces or {})
-        runnable = target_space(costs, shapes, target)
+        runnable = target_space(costs, shapes, target, tied)
         if runnable is not None:
             allowed = runnable if allowed is None else allowed & runnable
         recorded = {**(provenance or {}), "dtype": dtype_name(model_dtype(bundle.model))}

@@ -158,7 +158,10 @@ def evaluate_command(
     ] = False,
     runtime: Annotated[
         str,
-        typer.Option(help="torch (mixprec's kernels) or llamacpp (the plan's GGUF in llama.cpp)."),
+        typer.Option(
+            help="torch (mixprec's kernels), llamacpp (the plan's GGUF in llama.cpp) or "
+            "transformers (its compressed-tensors checkpoint)."
+        ),
     ] = "torch",
     llamacpp_bin: Annotated[
         Path | None,
@@ -180,14 +183,15 @@ def evaluate_command(
 
     Examples: mixprec evaluate --model minilm --scheme w:mxfp4 --json;
     mixprec evaluate --plan plan.json --kernel triton --packed;
-    mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp)
+    mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp);
+    mixprec evaluate --plan plan.json --runtime transformers (the plan's vLLM checkpoint)
     """
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model, source_from_file
     from mixprec.placement import Placement
     from mixprec.plan import PrecisionPlan, uniform_assignment
-    from mixprec.runtime_llamacpp import evaluate_in_llamacpp, runtime_build, text_only
+    from mixprec.runtimes import evaluate_in, runtime_for
     from mixprec.scheme import Scheme
     from mixprec.units import discover_units
 
@@ -195,7 +199,7 @@ def evaluate_command(
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     Placement(dtype, device)
-    build = runtime_build(runtime, llamacpp_bin, packed)  # no build: one line, nothing loaded
+    where = runtime_for(runtime, llamacpp_bin, packed)  # no build: one line, nothing loaded
     text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
@@ -213,13 +217,13 @@ def evaluate_command(
         bundle = load_model(source, seed, text, dtype, device)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
-    if build is None:
+    if where.is_mixprec:
         result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
     else:
         plan_in = loaded if plan is not None else PrecisionPlan(
             bundle.name, bundle.fingerprint, {m: str(s) for m, s in assignment.items()}, "uniform"
         )  # fmt: skip
-        result, warnings = evaluate_in_llamacpp(build, bundle, plan_in, source, text_only(text))
+        result, warnings = evaluate_in(where, bundle, plan_in, source, text)
         for warning in warnings:
             sys.stderr.write(f"mixprec: warning: {warning}\n")
     unusable = sorted(k for k, v in result.metrics.items() if not math.isfinite(v))

@@ -58,8 +58,8 @@ TargetOption = Annotated[
     str,
     typer.Option(
         "--target",
-        help="The runtime the plan is for: any (every format) or llamacpp (its own types, on "
-        "rows of whole blocks).",
+        help="The runtime the plan is for: any (every format), llamacpp (its own types, on "
+        "rows of whole blocks) or compressed-tensors (vLLM: its weight-only schemes).",
     ),
 ]
 LatencyTableOption = Annotated[

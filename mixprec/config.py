@@ -57,7 +57,9 @@ class RunConfig(BaseModel):
     spaces: dict[str, list[str]] = Field(
         default_factory=dict, description="{regex = [schemes]}: what matching layers may take"
     )
-    target: str = Field(default="any", description="the runtime plans are for: any, llamacpp")
+    target: str = Field(
+        default="any", description="the runtime plans are for: any, llamacpp, compressed-tensors"
+    )
     evaluate: bool = True
     runtime: str = Field(default="torch", description="where plans are measured: torch "
                          "(mixprec's kernels) or llamacpp (their GGUF in llama.cpp)")  # fmt: skip
@@ -130,7 +132,7 @@ class RunConfig(BaseModel):
     @field_validator("target", "runtime")
     @classmethod
     def _one_of(cls, value: str, info: ValidationInfo) -> str:
-        from mixprec.runtime_llamacpp import RUNTIMES
+        from mixprec.runtimes import RUNTIMES
         from mixprec.search.targets import TARGETS
 
         valid = {"target": TARGETS, "runtime": RUNTIMES}[str(info.field_name)]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixprec.config import RunConfig
 from mixprec.errors import MixprecError
@@ -22,6 +22,9 @@ from mixprec.files import atomic_write_text
 from mixprec.memory import peak_memory
 from mixprec.runlock import RunLock
 from mixprec.store import RunFolder, check_run_folder, inputs_hash
+
+if TYPE_CHECKING:
+    from mixprec.runtimes import Runtime
 
 Say = Callable[[str], None]
 
@@ -57,7 +60,7 @@ class Pipeline:
         """Refuse a folder that is not ours; hold its lock while the steps run."""
         check_run_folder(self.path, "the run folder")
         if self.config.evaluate:
-            self.runtime()  # no llama.cpp build for runtime llamacpp: one line before any step
+            self.runtime()  # no llama.cpp build (or compressed-tensors): one line before any step
         with RunLock(self.path):
             return self._run_locked()
 
@@ -192,13 +195,13 @@ class Pipeline:
                     plans.append(out)
         return plans
 
-    def runtime(self) -> Any:
-        """The llama.cpp build plans are measured in (None: mixprec's own kernels)."""
-        from mixprec.runtime_llamacpp import runtime_build
+    def runtime(self) -> Runtime:
+        """Where plans are measured (its llama.cpp build found)."""
+        from mixprec.runtimes import runtime_for
 
         c = self.config
         bin_dir = Path(c.llamacpp_bin).expanduser() if c.llamacpp_bin else None
-        return runtime_build(c.runtime, bin_dir, packed=False)
+        return runtime_for(c.runtime, bin_dir)
 
     def evaluate(self, plan_path: Path) -> None:
         from mixprec.metrics import evaluate
@@ -207,26 +210,24 @@ class Pipeline:
         out = self.folder.eval_path(plan_path)
 
         c = self.config
-        runtime = [c.runtime, c.llamacpp_bin] if c.runtime != "torch" else []
+        measured_in = [c.runtime, c.llamacpp_bin] if c.runtime != "torch" else []
 
         def work() -> None:
             plan = PrecisionPlan.load(plan_path)
             bundle = self.problem().bundle
-            if c.runtime == "torch":
+            runtime = self.runtime()
+            if runtime.is_mixprec:
                 result = evaluate(bundle, plan.assignment)
             else:
-                from mixprec.runtime_llamacpp import evaluate_in_llamacpp, text_only
+                from mixprec.runtimes import evaluate_in
 
-                build = self.runtime()
-                assert build is not None
-                result, warnings = evaluate_in_llamacpp(build, bundle, plan, c.model,
-                                                        text_only(c.text_data()))  # fmt: skip
+                result, warnings = evaluate_in(runtime, bundle, plan, c.model, c.text_data())
                 for warning in warnings:
                     self.say(f"  warning: {warning}")
             atomic_write_text(out, json.dumps(result.to_json(), indent=2) + "\n")
             return None
 
-        self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path, *runtime), [out], work)
+        self.step(f"evaluate {plan_path.stem}", inputs_hash(plan_path, *measured_in), [out], work)
 
     def export(self, plan_path: Path, target: str) -> None:
         from mixprec.export import export_plan, model_files

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from mixprec.data import python_doc_paragraphs, sentence_pairs
-from mixprec.errors import MixprecError, one_of
+from mixprec.errors import MixprecError
 from mixprec.export_gguf import planned_tensors, write_gguf
-from mixprec.llamacpp import LlamaCpp, base_gguf, find
+from mixprec.llamacpp import LlamaCpp, base_gguf
 from mixprec.metrics import BYTES_PER_MB, Evaluation
 from mixprec.models import ModelBundle, checkpoint_folder
 from mixprec.plan import PrecisionPlan
@@ -30,22 +30,6 @@ log = logging.getLogger(__name__)
 
 CONTEXT = 512  # tokens per perplexity chunk, as llama.cpp's published perplexities use
 TIMEOUT_S = 3600
-
-
-RUNTIMES = ("torch", "llamacpp")  # where `mixprec evaluate` runs a plan
-
-
-def runtime_build(runtime: str, llamacpp_bin: Path | None, packed: bool) -> LlamaCpp | None:
-    """The llama.cpp build `--runtime llamacpp` runs in (None for torch), found before any
-    model is loaded; options of the other runtime are refused."""
-    one_of("--runtime", runtime, RUNTIMES)
-    if runtime == "torch":
-        if llamacpp_bin is not None:
-            raise MixprecError("--llamacpp-bin goes with --runtime llamacpp")
-        return None
-    if packed:
-        raise MixprecError("--packed measures mixprec's own kernels; it goes with --runtime torch")
-    return find(llamacpp_bin)
 
 
 def text_only(data: object) -> TextData | None:

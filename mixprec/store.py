@@ -60,6 +60,15 @@ def inputs_hash(*parts: object) -> str:
     return digest.hexdigest()
 
 
+def output_digest(path: Path) -> str:
+    """A step output's digest: a file's, or for a folder (a checkpoint) that of every file's
+    relative name and digest."""
+    if not path.is_dir():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return inputs_hash(*[f"{p.relative_to(path)}:{file_digest(p)}" for p in files])
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -261,7 +270,7 @@ class RunFolder:
             return False
         for name in record.outputs:
             path = self.path / name
-            if not path.is_file() or (unchanged and record.digests.get(name) != file_digest(path)):
+            if not path.exists() or (unchanged and record.digests.get(name) != output_digest(path)):
                 return False
         return True
 
@@ -276,7 +285,7 @@ class RunFolder:
         peak: PeakMemory | None = None,
     ) -> None:
         names = [str(p.relative_to(self.path)) for p in outputs]
-        digests = {n: file_digest(self.path / n) for n in names}
+        digests = {n: output_digest(self.path / n) for n in names}
         memory = {"peak_rss_mb": peak.rss_mb, "peak_cuda_mb": peak.cuda_mb} if peak else {}
         record = StepRecord(status=status, inputs=inputs, outputs=names, digests=digests,
                             finished=now(), error=error, note=note, **memory)  # fmt: skip

@@ -108,6 +108,13 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def tied_to_embedding(model: nn.Module) -> frozenset[str]:
+    """Quantizable layers whose weight is an input embedding's (a tied LM head)."""
+    shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return frozenset(name for name, layer in quantizable_layers(model).items()
+                     if id(getattr(layer, "weight", None)) in shared)  # fmt: skip
+
+
 def discover_units(
     model: nn.Module, fusion: Iterable[tuple[str, ...]] | None = DEFAULT_FUSION
 ) -> tuple[Unit, ...]:

@@ -23,7 +23,7 @@ from mixprec.metrics import BYTES_PER_MB, layer_weight_bytes
 from mixprec.models import ModelBundle
 from mixprec.scheme import Scheme
 from mixprec.search.features import unit_features
-from mixprec.units import discover_units, quantizable_layers, select, weight_matrix
+from mixprec.units import DEFAULT_FUSION, discover_units, quantizable_layers, select, weight_matrix
 
 FP16_BITS = 16
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*(bits|mb|x)\s*$", re.IGNORECASE)
@@ -171,15 +171,17 @@ class CostModel:
 
 
 def build_cost_model(
-    bundle: ModelBundle, schemes: Sequence[str], latency_csv: Path | None = None
-) -> CostModel:
-    """Costs of `schemes` for every fusion group or layer of the bundle's model."""
+    bundle: ModelBundle, schemes: Sequence[str], latency_csv: Path | None = None,
+    fusion: tuple[tuple[str, ...], ...] = DEFAULT_FUSION,
+) -> CostModel:  # fmt: skip
+    """Costs of `schemes` for every fusion group (of the roles `fusion` ties) or layer of the
+    bundle's model."""
     model = bundle.model
     layers = quantizable_layers(model)
     parsed = [Scheme.parse(s) for s in schemes]
     names = tuple(dict.fromkeys(str(s) for s in parsed))
     members: dict[str, list[str]] = {}
-    discovered = discover_units(model)
+    discovered = discover_units(model, fusion)
     for unit in select(discovered, "layer"):
         members.setdefault(unit.group or unit.name, []).append(unit.name)
     blocks = select(discovered, "block")

@@ -1,7 +1,10 @@
 """The runtimes a plan is made for, and what each runs: `any` is mixprec's own evaluation
 (every format, every shape); `llamacpp` runs llama.cpp's own types (family "ggml") and its
 f16/bf16/f32, weights only, on rows that hold whole blocks (32; 256 for K-quants), where
-llama-quantize would silently fall back to another type. A plan records its target."""
+llama-quantize would silently fall back to another type; `compressed-tensors` (vLLM) runs the
+weight-only schemes mixprec writes, integer groups only on rows of whole groups (its kernels
+refuse others), one scheme per fused layer (q/k/v, gate/up), and never quantizes an output
+head tied to the embedding. A plan records its target."""
 
 from __future__ import annotations
 
@@ -13,15 +16,35 @@ from mixprec.errors import MixprecError, one_of
 from mixprec.scheme import KEEP, Scheme
 from mixprec.search.cost import CostModel
 from mixprec.search.space import matching_units
+from mixprec.units import DEFAULT_FUSION
 
-TARGETS = ("any", "llamacpp")
+TARGETS = ("any", "llamacpp", "compressed-tensors")
+# the shards a target's runtime loads into one fused layer, which must share one scheme (vLLM:
+# QKVParallelLinear, MergedColumnParallelLinear); other targets tie what mixprec ties by default
+FUSION: dict[str, tuple[tuple[str, ...], ...]] = {
+    "compressed-tensors": (("q", "k", "v"), ("gate", "up")),
+}
 
 
-def refusal(target: str, scheme: Scheme, shape: Sequence[int]) -> str | None:
-    """Why `target` cannot run `scheme` on a weight of `shape` (out, in); None: it can."""
+EXAMPLES = {"llamacpp": "w:q4_k, w:q6_k, w:q8_0",
+            "compressed-tensors": "w:ct_w4a16, w:ct_w8a16, w:fp8_e4m3"}  # fmt: skip
+
+
+def fusion(target: str) -> tuple[tuple[str, ...], ...]:
+    """The roles whose layers under one parent are one decision for `target`."""
+    one_of("target", target, TARGETS)
+    return FUSION.get(target, DEFAULT_FUSION)
+
+
+def refusal(target: str, scheme: Scheme, shape: Sequence[int], tied: bool = False
+            ) -> str | None:  # fmt: skip
+    """Why `target` cannot run `scheme` on a weight of `shape` (out, in), `tied` to the input
+    embedding or not; None: it can."""
     one_of("target", target, TARGETS)
     if target == "any" or scheme.is_keep:
         return None
+    if target == "compressed-tensors":
+        return _compressed_tensors_refusal(scheme, shape, tied)
     if scheme.activation is not None:
         return f"llama.cpp has no activation formats ({scheme})"
     fmt = scheme.weight
@@ -34,10 +57,28 @@ def refusal(target: str, scheme: Scheme, shape: Sequence[int]) -> str | None:
     return None
 
 
+def _compressed_tensors_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
+    from mixprec.export_compressed import CT_SCHEMES
+
+    fmt = scheme.weight
+    if scheme.activation is not None or fmt is None or fmt.name not in CT_SCHEMES:
+        return (f"mixprec writes compressed-tensors weight-only schemes "
+                f"({', '.join(f'w:{n}' for n in CT_SCHEMES)}), not {scheme}")  # fmt: skip
+    if tied:
+        return "vLLM runs an output head tied to the input embedding as the embedding, unquantized"
+    row = int(shape[-1])
+    if fmt.block_size and row % fmt.block_size:
+        return (f"rows of {row} are not a multiple of {fmt.name}'s group of {fmt.block_size} "
+                "(vLLM's kernels need whole groups)")  # fmt: skip
+    return None
+
+
 def target_space(
-    costs: CostModel, shapes: Mapping[str, Sequence[int]], target: str
-) -> np.ndarray | None:
-    """[units, schemes] booleans: what `target` runs for each unit (None: everything)."""
+    costs: CostModel, shapes: Mapping[str, Sequence[int]], target: str,
+    tied: frozenset[str] = frozenset(),
+) -> np.ndarray | None:  # fmt: skip
+    """[units, schemes] booleans: what `target` runs for each unit (None: everything); `tied`
+    names the layers whose weight is the input embedding's."""
     one_of("target", target, TARGETS)
     if target == "any":
         return None
@@ -46,12 +87,13 @@ def target_space(
         layers = costs.members[unit] or (unit,)
         for column, text in enumerate(costs.schemes):
             scheme = Scheme.parse(text)
-            allowed[row, column] = all(refusal(target, scheme, shapes[m]) is None for m in layers)
+            allowed[row, column] = all(refusal(target, scheme, shapes[m], m in tied) is None
+                                       for m in layers)  # fmt: skip
     runnable = [s for i, s in enumerate(costs.schemes) if s != KEEP and allowed[:, i].any()]
     if not runnable:
         raise MixprecError(
             f"target {target} runs none of the candidates ({', '.join(costs.schemes)}); "
-            f"score its own types, e.g. w:q4_k, w:q6_k, w:q8_0"
+            f"score its own schemes, e.g. {EXAMPLES[target]}"
         )
     return allowed
 
@@ -61,6 +103,7 @@ def check_spaces(
     shapes: Mapping[str, Sequence[int]],
     target: str,
     spaces: Mapping[str, Sequence[str]],
+    tied: frozenset[str] = frozenset(),
 ) -> None:
     """A search space that asks for a scheme the target cannot run on a layer it names is a
     mistake: one line naming the layer and why."""
@@ -72,7 +115,7 @@ def check_spaces(
             layers = costs.members[unit] or (unit,)
             for text in schemes:
                 scheme = Scheme.parse(text)
-                reasons = [(m, refusal(target, scheme, shapes[m])) for m in layers]
+                reasons = [(m, refusal(target, scheme, shapes[m], m in tied)) for m in layers]
                 for layer, why in reasons:
                     if why:
                         raise MixprecError(

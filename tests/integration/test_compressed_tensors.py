@@ -99,3 +99,69 @@ def test_a_folder_that_holds_something_is_never_written_into(
                        capsys)  # fmt: skip
     assert code == 0 and (empty / "model.safetensors").is_file(), err
     assert "transformers cannot load asymmetric pack-quantized weights yet" in err
+
+
+def test_evaluate_in_transformers_measures_what_mixprec_predicted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, _ = plan_file(tmp_path, BY_LEAF)
+    code, out, err = run(["evaluate", "--plan", str(plan), "--json"], capsys)
+    assert code == 0, err
+    predicted = json.loads(out)
+    code, out, err = run(["evaluate", "--plan", str(plan), "--runtime", "transformers", "--json"],
+                         capsys)  # fmt: skip
+    assert code == 0, err
+    measured = json.loads(out)
+    assert measured["kernel"].startswith("transformers ") and "compressed-tensors" in \
+        measured["kernel"]  # fmt: skip
+    for name, value in predicted["metrics"].items():  # the same weights, the same model code
+        assert measured["metrics"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    # as stored: codes and float32 scales as mixprec counts them, plus each packed weight's shape
+    assert measured["bits_per_weight"] == pytest.approx(predicted["bits_per_weight"], rel=1e-3)
+
+
+def test_evaluate_in_transformers_refuses_what_it_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, "o_proj": "w:q4_0"})
+    cases = {
+        ("--plan", str(plan), "--runtime", "transformers"): "w:q4_0 is not a compressed-tensors "
+        "scheme mixprec writes",
+        ("-m", "minilm", "--scheme", "w:fp8_e4m3", "--runtime", "transformers", "--packed"):
+            "it goes with --runtime torch",
+        ("-m", "minilm", "--scheme", "w:fp8_e4m3", "--runtime", "transformers",
+         "--llamacpp-bin", str(tmp_path)): "--llamacpp-bin goes with --runtime llamacpp",
+        ("-m", "digits-cnn", "--scheme", "w:fp8_e4m3", "--runtime", "transformers"):
+            "runs transformers models; digits-cnn is a",
+    }  # fmt: skip
+    for argv, message in cases.items():
+        code, _, err = run(["evaluate", *argv], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_a_run_makes_and_measures_a_plan_vllm_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_llama(tmp_path / "hf")  # its tied head (49152 x 256, kept in FP32) is most weights
+    config = tmp_path / "run.toml"
+    config.write_text(f'model = "hf:{tmp_path / "hf"}"\noutput = "{tmp_path / "run"}"\n'
+                      'schemes = ["w:ct_w4a16", "w:ct_w8a16", "w:fp8_e4m3"]\n'
+                      'estimators = ["fisher"]\nlevels = ["layer"]\nbudgets = ["31bits"]\n'
+                      'exports = ["compressed-tensors"]\ntarget = "compressed-tensors"\n'
+                      'runtime = "transformers"\n')  # fmt: skip
+    code, _, err = run(["run", str(config), "-q"], capsys)
+    assert code == 0, err
+    run_folder = tmp_path / "run"
+    plan = PrecisionPlan.load(run_folder / "plans" / "ilp-31bits.json")
+    assert plan.target == "compressed-tensors" and plan.assignment["lm_head"] == "keep"  # tied
+    for layer in range(2):
+        mlp = f"model.layers.{layer}.mlp"
+        assert plan.assignment[f"{mlp}.gate_proj"] == plan.assignment[f"{mlp}.up_proj"]
+    measured = json.loads((run_folder / "eval" / "ilp-31bits.json").read_text())
+    assert measured["kernel"].startswith("transformers") and measured["metrics"]["perplexity"] > 1
+    exported = [p for p in (run_folder / "exports").iterdir() if p.is_dir()]
+    assert exported and (exported[0] / "config.json").is_file()
+    written = (exported[0] / "config.json").stat().st_mtime_ns
+    code, _, err = run(["run", str(config), "-q"], capsys)  # again: every step up to date
+    assert code == 0, err
+    assert (exported[0] / "config.json").stat().st_mtime_ns == written

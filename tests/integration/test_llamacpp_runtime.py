@@ -143,7 +143,8 @@ def test_evaluate_in_llamacpp_refuses_what_it_cannot_run(
     cases = {
         ("-m", "digits-cnn", *scheme, "--runtime", "llamacpp"): "causal LMs (perplexity) and "
         "sentence encoders (cosine); digits-cnn is neither",
-        ("-m", "minilm", *scheme, "--runtime", "onnx"): "unknown --runtime 'onnx'; valid: torch",
+        ("-m", "minilm", *scheme, "--runtime", "onnx"): "unknown --runtime 'onnx'; valid: "
+        "torch, llamacpp, transformers",
         ("-m", "minilm", *scheme, "--runtime", "llamacpp", "--packed"): "it goes with --runtime "
         "torch",
         ("-m", "minilm", *scheme, "--llamacpp-bin", str(tmp_path)): "--llamacpp-bin goes with",

@@ -110,7 +110,10 @@ def test_strategy_and_estimator_settings_live_in_the_config() -> None:
         ({**BASE, "exclude": ["none", "x"]}, "key 'exclude': 'none' keeps nothing by default"),
         ({**BASE, "spaces": {"attn": []}}, "key 'spaces': 'attn' lists no scheme"),
         ({**BASE, "spaces": {"attn": ["w:int9"]}}, "key 'spaces': bad scheme 'w:int9'"),
-        ({**BASE, "target": "vllm"}, "key 'target': unknown target 'vllm'; valid: any, llamacpp"),
+        (
+            {**BASE, "target": "vllm"},
+            "key 'target': unknown target 'vllm'; valid: any, llamacpp, compressed-tensors",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(data: dict[str, object], message: str) -> None:

@@ -23,21 +23,27 @@ Scored = tuple[LlamaForCausalLM, Calibration, ScoreTable]
 SCHEMES = ["w:q4_k", "w:q6_k", "w:q4_0", "w:q8_0", "w:int4_g128", "w:nvfp4,a:nvfp4"]
 
 
-@pytest.fixture(scope="module")
-def scored() -> Scored:
-    """A Llama whose down projections read 384-wide rows (not a multiple of 256)."""
+def scored_llama(schemes: list[str], blocks: int = 1, tied: bool = False) -> Scored:
+    """A Llama (its head tied to the input embedding or not) whose down projections read
+    384-wide rows (not a multiple of 256), scored by fisher under `schemes`."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=384,
-                         num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2)  # fmt: skip
+                         num_hidden_layers=blocks, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=tied)  # fmt: skip
     model = LlamaForCausalLM(config).eval()
+    model.tie_weights()
     ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
     data = Calibration(
         [ids[:2], ids[2:]],
         forward=lambda m, b: m(b).logits,
         loss=lambda logits, b: F.cross_entropy(logits[:, :-1].flatten(0, 1), b[:, 1:].flatten()),
     )
-    return model, data, score(model, data, SCHEMES, ["fisher"], ["layer"])
+    return model, data, score(model, data, schemes, ["fisher"], ["layer"])
+
+
+@pytest.fixture(scope="module")
+def scored() -> Scored:
+    return scored_llama(SCHEMES)
 
 
 def test_refusals_name_what_llamacpp_lacks() -> None:
@@ -82,7 +88,9 @@ def test_asking_for_what_the_target_cannot_run_is_one_line(scored: Scored) -> No
     with pytest.raises(MixprecError, match="runs none of the candidates"):
         AllocationProblem.build(table, model, "fisher", data=data, target="llamacpp",
                                 schemes=["w:int4_g128"])  # fmt: skip
-    with pytest.raises(MixprecError, match="unknown target 'vllm'; valid: any, llamacpp"):
+    with pytest.raises(
+        MixprecError, match="unknown target 'vllm'; valid: any, llamacpp, compressed-tensors"
+    ):
         AllocationProblem.build(table, model, "fisher", data=data, target="vllm")
 
 
@@ -93,4 +101,56 @@ def test_the_cli_refuses_an_unknown_target(
 
     code, _, err = run(["search", str(tmp_path), "--budget", "5bits", "--out",
                         str(tmp_path / "p.json"), "--target", "tensorrt"], capsys)  # fmt: skip
-    assert code == 2 and "unknown --target 'tensorrt'; valid: any, llamacpp" in err
+    assert (
+        code == 2 and "unknown --target 'tensorrt'; valid: any, llamacpp, compressed-tensors" in err
+    )
+
+
+CT_SCHEMES = ["w:ct_w4a16", "w:ct_w8a16", "w:fp8_e4m3", "w:int4_g128"]
+
+
+@pytest.fixture(scope="module")
+def tied_scored() -> Scored:
+    """Two blocks and a head that is the input embedding (as SmolLM2's)."""
+    return scored_llama(CT_SCHEMES, blocks=2, tied=True)
+
+
+def test_refusals_name_what_vllm_cannot_run() -> None:
+    ct = "compressed-tensors"
+    assert refusal(ct, Scheme.parse("w:ct_w4a16"), (8, 384)) is None
+    assert refusal(ct, Scheme.parse("w:fp8_e4m3"), (8, 576)) is None  # per channel: any row
+    assert refusal(ct, Scheme.parse("w:ct_w4a16"), (8, 576)) == (
+        "rows of 576 are not a multiple of ct_w4a16's group of 128 (vLLM's kernels need whole "
+        "groups)"
+    )
+    assert "weight-only schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:fp8_e4m3), not " \
+        "w:q4_0" in str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
+    assert "not w:fp8_e4m3,a:fp8_e4m3" in str(
+        refusal(ct, Scheme.parse("w:fp8_e4m3,a:fp8_e4m3"), (8, 256))
+    )
+    assert "tied to the input embedding" in str(
+        refusal(ct, Scheme.parse("w:ct_w8a16"), (64, 256), tied=True)
+    )
+    assert refusal(ct, Scheme.parse("keep"), (64, 256), tied=True) is None
+
+
+@pytest.mark.parametrize("budget", ["5bits", "7bits"])
+def test_a_compressed_tensors_plan_is_one_vllm_loads(tied_scored: Scored, budget: str) -> None:
+    from mixprec.export_compressed import check_vllm_rules
+
+    model, data, table = tied_scored
+    problem = AllocationProblem.build(table, model, "fisher", data=data,
+                                      target="compressed-tensors", exclude=["none"])  # fmt: skip
+    plan = allocate(problem, budget)
+    assert plan.target == "compressed-tensors"
+    check_vllm_rules(plan.assignment)  # q/k/v and gate/up share a scheme: no error
+    assert list(problem.costs.members["model.layers.0.mlp:gateup"]) == [
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.mlp.up_proj",
+    ]
+    assert plan.assignment["lm_head"] == "keep"  # tied: vLLM would not quantize it
+    for module, text in plan.assignment.items():
+        assert not text.startswith("w:int4_g128"), module
+    assert len({plan.assignment[m] for m in plan.assignment if "layers" in m}) > 1  # mixed
+    anywhere = AllocationProblem.build(table, model, "fisher", data=data, exclude=["none"])
+    assert "model.layers.0.mlp.gate_proj" in anywhere.costs.members  # untied elsewhere

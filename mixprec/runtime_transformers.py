@@ -1,0 +1,83 @@
+"""A plan measured inside transformers: its compressed-tensors checkpoint (what vLLM loads)
+written, loaded back by transformers (compressed-tensors' own decompression) and run on the
+model's evaluation split, against the unquantized model's outputs, under mixprec's metrics."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mixprec.errors import MixprecError
+from mixprec.export_compressed import write_compressed_tensors
+from mixprec.metrics import BYTES_PER_MB, Evaluation
+from mixprec.models import ModelBundle
+from mixprec.plan import PrecisionPlan
+from mixprec.tasks import Observed
+from mixprec.units import quantizable_layers
+
+
+def evaluate_in_transformers(
+    bundle: ModelBundle, plan: PrecisionPlan, source: str
+) -> tuple[Evaluation, list[str]]:
+    """The plan's checkpoint as transformers runs it, and the export's warnings."""
+    import compressed_tensors
+    import transformers
+
+    from mixprec.export import model_files
+
+    model = bundle.model
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise MixprecError(f"--runtime transformers runs transformers models; {bundle.name} is a "
+                           f"{type(model).__name__}")  # fmt: skip
+    _, tokenizer = model_files("compressed-tensors", source)
+    reference = list(bundle.reference_outputs)  # from the unquantized weights
+    weight = next(model.parameters())
+    with tempfile.TemporaryDirectory(prefix="mixprec-transformers-") as tmp:
+        folder = Path(tmp) / "checkpoint"
+        warnings = write_compressed_tensors(plan, model, folder, tokenizer)
+        loaded: torch.nn.Module = type(model).from_pretrained(folder, dtype=weight.dtype)
+        loaded = loaded.to(weight.device).eval()
+        with torch.no_grad():  # the first forward decompresses (compressed-tensors' own hook)
+            outputs = [bundle.task.outputs(loaded, b) for b in bundle.evaluation]
+        size, bits = checkpoint_size(folder, stored_names(model))
+    metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
+    ran = (f"transformers {transformers.__version__} + compressed-tensors "
+           f"{compressed_tensors.__version__}")  # fmt: skip
+    return Evaluation(metrics, size / BYTES_PER_MB, bits, ran), warnings
+
+
+def stored_names(model: torch.nn.Module) -> list[str]:
+    """The module each quantizable layer's weight is saved under: its own, or for a head tied
+    to the input embedding the embedding's (saved once)."""
+    embeddings = {id(m.weight): name for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Embedding)}  # fmt: skip
+    return [embeddings.get(id(getattr(layer, "weight", None)), name)
+            for name, layer in quantizable_layers(model).items()]  # fmt: skip
+
+
+def checkpoint_size(folder: Path, layers: list[str]) -> tuple[int, float]:
+    """The checkpoint's safetensors bytes, and the bits per weight of `layers` (the model's
+    quantizable layers, as mixprec counts them) as stored: packed codes, scales, zero points."""
+    from safetensors import safe_open
+
+    total = stored = params = 0
+    prefixes = tuple(f"{name}.weight" for name in layers)
+    repeats = {prefix: layers.count(prefix.removesuffix(".weight")) for prefix in prefixes}
+    for path in sorted(folder.glob("*.safetensors")):
+        total += path.stat().st_size
+        with safe_open(str(path), "pt") as tensors:
+            for key in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if not key.startswith(prefixes):
+                    continue
+                tensor = tensors.get_tensor(key)
+                times = repeats[
+                    key.rpartition(".weight")[0] + ".weight"
+                ]  # layers sharing one tensor
+                stored += times * tensor.numel() * tensor.element_size()
+                if key.endswith(".weight"):
+                    params += times * tensor.numel()
+                elif key.endswith(".weight_shape"):
+                    params += times * int(torch.prod(tensor.long()))
+    return total, 8 * stored / max(params, 1)
