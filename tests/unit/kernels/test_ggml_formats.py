@@ -80,3 +80,16 @@ def test_ggml_mxfp4_differs_from_ocp_mxfp4_only_on_ties() -> None:
 def test_rows_must_hold_whole_blocks() -> None:
     assert formats.get("q4_0").row_multiple == 32
     assert formats.get("int4_g128").row_multiple == 1
+
+
+def test_k_quants_take_cs_correctly_rounded_square_root() -> None:
+    """q4_k/q5_k weight each element by sqrt(mean x^2): torch's float32 sqrt on AVX-512 CPUs
+    can be one ulp off (0.016852600 / 32 gives 0.022948721, C's sqrtf 0.022948720), which
+    moved a q4_k row of a real model to another scale; mixprec's is C's on every value."""
+    from mixprec.kernels.kquants import sqrtf
+
+    values = torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 2.0**-8
+    values = torch.cat([values, torch.tensor([0.016852600499987602 / 32])])
+    expected = np.sqrt(values.numpy())  # numpy's float32 sqrt: correctly rounded (IEEE)
+    np.testing.assert_array_equal(sqrtf(values).numpy(), expected)
+    assert sqrtf(torch.tensor([0.016852600499987602 / 32])).item() == 0.022948719561100006
