@@ -300,7 +300,8 @@ def jobs_page() -> None:
 DEFAULT_BITS = 6.0  # where the Budget slider starts (clamped to the run's feasible range)
 LOG_TAIL = 20_000  # characters of a job's log shown
 EXPORT_LABELS = {"json": "plan JSON", "compressed-tensors": "compressed-tensors checkpoint",
-                 "llamacpp": "llama.cpp overrides", "gguf": "GGUF"}  # fmt: skip
+                 "modelopt": "ModelOpt checkpoint", "llamacpp": "llama.cpp overrides",
+                 "gguf": "GGUF"}  # fmt: skip
 PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,
          "Pareto": pareto_page, "Export": export_page, "Jobs": jobs_page}  # fmt: skip
 for key, valid in (("page", list(PAGES)), ("run", None)):  # deep links: ?run=NAME&page=Budget

@@ -1,11 +1,16 @@
-"""compressed-tensors' integer schemes (family "ct"), quantized as compressed-tensors computes
-them (`calculate_qparams` then `fake_quantize`) for what vLLM loads: W8A16, W4A16 and W4A16_ASYM.
+"""compressed-tensors' schemes (family "ct"), quantized as compressed-tensors computes them
+(`generate_gparam`, `calculate_qparams`, then `fake_quantize`) for what vLLM loads: W8A16, W4A16,
+W4A16_ASYM and NVFP4A16.
 
 Their grid is signed, [-2^(b-1), 2^(b-1) - 1], and the symmetric scale is amax / (2^b - 1) * 2
 (amax / 7.5 for INT4), so the group's largest magnitude rounds to 2^(b-1) and is clipped to
 2^(b-1) - 1: these are not mixprec's int formats (amax / qmax, FP16 scale). Scales are float32
 (the arithmetic of a float32 weight); a zero scale becomes float32's eps, as there. mixprec's
 own rules for what compressed-tensors leaves undefined: +-inf saturates, a NaN makes its group NaN.
+
+NVFP4A16 is not mixprec's nvfp4 either: its global scale 2688 / amax divides the E4M3 block
+scale (global * amax_block / 6, clamped to 448, a zero becoming 0.125), so an element is
+x / (block / global); an all-zero tensor gets global scale 1, and a NaN makes the tensor NaN.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mixprec.kernels.reference import QuantizedGroups
+from mixprec.kernels.reference import E4M3_MAX, QuantizedGroups, finite_amax, round_float_elements
 
 if TYPE_CHECKING:
     from mixprec.kernels.formats import NumberFormat
 
 EPS = torch.finfo(torch.float32).eps
+E4M3_EPS = 0.125  # compressed-tensors' stand-in for an E4M3 scale that rounds to zero
 
 
 def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Codes and scales of (n, group) float32 rows under compressed-tensors scheme `fmt`."""
+    if fmt.element_kind == "float":
+        return _nvfp4(groups, fmt)
     low, high = -(2 ** (fmt.element_bits - 1)), 2 ** (fmt.element_bits - 1) - 1
     finite = torch.where(torch.isinf(groups), 0.0, groups)  # +-inf saturates; NaN poisons
     lo = torch.minimum(finite.amin(dim=-1, keepdim=True), torch.zeros_like(groups[:, :1]))
@@ -38,6 +46,18 @@ def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     codes = torch.round(torch.clamp(groups / scale + zero, low, high))
     # unsigned codes and zero point (value (code - zero) * scale is unchanged)
     return QuantizedGroups(codes - low, scale, zero=zero - low)
+
+
+def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
+    amax = finite_amax(blocks.reshape(1, -1)).reshape(())
+    tiny = torch.finfo(torch.float32).tiny  # 2688 / amax as torch divides a number by a tensor:
+    global_scale = torch.reciprocal(amax.clamp(min=tiny)) * (E4M3_MAX * fmt.max_normal)
+    global_scale = torch.where(torch.isinf(global_scale), 1.0, global_scale)
+    block = global_scale * (finite_amax(blocks) / fmt.max_normal)
+    e4m3 = block.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+    e4m3 = torch.where(e4m3 == 0, E4M3_EPS, e4m3)
+    codes = round_float_elements(blocks / (e4m3 / global_scale), fmt)
+    return QuantizedGroups(codes, e4m3, global_scale=global_scale)
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

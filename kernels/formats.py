@@ -12,9 +12,9 @@ from mixprec.errors import MixprecError
 if TYPE_CHECKING:
     import torch
 
-Family = Literal["int", "fp", "mx", "nv", "ggml", "ct", "native"]
+Family = Literal["int", "fp", "mx", "nv", "ggml", "ct", "mo", "native"]
 # Families computed exactly as their runtime computes them (torch only, no Triton kernel).
-RUNTIME_FAMILIES: tuple[Family, ...] = ("ggml", "ct")
+RUNTIME_FAMILIES: tuple[Family, ...] = ("ggml", "ct", "mo")
 ElementKind = Literal["float", "int", "native"]
 ScaleFormat = Literal["fp32", "fp16", "e8m0", "e4m3", "none"]
 # How a float element type spends its top encodings: IEEE-style (top exponent is inf/NaN),
@@ -39,7 +39,10 @@ class NumberFormat:
     `twos_complement` (llama.cpp's q4_0 / q5_0: codes -2^(bits-1)..qmax). Family "ggml" is a
     llama.cpp type (`ggml_type`), quantized exactly as llama.cpp does (kernels/ggml.py), stored
     in blocks of `block_bytes` bytes; K-quants scale sub-blocks of `block_size` inside
-    `superblock`s of 256 with quantized scales.
+    `superblock`s of 256 with quantized scales. Family "ct" is a compressed-tensors scheme
+    (kernels/ct.py), "mo" an NVIDIA ModelOpt one (kernels/modelopt.py). `fused_scale`: the
+    shards a runtime fuses into one matrix (q/k/v, gate/up) share the per-tensor scale, as the
+    runtime loads them (apply_plan quantizes them together).
     """
 
     name: str
@@ -59,12 +62,19 @@ class NumberFormat:
     ggml_type: str = ""
     superblock: int = 0
     block_bytes: int = 0
+    fused_scale: bool = False
     description: str = ""
 
     @property
     def scale_bits(self) -> int:
         """Bits of one block/group/channel scale."""
         return _SCALE_BITS[self.scale_format]
+
+    @property
+    def global_scale_divides(self) -> bool:
+        """compressed-tensors' per-tensor (global) scale divides the block scales (NVFP4); the
+        others multiply."""
+        return self.family == "ct" and self.tensor_scale_bits > 0
 
     @property
     def is_quantized(self) -> bool:
@@ -403,6 +413,21 @@ _REGISTRY: dict[str, NumberFormat] = {
         _ct_int("ct_w4a16", "W4A16", 4),
         _ct_int("ct_w4a16_asym", "W4A16_ASYM", 4, asymmetric=True),
         NumberFormat(
+            "ct_nvfp4",
+            "ct",
+            "float",
+            4,
+            2,
+            1,
+            1,
+            block_size=16,
+            scale_format="e4m3",
+            tensor_scale_bits=32,
+            fused_scale=True,
+            description="compressed-tensors NVFP4A16: E2M1, E4M3 scale per 16 over an FP32 global"
+            " scale that divides it, shared by fused shards",
+        ),
+        NumberFormat(
             "mxfp4_ggml",
             "ggml",
             "float",
@@ -415,6 +440,21 @@ _REGISTRY: dict[str, NumberFormat] = {
             ggml_type="mxfp4",
             block_bytes=17,
             description="llama.cpp MXFP4: E2M1, E8M0 scale per 32, ties to the smaller value",
+        ),
+        NumberFormat(
+            "mo_nvfp4",
+            "mo",
+            "float",
+            4,
+            2,
+            1,
+            1,
+            block_size=16,
+            scale_format="e4m3",
+            tensor_scale_bits=32,
+            fused_scale=True,
+            description="ModelOpt W4A16_NVFP4: E2M1, E4M3 scale per 16 (from 2^-9), FP32 per-tensor"
+            " scale shared by fused shards",
         ),
         _native("bf16", 8, 7, 127, "bfloat16"),
         _native("fp16", 5, 10, 15, "IEEE half"),

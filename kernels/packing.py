@@ -11,8 +11,9 @@ Layout (the Triton kernels read and write the same bytes):
   formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
 - `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `minimums` float16
   (rows, groups per row) for llama.cpp's q4_1 / q5_1; `tensor_scale` is the FP32 per-tensor
-  scale of NV formats; llama.cpp's K-quants keep each sub-block's scale (d * sc) and minimum
-  as float32 (exact; llama.cpp's own files pack them into 4/6-bit codes);
+  scale of NV formats (compressed-tensors' NVFP4: its global scale, which divides); llama.cpp's
+  K-quants keep each sub-block's scale (d * sc) and minimum as float32 (exact; llama.cpp's own
+  files pack them into 4/6-bit codes);
 Packing needs finite input (FP4/FP6 have no encoding for inf or NaN); integer codes have no -0.0,
 so unpacking gives +0.0 where fake quantization gave -0.0 (equal values, other sign bit).
 """
@@ -27,7 +28,13 @@ import torch.nn.functional as F
 
 from mixprec.errors import MixprecError
 from mixprec.kernels.formats import NumberFormat
-from mixprec.kernels.reference import E8M0_NAN, F32_EXPONENT_BIAS, quantize, validated_input
+from mixprec.kernels.reference import (
+    E8M0_NAN,
+    F32_EXPONENT_BIAS,
+    QuantizedGroups,
+    quantize,
+    validated_input,
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,20 @@ class PackedTensor:
         """Bytes held in memory: codes, scales, zero points and the per-tensor scale."""
         parts = (self.codes, self.scales, self.zero_points, self.tensor_scale, self.minimums)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    def row_slice(self, start: int, stop: int) -> PackedTensor:
+        """Rows [start, stop) of a 2-D packed matrix (a per-tensor scale stays whole)."""
+        if len(self.shape) != 2:
+            raise MixprecError(f"row_slice takes a 2-D packed matrix, not shape {self.shape}")
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        codes, scales = rows(self.codes), rows(self.scales)
+        assert codes is not None and scales is not None
+        shape = (stop - start, self.shape[1])
+        return PackedTensor(self.fmt, shape, codes, scales, rows(self.zero_points),
+                            self.tensor_scale, rows(self.minimums))  # fmt: skip
 
     def to(self, device: torch.device | str) -> PackedTensor:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -115,7 +136,7 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
         pack_bits(codes, fmt.element_bits),
         scales,
         zero,
-        q.tensor_scale,
+        q.tensor_scale if q.global_scale is None else q.global_scale,
         minimum,
     )
 
@@ -124,18 +145,17 @@ def unpack(p: PackedTensor) -> torch.Tensor:
     """Float32 values of a packed tensor, in its original shape."""
     codes = unpack_bits(p.codes, p.fmt.element_bits, p.cols)
     elements = decode_elements(codes, p.fmt)
-    scale = decode_scales(p.scales, p.fmt).repeat_interleave(p.group_size, dim=1)[:, : p.cols]
-    if p.minimums is not None:
-        minimum = p.minimums.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
-        values = elements * scale + minimum
-    elif p.zero_points is not None:
-        zero = p.zero_points.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
-        values = (elements - zero) * scale
-    elif p.tensor_scale is not None:
-        values = elements * (p.tensor_scale * scale)
-    else:
-        values = elements * scale
-    return values.reshape(p.shape)
+
+    def per_element(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
+
+    scale = per_element(decode_scales(p.scales, p.fmt))
+    assert scale is not None
+    divides = p.fmt.global_scale_divides
+    q = QuantizedGroups(elements, scale, per_element(p.zero_points),
+                        None if divides else p.tensor_scale, per_element(p.minimums),
+                        global_scale=p.tensor_scale if divides else None)  # fmt: skip
+    return q.values().reshape(p.shape)
 
 
 def packed_linear(

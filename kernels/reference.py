@@ -11,8 +11,8 @@ Conventions (float32 in, float32 out, same shape):
   E8M0 exponent of an inf amax is 128 - emax_elem (NaN scale when that exceeds 127);
 - an all-zero group gets scale 1 (MX: 2^-127, the smallest E8M0) and stays zero;
 - llama.cpp's types (family "ggml") are computed as llama.cpp computes them instead
-  (kernels/ggml.py, kernels/kquants.py), and compressed-tensors' schemes (family "ct") as it
-  does (kernels/ct.py), keeping only the inf/NaN rules above.
+  (kernels/ggml.py, kernels/kquants.py), compressed-tensors' schemes (family "ct") and ModelOpt's
+  (family "mo") as they do (kernels/ct.py, kernels/modelopt.py), keeping the inf/NaN rules.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ class QuantizedGroups:
 
     `elements` are element-grid values (float32; asymmetric: unsigned codes); one `scale` per
     row, plus an integer `zero` point (asymmetric), a per-tensor scale (NV) or a stored
-    `minimum` added back (llama.cpp's q4_1 / q5_1); K-quants also keep each super-block's
-    fp16 `super_scale` (and `super_minimum`), of which the sub-block scales are integer multiples.
+    `minimum` added back (llama.cpp's q4_1 / q5_1), or a `global_scale` that divides the block
+    scales (compressed-tensors' NVFP4); K-quants also keep each super-block's fp16
+    `super_scale` (and `super_minimum`), of which the sub-block scales are integer multiples.
     """
 
     elements: torch.Tensor
@@ -54,9 +55,12 @@ class QuantizedGroups:
     minimum: torch.Tensor | None = None
     super_scale: torch.Tensor | None = None
     super_minimum: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         """Dequantized rows, with exactly the reference's arithmetic."""
+        if self.global_scale is not None:
+            return self.elements * (self.scale / self.global_scale)
         if self.minimum is not None:
             return self.elements * self.scale + self.minimum
         if self.zero is not None:
@@ -93,6 +97,10 @@ def quantize(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         from mixprec.kernels import ct
 
         return ct.quantize(_to_blocks(x, fmt.block_size), fmt)
+    if fmt.family == "mo":
+        from mixprec.kernels import modelopt
+
+        return modelopt.quantize(_to_blocks(x, fmt.block_size), fmt)
     blocks = _to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
         return _mx(blocks, fmt)

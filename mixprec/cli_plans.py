@@ -59,7 +59,8 @@ TargetOption = Annotated[
     typer.Option(
         "--target",
         help="The runtime the plan is for: any (every format), llamacpp (its own types, on "
-        "rows of whole blocks) or compressed-tensors (vLLM: its weight-only schemes).",
+        "rows of whole blocks), compressed-tensors (vLLM: its weight-only schemes) or modelopt "
+        "(vLLM: ModelOpt's W4A16_NVFP4).",
     ),
 ]
 LatencyTableOption = Annotated[
@@ -224,19 +225,20 @@ def export_command(
         ),
     ] = None,
 ) -> None:
-    """Write a plan for a runtime: JSON, a compressed-tensors checkpoint, llama.cpp overrides, GGUF.
+    """Write a plan for a runtime: JSON, a compressed-tensors or ModelOpt checkpoint, llama.cpp
+    overrides, GGUF.
 
     Examples: mixprec export plan.json --to llamacpp --out overrides.txt;
     mixprec export plan.json --to gguf --base model-f16.gguf --out model-mixprec.gguf
     """
-    from mixprec.export import TARGETS, export_plan, model_files
+    from mixprec.export import CHECKPOINTS, TARGETS, export_plan, model_files
     from mixprec.export_compressed import check_export_folder
     from mixprec.guard import check_output_file
     from mixprec.models import load_model, source_from_file
     from mixprec.plan import PrecisionPlan
 
     one_of("export target", to, TARGETS)
-    if to == "compressed-tensors":
+    if to in CHECKPOINTS:
         check_export_folder(out)
     else:
         check_output_file(out, [plan_path])

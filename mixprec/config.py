@@ -58,11 +58,13 @@ class RunConfig(BaseModel):
         default_factory=dict, description="{regex = [schemes]}: what matching layers may take"
     )
     target: str = Field(
-        default="any", description="the runtime plans are for: any, llamacpp, compressed-tensors"
+        default="any",
+        description="the runtime plans are for: any, llamacpp, compressed-tensors, modelopt",
     )
     evaluate: bool = True
     runtime: str = Field(default="torch", description="where plans are measured: torch "
-                         "(mixprec's kernels) or llamacpp (their GGUF in llama.cpp)")  # fmt: skip
+                         "(mixprec's kernels), llamacpp (their GGUF in llama.cpp) or transformers "
+                         "(their compressed-tensors checkpoint)")  # fmt: skip
     llamacpp_bin: str | None = Field(default=None, description="your llama.cpp build/bin")
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int | None = Field(

@@ -1,6 +1,7 @@
-"""Export a PrecisionPlan to what runtimes read: plain JSON, a compressed-tensors checkpoint
-(vLLM, transformers), llama.cpp `--tensor-type-file` overrides, or a complete GGUF built on the
-converter's. The checkpoint: export_compressed.py; llama.cpp: export_llamacpp.py, export_gguf.py.
+"""Export a PrecisionPlan to what runtimes read: plain JSON, a compressed-tensors or ModelOpt
+checkpoint (vLLM; transformers loads the first), llama.cpp `--tensor-type-file` overrides, or a
+complete GGUF built on the converter's. The checkpoints: export_compressed.py, export_modelopt.py;
+llama.cpp: export_llamacpp.py, export_gguf.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
 
 TARGETS = tuple(EXPORT_SUFFIX)
+CHECKPOINTS = ("compressed-tensors", "modelopt")  # folders, with the model's tokenizer
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,11 @@ def read_gguf_plan(path: Path) -> PrecisionPlan:
 def model_files(target: str, source: str, base: Path | None = None
                 ) -> tuple[Path | None, Path | None]:  # fmt: skip
     """What an export of the model `source` builds on: (gguf) `base`, else the model's own base
-    GGUF made by llama.cpp's converter (cached), and (compressed-tensors) the model's folder,
+    GGUF made by llama.cpp's converter (cached), and (checkpoints) the model's folder,
     whose tokenizer goes with the checkpoint."""
     from mixprec.models import checkpoint_folder
 
-    if target == "compressed-tensors":
+    if target in CHECKPOINTS:
         try:
             return None, checkpoint_folder(source)
         except MixprecError:
@@ -82,13 +84,33 @@ def model_files(target: str, source: str, base: Path | None = None
     return base_gguf(folder), None
 
 
+def write_checkpoint(
+    plan: PrecisionPlan, target: str, model: nn.Module, out: Path, tokenizer: Path | None
+) -> tuple[str, ...]:  # fmt: skip
+    """Write the checkpoint folder of `plan`, converted first where it was made for another
+    target (search.convert); what the user should know about it."""
+    from mixprec.export_compressed import write_compressed_tensors
+    from mixprec.export_modelopt import write_modelopt
+    from mixprec.search.convert import convert_plan
+
+    if not hasattr(model, "save_pretrained") or getattr(model, "config", None) is None:
+        raise MixprecError(f"--to {target} writes transformers checkpoints; the plan's model is "
+                           f"a {type(model).__name__}")  # fmt: skip
+    conversion = convert_plan(plan, target, model)
+    if target == "modelopt":
+        write_modelopt(conversion.plan, model, out, tokenizer)
+        return conversion.warnings
+    return (*conversion.warnings,
+            *write_compressed_tensors(conversion.plan, model, out, tokenizer))  # fmt: skip
+
+
 def export_plan(
     plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]],
     base: Path | None = None, tokenizer: Path | None = None,
 ) -> Exported:  # fmt: skip
     """Write `plan` as `target`; `load` gives the model and its fingerprint where needed,
     `base` (gguf) is the GGUF from llama.cpp's converter the plan's tensors go into and
-    `tokenizer` (compressed-tensors) the folder whose tokenizer files go with the checkpoint."""
+    `tokenizer` (checkpoints) the folder whose tokenizer files go with the checkpoint."""
     one_of("export target", target, TARGETS)
     if (target == "gguf") != (base is not None):
         raise MixprecError("--base MODEL-F16.gguf (a GGUF from llama.cpp's converter) goes with "
@@ -98,10 +120,8 @@ def export_plan(
     if target == "json":
         atomic_write_text(out, json.dumps(to_json(plan), indent=2) + "\n")
         return Exported(out)
-    if target == "compressed-tensors":
-        from mixprec.export_compressed import write_compressed_tensors
-
-        return Exported(out, tuple(write_compressed_tensors(plan, model, out, tokenizer)))
+    if target in CHECKPOINTS:
+        return Exported(out, write_checkpoint(plan, target, model, out, tokenizer))
     if target == "llamacpp":
         overrides = llamacpp_overrides(plan, model)
         atomic_write_text(out, overrides.text())

@@ -6,9 +6,7 @@ vLLM's rules are checked first: the shards it fuses (q/k/v, gate/up) share one s
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +14,18 @@ import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
+from mixprec.files import atomic_folder
 from mixprec.kernels import formats
 from mixprec.kernels.reference import quantize
-from mixprec.plan import PrecisionPlan
+from mixprec.plan import FusedShard, PrecisionPlan, fused_shards
 from mixprec.scheme import Scheme
-from mixprec.units import layer_weight, quantizable_layers
+from mixprec.units import fusion_groups, quantizable_layers, tied_to_embedding, weight_matrix
 
 # mixprec format -> compressed-tensors weight arguments (vLLM: CompressedTensorsWNA16 for the
-# integer groups, weight-only FP8 per channel); each is exact against compressed-tensors
+# integer groups, NVFP4A16, weight-only FP8 per channel); each is exact against compressed-tensors
 CT_FORMATS = {"ct_w8a16": "pack-quantized", "ct_w4a16": "pack-quantized",
-              "ct_w4a16_asym": "pack-quantized", "fp8_e4m3": "float-quantized"}  # fmt: skip
+              "ct_w4a16_asym": "pack-quantized", "ct_nvfp4": "nvfp4-pack-quantized",
+              "fp8_e4m3": "float-quantized"}  # fmt: skip
 CT_SCHEMES: dict[str, dict[str, Any]] = {
     "ct_w8a16": {"num_bits": 8, "type": "int", "strategy": "group", "group_size": 128,
                  "symmetric": True},
@@ -33,28 +33,50 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
                  "symmetric": True},
     "ct_w4a16_asym": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128,
                       "symmetric": False},
+    "ct_nvfp4": {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+                 "symmetric": True, "dynamic": False, "scale_dtype": torch.float8_e4m3fn,
+                 "zp_dtype": torch.float8_e4m3fn},
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True},
 }  # fmt: skip
-# the shards vLLM loads into one fused layer (QKVParallelLinear, MergedColumnParallelLinear)
-FUSED_SHARDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+NVFP4_IN_TRANSFORMERS = (
+    "transformers decompresses NVFP4 weights in bf16 (compressed-tensors' "
+    "decompressor), not to the plan's values; vLLM runs them as stored"
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
                    "chat_template.jinja", "generation_config.json")  # fmt: skip
 
 
+def vllm_schemes(plan: PrecisionPlan, model: nn.Module, written: tuple[str, ...], what: str
+                 ) -> dict[str, Scheme]:  # fmt: skip
+    """The plan's schemes, each one mixprec writes (`written`, `what` one is), never on a head
+    tied to the input embedding, one per fused layer: one line naming the layer otherwise."""
+    parsed = {m: Scheme.parse(t) for m, t in plan.assignment.items()}
+    tied = tied_to_embedding(model)
+    for module, scheme in parsed.items():
+        if scheme.is_keep:
+            continue
+        if scheme.activation is not None or scheme.weight is None or \
+                scheme.weight.name not in written:  # fmt: skip
+            raise MixprecError(f"module {module}: {scheme} is not {what} mixprec writes; valid: "
+                               f"{', '.join(f'w:{n}' for n in written)}, keep")  # fmt: skip
+        if module in tied:
+            raise MixprecError(f"module {module} is tied to the input embedding: vLLM runs it as "
+                               "the embedding, unquantized; keep it")  # fmt: skip
+    check_vllm_rules({m: str(s) for m, s in parsed.items()})  # kept shards too
+    return parsed
+
+
 def check_vllm_rules(assignment: dict[str, str]) -> None:
     """Shards of one fused vLLM layer must share a scheme: one line naming them otherwise."""
-    for shards in FUSED_SHARDS:
-        parents: dict[str, dict[str, str]] = {}
-        for module, scheme in assignment.items():
-            parent, _, leaf = module.rpartition(".")
-            if leaf in shards:
-                parents.setdefault(parent, {})[leaf] = scheme
-        for parent, found in parents.items():
-            if len(set(found.values())) > 1:
-                shown = ", ".join(f"{leaf} {scheme}" for leaf, scheme in sorted(found.items()))
-                raise MixprecError(f"vLLM fuses {'/'.join(shards)} of {parent} into one layer "
-                                   f"with one scheme; the plan gives {shown}")  # fmt: skip
+    by_group: dict[str, dict[str, str]] = {}
+    for module, group in fusion_groups(assignment).items():
+        by_group.setdefault(group, {})[module.rpartition(".")[2]] = assignment[module]
+    for group, found in by_group.items():
+        if len(set(found.values())) > 1:
+            shown = ", ".join(f"{leaf} {scheme}" for leaf, scheme in sorted(found.items()))
+            raise MixprecError(f"vLLM fuses {'/'.join(found)} of {group.partition(':')[0]} into "
+                               f"one layer with one scheme; the plan gives {shown}")  # fmt: skip
 
 
 def write_compressed_tensors(
@@ -74,18 +96,12 @@ def write_compressed_tensors(
     layers = quantizable_layers(model)
     groups: dict[str, list[str]] = {}
     kept = []
-    for module, text in plan.assignment.items():
-        scheme = Scheme.parse(text)
-        if scheme.is_keep:
+    for module, scheme in vllm_schemes(plan, model, tuple(CT_SCHEMES),
+                                       "a compressed-tensors scheme").items():  # fmt: skip
+        if scheme.weight is None:
             kept.append(module)
-            continue
-        if scheme.activation is not None or scheme.weight is None or \
-                scheme.weight.name not in CT_SCHEMES:  # fmt: skip
-            raise MixprecError(f"module {module}: {scheme} is not a compressed-tensors scheme "
-                               f"mixprec writes; valid: {', '.join(f'w:{n}' for n in CT_SCHEMES)},"
-                               " keep")  # fmt: skip
-        groups.setdefault(scheme.weight.name, []).append(module)
-    check_vllm_rules({m: t for m, t in plan.assignment.items() if t != "keep"})
+        else:
+            groups.setdefault(scheme.weight.name, []).append(module)
     others = [name for name, layer in model.named_modules()
               if isinstance(layer, nn.Linear) and name not in plan.assignment]  # fmt: skip
     config = QuantizationConfig(
@@ -98,30 +114,23 @@ def write_compressed_tensors(
     copied = copy.deepcopy(model)  # compressed-tensors changes the modules it quantizes
     apply_quantization_config(copied, config)
     modules = dict(copied.named_modules())
+    fused = fused_shards(
+        layers, {m: Scheme(formats.get(f)) for f, ms in groups.items() for m in ms}
+    )
     rounded = [module for name, modules_of in groups.items() for module in modules_of
-               if not _set_qparams(modules[module], layer_weight(layers[module]),
-                                   formats.get(name))]  # fmt: skip
+               if not _set_qparams(modules[module], layers[module], formats.get(name),
+                                   fused.get(module))]  # fmt: skip
     compressor = ModelCompressor.from_pretrained_model(copied)
     compressor.compress_model(copied)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as staged:
         copied.save_pretrained(staged)  # type: ignore[operator]
         compressor.update_config(str(staged))
-        tokenizer = [tokenizer_folder / n for n in TOKENIZER_FILES] if tokenizer_folder else []
-        for path in tokenizer:
-            if path.is_file():
-                shutil.copy2(path, staged / path.name)
-        if out.exists():
-            out.rmdir()  # empty: checked above
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        copy_tokenizer(tokenizer_folder, staged)
     warnings = [
         f"module {m}: transformers cannot load asymmetric pack-quantized weights yet "
         "(llm-compressor#1618); vLLM does"
         for m in groups.get("ct_w4a16_asym", [])[:1]
-    ]
+    ] + [f"module {m}: {NVFP4_IN_TRANSFORMERS}" for m in groups.get("ct_nvfp4", [])[:1]]
     if rounded:
         warnings.append(f"{len(rounded)} layers ({rounded[0]}, ...) hold their scales in the "
                         "model's dtype, as compressed-tensors makes them: their values differ "
@@ -129,18 +138,32 @@ def write_compressed_tensors(
     return warnings
 
 
-def _set_qparams(module: nn.Module, weight: torch.Tensor, fmt: formats.NumberFormat) -> bool:
-    """mixprec's exact scale (and zero point) in the module's compressed-tensors parameters;
-    False where the parameter's dtype rounds the float32 scale."""
-    q = quantize(weight.detach().float(), fmt)
-    rows = weight.shape[0]
+def copy_tokenizer(folder: Path | None, out: Path) -> None:
+    """The model's tokenizer files (those it has) into the checkpoint folder `out`."""
+    for path in [folder / n for n in TOKENIZER_FILES] if folder else []:
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+
+
+def _set_qparams(module: nn.Module, layer: nn.Module, fmt: formats.NumberFormat,
+                 shard: FusedShard | None) -> bool:  # fmt: skip
+    """mixprec's exact scales (zero point, global scale) in the module's compressed-tensors
+    parameters, a fused shard's from its whole fused layer; False where the parameter's dtype
+    rounds the float32 scale."""
+    matrix = weight_matrix(layer).detach().float()
+    stack, start = (matrix, 0) if shard is None else (shard.stack, shard.start)
+    q = quantize(stack, fmt)
+    rows = slice(start, start + matrix.shape[0])
+    wanted = q.scale.reshape(stack.shape[0], -1)[rows]
     scale = module.get_parameter("weight_scale")
-    scale.data.copy_(q.scale.reshape(rows, -1).to(scale.dtype))
+    scale.data.copy_(wanted.to(scale.dtype))
     if q.zero is not None:  # mixprec's unsigned zero point; compressed-tensors' is signed
         offset = 2 ** (fmt.element_bits - 1)
         zero = module.get_parameter("weight_zero_point")
-        zero.data.copy_((q.zero.reshape(rows, -1) - offset).to(zero.dtype))
-    return scale.dtype == torch.float32
+        zero.data.copy_((q.zero.reshape(stack.shape[0], -1)[rows] - offset).to(zero.dtype))
+    if q.global_scale is not None:
+        module.get_parameter("weight_global_scale").data.copy_(q.global_scale.reshape(1))
+    return bool(torch.equal(scale.data.float(), wanted))
 
 
 def check_export_folder(out: Path) -> None:

@@ -34,6 +34,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temp folder beside `path` (new or empty); it becomes `path` only if the block
+    succeeds, so a folder there is never half-written."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staged
+        if path.exists():
+            path.rmdir()  # only an empty folder is replaced
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

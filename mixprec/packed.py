@@ -7,6 +7,8 @@ and `state_dict()` carry the packed form, never a dense copy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -17,14 +19,21 @@ from mixprec.kernels.formats import NumberFormat
 from mixprec.kernels.packing import PackedTensor
 from mixprec.units import layer_weight, weight_matrix
 
+if TYPE_CHECKING:
+    from mixprec.plan import FusedShard
+
 
 class PackedLayer(nn.Module):
     """Stands in for one quantizable layer; the weight is only ever held packed."""
 
-    def __init__(self, module: nn.Module, fmt: NumberFormat, kernel: KernelPreference) -> None:
+    def __init__(self, module: nn.Module, fmt: NumberFormat, kernel: KernelPreference,
+                 fused: FusedShard | None = None) -> None:  # fmt: skip
         super().__init__()
         weight = layer_weight(module)
-        packed = dispatch.pack(weight_matrix(module).detach().float(), fmt, kernel)
+        if fused is None:
+            packed = dispatch.pack(weight_matrix(module).detach().float(), fmt, kernel)
+        else:  # its rows of the fused layer it is packed with (one per-tensor scale)
+            packed = dispatch.pack(fused.stack, fmt, kernel).row_slice(fused.start, fused.stop)
         self.fmt = fmt
         self.kernel = kernel
         self.matrix_shape = packed.shape

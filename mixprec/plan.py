@@ -22,6 +22,7 @@ from mixprec.scheme import Scheme
 from mixprec.units import (
     Unit,
     activation_channel_dim,
+    fusion_groups,
     layer_weight,
     matrix_to_weight,
     quantizable_layers,
@@ -85,7 +86,8 @@ def apply_plan(
     each quantized layer for a `PackedLayer` that holds codes and scales only and runs the
     dequant-matmul. A tied weight (an LM head that is the embedding matrix) is one tensor
     with one scheme: its other users see the quantized values too, as in a runtime that
-    stores it once.
+    stores it once. Shards a runtime fuses, under a format whose per-tensor scale they share
+    (`fused_scale`), are quantized as the one matrix the runtime holds.
     """
     parsed = normalize_assignment(model, assignment)
     kernel = KernelPreference.parse(kernel)
@@ -93,6 +95,7 @@ def apply_plan(
     layers = quantizable_layers(target)
     tied = tied_users(target)
     with torch.no_grad():
+        fused = fused_shards(layers, parsed)
         for name, scheme in parsed.items():
             module = layers[name]
             _remove_activation_quantizers(module)
@@ -103,13 +106,13 @@ def apply_plan(
             others = [(u, a) for u, a in tied.get(id(weight), ()) if u is not module]
             quantized = None
             if not (packed and scheme.weight.is_quantized) or others:
-                quantized = nn.Parameter(
-                    quantized_weight(module, scheme, kernel), requires_grad=weight.requires_grad
-                )
+                matrix = fused[name].matrix if name in fused else None
+                quantized = nn.Parameter(quantized_weight(module, scheme, kernel, matrix),
+                                         requires_grad=weight.requires_grad)  # fmt: skip
             if packed and scheme.weight.is_quantized:
                 from mixprec.packed import PackedLayer, replace_module
 
-                module = PackedLayer(module, scheme.weight, kernel)
+                module = PackedLayer(module, scheme.weight, kernel, fused.get(name))
                 target = replace_module(target, name, module)
             else:
                 assert quantized is not None
@@ -123,15 +126,55 @@ def apply_plan(
 
 
 def quantized_weight(
-    module: nn.Module, scheme: Scheme, kernel: KernelPreference = KernelPreference.AUTO
-) -> torch.Tensor:
+    module: nn.Module, scheme: Scheme, kernel: KernelPreference = KernelPreference.AUTO,
+    matrix: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """The layer's weight after `scheme`, in its own layout and dtype (computed in float32);
-    the weight itself where the scheme keeps it."""
+    the weight itself where the scheme keeps it; `matrix`: its quantized values, made already."""
     weight = layer_weight(module).detach()
     if scheme.weight is None:
         return weight
-    matrix = quantize_dequantize(weight_matrix(module).detach().float(), scheme.weight, kernel)
+    if matrix is None:
+        matrix = quantize_dequantize(weight_matrix(module).detach().float(), scheme.weight, kernel)
     return matrix_to_weight(module, matrix).to(weight.dtype)
+
+
+@dataclass(frozen=True)
+class FusedShard:
+    """One shard of a fused layer quantized together with its siblings: the stacked weight
+    matrices (float32), their quantized values, and this shard's rows [start, stop)."""
+
+    stack: torch.Tensor
+    quantized: torch.Tensor
+    start: int
+    stop: int
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.quantized[self.start : self.stop]
+
+
+def fused_shards(layers: Mapping[str, nn.Module], parsed: Mapping[str, Scheme]
+                 ) -> dict[str, FusedShard]:  # fmt: skip
+    """Shards of one fused layer under one `fused_scale` format, quantized as one matrix."""
+    stacks: dict[tuple[str, Scheme], list[str]] = {}
+    for name, group in fusion_groups(parsed).items():
+        fmt = parsed[name].weight
+        if fmt is not None and fmt.fused_scale:
+            stacks.setdefault((group, parsed[name]), []).append(name)
+    out: dict[str, FusedShard] = {}
+    for (_, scheme), members in stacks.items():
+        matrices = [weight_matrix(layers[m]).detach().float() for m in members]
+        if len(members) < 2 or len({m.shape[1:] for m in matrices}) > 1:
+            continue
+        assert scheme.weight is not None
+        stack = torch.cat(matrices)
+        quantized = quantize_dequantize(stack, scheme.weight)  # runtime formats: the torch one
+        start = 0
+        for member, matrix in zip(members, matrices, strict=True):
+            out[member] = FusedShard(stack, quantized, start, start + matrix.shape[0])
+            start += matrix.shape[0]
+    return out
 
 
 @contextmanager

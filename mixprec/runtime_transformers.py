@@ -5,17 +5,18 @@ model's evaluation split, against the unquantized model's outputs, under mixprec
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from mixprec.errors import MixprecError
-from mixprec.export_compressed import write_compressed_tensors
+from mixprec.export_compressed import NVFP4_IN_TRANSFORMERS
 from mixprec.metrics import BYTES_PER_MB, Evaluation
 from mixprec.models import ModelBundle
 from mixprec.plan import PrecisionPlan
 from mixprec.tasks import Observed
-from mixprec.units import quantizable_layers
+from mixprec.units import quantizable_layers, tied_embeddings
 
 
 def evaluate_in_transformers(
@@ -25,18 +26,22 @@ def evaluate_in_transformers(
     import compressed_tensors
     import transformers
 
-    from mixprec.export import model_files
+    from mixprec.export import model_files, write_checkpoint
 
     model = bundle.model
     if not isinstance(model, transformers.PreTrainedModel):
         raise MixprecError(f"--runtime transformers runs transformers models; {bundle.name} is a "
                            f"{type(model).__name__}")  # fmt: skip
+    nvfp4 = [m for m, t in plan.assignment.items() if "ct_nvfp4" in t]
+    if nvfp4:
+        raise MixprecError(f"--runtime transformers cannot measure {nvfp4[0]} (w:ct_nvfp4): "
+                           f"{NVFP4_IN_TRANSFORMERS}; measure it with --runtime torch")  # fmt: skip
     _, tokenizer = model_files("compressed-tensors", source)
     reference = list(bundle.reference_outputs)  # from the unquantized weights
     weight = next(model.parameters())
     with tempfile.TemporaryDirectory(prefix="mixprec-transformers-") as tmp:
         folder = Path(tmp) / "checkpoint"
-        warnings = write_compressed_tensors(plan, model, folder, tokenizer)
+        warnings = list(write_checkpoint(plan, "compressed-tensors", model, folder, tokenizer))
         loaded: torch.nn.Module = type(model).from_pretrained(folder, dtype=weight.dtype)
         loaded = loaded.to(weight.device).eval()
         with torch.no_grad():  # the first forward decompresses (compressed-tensors' own hook)
@@ -50,11 +55,9 @@ def evaluate_in_transformers(
 
 def stored_names(model: torch.nn.Module) -> list[str]:
     """The module each quantizable layer's weight is saved under: its own, or for a head tied
-    to the input embedding the embedding's (saved once)."""
-    embeddings = {id(m.weight): name for name, m in model.named_modules()
-                  if isinstance(m, torch.nn.Embedding)}  # fmt: skip
-    return [embeddings.get(id(getattr(layer, "weight", None)), name)
-            for name, layer in quantizable_layers(model).items()]  # fmt: skip
+    to the input embedding the embedding's (saved once, counted once per layer using it)."""
+    tied = tied_embeddings(model)
+    return [tied.get(name, name) for name in quantizable_layers(model)]
 
 
 def checkpoint_size(folder: Path, layers: list[str]) -> tuple[int, float]:
@@ -63,21 +66,18 @@ def checkpoint_size(folder: Path, layers: list[str]) -> tuple[int, float]:
     from safetensors import safe_open
 
     total = stored = params = 0
-    prefixes = tuple(f"{name}.weight" for name in layers)
-    repeats = {prefix: layers.count(prefix.removesuffix(".weight")) for prefix in prefixes}
+    uses = Counter(layers)  # a tied tensor serves two layers
     for path in sorted(folder.glob("*.safetensors")):
         total += path.stat().st_size
         with safe_open(str(path), "pt") as tensors:
             for key in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if not key.startswith(prefixes):
+                module, _, leaf = key.rpartition(".")
+                if module not in uses or not leaf.startswith("weight"):
                     continue
                 tensor = tensors.get_tensor(key)
-                times = repeats[
-                    key.rpartition(".weight")[0] + ".weight"
-                ]  # layers sharing one tensor
-                stored += times * tensor.numel() * tensor.element_size()
-                if key.endswith(".weight"):
-                    params += times * tensor.numel()
-                elif key.endswith(".weight_shape"):
-                    params += times * int(torch.prod(tensor.long()))
+                stored += uses[module] * tensor.numel() * tensor.element_size()
+                if leaf == "weight":
+                    params += uses[module] * tensor.numel()
+                elif leaf == "weight_shape":  # packed: the codes' tensor is not the weight's shape
+                    params += uses[module] * int(torch.prod(tensor.long()))
     return total, 8 * stored / max(params, 1)

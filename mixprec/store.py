@@ -38,6 +38,7 @@ RUN_FILES = (MANIFEST, SCORES, "config.toml", "report.md", "pareto.parquet", LOC
 EXPORT_SUFFIX: dict[str, str] = {
     "json": ".json",
     "compressed-tensors": "-compressed-tensors",
+    "modelopt": "-modelopt",
     "llamacpp": ".llamacpp.txt",
     "gguf": ".gguf",
 }

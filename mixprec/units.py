@@ -34,6 +34,9 @@ ROLE_RULES: tuple[tuple[str, str], ...] = (
 )
 # Roles that read the same input and are usually fused into one GEMM share a format.
 DEFAULT_FUSION: tuple[tuple[str, ...], ...] = (("q", "k", "v"),)
+# the shards a serving runtime loads into one fused matrix (vLLM's QKVParallelLinear and
+# MergedColumnParallelLinear, ModelOpt's export): one scheme, and one per-tensor scale
+RUNTIME_FUSION: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("gate", "up"))
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, Conv1D)
 
 
@@ -108,11 +111,18 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def tied_embeddings(model: nn.Module) -> dict[str, str]:
+    """Quantizable layers whose weight is an input embedding's (a tied LM head), each with
+    the embedding module that holds (and saves) that weight."""
+    embeddings = {id(m.weight): name for name, m in model.named_modules()
+                  if isinstance(m, nn.Embedding)}  # fmt: skip
+    return {name: embeddings[id(layer.weight)] for name, layer in quantizable_layers(model).items()
+            if id(getattr(layer, "weight", None)) in embeddings}  # fmt: skip
+
+
 def tied_to_embedding(model: nn.Module) -> frozenset[str]:
     """Quantizable layers whose weight is an input embedding's (a tied LM head)."""
-    shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return frozenset(name for name, layer in quantizable_layers(model).items()
-                     if id(getattr(layer, "weight", None)) in shared)  # fmt: skip
+    return frozenset(tied_embeddings(model))
 
 
 def discover_units(
@@ -142,6 +152,13 @@ def discover_units(
         inside = tuple(n for n in layers if n.startswith(block + "."))
         units.append(Unit(block, "block", inside, sum(params[m] for m in inside)))
     return tuple(units)
+
+
+def fusion_groups(
+    names: Iterable[str], fusion: tuple[tuple[str, ...], ...] = RUNTIME_FUSION
+) -> dict[str, str]:
+    """The fused group of each of the layers `names` that has one (shards under one parent)."""
+    return _fusion_groups({name: role_of(name) for name in names}, fusion)
 
 
 def _fusion_groups(

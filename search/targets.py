@@ -4,7 +4,9 @@ f16/bf16/f32, weights only, on rows that hold whole blocks (32; 256 for K-quants
 llama-quantize would silently fall back to another type; `compressed-tensors` (vLLM) runs the
 weight-only schemes mixprec writes, integer groups only on rows of whole groups (its kernels
 refuse others), one scheme per fused layer (q/k/v, gate/up), and never quantizes an output
-head tied to the embedding. A plan records its target."""
+head tied to the embedding; `modelopt` (vLLM's ModelOpt loader) runs ModelOpt's W4A16_NVFP4
+on rows of whole 16-blocks, with the same fusion and tied-head rules. A plan records its
+target."""
 
 from __future__ import annotations
 
@@ -16,18 +18,21 @@ from mixprec.errors import MixprecError, one_of
 from mixprec.scheme import KEEP, Scheme
 from mixprec.search.cost import CostModel
 from mixprec.search.space import matching_units
-from mixprec.units import DEFAULT_FUSION
+from mixprec.units import DEFAULT_FUSION, RUNTIME_FUSION
 
-TARGETS = ("any", "llamacpp", "compressed-tensors")
+TARGETS = ("any", "llamacpp", "compressed-tensors", "modelopt")
 # the shards a target's runtime loads into one fused layer, which must share one scheme (vLLM:
 # QKVParallelLinear, MergedColumnParallelLinear); other targets tie what mixprec ties by default
 FUSION: dict[str, tuple[tuple[str, ...], ...]] = {
-    "compressed-tensors": (("q", "k", "v"), ("gate", "up")),
+    "compressed-tensors": RUNTIME_FUSION,
+    "modelopt": RUNTIME_FUSION,
 }
 
 
+TIED_HEAD = "vLLM runs an output head tied to the input embedding as the embedding, unquantized"
 EXAMPLES = {"llamacpp": "w:q4_k, w:q6_k, w:q8_0",
-            "compressed-tensors": "w:ct_w4a16, w:ct_w8a16, w:fp8_e4m3"}  # fmt: skip
+            "compressed-tensors": "w:ct_w4a16, w:ct_nvfp4, w:ct_w8a16, w:fp8_e4m3",
+            "modelopt": "w:mo_nvfp4"}  # fmt: skip
 
 
 def fusion(target: str) -> tuple[tuple[str, ...], ...]:
@@ -45,6 +50,8 @@ def refusal(target: str, scheme: Scheme, shape: Sequence[int], tied: bool = Fals
         return None
     if target == "compressed-tensors":
         return _compressed_tensors_refusal(scheme, shape, tied)
+    if target == "modelopt":
+        return _modelopt_refusal(scheme, shape, tied)
     if scheme.activation is not None:
         return f"llama.cpp has no activation formats ({scheme})"
     fmt = scheme.weight
@@ -60,12 +67,25 @@ def refusal(target: str, scheme: Scheme, shape: Sequence[int], tied: bool = Fals
 def _compressed_tensors_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
     from mixprec.export_compressed import CT_SCHEMES
 
+    return _vllm_refusal(scheme, shape, tied, tuple(CT_SCHEMES), "compressed-tensors weight-only "
+                         "schemes")  # fmt: skip
+
+
+def _modelopt_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
+    from mixprec.export_modelopt import MO_ALGORITHMS
+
+    return _vllm_refusal(scheme, shape, tied, tuple(MO_ALGORITHMS), "ModelOpt's weight-only "
+                         "algorithms")  # fmt: skip
+
+
+def _vllm_refusal(scheme: Scheme, shape: Sequence[int], tied: bool, written: Sequence[str],
+                  what: str) -> str | None:  # fmt: skip
+    """vLLM's rules for the checkpoint formats mixprec writes (`written`, named `what`)."""
     fmt = scheme.weight
-    if scheme.activation is not None or fmt is None or fmt.name not in CT_SCHEMES:
-        return (f"mixprec writes compressed-tensors weight-only schemes "
-                f"({', '.join(f'w:{n}' for n in CT_SCHEMES)}), not {scheme}")  # fmt: skip
+    if scheme.activation is not None or fmt is None or fmt.name not in written:
+        return f"mixprec writes {what} ({', '.join(f'w:{n}' for n in written)}), not {scheme}"
     if tied:
-        return "vLLM runs an output head tied to the input embedding as the embedding, unquantized"
+        return TIED_HEAD
     row = int(shape[-1])
     if fmt.block_size and row % fmt.block_size:
         return (f"rows of {row} are not a multiple of {fmt.name}'s group of {fmt.block_size} "

@@ -22,11 +22,15 @@ BY_LEAF = {"q_proj": "w:ct_w4a16", "k_proj": "w:ct_w4a16", "v_proj": "w:ct_w4a16
            "down_proj": "keep"}  # fmt: skip
 
 
-def plan_file(folder: Path, schemes: dict[str, str]) -> tuple[Path, dict[str, str]]:
+def plan_file(folder: Path, schemes: dict[str, str], target: str = "any"
+              ) -> tuple[Path, dict[str, str]]:  # fmt: skip
+    """A plan of `schemes` by layer leaf for the tiny Llama, recorded as made for `target`."""
     model = tiny_llama(folder / "hf")
     layers = [n for n in quantizable_layers(model) if n != "lm_head"]
     assignment = {n: schemes[n.rsplit(".", 1)[-1]] for n in layers}
-    plan = PrecisionPlan(f"hf:{folder / 'hf'}", fingerprint(model), assignment, "6bits")
+    provenance = {} if target == "any" else {"target": target}
+    plan = PrecisionPlan(f"hf:{folder / 'hf'}", fingerprint(model), assignment, "6bits",
+                         provenance=provenance)  # fmt: skip
     plan.save(folder / "plan.json")
     return folder / "plan.json", assignment
 
@@ -58,6 +62,27 @@ def test_transformers_loads_exactly_the_plan(
         assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
 
 
+def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, "o_proj": "w:int4_g32", "k_proj": "w:int8"})
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert (
+        "warning: for compressed-tensors: w:int4_g32 -> w:ct_w4a16 (compressed-tensors has no "
+        "w:int4_g32): model.layers.0.self_attn.o_proj, model.layers.1.self_attn.o_proj" in err
+    )
+    assert "w:ct_w4a16 -> w:ct_w8a16 (one scheme per fused layer)" in err  # k_proj's int8
+    assert err.splitlines()[-1].startswith("mixprec: warning: the plan is converted for ")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    attention = "model.layers.0.self_attn"
+    [group] = [g for g in config["config_groups"].values() if f"{attention}.q_proj" in g["targets"]]
+    assert {f"{attention}.{p}_proj" for p in "kv"} <= set(group["targets"])
+    assert group["weights"]["num_bits"] == 8
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -65,13 +90,14 @@ def test_transformers_loads_exactly_the_plan(
                                    "into one layer with one scheme; the plan gives k_proj "
                                    "w:ct_w8a16, q_proj w:ct_w4a16, v_proj w:ct_w4a16"),
         ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
-                                "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:fp8_e4m3, keep"),
+                                "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
+                                "keep"),
     ],
 )  # fmt: skip
 def test_what_vllm_cannot_load_is_one_line(
     change: dict[str, str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan, _ = plan_file(tmp_path, {**BY_LEAF, **change})
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, **change}, target="compressed-tensors")
     out = tmp_path / "checkpoint"
     code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
                        capsys)  # fmt: skip
@@ -123,7 +149,7 @@ def test_evaluate_in_transformers_measures_what_mixprec_predicted(
 def test_evaluate_in_transformers_refuses_what_it_cannot_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan, _ = plan_file(tmp_path, {**BY_LEAF, "o_proj": "w:q4_0"})
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, "o_proj": "w:q4_0"}, target="compressed-tensors")
     cases = {
         ("--plan", str(plan), "--runtime", "transformers"): "w:q4_0 is not a compressed-tensors "
         "scheme mixprec writes",
@@ -165,3 +191,38 @@ def test_a_run_makes_and_measures_a_plan_vllm_loads(
     code, _, err = run(["run", str(config), "-q"], capsys)  # again: every step up to date
     assert code == 0, err
     assert (exported[0] / "config.json").stat().st_mtime_ns == written
+
+
+def test_nvfp4_is_stored_as_compressed_tensors_decodes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NVFP4A16 (vLLM's CompressedTensorsW4A16Fp4): compressed-tensors' own unpacking and
+    dequantization (in float32) give the plan's values; fused shards share a global scale.
+    transformers decompresses it in bf16, so --runtime transformers says so and stops."""
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from compressed_tensors.quantization.quant_scheme import NVFP4A16
+    from safetensors.torch import load_file
+
+    nvfp4 = {leaf: "w:ct_nvfp4" for leaf in BY_LEAF}
+    plan, assignment = plan_file(tmp_path, nvfp4, target="compressed-tensors")
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0 and "transformers decompresses NVFP4 weights in bf16" in err, err
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "nvfp4-pack-quantized"
+    tensors = load_file(out / "model.safetensors")
+    expected = quantizable_layers(apply_plan(tiny_llama(tmp_path / "again"), assignment))
+    for module in assignment:
+        packed = tensors[f"{module}.weight_packed"]
+        codes = unpack_fp4_from_uint8(packed, packed.shape[0], packed.shape[1] * 2,
+                                      dtype=torch.float32)  # fmt: skip
+        scale, global_scale = (tensors[f"{module}.weight_{n}"] for n in ("scale", "global_scale"))
+        got = dequantize(codes, scale.float(), args=NVFP4A16["weights"],
+                         global_scale=global_scale, dtype=torch.float32)  # fmt: skip
+        assert torch.equal(got, expected[module].weight), module
+    attention = "model.layers.0.self_attn"
+    assert len({float(tensors[f"{attention}.{p}_proj.weight_global_scale"]) for p in "qkv"}) == 1
+    code, _, err = run(["evaluate", "--plan", str(plan), "--runtime", "transformers"], capsys)
+    assert code == 2 and "w:ct_nvfp4): transformers decompresses NVFP4 weights in bf16" in err

@@ -24,6 +24,7 @@ def test_defaults_and_canonical_spellings(tmp_path: Path) -> None:
     assert config.methods == ["ilp"] and config.exports == [
         "json",
         "compressed-tensors",
+        "modelopt",
         "llamacpp",
         "gguf",
     ]

@@ -7,14 +7,20 @@ from __future__ import annotations
 import pytest
 import torch
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize
-from compressed_tensors.quantization.quant_scheme import FP8_DYNAMIC, W4A16, W4A16_ASYM, W8A16
-from compressed_tensors.quantization.utils import calculate_qparams
+from compressed_tensors.quantization.quant_scheme import (
+    FP8_DYNAMIC,
+    NVFP4A16,
+    W4A16,
+    W4A16_ASYM,
+    W8A16,
+)
+from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
 
 from mixprec.kernels import formats, packing
 from tests.unit.kernels.test_ggml_formats import weights
 
 SCHEMES = {"ct_w8a16": W8A16, "ct_w4a16": W4A16, "ct_w4a16_asym": W4A16_ASYM,
-           "fp8_e4m3": FP8_DYNAMIC}  # fmt: skip
+           "ct_nvfp4": NVFP4A16, "fp8_e4m3": FP8_DYNAMIC}  # fmt: skip
 
 
 def compressed_tensors(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -25,8 +31,10 @@ def compressed_tensors(x: torch.Tensor, name: str) -> torch.Tensor:
         lo, hi = rows.amin(-1), rows.amax(-1)
     else:  # per output channel
         lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
-    scale, zero = calculate_qparams(lo, hi, args)
-    return fake_quantize(x, scale, zero, args)
+    # NVFP4's global scale, from the whole tensor's range (its observer's)
+    gparam = generate_gparam(x.min(), x.max()) if name == "ct_nvfp4" else None
+    scale, zero = calculate_qparams(lo, hi, args, global_scale=gparam)
+    return fake_quantize(x, scale, zero, args, global_scale=gparam)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))
@@ -52,14 +60,15 @@ def test_the_symmetric_grid_clips_the_groups_largest_value() -> None:
     assert mixprec[0, 0] == 7.0 and mixprec[0, 1] == -7.0
 
 
-@pytest.mark.parametrize("name", ["ct_w8a16", "ct_w4a16", "ct_w4a16_asym"])
+@pytest.mark.parametrize("name", ["ct_w8a16", "ct_w4a16", "ct_w4a16_asym", "ct_nvfp4"])
 def test_packed_codes_decode_to_the_same_values(name: str) -> None:
     fmt = formats.get(name)
     x = weights("normal", (16, 384), seed=4)
     packed = packing.pack(x, fmt)
     assert torch.equal(packing.unpack(packed) + 0.0, fmt.quantize_dequantize(x) + 0.0)
-    assert fmt.storage_bytes(x.shape) == 16 * 384 * fmt.element_bits // 8 + 16 * 3 * (
-        4 + fmt.zero_point_bits / 8)  # fmt: skip
+    groups = 16 * 384 // fmt.block_size  # FP32 scales per 128 (NVFP4: E4M3 per 16, one FP32)
+    scales = groups * (4 + fmt.zero_point_bits / 8) if fmt.element_kind == "int" else groups + 4
+    assert fmt.storage_bytes(x.shape) == 16 * 384 * fmt.element_bits // 8 + scales
 
 
 def test_inf_saturates_and_nan_poisons_its_group() -> None:
@@ -68,3 +77,13 @@ def test_inf_saturates_and_nan_poisons_its_group() -> None:
     got = formats.get("ct_w4a16").quantize_dequantize(x)
     assert torch.isfinite(got[0]).all() and got[0, 3] == got[0].max()
     assert torch.isnan(got[1, 128:]).all() and torch.isfinite(got[1, :128]).all()
+
+
+def test_nvfp4_is_not_mixprecs_nvfp4() -> None:
+    """The global scale divides (2688 / amax), and a block scale that rounds to zero is 0.125."""
+    x = weights("normal", (16, 256), seed=6)
+    x[3] *= 1e-6  # block scales below E4M3's smallest subnormal: 0 in E4M3, then 0.125
+    ours = formats.get("ct_nvfp4").quantize_dequantize(x)
+    assert torch.equal(ours + 0.0, compressed_tensors(x, "ct_nvfp4") + 0.0)
+    assert not torch.equal(ours, formats.get("nvfp4").quantize_dequantize(x))
+    assert formats.get("ct_nvfp4").storage_bytes((16, 256)) == 16 * 128 + 16 * 16 + 4

@@ -28,6 +28,8 @@ NAME_GRAMMAR = (
     (r"q(?P<bits>[45])_(?P<asym>k)", "ggml", "int", 32, "fp16"),
     (r"mxfp(?P<bits>4)_ggml", "ggml", "float", 32, "e8m0"),
     (r"ct_w(?P<bits>\d)a16(?P<asym>_asym)?", "ct", "int", 128, "fp32"),
+    (r"mo_nvfp(?P<bits>4)", "mo", "float", 16, "e4m3"),
+    (r"ct_nvfp(?P<bits>4)", "ct", "float", 16, "e4m3"),
 )
 
 
@@ -43,6 +45,8 @@ ML_DTYPE_OF = {
     "mxfp6_e2m3": ml_dtypes.float6_e2m3fn,
     "mxfp4": ml_dtypes.float4_e2m1fn,
     "nvfp4": ml_dtypes.float4_e2m1fn,
+    "mo_nvfp4": ml_dtypes.float4_e2m1fn,
+    "ct_nvfp4": ml_dtypes.float4_e2m1fn,
 }
 
 

@@ -68,7 +68,7 @@ def test_nan_poisons_only_its_scale_group(name: str) -> None:
     x[1, 5] = float("nan")
     got = fmt.quantize_dequantize(x)
     assert torch.isnan(got[1, 5])
-    if fmt.family == "nv":  # the FP32 tensor scale is a group spanning the whole tensor
+    if fmt.tensor_scale_bits:  # the FP32 tensor scale is a group spanning the whole tensor
         assert torch.isnan(got).all()
         return
     g = group_len(name, 64)

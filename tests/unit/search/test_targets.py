@@ -102,7 +102,8 @@ def test_the_cli_refuses_an_unknown_target(
     code, _, err = run(["search", str(tmp_path), "--budget", "5bits", "--out",
                         str(tmp_path / "p.json"), "--target", "tensorrt"], capsys)  # fmt: skip
     assert (
-        code == 2 and "unknown --target 'tensorrt'; valid: any, llamacpp, compressed-tensors" in err
+        code == 2
+        and "unknown --target 'tensorrt'; valid: any, llamacpp, compressed-tensors, modelopt" in err
     )
 
 
@@ -123,8 +124,8 @@ def test_refusals_name_what_vllm_cannot_run() -> None:
         "rows of 576 are not a multiple of ct_w4a16's group of 128 (vLLM's kernels need whole "
         "groups)"
     )
-    assert "weight-only schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:fp8_e4m3), not " \
-        "w:q4_0" in str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
+    assert "weight-only schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, " \
+        "w:fp8_e4m3), not w:q4_0" in str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
     assert "not w:fp8_e4m3,a:fp8_e4m3" in str(
         refusal(ct, Scheme.parse("w:fp8_e4m3,a:fp8_e4m3"), (8, 256))
     )
@@ -154,3 +155,24 @@ def test_a_compressed_tensors_plan_is_one_vllm_loads(tied_scored: Scored, budget
     assert len({plan.assignment[m] for m in plan.assignment if "layers" in m}) > 1  # mixed
     anywhere = AllocationProblem.build(table, model, "fisher", data=data, exclude=["none"])
     assert "model.layers.0.mlp.gate_proj" in anywhere.costs.members  # untied elsewhere
+
+
+def test_a_modelopt_plan_is_one_vllm_loads() -> None:
+    """ModelOpt's W4A16_NVFP4 or the layer's own dtype: the fused shards one decision, the tied
+    head kept, rows of whole 16-blocks only; another scheme asked for is one line."""
+    from mixprec.export_compressed import check_vllm_rules
+
+    model, data, table = scored_llama(["w:mo_nvfp4", "w:nvfp4"], blocks=2, tied=True)
+    problem = AllocationProblem.build(table, model, "fisher", data=data, target="modelopt",
+                                      exclude=["none"])  # fmt: skip
+    plan = allocate(problem, "8bits")
+    assert plan.target == "modelopt" and plan.assignment["lm_head"] == "keep"
+    assert set(plan.assignment.values()) == {"w:mo_nvfp4", "keep"}  # mixed, never w:nvfp4
+    check_vllm_rules(plan.assignment)
+    assert refusal("modelopt", Scheme.parse("w:mo_nvfp4"), (8, 40)) == (
+        "rows of 40 are not a multiple of mo_nvfp4's group of 16 (vLLM's kernels need whole groups)"
+    )
+    with pytest.raises(MixprecError, match=r"asks for w:nvfp4 on model.layers.0.mlp.down_proj, "
+                       r"which target modelopt cannot run: mixprec writes ModelOpt's"):  # fmt: skip
+        AllocationProblem.build(table, model, "fisher", data=data, target="modelopt",
+                                spaces={"down_proj": ["w:nvfp4"]}, exclude=["none"])  # fmt: skip

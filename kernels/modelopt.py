@@ -1,0 +1,39 @@
+"""NVIDIA ModelOpt's NVFP4 weights (family "mo"), computed as ModelOpt's exporter computes them
+(`NVFP4QTensor.quantize`, dynamic weight path) for what vLLM loads as W4A16_NVFP4.
+
+Not mixprec's `nvfp4`: the E4M3 block scale is clamped to [2^-9, 448] (not from 2^-6), an
+all-zero block gets block scale 1.0, and the block is divided by (block scale * tensor scale)
+rather than multiplied by reciprocals; elements round to nearest E2M1, ties to even, saturating
+at 6. mixprec's own rules for what ModelOpt leaves undefined: +-inf saturates, a NaN makes the
+tensor NaN (its tensor scale is NaN, as nvfp4's), an all-zero tensor gets tensor scale 1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from mixprec.kernels.reference import (
+    E4M3_MAX,
+    QuantizedGroups,
+    finite_amax,
+    nv_tensor_scale,
+    round_float_elements,
+)
+
+if TYPE_CHECKING:
+    from mixprec.kernels.formats import NumberFormat
+
+SMALLEST_BLOCK_SCALE = 2.0**-9  # E4M3's smallest subnormal: ModelOpt's floor (not 2^-6)
+
+
+def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
+    """E2M1 elements, E4M3 block scales and the FP32 tensor scale of (n, 16) float32 blocks."""
+    tensor_scale = nv_tensor_scale(blocks, fmt)  # amax / (6 * 448)
+    block_scale = finite_amax(blocks) / (fmt.max_normal * tensor_scale)
+    block_scale = torch.where(block_scale == 0, 1.0, block_scale)
+    e4m3 = block_scale.clamp(SMALLEST_BLOCK_SCALE, E4M3_MAX).to(torch.float8_e4m3fn)
+    scaled = blocks / (e4m3.to(torch.float32) * tensor_scale)
+    return QuantizedGroups(round_float_elements(scaled, fmt), e4m3.to(torch.float32),
+                           tensor_scale=tensor_scale)  # fmt: skip

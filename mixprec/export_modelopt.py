@@ -1,0 +1,121 @@
+"""A plan as an NVIDIA ModelOpt checkpoint (what vLLM loads with quant_method `modelopt`): the
+safetensors ModelOpt's exporter writes (per quantized layer `weight` packed E2M1, `weight_scale`
+E4M3 per 16, `weight_scale_2` FP32), `hf_quant_config.json` as ModelOpt makes it (one algorithm:
+that algorithm and `exclude_modules`; several: MIXED_PRECISION with `quantized_layers`),
+config.json's `quantization_config` as ModelOpt's `convert_hf_quant_config_format` converts it,
+and the model's tokenizer. Fused shards (q/k/v, gate/up) share one scheme and one tensor scale."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixprec import __version__
+from mixprec.export_compressed import check_export_folder, copy_tokenizer, vllm_schemes
+from mixprec.files import atomic_folder
+from mixprec.kernels import packing
+from mixprec.plan import PrecisionPlan, fused_shards
+from mixprec.units import quantizable_layers, weight_matrix
+
+# mixprec format -> ModelOpt's per-layer algorithm (quant_utils.process_layer_quant_config) and
+# the compressed-tensors-style group config.json gives it (convert_hf_config)
+MO_ALGORITHMS: dict[str, dict[str, Any]] = {
+    "mo_nvfp4": {"quant_algo": "W4A16_NVFP4", "group_size": 16},
+}
+# ModelOpt's algorithm -> the weight arguments of its config group in config.json
+MO_WEIGHTS: dict[str, dict[str, Any]] = {
+    "W4A16_NVFP4": {"dynamic": False, "num_bits": 4, "type": "float"},
+}
+HF_QUANT_CONFIG = "hf_quant_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def hf_quant_config(layers: Mapping[str, Mapping[str, Any]], excluded: Sequence[str]
+                    ) -> dict[str, Any]:  # fmt: skip
+    """hf_quant_config.json for per-layer algorithms `layers` and unquantized `excluded`."""
+    quantization: dict[str, Any] = {"quant_algo": None, "kv_cache_quant_algo": None}
+    if len({json.dumps(dict(c), sort_keys=True) for c in layers.values()}) > 1:
+        quantization["quant_algo"] = "MIXED_PRECISION"
+        quantization["quantized_layers"] = {name: dict(c) for name, c in sorted(layers.items())}
+    elif layers:
+        quantization.update(next(iter(layers.values())))
+        quantization["exclude_modules"] = sorted(excluded)
+    return {"producer": {"name": "mixprec", "version": __version__}, "quantization": quantization}
+
+
+def quantization_config(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json's `quantization_config`: one config group per distinct layer algorithm."""
+    details = hf_config["quantization"]
+    algo = details["quant_algo"]
+    if algo == "MIXED_PRECISION":
+        by_config: dict[str, list[str]] = {}
+        for name, layer in details["quantized_layers"].items():
+            by_config.setdefault(json.dumps(layer, sort_keys=True), []).append(name)
+        groups = {f"group_{i}": {**_group(json.loads(key)), "targets": sorted(names)}
+                  for i, (key, names) in enumerate(by_config.items())}  # fmt: skip
+        extra = {"quantized_layers": details["quantized_layers"]}
+    else:
+        groups = {"group_0": {**_group(details), "targets": ["Linear"]}}
+        extra = {}
+    return {"config_groups": groups, **extra, "ignore": details.get("exclude_modules", []),
+            "quant_algo": algo, "producer": hf_config["producer"],
+            "quant_method": "modelopt"}  # fmt: skip
+
+
+def _group(layer: Mapping[str, Any]) -> dict[str, Any]:
+    return {"weights": {**MO_WEIGHTS[layer["quant_algo"]], "group_size": layer["group_size"]}}
+
+
+def write_modelopt(
+    plan: PrecisionPlan, model: nn.Module, out: Path, tokenizer_folder: Path | None = None
+) -> None:
+    """Write the checkpoint folder `out` (made whole in a temp folder beside it, then renamed);
+    the model itself is not changed."""
+    from safetensors.torch import save_file
+
+    check_export_folder(out)
+    layers = quantizable_layers(model)
+    parsed = vllm_schemes(plan, model, tuple(MO_ALGORITHMS), "a ModelOpt algorithm")
+    quantized = {m: s for m, s in parsed.items() if not s.is_keep}
+    tensors = _state_dict(model)
+    fused = fused_shards(layers, quantized)
+    for module, scheme in quantized.items():
+        assert scheme.weight is not None
+        shard = fused.get(module)
+        if shard is None:
+            packed = packing.pack(weight_matrix(layers[module]).detach().float(), scheme.weight)
+        else:  # one tensor scale for the fused layer, as vLLM requires
+            packed = packing.pack(shard.stack, scheme.weight).row_slice(shard.start, shard.stop)
+        assert packed.tensor_scale is not None
+        tensors[f"{module}.weight"] = packed.codes
+        tensors[f"{module}.weight_scale"] = packed.scales.view(torch.float8_e4m3fn)
+        tensors[f"{module}.weight_scale_2"] = packed.tensor_scale.reshape(())
+    excluded = [name for name, layer in model.named_modules()
+                if isinstance(layer, nn.Linear) and name not in quantized]  # fmt: skip
+    config = hf_quant_config({m: MO_ALGORITHMS[s.weight.name] for m, s in quantized.items()
+                              if s.weight is not None}, excluded)  # fmt: skip
+    model_config = model.config.to_dict()  # type: ignore[union-attr,operator]
+    config_json = {**model_config, "quantization_config": quantization_config(config)}
+    with atomic_folder(out) as staged:
+        save_file({k: t.contiguous() for k, t in tensors.items()}, str(staged / WEIGHTS_FILE),
+                  metadata={"format": "pt"})  # fmt: skip
+        (staged / HF_QUANT_CONFIG).write_text(json.dumps(config, indent=4) + "\n")
+        (staged / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+        copy_tokenizer(tokenizer_folder, staged)
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, each stored once (a tied head is saved as its embedding)."""
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[key] = tensor.detach()
+    return tensors

@@ -1,0 +1,112 @@
+"""`--to modelopt`: the checkpoint ModelOpt's exporter writes for W4A16_NVFP4 (what vLLM loads):
+ModelOpt's own dequantization of its tensors gives exactly mixprec's fake-quantized weights,
+its config is what ModelOpt's own converter makes of its hf_quant_config.json, fused shards share
+one tensor scale; what vLLM cannot load is one line each, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mixprec.export_modelopt import hf_quant_config, quantization_config
+from mixprec.plan import apply_plan
+from mixprec.units import quantizable_layers
+from tests.helpers.cli import run
+from tests.helpers.llamacpp import tiny_llama
+from tests.integration.test_compressed_tensors import plan_file
+
+convert = pytest.importorskip("modelopt.torch.export.convert_hf_config")
+nvfp4_tensor = pytest.importorskip("modelopt.torch.quantization.qtensor.nvfp4_tensor")
+BY_LEAF = {"q_proj": "w:mo_nvfp4", "k_proj": "w:mo_nvfp4", "v_proj": "w:mo_nvfp4",
+           "o_proj": "keep", "gate_proj": "w:mo_nvfp4", "up_proj": "w:mo_nvfp4",
+           "down_proj": "w:mo_nvfp4"}  # fmt: skip
+
+
+def modelopt_values(tensors: dict[str, torch.Tensor], module: str, shape: torch.Size
+                    ) -> torch.Tensor:  # fmt: skip
+    """ModelOpt's own dequantization of one exported layer."""
+    qtensor = nvfp4_tensor.NVFP4QTensor(shape, torch.float32, tensors[f"{module}.weight"])
+    return qtensor.dequantize(torch.float32, scale=tensors[f"{module}.weight_scale"],
+                              double_scale=tensors[f"{module}.weight_scale_2"],
+                              block_sizes={-1: 16})  # fmt: skip
+
+
+def test_modelopt_reads_exactly_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:  # fmt: skip
+    plan, assignment = plan_file(tmp_path, BY_LEAF)
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "modelopt", "--out", str(out)], capsys)
+    assert code == 0, err
+    hf = json.loads((out / "hf_quant_config.json").read_text())
+    details = hf["quantization"]
+    assert details["quant_algo"] == "W4A16_NVFP4" and details["group_size"] == 16
+    assert "model.layers.0.self_attn.o_proj" in details["exclude_modules"]
+    assert "lm_head" in details["exclude_modules"]  # tied: vLLM runs it as the embedding
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"] == convert.convert_hf_quant_config_format(hf)
+    assert config["tie_word_embeddings"] and (out / "tokenizer.json").is_file()
+    tensors = load_file(out / "model.safetensors")
+    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment)
+    ours = quantizable_layers(expected)
+    for module, scheme in assignment.items():
+        if scheme == "keep":
+            assert torch.equal(tensors[f"{module}.weight"], ours[module].weight)
+            continue
+        assert tensors[f"{module}.weight"].dtype == torch.uint8
+        assert tensors[f"{module}.weight_scale"].dtype == torch.float8_e4m3fn
+        got = modelopt_values(tensors, module, ours[module].weight.shape)
+        assert torch.equal(got, ours[module].weight), module
+    attention = "model.layers.1.self_attn"  # vLLM takes one weight_scale_2 per fused layer
+    assert len({float(tensors[f"{attention}.{p}_proj.weight_scale_2"]) for p in "qkv"}) == 1
+    assert "lm_head.weight" not in tensors  # saved once, as the embedding
+
+
+def test_several_algorithms_are_mixed_precision_as_modelopt_converts_it() -> None:
+    layers = {"a.q": {"quant_algo": "W4A16_NVFP4", "group_size": 16},
+              "a.o": {"quant_algo": "W4A16_NVFP4", "group_size": 32}}  # fmt: skip
+    hf = hf_quant_config(layers, ["lm_head"])
+    assert hf["quantization"]["quant_algo"] == "MIXED_PRECISION"
+    assert hf["quantization"]["quantized_layers"] == layers
+    assert quantization_config(hf) == convert.convert_hf_quant_config_format(hf)
+
+
+@pytest.mark.parametrize(
+    ("schemes", "message"),
+    [
+        ({"o_proj": "w:nvfp4"}, "w:nvfp4 is not a ModelOpt algorithm mixprec writes; valid: "
+         "w:mo_nvfp4, keep"),
+        ({"k_proj": "keep"}, "vLLM fuses q_proj/k_proj/v_proj of model.layers.0.self_attn"),
+    ],
+)  # fmt: skip
+def test_what_vllm_cannot_load_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], schemes: dict[str, str], message: str
+) -> None:
+    plan, _ = plan_file(tmp_path, {**BY_LEAF, **schemes}, target="modelopt")
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "modelopt", "--out", str(out)], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".checkpoint*"))
+
+
+def test_a_tied_head_is_never_quantized(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:  # fmt: skip
+    """Kept, with a warning, in a plan made for another target; one line in one made for
+    modelopt (it cannot have come from a modelopt search)."""
+    for target, code_wanted in (("any", 0), ("modelopt", 2)):
+        plan, _ = plan_file(tmp_path / target, BY_LEAF, target=target)
+        data = json.loads(plan.read_text())
+        data["assignment"]["lm_head"] = "w:mo_nvfp4"
+        plan.write_text(json.dumps(data))
+        out = tmp_path / target / "checkpoint"
+        code, _, err = run(["export", str(plan), "--to", "modelopt", "--out", str(out)], capsys)
+        assert code == code_wanted, err
+        if code == 2:
+            assert "module lm_head is tied to the input embedding" in err and not out.exists()
+            continue
+        assert "w:mo_nvfp4 -> keep (vLLM runs an output head tied to the input embedding" in err
+        hf = json.loads((out / "hf_quant_config.json").read_text())
+        assert "lm_head" in hf["quantization"]["exclude_modules"]
