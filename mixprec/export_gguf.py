@@ -87,8 +87,11 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
     tensors = {t.name: t for t in reader.tensors}
     layers = quantizable_layers(model)
     by_name = {p.name: p for p in planned}
-    for item in planned:
-        _check_tensor(base, tensors.get(item.name), item, weight_matrix(layers[item.module]))
+    weights = {p.name: weight_matrix(layers[p.module]) for p in planned}
+    for item in planned:  # shapes first; the weights of a tensor as its values are read
+        tensor = _check_shape(base, tensors.get(item.name), item, weights[item.name])
+        if _kept(item):
+            _check_weights(base, _values(tensor), item, weights[item.name])
     requantized = [i.name for i in planned if not _kept(i) and
                    tensors[i.name].tensor_type.name not in ("F32", "F16", "BF16")]  # fmt: skip
     if requantized:
@@ -112,7 +115,13 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in reader.tensors:
-            writer.write_tensor_data(_stored_data(tensor, by_name.get(tensor.name)))
+            wanted = by_name.get(tensor.name)
+            if wanted is None or _kept(wanted):
+                writer.write_tensor_data(tensor.data)
+                continue
+            values = _values(tensor)
+            _check_weights(base, values, wanted, weights[wanted.name])  # fails: nothing written
+            writer.write_tensor_data(_encoded(values, wanted))
         writer.close()
     return warnings
 
@@ -139,14 +148,15 @@ def _stored_info(
     return item.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), kind
 
 
-def _stored_data(tensor: ReaderTensor, item: GgufTensor | None) -> np.ndarray:
-    """A tensor's data as written: a planned one quantized from the base's own values."""
+def _values(tensor: ReaderTensor) -> np.ndarray:
+    """A base tensor's float32 values (gguf-py decodes every type)."""
     import gguf
 
-    if _kept(item):
-        return tensor.data
-    assert item is not None
-    values = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+    return np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
+
+
+def _encoded(values: np.ndarray, item: GgufTensor) -> np.ndarray:
+    """A planned tensor's ggml blocks, quantized from the base's own values."""
     data = ggml_blocks.encode(torch.from_numpy(values.reshape(-1, values.shape[-1])), item.fmt)
     return data.reshape(*values.shape[:-1], -1)
 
@@ -167,19 +177,21 @@ def _field_text(reader: GGUFReader, key: str) -> str:
     return "" if field is None else str(field.contents())
 
 
-def _check_tensor(
-    base: Path, tensor: ReaderTensor | None, item: GgufTensor, weight: torch.Tensor
-) -> None:
-    """The base holds this tensor with the model's shape and (up to row order) its weights."""
-    import gguf
-
+def _check_shape(base: Path, tensor: ReaderTensor | None, item: GgufTensor,
+                 weight: torch.Tensor) -> ReaderTensor:  # fmt: skip
+    """The base holds this tensor with the model's shape."""
     if tensor is None:
         raise MixprecError(f"--base {base} has no tensor {item.name} (module {item.module})")
     shape = tuple(int(n) for n in reversed(tensor.shape))
     if shape != tuple(weight.shape):
         raise MixprecError(f"--base {base}: {item.name} is {list(shape)}, but module "
                            f"{item.module} is {list(weight.shape)}")  # fmt: skip
-    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return tensor
+
+
+def _check_weights(base: Path, values: np.ndarray, item: GgufTensor, weight: torch.Tensor
+                   ) -> None:  # fmt: skip
+    """The base's tensor holds (up to row order) this model's weights."""
     theirs = float(np.square(values, dtype=np.float64).sum())
     ours = float(weight.detach().double().square().sum())
     if abs(theirs - ours) > OTHER_WEIGHTS * max(ours, 1e-30):

@@ -5,12 +5,14 @@ under the metric names mixprec's own evaluation uses."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,32 +108,42 @@ def embeddings(build: LlamaCpp, model: Path, texts: list[str], work: Path) -> to
     return torch.from_numpy(np.stack(values))
 
 
-def metric_runner(bundle: ModelBundle):  # type: ignore[no-untyped-def]
-    """How llama.cpp measures this model's task: `run(build, gguf, base, texts, chunks, work)`
-    gives its metrics."""
+# run(build, plan's GGUF, F32 base GGUF, held-out texts, chunks, work folder) -> metrics
+MetricRunner = Callable[[LlamaCpp, Path, Path, list[str], int, Path], dict[str, float]]
+
+
+def metric_runner(bundle: ModelBundle) -> MetricRunner:
+    """How llama.cpp measures this model's task (the base is the encoders' reference)."""
     task = bundle.task
     if isinstance(task, CausalLMTask):
 
-        def causal(build: LlamaCpp, model: Path, base: Path, texts: list[str], chunks: int,
+        def causal(build: LlamaCpp, model: Path, _base: Path, texts: list[str], chunks: int,
                    work: Path) -> dict[str, float]:  # fmt: skip
             return {"perplexity": perplexity(build, model, texts, chunks, work)}
 
         return causal
     if isinstance(task, SentenceEmbeddingTask):
 
-        def encoder(build: LlamaCpp, model: Path, base: Path, texts: list[str], chunks: int,
+        def encoder(build: LlamaCpp, model: Path, base: Path, texts: list[str], _chunks: int,
                     work: Path) -> dict[str, float]:  # fmt: skip
             pairs = sentence_pairs(texts)  # anchors then positives, as the task's batches
-            halves = [a for a, _ in pairs] + [p for _, p in pairs]
-            ours, theirs = (
-                embeddings(build, model, halves, work),
-                embeddings(build, base, halves, work),
-            )
+            halves = tuple([a for a, _ in pairs] + [p for _, p in pairs])
+            ours = embeddings(build, model, list(halves), work)
+            theirs = base_embeddings(build, base, base.stat().st_mtime_ns, halves)
             return task.task_metrics(Observed([ours], [theirs], ()))
 
         return encoder
     raise MixprecError(f"llama.cpp measures causal LMs (perplexity) and sentence encoders "
                        f"(cosine); {bundle.name} is neither")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def base_embeddings(build: LlamaCpp, base: Path, _mtime_ns: int, texts: tuple[str, ...]
+                    ) -> torch.Tensor:  # fmt: skip
+    """The F32 base's own embeddings of `texts`, made once per base file (as it is on disk)
+    while plans of one model are measured one after another."""
+    with tempfile.TemporaryDirectory(prefix="mixprec-llamacpp-base-") as tmp:
+        return embeddings(build, base, list(texts), Path(tmp))
 
 
 def quantize_uniform(build: LlamaCpp, base: Path, out: Path, kind: str, *flags: str) -> Path:
