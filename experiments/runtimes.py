@@ -23,12 +23,20 @@ from typing import Any
 
 import pandas as pd
 from smollm2 import text_files
-from study import fail, load_config, parse_args, publish_study
+from study import (
+    check_models,
+    fits_verdicts,
+    is_better,
+    load_config,
+    model_sections,
+    parse_args,
+    publish_study,
+    row_text,
+)
 
 from mixprec import llamacpp
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.export_gguf import planned_tensors, write_gguf
-from mixprec.markdown import frame_markdown
 from mixprec.models import ModelBundle, checkpoint_folder, load_model
 from mixprec.plan import PrecisionPlan
 from mixprec.runtime_llamacpp import gguf_size, held_out_texts, metric_runner, quantize_uniform
@@ -113,35 +121,16 @@ def verdicts_for(results: pd.DataFrame, model: str) -> list[str]:
     frame = results[results["model"] == model]
     uniform = frame[frame["method"] == "llama-quantize"].to_dict("records")
     plans = frame[frame["method"].str.startswith("ILP")].to_dict("records")
-    lines = []
-
-    def better(a: float, b: float) -> bool:
-        return a > b if higher else a < b
-
-    def shown(row: dict[str, Any]) -> str:
-        return f"{row['file']} ({row['bits/weight']:.2f} bits, {metric} {row[metric]:.4g})"
-
-    for plan in plans:
-        fitting = [u for u in uniform if u["bits/weight"] <= plan["bits/weight"] + 1e-9]
-        losing = [shown(u) for u in fitting if better(u[metric], plan[metric])]
-        if losing:
-            lines.append(f"- {model}, {shown(plan)}: **not met**: {', '.join(losing)} "
-                         "is better in as few bits or fewer.")  # fmt: skip
-        else:
-            fits = ", ".join(u["file"] for u in fitting) or "none is that small"
-            beaten = [u["file"] for u in uniform if u not in fitting and
-                      better(plan[metric], u[metric])]  # fmt: skip
-            lines.append(f"- {model}, {shown(plan)}: at least as good as every uniform type "
-                         f"that fits its bits ({fits})" + (f"; better than the larger "
-                         f"{', '.join(beaten)}" if beaten else "") + ".")  # fmt: skip
+    lines = fits_verdicts(metric, higher, plans, uniform, model)
     for mix in (u for u in uniform if u["file"] in K_MIXES):
         near = [p for p in plans if p["bits/weight"] <= mix["bits/weight"] * EQUAL_SIZE]
         if not near:
-            lines.append(f"- {model}, {shown(mix)}: no plan of its size or smaller.")
+            lines.append(f"- {model}, {row_text(mix, metric)}: no plan of its size or smaller.")
             continue
         best = max(near, key=lambda p: p[metric] if higher else -p[metric])
-        word = "beats" if better(best[metric], mix[metric]) else "**does not beat**"
-        lines.append(f"- {model}: {shown(best)} {word} llama.cpp's {shown(mix)}.")
+        word = "beats" if is_better(best[metric], mix[metric], higher) else "**does not beat**"
+        lines.append(f"- {model}: {row_text(best, metric)} {word} llama.cpp's "
+                     f"{row_text(mix, metric)}.")  # fmt: skip
     return lines
 
 
@@ -150,10 +139,7 @@ def main() -> int:
     config = load_config(args.config, DEFAULTS)
     started = time.perf_counter()
     build = llamacpp.find()
-    unknown = [m for m in config["models"] if m not in METRIC or m not in config["estimators"]]
-    if unknown:
-        fail(f"{args.config}: model {unknown[0]!r} needs an estimator and is one of "
-             f"{', '.join(METRIC)}")  # fmt: skip
+    check_models(args.config, config, list(METRIC), ("estimators",))
     frames = []
     with tempfile.TemporaryDirectory(prefix="mixprec-runtimes-") as tmp:
         for model in config["models"]:
@@ -173,10 +159,7 @@ def main() -> int:
         "a plan's bits (an equal or smaller file) is better than the plan, and a plan of a "
         "K-quant mix's size (within 1%) or smaller is better than the mix."
     )
-    sections = [(f"{model}: inside llama.cpp",
-                 frame_markdown(results[results["model"] == model].drop(columns="model")
-                                .dropna(axis=1, how="all"), digits=5))
-                for model in config["models"]]  # fmt: skip
+    sections = model_sections(results, config["models"], "inside llama.cpp")
     return publish_study(args, "Plans inside llama.cpp", time.perf_counter() - started, what,
                          verdicts, sections, "No plots: the tables are the result.\n")  # fmt: skip
 

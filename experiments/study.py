@@ -63,6 +63,57 @@ def primary_metric(bundle: ModelBundle) -> Callable[[Mapping[str, str]], float]:
     return measure
 
 
+def is_better(a: float, b: float, higher: bool) -> bool:
+    return a > b if higher else a < b
+
+
+def row_text(row: dict[str, Any], metric: str) -> str:
+    """A results row as a verdict names it: file, bits per weight and the metric."""
+    return f"{row['file']} ({row['bits/weight']:.2f} bits, {metric} {row[metric]:.4g})"
+
+
+def fits_verdicts(metric: str, higher: bool, plans: Sequence[dict[str, Any]],
+                  uniform: Sequence[dict[str, Any]], label: str) -> list[str]:  # fmt: skip
+    """Each plan row against every uniform row that fits its bits (as many or fewer): met when
+    none of those is better; `label` names the model in each line."""
+    lines = []
+    for plan in plans:
+        fitting = [u for u in uniform if u["bits/weight"] <= plan["bits/weight"] + 1e-9]
+        losing = [
+            row_text(u, metric) for u in fitting if is_better(u[metric], plan[metric], higher)
+        ]
+        if losing:
+            lines.append(f"- {label}, {row_text(plan, metric)}: **not met**: {', '.join(losing)} "
+                         "is better in as few bits or fewer.")  # fmt: skip
+            continue
+        fits = ", ".join(u["file"] for u in fitting) or "none is that small"
+        beaten = [u["file"] for u in uniform if u not in fitting and
+                  is_better(plan[metric], u[metric], higher)]  # fmt: skip
+        lines.append(f"- {label}, {row_text(plan, metric)}: at least as good as every uniform "
+                     f"type that fits its bits ({fits})" + (f"; better than the larger "
+                     f"{', '.join(beaten)}" if beaten else "") + ".")  # fmt: skip
+    return lines
+
+
+def model_sections(results: Any, models: Sequence[str], where: str) -> list[tuple[str, str]]:
+    """One results section per model: its rows (without the model column) as a table."""
+    from mixprec.markdown import frame_markdown
+
+    return [(f"{model}: {where}",
+             frame_markdown(results[results["model"] == model].drop(columns="model")
+                            .dropna(axis=1, how="all"), digits=5))
+            for model in models]  # fmt: skip
+
+
+def check_models(path: Path, config: Mapping[str, Any], known: Sequence[str],
+                 keys: Sequence[str]) -> None:  # fmt: skip
+    """Every configured model is one the study knows, with an entry under each of `keys`."""
+    for model in config["models"]:
+        if model not in known or any(model not in config[k] for k in keys):
+            fail(f"{path}: model {model!r} needs an entry in {', '.join(keys)} and is one of "
+                 f"{', '.join(known)}")  # fmt: skip
+
+
 def fail(message: str) -> NoReturn:
     """A user mistake: one line on stderr, exit code 2."""
     print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)

@@ -282,3 +282,19 @@ def test_scale_benchmark_quick(tmp_path: Path) -> None:
     ]
     assert all(float(r["peak RSS MB"]) > 100 for r in rows)
     assert "One size only" in text
+
+
+def test_runtimes_vllm_study_quick(tmp_path: Path) -> None:
+    """MiniLM through transformers on a small config: the model, two uniform schemes and a plan
+    of them, each checkpoint measured by transformers as mixprec predicted."""
+    config = ('models = ["minilm"]\nschemes = ["w:ct_w8a16", "w:ct_w4a16"]\n'
+              'budgets = {minilm = [6.0]}\n')  # fmt: skip
+    text = run_study("runtimes_vllm", config, tmp_path, plots=False)
+    [rows] = tables_with(text, "file", "method", "bits/weight", "cosine", "cosine (mixprec)")
+    assert [r["file"] for r in rows] == ["fp32 (unquantized)", "w:ct_w8a16", "w:ct_w4a16",
+                                         "mixprec 6.0 bits"]  # fmt: skip
+    reference, w8, w4, plan = (float(r["cosine"]) for r in rows)
+    assert reference == 1.0 and w4 < plan <= w8 < 1.0
+    # both shown to 5 digits: the same weights, the same model code
+    assert all(abs(float(r["cosine"]) - float(r["cosine (mixprec)"])) <= 1e-5 for r in rows)
+    assert 4.2 < float(rows[3]["bits/weight"]) <= 6.1 and "- minilm, mixprec 6.0 bits" in text
