@@ -347,7 +347,9 @@ def huggingface_dir(
     loader = AutoModelForCausalLM if causal else AutoModel
     dtype = (placement or Placement()).torch_dtype(checkpoint_dtype(config))
     try:
-        model = loader.from_pretrained(path, use_safetensors=True, dtype=dtype, **safe).eval()
+        model = loader.from_pretrained(
+            path, use_safetensors=True, dtype=dtype, local_files_only=True, trust_remote_code=False
+        ).eval()
     except Exception as err:  # safetensors, torch and transformers each raise their own
         raise MixprecError(f"hf:{path}: transformers cannot load the model ({gist(err)})") from None
     vocab = int(getattr(config, "vocab_size", 256))
