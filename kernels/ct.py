@@ -1,6 +1,6 @@
 """compressed-tensors' schemes (family "ct"), quantized as compressed-tensors computes them
 (`generate_gparam`, `calculate_qparams`, then `fake_quantize`) for what vLLM loads: W8A16, W4A16,
-W4A16_ASYM and NVFP4A16.
+W4A16_ASYM, NVFP4A16, MXFP4A16 and MXFP8A16.
 
 Their grid is signed, [-2^(b-1), 2^(b-1) - 1], and the symmetric scale is amax / (2^b - 1) * 2
 (amax / 7.5 for INT4), so the group's largest magnitude rounds to 2^(b-1) and is clipped to
@@ -11,6 +11,10 @@ own rules for what compressed-tensors leaves undefined: +-inf saturates, a NaN m
 NVFP4A16 is not mixprec's nvfp4 either: its global scale 2688 / amax divides the E4M3 block
 scale (global * amax_block / 6, clamped to 448, a zero becoming 0.125), so an element is
 x / (block / global); an all-zero tensor gets global scale 1, and a NaN makes the tensor NaN.
+
+MXFP4A16 / MXFP8A16 are not OCP MX either: the E8M0 exponent is the group amax rounded to a power
+of two (up from 1.75 times one, as E2M1's single mantissa bit rounds, for both element types)
+minus emax, where OCP floors log2(amax); an all-zero group gets 2^-127.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ if TYPE_CHECKING:
 
 EPS = torch.finfo(torch.float32).eps
 E4M3_EPS = 0.125  # compressed-tensors' stand-in for an E4M3 scale that rounds to zero
+MX_ROUNDING = 1 << 21  # 1 << (23 - 1 - 1): float32's mantissa, E2M1's one mantissa bit
+MX_EXPONENT_MASK = ((1 << 9) - 1) << 23  # sign and exponent bits of a float32
 
 
 def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Codes and scales of (n, group) float32 rows under compressed-tensors scheme `fmt`."""
+    if fmt.scale_format == "e8m0":
+        return _mx(groups, fmt)
     if fmt.element_kind == "float":
         return _nvfp4(groups, fmt)
     low, high = -(2 ** (fmt.element_bits - 1)), 2 ** (fmt.element_bits - 1) - 1
@@ -58,6 +66,18 @@ def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     e4m3 = torch.where(e4m3 == 0, E4M3_EPS, e4m3)
     codes = round_float_elements(blocks / (e4m3 / global_scale), fmt)
     return QuantizedGroups(codes, e4m3, global_scale=global_scale)
+
+
+def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
+    """`generate_mx_scales`: amax's float32 bits plus a quarter of the mantissa's range, masked to
+    the exponent (a power of two, rounded up from 1.75), then 127 + log2 - emax in 0..255."""
+    amax = finite_amax(blocks)
+    carried = amax.contiguous().view(torch.int32) + MX_ROUNDING
+    power = torch.bitwise_and(carried, MX_EXPONENT_MASK).view(torch.float32)
+    code = torch.round((127 + torch.floor(torch.log2(power)) - fmt.emax).clamp(0, 255))
+    scale = torch.ldexp(torch.ones_like(code), code - 127)
+    scale = torch.where(torch.isnan(amax), torch.nan, scale)
+    return QuantizedGroups(round_float_elements(blocks / scale, fmt), scale)
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ ScaleFormat = Literal["fp32", "fp16", "e8m0", "e4m3", "none"]
 # OCP "fn" (only S.1111.111 is NaN, as E4M3), or none reserved (FP6, FP4).
 Specials = Literal["ieee", "fn", "none"]
 
+# llama.cpp's kvalues_iq4nl: the value each 4-bit code of IQ4_NL stands for (times the scale)
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 _SCALE_BITS: dict[ScaleFormat, int] = {"fp32": 32, "fp16": 16, "e8m0": 8, "e4m3": 8, "none": 0}
 _NATIVE_BITS = {"bf16": 16, "fp16": 16, "fp32": 32}
 
@@ -39,7 +41,9 @@ class NumberFormat:
     `twos_complement` (llama.cpp's q4_0 / q5_0: codes -2^(bits-1)..qmax). Family "ggml" is a
     llama.cpp type (`ggml_type`), quantized exactly as llama.cpp does (kernels/ggml.py), stored
     in blocks of `block_bytes` bytes; K-quants scale sub-blocks of `block_size` inside
-    `superblock`s of 256 with quantized scales. Family "ct" is a compressed-tensors scheme
+    `superblock`s of 256 with quantized scales (llama.cpp's nvfp4: scales per 16 in blocks of 64).
+    `codebook`: the integer values a non-linear element code stands for (iq4_nl), stored by
+    their index. Family "ct" is a compressed-tensors scheme
     (kernels/ct.py), "mo" an NVIDIA ModelOpt one (kernels/modelopt.py). `fused_scale`: the
     shards a runtime fuses into one matrix (q/k/v, gate/up) share the per-tensor scale, as the
     runtime loads them (apply_plan quantizes them together).
@@ -63,6 +67,7 @@ class NumberFormat:
     superblock: int = 0
     block_bytes: int = 0
     fused_scale: bool = False
+    codebook: tuple[int, ...] = ()
     description: str = ""
 
     @property
@@ -87,12 +92,21 @@ class NumberFormat:
 
     @property
     def qmax(self) -> int:
-        """Largest integer code magnitude (symmetric) or largest code (asymmetric)."""
+        """Largest integer code magnitude (symmetric; a codebook's largest value's) or largest
+        code (asymmetric)."""
         if self.element_kind != "int":
             raise MixprecError(f"{self.name} has float elements; qmax is for integer formats")
+        if self.codebook:
+            return max(abs(v) for v in self.codebook)
         if self.symmetric:
             return 2 ** (self.element_bits - 1) - 1
         return 2**self.element_bits - 1
+
+    @property
+    def nested_scales(self) -> bool:
+        """K-quants: sub-block scales (and minimums) are integer multiples of one FP16 scale per
+        super-block, so the super-block shares a scale (llama.cpp's nvfp4 blocks do not)."""
+        return self.superblock > 0 and self.scale_format == "fp16"
 
     @property
     def row_multiple(self) -> int:
@@ -175,6 +189,8 @@ class NumberFormat:
                         mags.add(value)
             values = sorted({-m for m in mags if m} | mags)
             return torch.tensor(values, dtype=torch.float32)
+        if self.codebook:
+            return torch.tensor(sorted(self.codebook), dtype=torch.float32)
         if self.element_kind == "int":
             low = -self.qmax - self.twos_complement if self.symmetric else 0
             codes = range(low, self.qmax + 1)
@@ -318,6 +334,24 @@ def _ct_int(name: str, scheme: str, bits: int, asymmetric: bool = False) -> Numb
     )
 
 
+def _ct_mx(name: str, scheme: str, e: int, m: int, bias: int) -> NumberFormat:
+    """A compressed-tensors MX scheme: OCP's elements and E8M0 scale per 32, its own scale rule."""
+    return NumberFormat(
+        name,
+        "ct",
+        "float",
+        1 + e + m,
+        e,
+        m,
+        bias,
+        block_size=32,
+        scale_format="e8m0",
+        specials=_specials(e, m),
+        description=f"compressed-tensors {scheme}: E{e}M{m}, E8M0 scale per 32 from amax rounded"
+        " to a power of two (up from 1.75x), not OCP's floor",
+    )
+
+
 def _native(name: str, e: int, m: int, bias: int, what: str) -> NumberFormat:
     return NumberFormat(
         name,
@@ -427,6 +461,8 @@ _REGISTRY: dict[str, NumberFormat] = {
             description="compressed-tensors NVFP4A16: E2M1, E4M3 scale per 16 over an FP32 global"
             " scale that divides it, shared by fused shards",
         ),
+        _ct_mx("ct_mxfp4", "MXFP4A16", 2, 1, 1),
+        _ct_mx("ct_mxfp8_e4m3", "MXFP8A16", 4, 3, 7),
         NumberFormat(
             "mxfp4_ggml",
             "ggml",
@@ -440,6 +476,34 @@ _REGISTRY: dict[str, NumberFormat] = {
             ggml_type="mxfp4",
             block_bytes=17,
             description="llama.cpp MXFP4: E2M1, E8M0 scale per 32, ties to the smaller value",
+        ),
+        NumberFormat(
+            "iq4_nl",
+            "ggml",
+            "int",
+            4,
+            block_size=32,
+            scale_format="fp16",
+            ggml_type="iq4_nl",
+            block_bytes=18,
+            codebook=IQ4_NL_VALUES,
+            description="llama.cpp IQ4_NL: 16 non-linear INT8 levels, FP16 scale per 32",
+        ),
+        NumberFormat(
+            "nvfp4_ggml",
+            "ggml",
+            "float",
+            4,
+            2,
+            1,
+            1,
+            block_size=16,
+            scale_format="e4m3",
+            ggml_type="nvfp4",
+            superblock=64,
+            block_bytes=36,
+            description="llama.cpp NVFP4: E2M1, UE4M3 scale per 16 (rounded half up), blocks of 64,"
+            " no tensor scale",
         ),
         NumberFormat(
             "mo_nvfp4",

@@ -1,5 +1,5 @@
 """llama.cpp's block types (family "ggml"), quantized exactly as llama.cpp's reference does
-(the K-quants in kernels/kquants.py).
+(the K-quants in kernels/kquants.py, iq4_nl and nvfp4 in kernels/ggml_nonlinear.py).
 
 Each function is ggml-quants.c's `quantize_row_*_ref` written in float32 torch ops in the same
 order (no fused multiply-add), so finite blocks give the bytes llama-quantize writes without an
@@ -36,20 +36,25 @@ def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         raise MixprecError(
             f"no llama.cpp quantizer for {fmt.name}; valid: {', '.join(quantizers)}"
         ) from None
-    poisoned = torch.isnan(blocks).any(dim=-1, keepdim=True)
     q = quantizer(blocks)
-    if bool(poisoned.any()):  # K-quants return one group per sub-block of a super-block
-        groups = poisoned.repeat_interleave(q.scale.shape[0] // blocks.shape[0], dim=0)
-        q = dataclasses.replace(q, scale=torch.where(groups, torch.nan, q.scale))
+    # K-quants and nvfp4 return one group per sub-block; a K-quant's share one scale
+    poisoned = torch.isnan(blocks).any(dim=-1, keepdim=True)
+    if fmt.nested_scales:
+        poisoned = poisoned.repeat_interleave(q.scale.shape[0] // blocks.shape[0], dim=0)
+    else:
+        poisoned = torch.isnan(blocks.reshape(q.scale.shape[0], -1)).any(dim=-1, keepdim=True)
+    if bool(poisoned.any()):
+        q = dataclasses.replace(q, scale=torch.where(poisoned, torch.nan, q.scale))
     return q
 
 
 @cache
 def _all_quantizers() -> dict[str, Callable[[torch.Tensor], QuantizedGroups]]:
-    """These types' quantizers and the K-quants' (which build on the helpers here)."""
+    """These types' quantizers and the others' (which build on the helpers here)."""
+    from mixprec.kernels.ggml_nonlinear import NONLINEAR_QUANTIZERS
     from mixprec.kernels.kquants import KQUANTIZERS
 
-    return {**_QUANTIZERS, **KQUANTIZERS}
+    return {**_QUANTIZERS, **KQUANTIZERS, **NONLINEAR_QUANTIZERS}
 
 
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +143,19 @@ def _q8_0(blocks: torch.Tensor) -> QuantizedGroups:
     return QuantizedGroups(round_away(x * inverse(d)).clamp(-127, 127), to_fp16(d))
 
 
+def first_nearest_fp4(x: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """`best_index_mxfp4`: each value's first nearest of the 16 E2M1 codes times 2 `half`
+    (ties go to the earlier code, the smaller magnitude), as the E2M1 value it stands for."""
+    best = x.abs()  # the error of code 0
+    chosen = torch.zeros_like(x)
+    for doubled in MXFP4_DOUBLED[1:]:  # a later code wins only when strictly nearer
+        error = (doubled * half - x).abs()
+        nearer = error < best
+        best = torch.where(nearer, error, best)
+        chosen = torch.where(nearer, doubled / 2, chosen)
+    return chosen
+
+
 def _mxfp4(blocks: torch.Tensor) -> QuantizedGroups:
     """llama.cpp's MXFP4: E8M0 exponent floor(log2f(amax)) - 2, each value the first nearest
     of the 16 codes (ties go to the smaller magnitude, where OCP rounds to even)."""
@@ -149,14 +167,7 @@ def _mxfp4(blocks: torch.Tensor) -> QuantizedGroups:
     log2 = torch.log2(amax.double()).float()
     exponent = torch.where(amax > 0, torch.floor(log2) - 2, -127.0)  # code 0 when amax == 0
     half = torch.ldexp(torch.ones_like(amax), exponent - 1)  # GGML_E8M0_TO_FP32_HALF
-    best = x.abs()  # the error of code 0
-    chosen = torch.zeros_like(x)
-    for doubled in MXFP4_DOUBLED[1:]:  # a later code wins only when strictly nearer
-        error = (doubled * half - x).abs()
-        nearer = error < best
-        best = torch.where(nearer, error, best)
-        chosen = torch.where(nearer, doubled / 2, chosen)
-    return QuantizedGroups(chosen, half * 2)
+    return QuantizedGroups(first_nearest_fp4(x, half), half * 2)
 
 
 _QUANTIZERS: dict[str, Callable[[torch.Tensor], QuantizedGroups]] = {

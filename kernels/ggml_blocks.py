@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from mixprec.errors import MixprecError
+from mixprec.kernels import formats
 from mixprec.kernels.formats import NumberFormat
 from mixprec.kernels.ggml import MXFP4_DOUBLED
+from mixprec.kernels.packing import codebook_index
 from mixprec.kernels.reference import QuantizedGroups, quantize
 
 Packer = Callable[[QuantizedGroups], list[np.ndarray]]
@@ -84,13 +86,30 @@ def _minimum(levels: int) -> Packer:
     return pack
 
 
-def _mxfp4(q: QuantizedGroups) -> list[np.ndarray]:
+def _fp4_codes(q: QuantizedGroups, width: int) -> np.ndarray:
+    """E2M1 element values as kvalues_mxfp4 indices (zero is code 0), one row per `width`."""
     index = {value: code for code, value in reversed(list(enumerate(MXFP4_DOUBLED)))}
-    doubled = (q.elements.reshape(-1, 32) * 2).numpy().astype(np.int32)
-    codes = np.vectorize(index.__getitem__, otypes=[np.int32])(doubled)
+    doubled = (q.elements.reshape(-1, width) * 2).numpy().astype(np.int32)
+    return np.vectorize(index.__getitem__, otypes=[np.int32])(doubled)
+
+
+def _mxfp4(q: QuantizedGroups) -> list[np.ndarray]:
     exponent = torch.log2(q.scale.reshape(-1, 1)).numpy().astype(np.int32) + 127
     return [np.where(q.scale.reshape(-1, 1).numpy() > 0, exponent, 0).astype(np.uint8),
-            _nibbles(codes)]  # fmt: skip
+            _nibbles(_fp4_codes(q, 32))]  # fmt: skip
+
+
+def _nvfp4(q: QuantizedGroups) -> list[np.ndarray]:
+    """4 UE4M3 scale bytes (E4M3's bytes for these values), then per 16 values 8 bytes: byte j
+    holds code j (low) and code j + 8 (high)."""
+    scales = q.scale.reshape(-1, 4).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    codes = _fp4_codes(q, 16)
+    return [scales, (codes[:, :8] | (codes[:, 8:] << 4)).astype(np.uint8).reshape(-1, 32)]
+
+
+def _iq4_nl(q: QuantizedGroups) -> list[np.ndarray]:
+    index = codebook_index(q.elements, formats.get("iq4_nl").codebook)
+    return [_half(q.scale), _nibbles(index.reshape(-1, 32).numpy().astype(np.int32))]
 
 
 def _sub_scales(q: QuantizedGroups, count: int, minimum: bool = False) -> np.ndarray:
@@ -181,5 +200,6 @@ def _q6_k(q: QuantizedGroups) -> list[np.ndarray]:
 PACKERS: dict[str, Packer] = {
     "q8_0": _q8_0, "q4_0": _offset(8), "q5_0": _offset(16), "q4_1": _minimum(15),
     "q5_1": _minimum(31), "mxfp4": _mxfp4, "q2_k": _q2_k, "q3_k": _q3_k,
-    "q4_k": _k_with_minimum(4), "q5_k": _k_with_minimum(5), "q6_k": _q6_k,
+    "q4_k": _k_with_minimum(4), "q5_k": _k_with_minimum(5), "q6_k": _q6_k, "iq4_nl": _iq4_nl,
+    "nvfp4": _nvfp4,
 }  # fmt: skip

@@ -128,7 +128,7 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
     scales = encode_scales(as_rows(q.scale, cols), fmt)
     zero = None if q.zero is None else as_rows(q.zero, cols).to(torch.uint8)
     minimum = None if q.minimum is None else as_rows(q.minimum, cols)
-    if minimum is not None and not fmt.superblock:
+    if minimum is not None and not fmt.nested_scales:
         minimum = minimum.to(torch.float16)
     return PackedTensor(
         fmt,
@@ -168,6 +168,8 @@ def packed_linear(
 
 def encode_elements(values: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """Element-grid values -> uint8 codes of `fmt.element_bits` bits."""
+    if fmt.codebook:
+        return codebook_index(values, fmt.codebook).to(torch.uint8)
     if fmt.element_kind == "int":
         if not fmt.symmetric:
             return values.to(torch.uint8)
@@ -188,6 +190,8 @@ def encode_elements(values: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """uint8 codes -> float32 element-grid values (inverse of `encode_elements`)."""
     c = codes.to(torch.int32)
+    if fmt.codebook:
+        return torch.tensor(fmt.codebook, dtype=torch.float32)[c.long()]
     if fmt.element_kind == "int":
         if not fmt.symmetric:
             return c.float()
@@ -203,6 +207,11 @@ def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return torch.where(negative == 1, -mags, mags)
 
 
+def codebook_index(values: torch.Tensor, codebook: tuple[int, ...]) -> torch.Tensor:
+    """The code of each codebook value (its index in the codebook, which is sorted)."""
+    return torch.searchsorted(torch.tensor(codebook, dtype=torch.float32), values.contiguous())
+
+
 def encode_scales(scale: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """Float32 scales (rows, groups) -> their stored type (see the module docstring)."""
     if fmt.scale_format == "e8m0":
@@ -210,7 +219,7 @@ def encode_scales(scale: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
         return torch.where(torch.isnan(scale), E8M0_NAN, biased).to(torch.uint8)
     if fmt.scale_format == "e4m3":
         return scale.to(torch.float8_e4m3fn).view(torch.uint8)
-    if fmt.scale_format == "fp16" and not fmt.superblock:  # K-quants: float32 d * sc
+    if fmt.scale_format == "fp16" and not fmt.nested_scales:  # K-quants: float32 d * sc
         return scale.to(torch.float16)
     return scale.contiguous()
 

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
-from mixprec.export_llamacpp import gguf_names, llamacpp_type, model_type_of, substitution
+from mixprec.export_llamacpp import (
+    ggml_format,
+    gguf_names,
+    llamacpp_type,
+    model_type_of,
+    substitution,
+)
 from mixprec.files import atomic_path
 from mixprec.kernels import formats, ggml_blocks
 from mixprec.kernels.formats import NumberFormat
@@ -39,11 +45,6 @@ class GgufTensor:
     name: str
     fmt: NumberFormat
     module: str
-
-
-def ggml_format(ggml_type: str) -> NumberFormat | None:
-    """mixprec's format holding exactly llama.cpp type `ggml_type`, if it has one."""
-    return next((f for f in formats.all() if f.ggml_type == ggml_type), None)
 
 
 def planned_tensors(plan: PrecisionPlan, model: nn.Module) -> tuple[list[GgufTensor], list[str]]:

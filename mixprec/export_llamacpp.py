@@ -33,10 +33,11 @@ LLAMACPP_NEAREST: dict[str, str] = {
     "mxint8": "q8_0", "mxint4": "q4_0", "fp6_e3m2": "q6_k", "fp6_e2m3": "q6_k",
     "mxfp6_e3m2": "q6_k", "mxfp6_e2m3": "q6_k", "fp4_e2m1": "iq4_nl", "ct_w8a16": "q8_0",
     "ct_w4a16": "q4_0", "ct_w4a16_asym": "q4_1", "ct_nvfp4": "nvfp4", "mo_nvfp4": "nvfp4",
+    "ct_mxfp4": "mxfp4", "ct_mxfp8_e4m3": "q8_0",
 }  # fmt: skip
 LLAMACPP_NATIVE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 # What llama-quantize stores instead of a K-quant on a row that does not hold whole super-blocks
-# of 256 (its own fallback, at least as many bits; it lacks iq4_nl's place: q4_0 here).
+# of 256 (its own fallback, at least as many bits).
 ROW_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 # llama-quantize's name for a whole-model type with this ggml type (with --pure: every tensor)
 BASE_TYPES = {
@@ -47,21 +48,37 @@ BASE_TYPES = {
 TOKEN_EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
 
 
+def ggml_format(ggml_type: str) -> NumberFormat | None:
+    """mixprec's format holding exactly llama.cpp type `ggml_type`, if it has one."""
+    return next((f for f in formats.all() if f.ggml_type == ggml_type), None)
+
+
 def llamacpp_type(fmt: NumberFormat, row: int | None = None) -> tuple[str, bool]:
-    """The llama.cpp type that stores `fmt` (on rows of `row` values, where given), and whether
-    it holds exactly the same values."""
+    """The llama.cpp type that stores `fmt` (on rows of `row` values, where given, as
+    llama-quantize falls back on rows without whole blocks), and whether it holds exactly the
+    same values."""
     if not fmt.is_quantized:
         return LLAMACPP_NATIVE[fmt.name], True
     kind, same = (fmt.ggml_type, True) if fmt.ggml_type else (LLAMACPP_NEAREST[fmt.name], False)
-    if row is not None and row % 256 and kind in ROW_FALLBACK:
-        return ROW_FALLBACK[kind], False
-    return kind, same
+    if row is None:
+        return kind, same
+    if row % 256 and kind in ROW_FALLBACK:
+        kind, same = ROW_FALLBACK[kind], False
+    stored = ggml_format(kind)
+    if stored is None or row % stored.row_multiple == 0:
+        return kind, same
+    if stored.row_multiple > 32:  # llama-quantize has no fallback for it and stops
+        raise MixprecError(
+            f"llama.cpp cannot store {fmt.name} as {kind} on rows of {row} values (blocks of "
+            f"{stored.row_multiple}); plan another format"
+        )
+    return "f16", False  # llama-quantize's "must use F16 due to unusual shape"
 
 
 def substitution(fmt: NumberFormat, kind: str, row: int) -> str:
     """Why a layer planned as `fmt` is stored as llama.cpp's `kind` instead."""
     if fmt.ggml_type and fmt.ggml_type != kind:
-        return f"llama.cpp stores {fmt.name} as {kind} on rows of {row} (no whole super-blocks)"
+        return f"llama.cpp stores {fmt.name} as {kind} on rows of {row} (no whole blocks)"
     return f"llama.cpp stores {fmt.name} as {kind}, with other values"
 
 

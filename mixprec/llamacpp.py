@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,23 @@ _CMAKE_OPTIONS = (
     "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=OFF", "-DGGML_CCACHE=OFF",
     "-DCMAKE_BUILD_RPATH=$ORIGIN",  # the tools find their libraries beside them when moved
 )  # fmt: skip
+# The native build minus AMX: sandboxed x86-64 machines can advertise AMX whose tile
+# instructions fault (SIGILL in ggml's AMX matmul), so the CPU backend must not use them.
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def cmake_options() -> tuple[str, ...]:
+    """The options a build configures llama.cpp with on this machine."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return _CMAKE_OPTIONS
+    return (*_CMAKE_OPTIONS, f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}")
+
+
+def part_folder(part: str) -> Path:
+    """Where `build` puts one part: named by its build options too, so a build made with
+    other options is never taken for this one."""
+    key = hashlib.sha256("\n".join(cmake_options()).encode()).hexdigest()[:10]
+    return default_root() / f"{part}-{key}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,7 @@ def find(bin_dir: Path | None = None) -> LlamaCpp:
         if missing:
             raise MixprecError(f"--llamacpp-bin {bin_dir} has no {missing[0]}; need {TOOLS}")
         return LlamaCpp(bin_dir)
-    folder = default_root() / "tools"
+    folder = part_folder("tools")
     if not (folder / STAMP).is_file():
         raise MixprecError(
             f"no llama.cpp build in {folder}; make one with `mixprec llamacpp-build` "
@@ -94,7 +112,7 @@ def build(part: str = "tools", jobs: int | None = None) -> LlamaCpp:
     move it into the cache in one rename: an interrupted build leaves nothing behind."""
     one_of("llama.cpp part", part, tuple(PARTS))
     root = default_root()
-    folder = root / part
+    folder = part_folder(part)
     with held_lock(folder):
         if (folder / STAMP).is_file():
             return LlamaCpp(folder)
@@ -103,7 +121,7 @@ def build(part: str = "tools", jobs: int | None = None) -> LlamaCpp:
             work = Path(tmp)
             source = _unpacked_sdist(root, work)
             started = time.monotonic()
-            _run(["cmake", "-S", str(source), "-B", str(work / "build"), *_CMAKE_OPTIONS])
+            _run(["cmake", "-S", str(source), "-B", str(work / "build"), *cmake_options()])
             _run(["cmake", "--build", str(work / "build"), "--config", "Release", "-j",
                   str(jobs or os.cpu_count() or 1), "--target", *PARTS[part]],
                  f"building llama.cpp's {part}")  # fmt: skip

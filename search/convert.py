@@ -59,9 +59,11 @@ def convert_plan(plan: PrecisionPlan, target: str, model: nn.Module) -> Conversi
             changed.setdefault(f"{assignment[module]} -> {group} (one scheme per fused layer)",
                                []).append(module)  # fmt: skip
             assignment[module] = group
+    # the converted plan is one made for `target` (valid as it is when saved)
+    provenance = {**plan.provenance, "target": target, "converted_from": plan.target}
+    converted = replace(plan, assignment=assignment, provenance=provenance)
     if not changed:
-        return Conversion(plan)
-    converted = replace(plan, assignment=assignment)
+        return Conversion(converted)
     warnings = [f"for {target}: {change}: {_shown(modules)}" for change, modules in changed.items()]
     before = footprint(model, plan.assignment).bits_per_weight
     after = footprint(model, assignment).bits_per_weight

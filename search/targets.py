@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mixprec.errors import MixprecError, one_of
+from mixprec.kernels import formats
 from mixprec.scheme import KEEP, Scheme
 from mixprec.search.cost import CostModel
 from mixprec.search.space import matching_units
@@ -30,7 +31,7 @@ FUSION: dict[str, tuple[tuple[str, ...], ...]] = {
 
 
 TIED_HEAD = "vLLM runs an output head tied to the input embedding as the embedding, unquantized"
-EXAMPLES = {"llamacpp": "w:q4_k, w:q6_k, w:q8_0",
+EXAMPLES = {"llamacpp": "w:q4_k, w:iq4_nl, w:q6_k, w:q8_0",
             "compressed-tensors": "w:ct_w4a16, w:ct_nvfp4, w:ct_w8a16, w:fp8_e4m3",
             "modelopt": "w:mo_nvfp4"}  # fmt: skip
 
@@ -57,7 +58,8 @@ def refusal(target: str, scheme: Scheme, shape: Sequence[int], tied: bool = Fals
     fmt = scheme.weight
     assert fmt is not None
     if fmt.is_quantized and fmt.family != "ggml":
-        return f"llama.cpp has no {fmt.name} (its own types are q8_0 .. q2_k and mxfp4_ggml)"
+        own = ", ".join(f.name for f in formats.all() if f.family == "ggml")
+        return f"llama.cpp has no {fmt.name} (its own types: {own})"
     row = int(shape[-1])
     if row % fmt.row_multiple:
         return f"rows of {row} are not a multiple of {fmt.name}'s block of {fmt.row_multiple}"

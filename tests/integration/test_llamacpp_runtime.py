@@ -28,7 +28,7 @@ from tests.helpers.cli import run
 from tests.helpers.llamacpp import llama_quantize, tiny_llama
 
 TYPES = ["w:q4_k", "w:q6_k", "w:q8_0", "w:q4_0", "w:q5_1", "w:mxfp4_ggml", "w:q2_k", "w:q3_k",
-         "w:q5_k", "w:q4_1", "w:q5_0"]  # fmt: skip
+         "w:q5_k", "w:q4_1", "w:q5_0", "w:iq4_nl", "w:nvfp4_ggml"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import torch
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize
 from compressed_tensors.quantization.quant_scheme import (
     FP8_DYNAMIC,
+    MXFP4A16,
+    MXFP8A16,
     NVFP4A16,
     W4A16,
     W4A16_ASYM,
@@ -20,7 +22,8 @@ from mixprec.kernels import formats, packing
 from tests.unit.kernels.test_ggml_formats import weights
 
 SCHEMES = {"ct_w8a16": W8A16, "ct_w4a16": W4A16, "ct_w4a16_asym": W4A16_ASYM,
-           "ct_nvfp4": NVFP4A16, "fp8_e4m3": FP8_DYNAMIC}  # fmt: skip
+           "ct_nvfp4": NVFP4A16, "fp8_e4m3": FP8_DYNAMIC, "ct_mxfp4": MXFP4A16,
+           "ct_mxfp8_e4m3": MXFP8A16}  # fmt: skip
 
 
 def compressed_tensors(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -43,6 +46,7 @@ def test_values_are_compressed_tensors(name: str, kind: str) -> None:
     x = weights(kind, (48, 512), seed=2)
     x[4] = 0.0  # an all-zero row: compressed-tensors' eps scale
     x[5, :128] = x[5, :128].abs() + 0.5  # a group of one sign: the asymmetric range holds 0
+    x[6], x[7] = x[6] * 1e-30, x[7] * 1e30  # MX: E8M0 exponents clamped at 0 and near 255
     expected = compressed_tensors(x, name)
     got = formats.get(name).quantize_dequantize(x)
     assert torch.equal(got + 0.0, expected + 0.0)  # -0.0 and 0.0 alike
@@ -87,3 +91,14 @@ def test_nvfp4_is_not_mixprecs_nvfp4() -> None:
     assert torch.equal(ours + 0.0, compressed_tensors(x, "ct_nvfp4") + 0.0)
     assert not torch.equal(ours, formats.get("nvfp4").quantize_dequantize(x))
     assert formats.get("ct_nvfp4").storage_bytes((16, 256)) == 16 * 128 + 16 * 16 + 4
+
+
+def test_mx_scales_round_the_group_max_up_from_one_and_three_quarters() -> None:
+    """OCP floors log2(amax): group maxima of 1.7 and 1.8 both get scale 2^(0 - 2) and clip to
+    6 x 0.25 = 1.5; compressed-tensors rounds 1.8 (not 1.7) up to 2: scale 0.5, 3.6 -> 4, 2.0."""
+    x = torch.zeros(2, 32)
+    x[0, 0], x[1, 0] = 1.7, 1.8
+    ct = formats.get("ct_mxfp4").quantize_dequantize(x)
+    ocp = formats.get("mxfp4").quantize_dequantize(x)
+    assert (ct[0, 0].item(), ocp[0, 0].item()) == (1.5, 1.5)
+    assert (ct[1, 0].item(), ocp[1, 0].item()) == (2.0, 1.5)

@@ -56,10 +56,10 @@ def test_every_op_gives_the_same_result_on_either_backend(name: str) -> None:
     by_torch, by_triton = dispatch.pack(x, fmt, "torch"), dispatch.pack(x, fmt, "triton")
     assert torch.equal(by_torch.codes, by_triton.codes)
     assert same_bits(dispatch.unpack(by_triton, "triton"), packing.unpack(by_torch))
-    inputs = torch.randn(3, 64)
-    torch.testing.assert_close(
-        dispatch.packed_linear(inputs, by_torch, None, "triton"),
-        dispatch.packed_linear(inputs, by_torch, None, "torch"),
-        atol=1e-4,
-        rtol=1e-5,
-    )
+    inputs = torch.randn(3, 64, generator=torch.Generator().manual_seed(2))
+    by_kernel = dispatch.packed_linear(inputs, by_torch, None, "triton")
+    reference = dispatch.packed_linear(inputs, by_torch, None, "torch")
+    # two float32 sums of 64 products in other orders: each within 64 eps * sum |x w| of exact
+    dense = packing.unpack(by_torch).reshape(6, 64)
+    bound = 2 * 64 * torch.finfo(torch.float32).eps * (inputs.abs() @ dense.abs().T)
+    assert bool(((by_kernel - reference).abs() <= bound).all())

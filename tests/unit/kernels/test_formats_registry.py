@@ -27,9 +27,12 @@ NAME_GRAMMAR = (
     (r"q(?P<bits>2)_(?P<asym>k)", "ggml", "int", 16, "fp16"),
     (r"q(?P<bits>[45])_(?P<asym>k)", "ggml", "int", 32, "fp16"),
     (r"mxfp(?P<bits>4)_ggml", "ggml", "float", 32, "e8m0"),
+    (r"nvfp(?P<bits>4)_ggml", "ggml", "float", 16, "e4m3"),  # UE4M3: E4M3's non-negative values
+    (r"iq(?P<bits>4)_nl", "ggml", "int", 32, "fp16"),
     (r"ct_w(?P<bits>\d)a16(?P<asym>_asym)?", "ct", "int", 128, "fp32"),
     (r"mo_nvfp(?P<bits>4)", "mo", "float", 16, "e4m3"),
     (r"ct_nvfp(?P<bits>4)", "ct", "float", 16, "e4m3"),
+    (r"ct_mxfp(?P<bits>\d)(?:_e(?P<e>\d)m(?P<m>\d))?", "ct", "float", 32, "e8m0"),
 )
 
 
@@ -47,6 +50,9 @@ ML_DTYPE_OF = {
     "nvfp4": ml_dtypes.float4_e2m1fn,
     "mo_nvfp4": ml_dtypes.float4_e2m1fn,
     "ct_nvfp4": ml_dtypes.float4_e2m1fn,
+    "nvfp4_ggml": ml_dtypes.float4_e2m1fn,
+    "ct_mxfp4": ml_dtypes.float4_e2m1fn,
+    "ct_mxfp8_e4m3": ml_dtypes.float8_e4m3fn,
 }
 
 
@@ -111,6 +117,8 @@ def test_unknown_name_lists_the_valid_ones() -> None:
         ("q4_k", 4.5),
         ("q3_k", 3.4375),
         ("q2_k", 2.625),
+        ("iq4_nl", 4.5),
+        ("nvfp4_ggml", 4.5),  # 36 bytes per 64
     ],
 )
 def test_bits_per_element(name: str, bits: float) -> None:
@@ -220,6 +228,13 @@ def test_llamacpp_types_have_llamacpps_block_sizes() -> None:
     for fmt in (f for f in formats.all() if f.family == "ggml"):
         kind = gguf.GGMLQuantizationType[fmt.ggml_type.upper()]
         assert gguf.GGML_QUANT_SIZES[kind] == (fmt.row_multiple, fmt.block_bytes), fmt.name
+
+
+def test_iq4_nl_codes_stand_for_llamacpps_levels() -> None:
+    fmt = formats.get("iq4_nl")
+    assert fmt.element_values().tolist() == [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13,
+                                             25, 38, 53, 69, 89, 113]  # fmt: skip
+    assert (fmt.qmax, fmt.max_normal) == (127, 127.0)
 
 
 def test_formats_are_frozen() -> None:

@@ -61,7 +61,7 @@ def test_unpack_gives_the_fake_quantized_values(name: str, shape: tuple[int, ...
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in QUANTIZED if formats.get(n).symmetric and not formats.get(n).superblock]
+    "name", [n for n in QUANTIZED if formats.get(n).symmetric and not formats.get(n).nested_scales]
 )
 def test_packed_bytes_equal_the_formats_storage_bytes(name: str) -> None:
     """(K-quants hold their sub-block scales as float32 when packed: more bytes than llama.cpp's

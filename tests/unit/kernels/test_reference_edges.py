@@ -15,7 +15,7 @@ def group_len(name: str, width: int) -> int:
     """Elements that share a scale: a block, a channel, or a K-quant's super-block of 256
     (whose sub-block scales are quantized against one scale)."""
     fmt = formats.get(name)
-    block = fmt.superblock or fmt.block_size
+    block = fmt.superblock if fmt.nested_scales else fmt.block_size
     return min(block, width) if block else width
 
 
@@ -51,12 +51,14 @@ def unit_scale_groups(name: str) -> torch.Tensor:
     return x * 448.0 if fmt.family == "nv" else x  # NV: block scale 448 on tensor scale 1
 
 
-@pytest.mark.parametrize("name", [n for n in QUANTIZED if not formats.get(n).superblock
-                                  and formats.get(n).family != "ct"])  # fmt: skip
+@pytest.mark.parametrize("name", [n for n in QUANTIZED if not formats.get(n).nested_scales
+                                  and formats.get(n).family != "ct"
+                                  and not formats.get(n).codebook])  # fmt: skip
 def test_exact_grid_values_survive(name: str) -> None:
     """(Not K-quants: their sub-block scales are 4/6-bit multiples of a super-block scale,
     so a sub-block's scale is rarely exactly 1; not compressed-tensors' schemes, whose scale
-    puts the largest magnitude half a step past the grid: tests/unit/kernels/test_ct_formats.)"""
+    puts the largest magnitude half a step past the grid: tests/unit/kernels/test_ct_formats;
+    not iq4_nl, whose levels hold no zero and whose scale is a weighted fit, not amax.)"""
     x = unit_scale_groups(name)
     torch.testing.assert_close(formats.get(name).quantize_dequantize(x), x, atol=0, rtol=0)
 

@@ -54,6 +54,8 @@ def test_modelopt_keeps_what_needs_more_than_four_bits(tmp_path: Path) -> None:
     assert got["o_proj"] == got["gate_proj"] == got["up_proj"] == "w:mo_nvfp4"
     assert got["q_proj"] == got["k_proj"] == got["v_proj"] == "keep"  # k: int8, 8 bits
     assert got["down_proj"] == got["lm_head"] == "keep"
+    assert conversion.plan.target == "modelopt"  # what it now is, and where it came from
+    assert conversion.plan.provenance["converted_from"] == plan.target != "modelopt"
     assert "modelopt has no w:q6_k; nothing of 6 bits or more runs on rows of 512" in \
         "\n".join(conversion.warnings)  # fmt: skip
 

@@ -37,7 +37,7 @@ def test_every_format_has_a_llamacpp_type_that_gguf_knows() -> None:
     assert {kind for kind, _ in types.values()} <= known
     exact = {name for name, (_, same) in types.items() if same}
     ggml = {f.name for f in formats.all() if f.family == "ggml"}
-    assert exact == ggml | {"bf16", "fp16", "fp32"} and len(ggml) == 11
+    assert exact == ggml | {"bf16", "fp16", "fp32"} and len(ggml) == 13
     assert not set(LLAMACPP_NEAREST) & exact
 
 
@@ -112,8 +112,21 @@ def test_a_k_quant_on_rows_without_whole_super_blocks_is_llamacpps_fallback(
     text = (tmp_path / "types.txt").read_text()
     assert "=q5_0\n" in text and "=q8_0\n" in text and "_k\n" not in text
     assert exported.warnings[0].startswith(
-        "llama.cpp stores q4_k as q5_0 on rows of 32 (no whole super-blocks) ("
+        "llama.cpp stores q4_k as q5_0 on rows of 32 (no whole blocks) ("
     )
+
+
+def test_rows_without_whole_blocks_go_as_llama_quantize_takes_them() -> None:
+    """Its fallback for a K-quant, F16 for a 32-block type (also after a K-quant's fallback),
+    and for nvfp4 (blocks of 64), which llama-quantize refuses, one line."""
+    assert llamacpp_type(formats.get("q4_0"), 48) == ("f16", False)
+    assert llamacpp_type(formats.get("q2_k"), 48) == ("f16", False)
+    assert llamacpp_type(formats.get("q2_k"), 96) == ("q4_0", False)
+    assert llamacpp_type(formats.get("nvfp4_ggml"), 192) == ("nvfp4", True)
+    assert llamacpp_type(formats.get("nvfp4"), 192) == ("nvfp4", False)
+    with pytest.raises(MixprecError, match=r"cannot store nvfp4 as nvfp4 on rows of 96 values "
+                       r"\(blocks of 64\); plan another format"):  # fmt: skip
+        llamacpp_type(formats.get("nvfp4"), 96)
 
 
 def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:

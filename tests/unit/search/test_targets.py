@@ -72,7 +72,7 @@ def test_a_llamacpp_plan_holds_only_what_llamacpp_runs(scored: Scored, budget: s
         shape = tuple(model.get_submodule(module).weight.shape)
         assert refusal("llamacpp", scheme, shape) is None, (module, text)
         if module.endswith("down_proj"):
-            assert scheme.weight is None or not scheme.weight.superblock
+            assert scheme.weight is None or not scheme.weight.nested_scales
     assert PrecisionPlan.from_json(plan.to_json()).target == "llamacpp"
     anywhere = allocate(AllocationProblem.build(table, model, "fisher", data=data,
                                                 exclude=["none"]), budget)  # fmt: skip
