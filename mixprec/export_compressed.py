@@ -22,10 +22,14 @@ from mixprec.scheme import Scheme
 from mixprec.units import fusion_groups, quantizable_layers, tied_to_embedding, weight_matrix
 
 # mixprec format -> compressed-tensors weight arguments (vLLM: CompressedTensorsWNA16 for the
-# integer groups, NVFP4A16, weight-only FP8 per channel); each is exact against compressed-tensors
+# integer groups, NVFP4A16, weight-only FP8 per channel, MXFP4A16 / MXFP8A16); each is exact
+# against compressed-tensors
 CT_FORMATS = {"ct_w8a16": "pack-quantized", "ct_w4a16": "pack-quantized",
               "ct_w4a16_asym": "pack-quantized", "ct_nvfp4": "nvfp4-pack-quantized",
-              "fp8_e4m3": "float-quantized"}  # fmt: skip
+              "fp8_e4m3": "float-quantized", "ct_mxfp4": "mxfp4-pack-quantized",
+              "ct_mxfp8_e4m3": "mxfp8-quantized"}  # fmt: skip
+_MX = {"type": "float", "strategy": "group", "group_size": 32, "symmetric": True,
+       "dynamic": False, "scale_dtype": torch.uint8, "zp_dtype": torch.uint8}  # fmt: skip
 CT_SCHEMES: dict[str, dict[str, Any]] = {
     "ct_w8a16": {"num_bits": 8, "type": "int", "strategy": "group", "group_size": 128,
                  "symmetric": True},
@@ -37,11 +41,18 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
                  "symmetric": True, "dynamic": False, "scale_dtype": torch.float8_e4m3fn,
                  "zp_dtype": torch.float8_e4m3fn},
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True},
+    "ct_mxfp4": {"num_bits": 4, **_MX},
+    "ct_mxfp8_e4m3": {"num_bits": 8, **_MX},
 }  # fmt: skip
 NVFP4_IN_TRANSFORMERS = (
     "transformers decompresses NVFP4 weights in bf16 (compressed-tensors' "
     "decompressor), not to the plan's values; vLLM runs them as stored"
 )
+MX_IN_TRANSFORMERS = (
+    "transformers decompresses MX weights in bf16 (to their exact values), which a model in "
+    "another dtype cannot run; vLLM runs them as stored"
+)
+MX_SCHEMES = ("ct_mxfp4", "ct_mxfp8_e4m3")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
                    "chat_template.jinja", "generation_config.json")  # fmt: skip
@@ -131,6 +142,9 @@ def write_compressed_tensors(
         "(llm-compressor#1618); vLLM does"
         for m in groups.get("ct_w4a16_asym", [])[:1]
     ] + [f"module {m}: {NVFP4_IN_TRANSFORMERS}" for m in groups.get("ct_nvfp4", [])[:1]]
+    if next(model.parameters()).dtype != torch.bfloat16:
+        mx = [m for name in MX_SCHEMES for m in groups.get(name, [])]
+        warnings += [f"module {m}: {MX_IN_TRANSFORMERS}" for m in mx[:1]]
     if rounded:
         warnings.append(f"{len(rounded)} layers ({rounded[0]}, ...) hold their scales in the "
                         "model's dtype, as compressed-tensors makes them: their values differ "

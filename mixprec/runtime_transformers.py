@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mixprec.errors import MixprecError
-from mixprec.export_compressed import NVFP4_IN_TRANSFORMERS
+from mixprec.export_compressed import MX_IN_TRANSFORMERS, MX_SCHEMES, NVFP4_IN_TRANSFORMERS
 from mixprec.metrics import BYTES_PER_MB, Evaluation
 from mixprec.models import ModelBundle
 from mixprec.plan import PrecisionPlan
@@ -36,9 +36,14 @@ def evaluate_in_transformers(
     if nvfp4:
         raise MixprecError(f"--runtime transformers cannot measure {nvfp4[0]} (w:ct_nvfp4): "
                            f"{NVFP4_IN_TRANSFORMERS}; measure it with --runtime torch")  # fmt: skip
+    weight = next(model.parameters())
+    mx = [(m, t) for m, t in plan.assignment.items() if t.removeprefix("w:") in MX_SCHEMES]
+    if mx and weight.dtype != torch.bfloat16:
+        raise MixprecError(f"--runtime transformers cannot measure {mx[0][0]} ({mx[0][1]}) of a "
+                           f"{str(weight.dtype).removeprefix('torch.')} model: "
+                           f"{MX_IN_TRANSFORMERS}; run it with --dtype bf16")  # fmt: skip
     _, tokenizer = model_files("compressed-tensors", source)
     reference = list(bundle.reference_outputs)  # from the unquantized weights
-    weight = next(model.parameters())
     with tempfile.TemporaryDirectory(prefix="mixprec-transformers-") as tmp:
         folder = Path(tmp) / "checkpoint"
         warnings = list(write_checkpoint(plan, "compressed-tensors", model, folder, tokenizer))

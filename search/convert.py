@@ -1,9 +1,9 @@
 """A plan converted for a checkpoint target it was not made for (`export --to compressed-tensors
 | modelopt` of a plan made for `any`, or for llama.cpp): each layer takes the target's scheme
-nearest its own (no fewer element bits; then the same element kind and symmetry; then the
-fewest bits per weight) that the target runs on its shape, else it is kept; shards the runtime
-fuses take the widest of their schemes; a tied head is kept. Each change is one warning naming
-its layers, and one more gives the bits per weight before and after."""
+nearest its own (no fewer element bits; then the same element kind, symmetry and scale format;
+then the fewest bits per weight) that the target runs on its shape, else it is kept; shards the
+runtime fuses take the widest of their schemes; a tied head is kept. Each change is one warning
+naming its layers, and one more gives the bits per weight before and after."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def _nearest(scheme: Scheme, shape: tuple[int, ...], target: str, tied: bool) ->
         why = f"{target} has no {scheme}"
     bits = fmt.element_bits if fmt.is_quantized else 16
 
-    def order(c: NumberFormat) -> tuple[int, bool, bool, float]:
-        return (c.element_bits, c.element_kind != fmt.element_kind,
-                c.symmetric != fmt.symmetric, c.bits_per_element)  # fmt: skip
+    def order(c: NumberFormat) -> tuple[int, bool, bool, bool, float]:
+        return (c.element_bits, c.element_kind != fmt.element_kind, c.symmetric != fmt.symmetric,
+                c.scale_format != fmt.scale_format, c.bits_per_element)  # fmt: skip
 
     for candidate in sorted(written, key=order):
         option = Scheme(candidate)

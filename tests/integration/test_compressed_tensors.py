@@ -91,7 +91,7 @@ def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
                                    "w:ct_w8a16, q_proj w:ct_w4a16, v_proj w:ct_w4a16"),
         ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
                                 "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
-                                "keep"),
+                                "w:ct_mxfp4, w:ct_mxfp8_e4m3, keep"),
     ],
 )  # fmt: skip
 def test_what_vllm_cannot_load_is_one_line(
@@ -226,3 +226,48 @@ def test_nvfp4_is_stored_as_compressed_tensors_decodes_it(
     assert len({float(tensors[f"{attention}.{p}_proj.weight_global_scale"]) for p in "qkv"}) == 1
     code, _, err = run(["evaluate", "--plan", str(plan), "--runtime", "transformers"], capsys)
     assert code == 2 and "w:ct_nvfp4): transformers decompresses NVFP4 weights in bf16" in err
+
+
+def test_mx_is_what_transformers_decompresses_in_bf16(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MXFP4A16 / MXFP8A16 (vLLM's CompressedTensorsW4A16Mxfp4, mxfp8-quantized): transformers
+    decompresses them in bf16 to exactly the plan's values; a float32 model cannot run them
+    there, so the export warns and --runtime transformers says so, while a bf16 model is
+    measured in transformers as mixprec predicts."""
+    mx = {**BY_LEAF, "q_proj": "w:ct_mxfp4", "k_proj": "w:ct_mxfp4", "v_proj": "w:ct_mxfp4",
+          "o_proj": "w:ct_mxfp8_e4m3", "down_proj": "w:ct_mxfp4"}  # fmt: skip
+    plan, assignment = plan_file(tmp_path, mx, target="compressed-tensors")
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0 and "transformers decompresses MX weights in bf16" in err, err
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    formats = {g["format"] for g in config["config_groups"].values()}
+    assert formats == {"mxfp4-pack-quantized", "mxfp8-quantized", "float-quantized"}
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    with torch.no_grad():  # the first forward decompresses
+        loaded(torch.tensor([[1, 2, 3]]))
+    expected = quantizable_layers(apply_plan(tiny_llama(tmp_path / "again"), assignment))
+    theirs = dict(loaded.named_modules())
+    for module, scheme in assignment.items():
+        if "mx" in scheme:
+            assert torch.equal(theirs[module].weight.float(), expected[module].weight), module
+    capsys.readouterr()  # the loading's progress bars
+    code, _, err = run(["evaluate", "--plan", str(plan), "--runtime", "transformers"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "(w:ct_mxfp4) of a float32 model: transformers decompresses MX weights" in err
+    bf16 = tiny_llama(tmp_path / "bf16" / "hf").to(torch.bfloat16)
+    bf16.save_pretrained(tmp_path / "bf16" / "hf")  # the checkpoint's dtype is bf16 now
+    only_mx = {m: s if "mx" in s else "keep" for m, s in assignment.items()}  # FP8's bf16 scales
+    made = {"target": "compressed-tensors"}
+    PrecisionPlan(f"hf:{tmp_path / 'bf16' / 'hf'}", fingerprint(bf16), only_mx, "6bits",
+                  provenance=made).save(tmp_path / "bf16.json")  # fmt: skip
+    measured = {}
+    for runtime in ("torch", "transformers"):
+        code, printed, err = run(["evaluate", "--plan", str(tmp_path / "bf16.json"), "--runtime",
+                                  runtime, "--json"], capsys)  # fmt: skip
+        assert code == 0, err
+        measured[runtime] = json.loads(printed)["metrics"]
+    for name, value in measured["torch"].items():  # the same bf16 weights, the same model code
+        assert measured["transformers"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name

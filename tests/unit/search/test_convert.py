@@ -31,10 +31,10 @@ def test_compressed_tensors_takes_the_nearest_scheme_it_runs(tmp_path: Path) -> 
     conversion = convert_plan(plan, "compressed-tensors", model)
     got = {m.rsplit(".", 1)[-1]: s for m, s in conversion.plan.assignment.items()}
     assert got == {"q_proj": "w:ct_w8a16", "k_proj": "w:ct_w8a16", "v_proj": "w:ct_w8a16",
-                   "o_proj": "w:ct_nvfp4", "gate_proj": "w:ct_nvfp4", "up_proj": "w:ct_nvfp4",
+                   "o_proj": "w:ct_mxfp4", "gate_proj": "w:ct_nvfp4", "up_proj": "w:ct_nvfp4",
                    "down_proj": "w:ct_w8a16", "lm_head": "keep"}  # fmt: skip
     warnings = "\n".join(conversion.warnings)
-    assert "for compressed-tensors: w:mxfp4 -> w:ct_nvfp4 (compressed-tensors has no w:mxfp4): " \
+    assert "for compressed-tensors: w:mxfp4 -> w:ct_mxfp4 (compressed-tensors has no w:mxfp4): " \
         "model.layers.0.self_attn.o_proj, model.layers.1.self_attn.o_proj" in warnings  # fmt: skip
     assert "w:nvfp4,a:nvfp4 -> w:ct_nvfp4" in warnings
     assert "w:ct_w4a16 -> w:ct_w8a16 (one scheme per fused layer): " \

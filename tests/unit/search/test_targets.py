@@ -125,7 +125,8 @@ def test_refusals_name_what_vllm_cannot_run() -> None:
         "groups)"
     )
     assert "weight-only schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, " \
-        "w:fp8_e4m3), not w:q4_0" in str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
+        "w:fp8_e4m3, w:ct_mxfp4, w:ct_mxfp8_e4m3), not w:q4_0" in \
+        str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
     assert "not w:fp8_e4m3,a:fp8_e4m3" in str(
         refusal(ct, Scheme.parse("w:fp8_e4m3,a:fp8_e4m3"), (8, 256))
     )
