@@ -262,10 +262,12 @@ def _int(name: str, bits: int, group: int = 0, zero_point_bits: int = 0) -> Numb
     )
 
 
-def _mx_fp(name: str, e: int, m: int, bias: int) -> NumberFormat:
+def _mx_fp(name: str, e: int, m: int, bias: int, family: Family = "mx", description: str = ""
+           ) -> NumberFormat:  # fmt: skip
+    """OCP MX float elements under an E8M0 scale per 32 (a runtime's family: its scale rule)."""
     return NumberFormat(
         name,
-        "mx",
+        family,
         "float",
         1 + e + m,
         e,
@@ -274,7 +276,7 @@ def _mx_fp(name: str, e: int, m: int, bias: int) -> NumberFormat:
         block_size=32,
         scale_format="e8m0",
         specials=_specials(e, m),
-        description=f"OCP MX: E{e}M{m} elements, E8M0 scale per 32",
+        description=description or f"OCP MX: E{e}M{m} elements, E8M0 scale per 32",
     )
 
 
@@ -336,19 +338,14 @@ def _ct_int(name: str, scheme: str, bits: int, asymmetric: bool = False) -> Numb
 
 def _ct_mx(name: str, scheme: str, e: int, m: int, bias: int) -> NumberFormat:
     """A compressed-tensors MX scheme: OCP's elements and E8M0 scale per 32, its own scale rule."""
-    return NumberFormat(
+    return _mx_fp(
         name,
-        "ct",
-        "float",
-        1 + e + m,
         e,
         m,
         bias,
-        block_size=32,
-        scale_format="e8m0",
-        specials=_specials(e, m),
-        description=f"compressed-tensors {scheme}: E{e}M{m}, E8M0 scale per 32 from amax rounded"
-        " to a power of two (up from 1.75x), not OCP's floor",
+        "ct",
+        f"compressed-tensors {scheme}: E{e}M{m}, E8M0 scale per"
+        " 32 from amax rounded to a power of two (up from 1.75x), not OCP's floor",
     )
 
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -21,6 +21,9 @@ from mixprec.files import atomic_write_text
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 TARGETS = tuple(EXPORT_SUFFIX)
 CHECKPOINTS = ("compressed-tensors", "modelopt")  # folders, with the model's tokenizer
@@ -84,6 +87,16 @@ def model_files(target: str, source: str, base: Path | None = None
     return base_gguf(folder), None
 
 
+def require_transformers(model: nn.Module, what: str, name: str) -> PreTrainedModel:
+    """`model` as the transformers model `what` needs (to save it or load it back); one line
+    naming the model (`name`) otherwise."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise MixprecError(f"{what}; {name} is a {type(model).__name__}")
+    return model
+
+
 def write_checkpoint(
     plan: PrecisionPlan, target: str, model: nn.Module, out: Path, tokenizer: Path | None
 ) -> tuple[str, ...]:  # fmt: skip
@@ -93,9 +106,9 @@ def write_checkpoint(
     from mixprec.export_modelopt import write_modelopt
     from mixprec.search.convert import convert_plan
 
-    if not hasattr(model, "save_pretrained") or getattr(model, "config", None) is None:
-        raise MixprecError(f"--to {target} writes transformers checkpoints; the plan's model is "
-                           f"a {type(model).__name__}")  # fmt: skip
+    require_transformers(
+        model, f"--to {target} writes transformers checkpoints", "the plan's model"
+    )
     conversion = convert_plan(plan, target, model)
     if target == "modelopt":
         write_modelopt(conversion.plan, model, out, tokenizer)

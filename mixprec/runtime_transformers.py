@@ -26,12 +26,10 @@ def evaluate_in_transformers(
     import compressed_tensors
     import transformers
 
-    from mixprec.export import model_files, write_checkpoint
+    from mixprec.export import model_files, require_transformers, write_checkpoint
 
-    model = bundle.model
-    if not isinstance(model, transformers.PreTrainedModel):
-        raise MixprecError(f"--runtime transformers runs transformers models; {bundle.name} is a "
-                           f"{type(model).__name__}")  # fmt: skip
+    what = "--runtime transformers runs transformers models"
+    model = require_transformers(bundle.model, what, bundle.name)
     nvfp4 = [m for m, t in plan.assignment.items() if "ct_nvfp4" in t]
     if nvfp4:
         raise MixprecError(f"--runtime transformers cannot measure {nvfp4[0]} (w:ct_nvfp4): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,6 +34,16 @@ def plan_file(folder: Path, schemes: dict[str, str], target: str = "any"
                          provenance=provenance)  # fmt: skip
     plan.save(folder / "plan.json")
     return folder / "plan.json", assignment
+
+
+def exported(plan: Path, out: Path, capsys: pytest.CaptureFixture[str]
+             ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """`export --to compressed-tensors` of `plan` into `out`: its stderr and the checkpoint's
+    quantization_config."""
+    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    return err, json.loads((out / "config.json").read_text())["quantization_config"]
 
 
 def test_transformers_loads_exactly_the_plan(
@@ -207,10 +218,8 @@ def test_nvfp4_is_stored_as_compressed_tensors_decodes_it(
     nvfp4 = {leaf: "w:ct_nvfp4" for leaf in BY_LEAF}
     plan, assignment = plan_file(tmp_path, nvfp4, target="compressed-tensors")
     out = tmp_path / "checkpoint"
-    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
-                       capsys)  # fmt: skip
-    assert code == 0 and "transformers decompresses NVFP4 weights in bf16" in err, err
-    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    err, config = exported(plan, out, capsys)
+    assert "transformers decompresses NVFP4 weights in bf16" in err
     assert config["format"] == "nvfp4-pack-quantized"
     tensors = load_file(out / "model.safetensors")
     expected = quantizable_layers(apply_plan(tiny_llama(tmp_path / "again"), assignment))
@@ -239,10 +248,8 @@ def test_mx_is_what_transformers_decompresses_in_bf16(
           "o_proj": "w:ct_mxfp8_e4m3", "down_proj": "w:ct_mxfp4"}  # fmt: skip
     plan, assignment = plan_file(tmp_path, mx, target="compressed-tensors")
     out = tmp_path / "checkpoint"
-    code, _, err = run(["export", str(plan), "--to", "compressed-tensors", "--out", str(out)],
-                       capsys)  # fmt: skip
-    assert code == 0 and "transformers decompresses MX weights in bf16" in err, err
-    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    err, config = exported(plan, out, capsys)
+    assert "transformers decompresses MX weights in bf16" in err
     formats = {g["format"] for g in config["config_groups"].values()}
     assert formats == {"mxfp4-pack-quantized", "mxfp8-quantized", "float-quantized"}
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
