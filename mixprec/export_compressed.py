@@ -165,8 +165,8 @@ def _set_qparams(module: nn.Module, layer: nn.Module, fmt: formats.NumberFormat,
     parameters, a fused shard's from its whole fused layer; False where the parameter's dtype
     rounds the float32 scale."""
     matrix = weight_matrix(layer).detach().float()
-    stack, start = (matrix, 0) if shard is None else (shard.stack, shard.start)
-    q = quantize(stack, fmt)
+    stack, start = (matrix, 0) if shard is None else (shard.stack.matrix, shard.start)
+    q = quantize(stack, fmt) if shard is None else shard.stack.groups
     rows = slice(start, start + matrix.shape[0])
     wanted = q.scale.reshape(stack.shape[0], -1)[rows]
     scale = module.get_parameter("weight_scale")

@@ -90,11 +90,11 @@ def write_modelopt(
         if shard is None:
             packed = packing.pack(weight_matrix(layers[module]).detach().float(), scheme.weight)
         else:  # one tensor scale for the fused layer, as vLLM requires
-            packed = packing.pack(shard.stack, scheme.weight).row_slice(shard.start, shard.stop)
-        assert packed.tensor_scale is not None
-        tensors[f"{module}.weight"] = packed.codes
-        tensors[f"{module}.weight_scale"] = packed.scales.view(torch.float8_e4m3fn)
-        tensors[f"{module}.weight_scale_2"] = packed.tensor_scale.reshape(())
+            packed = shard.packed()
+        assert packed.tensor_scale is not None  # a shard's rows are views of its stack: copied
+        tensors[f"{module}.weight"] = packed.codes.clone()
+        tensors[f"{module}.weight_scale"] = packed.scales.view(torch.float8_e4m3fn).clone()
+        tensors[f"{module}.weight_scale_2"] = packed.tensor_scale.reshape(()).clone()
     excluded = [name for name, layer in model.named_modules()
                 if isinstance(layer, nn.Linear) and name not in quantized]  # fmt: skip
     config = hf_quant_config({m: MO_ALGORITHMS[s.weight.name] for m, s in quantized.items()

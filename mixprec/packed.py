@@ -33,7 +33,7 @@ class PackedLayer(nn.Module):
         if fused is None:
             packed = dispatch.pack(weight_matrix(module).detach().float(), fmt, kernel)
         else:  # its rows of the fused layer it is packed with (one per-tensor scale)
-            packed = dispatch.pack(fused.stack, fmt, kernel).row_slice(fused.start, fused.stop)
+            packed = fused.packed(kernel)
         self.fmt = fmt
         self.kernel = kernel
         self.matrix_shape = packed.shape

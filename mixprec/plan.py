@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
 
@@ -16,8 +17,11 @@ from torch import nn
 
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_write_text
+from mixprec.kernels import dispatch, reference
 from mixprec.kernels.dispatch import KernelPreference, quantize_dequantize
 from mixprec.kernels.formats import NumberFormat
+from mixprec.kernels.packing import PackedTensor
+from mixprec.kernels.reference import QuantizedGroups
 from mixprec.scheme import Scheme
 from mixprec.units import (
     Unit,
@@ -139,19 +143,45 @@ def quantized_weight(
     return matrix_to_weight(module, matrix).to(weight.dtype)
 
 
+class FusedStack:
+    """The stacked weight matrices (float32) of one fused layer under one format: its quantized
+    values, scale groups and packed form, each made once, on first use, for all its shards."""
+
+    def __init__(self, matrix: torch.Tensor, fmt: NumberFormat) -> None:
+        self.matrix = matrix
+        self.fmt = fmt
+        self._packed: dict[str, PackedTensor] = {}
+
+    @cached_property
+    def quantized(self) -> torch.Tensor:
+        return quantize_dequantize(self.matrix, self.fmt)  # runtime formats: the torch one
+
+    @cached_property
+    def groups(self) -> QuantizedGroups:
+        return reference.quantize(self.matrix, self.fmt)
+
+    def packed(self, kernel: str | KernelPreference = KernelPreference.TORCH) -> PackedTensor:
+        key = str(kernel)
+        if key not in self._packed:
+            self._packed[key] = dispatch.pack(self.matrix, self.fmt, kernel)
+        return self._packed[key]
+
+
 @dataclass(frozen=True)
 class FusedShard:
-    """One shard of a fused layer quantized together with its siblings: the stacked weight
-    matrices (float32), their quantized values, and this shard's rows [start, stop)."""
+    """One shard of a fused layer quantized together with its siblings: their shared stack and
+    this shard's rows [start, stop) of it."""
 
-    stack: torch.Tensor
-    quantized: torch.Tensor
+    stack: FusedStack
     start: int
     stop: int
 
     @property
     def matrix(self) -> torch.Tensor:
-        return self.quantized[self.start : self.stop]
+        return self.stack.quantized[self.start : self.stop]
+
+    def packed(self, kernel: str | KernelPreference = KernelPreference.TORCH) -> PackedTensor:
+        return self.stack.packed(kernel).row_slice(self.start, self.stop)
 
 
 def fused_shards(layers: Mapping[str, nn.Module], parsed: Mapping[str, Scheme]
@@ -168,11 +198,10 @@ def fused_shards(layers: Mapping[str, nn.Module], parsed: Mapping[str, Scheme]
         if len(members) < 2 or len({m.shape[1:] for m in matrices}) > 1:
             continue
         assert scheme.weight is not None
-        stack = torch.cat(matrices)
-        quantized = quantize_dequantize(stack, scheme.weight)  # runtime formats: the torch one
+        stack = FusedStack(torch.cat(matrices), scheme.weight)
         start = 0
         for member, matrix in zip(members, matrices, strict=True):
-            out[member] = FusedShard(stack, quantized, start, start + matrix.shape[0])
+            out[member] = FusedShard(stack, start, start + matrix.shape[0])
             start += matrix.shape[0]
     return out
 
