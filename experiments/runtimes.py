@@ -48,8 +48,9 @@ from mixprec.textdata import TextData
 DEFAULTS: dict[str, object] = {
     "models": ["minilm", "smollm2"],
     "schemes": ["w:q4_0", "w:q4_1", "w:q5_0", "w:q5_1", "w:q8_0", "w:q3_k", "w:q4_k",
-                "w:q5_k", "w:q6_k"],
-    "uniform": ["Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K", "Q8_0"],
+                "w:q5_k", "w:q6_k", "w:iq4_nl"],
+    "uniform": ["Q4_0", "Q4_1", "IQ4_NL", "Q4_K_S", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K",
+                "Q8_0"],
     "budgets": [4.5, 5.0, 5.5, 6.0],
     "estimators": {"minilm": "isolation", "smollm2": "fisher"},  # the estimator of each model
     "calib_seq_len": 128,
