@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from mixprec.errors import MixprecError
-from mixprec.kernels import formats
-from mixprec.kernels.formats import NumberFormat
+from mixprec.kernels.formats import IQ4_NL_VALUES, NumberFormat
 from mixprec.kernels.ggml import MXFP4_DOUBLED
 from mixprec.kernels.packing import codebook_index
 from mixprec.kernels.reference import QuantizedGroups, quantize
@@ -108,7 +107,7 @@ def _nvfp4(q: QuantizedGroups) -> list[np.ndarray]:
 
 
 def _iq4_nl(q: QuantizedGroups) -> list[np.ndarray]:
-    index = codebook_index(q.elements, formats.get("iq4_nl").codebook)
+    index = codebook_index(q.elements, IQ4_NL_VALUES)
     return [_half(q.scale), _nibbles(index.reshape(-1, 32).numpy().astype(np.int32))]
 
 

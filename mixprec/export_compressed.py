@@ -165,8 +165,10 @@ def _set_qparams(module: nn.Module, layer: nn.Module, fmt: formats.NumberFormat,
     parameters, a fused shard's from its whole fused layer; False where the parameter's dtype
     rounds the float32 scale."""
     matrix = weight_matrix(layer).detach().float()
-    stack, start = (matrix, 0) if shard is None else (shard.stack.matrix, shard.start)
-    q = quantize(stack, fmt) if shard is None else shard.stack.groups
+    if shard is None:
+        stack, start, q = matrix, 0, quantize(matrix, fmt)
+    else:  # the fused layer's groups, made once for all its shards
+        stack, start, q = shard.stack.matrix, shard.start, shard.stack.groups
     rows = slice(start, start + matrix.shape[0])
     wanted = q.scale.reshape(stack.shape[0], -1)[rows]
     scale = module.get_parameter("weight_scale")
