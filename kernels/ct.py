@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mixprec.kernels.reference import E4M3_MAX, QuantizedGroups, finite_amax, round_float_elements
+from mixprec.kernels.reference import (
+    E4M3_MAX,
+    QuantizedGroups,
+    divide,
+    finite_amax,
+    round_float_elements,
+)
 
 if TYPE_CHECKING:
     from mixprec.kernels.formats import NumberFormat
@@ -44,12 +50,12 @@ def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     finite = torch.where(torch.isinf(groups), 0.0, groups)  # +-inf saturates; NaN poisons
     lo = torch.minimum(finite.amin(dim=-1, keepdim=True), torch.zeros_like(groups[:, :1]))
     hi = torch.maximum(finite.amax(dim=-1, keepdim=True), torch.zeros_like(groups[:, :1]))
-    span = torch.tensor(float(high - low), dtype=torch.float32)
+    span = float(high - low)
     if fmt.symmetric:
-        scale = _nonzero(torch.maximum(lo.abs(), hi.abs()) / (span / 2))
+        scale = _nonzero(divide(torch.maximum(lo.abs(), hi.abs()), span / 2))
         codes = torch.round(torch.clamp(groups / scale, low, high))
         return QuantizedGroups(codes, scale)
-    scale = _nonzero((hi - lo) / span)
+    scale = _nonzero(divide(hi - lo, span))
     zero = torch.round(torch.clamp(low - lo / scale, low, high))  # stored as int8
     codes = torch.round(torch.clamp(groups / scale + zero, low, high))
     # unsigned codes and zero point (value (code - zero) * scale is unchanged)
@@ -61,10 +67,10 @@ def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     tiny = torch.finfo(torch.float32).tiny  # 2688 / amax as torch divides a number by a tensor:
     global_scale = torch.reciprocal(amax.clamp(min=tiny)) * (E4M3_MAX * fmt.max_normal)
     global_scale = torch.where(torch.isinf(global_scale), 1.0, global_scale)
-    block = global_scale * (finite_amax(blocks) / fmt.max_normal)
+    block = global_scale * divide(finite_amax(blocks), fmt.max_normal)
     e4m3 = block.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
     e4m3 = torch.where(e4m3 == 0, E4M3_EPS, e4m3)
-    codes = round_float_elements(blocks / (e4m3 / global_scale), fmt)
+    codes = round_float_elements(blocks / divide(e4m3, global_scale), fmt)
     return QuantizedGroups(codes, e4m3, global_scale=global_scale)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mixprec.errors import MixprecError
+from mixprec.kernels.reference import divide
 
 if TYPE_CHECKING:
     from mixprec.kernels.formats import NumberFormat
@@ -60,17 +61,6 @@ def _all_quantizers() -> dict[str, Callable[[torch.Tensor], QuantizedGroups]]:
 def to_fp16(x: torch.Tensor) -> torch.Tensor:
     """GGML_FP32_TO_FP16 and back: round to nearest even, as stored in a block."""
     return x.to(torch.float16).to(torch.float32)
-
-
-def divide(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
-    """C's `a / b`, correctly rounded: torch computes a Python number over a tensor (and, on
-    CUDA, a tensor over a number) as a product with a reciprocal, one rounding too many."""
-    if not isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor)
-        a = torch.full_like(b, a)
-    if not isinstance(b, torch.Tensor):
-        b = torch.full_like(a, b)
-    return torch.div(a, b)
 
 
 def inverse(d: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from mixprec.kernels.formats import IQ4_NL_VALUES
-from mixprec.kernels.ggml import clamped, divide, first_nearest_fp4, inverse, signed_max, to_fp16
+from mixprec.kernels.ggml import clamped, first_nearest_fp4, inverse, signed_max, to_fp16
 from mixprec.kernels.kquants import GROUP_MAX_EPS, ordered_sum
+from mixprec.kernels.reference import divide
 
 if TYPE_CHECKING:
     from mixprec.kernels.reference import QuantizedGroups
@@ -25,14 +26,14 @@ UE4M3_MAX = 448.0
 
 
 @cache
-def _levels() -> torch.Tensor:
-    return torch.tensor(IQ4_NL_VALUES, dtype=torch.float32)
+def _levels(device: torch.device) -> torch.Tensor:
+    return torch.tensor(IQ4_NL_VALUES, dtype=torch.float32, device=device)
 
 
 def best_index_int8(x: torch.Tensor) -> torch.Tensor:
     """C's `best_index_int8` over kvalues_iq4nl: the index of the nearest level (of two equally
     near, the upper one), the end levels for values beyond them."""
-    levels = _levels()
+    levels = _levels(x.device)
     upper = torch.searchsorted(levels, x.contiguous(), right=True).clamp(1, len(levels) - 1)
     nearer_lower = (x - levels[upper - 1]) < (levels[upper] - x)
     index = torch.where(nearer_lower, upper - 1, upper)
@@ -46,7 +47,7 @@ def _iq4_nl(blocks: torch.Tensor) -> QuantizedGroups:
     from mixprec.kernels.reference import QuantizedGroups
 
     x = clamped(blocks)
-    levels = _levels()
+    levels = _levels(x.device)
     weight = x * x
     top = signed_max(x)
     empty = top.abs() < GROUP_MAX_EPS

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mixprec.kernels.ggml import clamped, divide, signed_max, to_fp16
+from mixprec.kernels.ggml import clamped, signed_max, to_fp16
+from mixprec.kernels.reference import divide
 
 if TYPE_CHECKING:
     from mixprec.kernels.reference import QuantizedGroups

@@ -17,6 +17,7 @@ import torch
 from mixprec.kernels.reference import (
     E4M3_MAX,
     QuantizedGroups,
+    divide,
     finite_amax,
     nv_tensor_scale,
     round_float_elements,
@@ -31,7 +32,7 @@ SMALLEST_BLOCK_SCALE = 2.0**-9  # E4M3's smallest subnormal: ModelOpt's floor (n
 def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """E2M1 elements, E4M3 block scales and the FP32 tensor scale of (n, 16) float32 blocks."""
     tensor_scale = nv_tensor_scale(blocks, fmt)  # amax / (6 * 448)
-    block_scale = finite_amax(blocks) / (fmt.max_normal * tensor_scale)
+    block_scale = divide(finite_amax(blocks), fmt.max_normal * tensor_scale)
     block_scale = torch.where(block_scale == 0, 1.0, block_scale)
     e4m3 = block_scale.clamp(SMALLEST_BLOCK_SCALE, E4M3_MAX).to(torch.float8_e4m3fn)
     scaled = blocks / (e4m3.to(torch.float32) * tensor_scale)

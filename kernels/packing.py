@@ -191,7 +191,7 @@ def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """uint8 codes -> float32 element-grid values (inverse of `encode_elements`)."""
     c = codes.to(torch.int32)
     if fmt.codebook:
-        return torch.tensor(fmt.codebook, dtype=torch.float32)[c.long()]
+        return torch.tensor(fmt.codebook, dtype=torch.float32, device=c.device)[c.long()]
     if fmt.element_kind == "int":
         if not fmt.symmetric:
             return c.float()
@@ -209,7 +209,8 @@ def decode_elements(codes: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 
 def codebook_index(values: torch.Tensor, codebook: tuple[int, ...]) -> torch.Tensor:
     """The code of each codebook value (its index in the codebook, which is sorted)."""
-    return torch.searchsorted(torch.tensor(codebook, dtype=torch.float32), values.contiguous())
+    levels = torch.tensor(codebook, dtype=torch.float32, device=values.device)
+    return torch.searchsorted(levels, values.contiguous())
 
 
 def encode_scales(scale: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:

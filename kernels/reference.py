@@ -60,7 +60,7 @@ class QuantizedGroups:
     def values(self) -> torch.Tensor:
         """Dequantized rows, with exactly the reference's arithmetic."""
         if self.global_scale is not None:
-            return self.elements * (self.scale / self.global_scale)
+            return self.elements * divide(self.scale, self.global_scale)
         if self.minimum is not None:
             return self.elements * self.scale + self.minimum
         if self.zero is not None:
@@ -117,6 +117,26 @@ def dequantize(q: QuantizedGroups, shape: torch.Size, fmt: NumberFormat) -> torc
     last = shape[-1]
     rows = out.reshape(-1, out.numel() // (shape.numel() // last))
     return rows[:, :last].reshape(shape)
+
+
+def divide(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """`a / b` correctly rounded on every device: CUDA divides a tensor by a number (or by a
+    0-dim CPU tensor) as a product with its reciprocal, one rounding more than the CPU, and torch
+    computes a number over a tensor that way everywhere."""
+    if not isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor)
+        a = torch.full_like(b, a)
+    if not isinstance(b, torch.Tensor):
+        b = torch.full([1] * a.dim(), b, dtype=a.dtype, device=a.device)
+    elif a.dim() == 0 and (b.dim() > 0 or a.device.type == "cpu"):
+        a = a.to(b.device)  # a scalar takes the other operand's device
+    else:
+        b = b.to(a.device)
+    if a.dim() == 0 and b.dim() == 0:  # one 0-dim over another is a scalar to CUDA too
+        return torch.div(a.reshape(1), b.reshape(1)).reshape(())
+    if b.dim() == 0:
+        b = b.reshape([1] * a.dim())
+    return torch.div(a, b)
 
 
 def round_float_elements(y: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -179,10 +199,10 @@ def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         return _asymmetric(groups, fmt)
     amax = finite_amax(groups)
     if fmt.element_kind == "float":
-        raw = amax.clamp(max=torch.finfo(torch.float32).max) / fmt.max_normal
+        raw = divide(amax.clamp(max=torch.finfo(torch.float32).max), fmt.max_normal)
         scale = torch.where(amax == 0, 1.0, raw)
     else:
-        scale = torch.where(amax == 0, 1.0, _fp16_scale(amax / fmt.qmax))
+        scale = torch.where(amax == 0, 1.0, _fp16_scale(divide(amax, fmt.qmax)))
     return QuantizedGroups(round_elements(groups / scale, fmt), scale)
 
 
@@ -192,7 +212,7 @@ def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     lo = finite.amin(dim=-1, keepdim=True).clamp(max=0.0)
     hi = finite.amax(dim=-1, keepdim=True).clamp(min=0.0)
     span = hi - lo
-    scale = torch.where(span == 0, 1.0, _fp16_scale(span / fmt.qmax))
+    scale = torch.where(span == 0, 1.0, _fp16_scale(divide(span, fmt.qmax)))
     zero = torch.clamp(torch.round(-lo / scale), 0, fmt.qmax)
     codes = torch.clamp(torch.round(groups / scale) + zero, 0, fmt.qmax)
     return QuantizedGroups(codes, scale, zero=zero)
@@ -220,14 +240,14 @@ def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
 def nv_tensor_scale(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """FP32 per-tensor scale amax / (448 * element max); 1 for an all-zero tensor."""
     amax = finite_amax(x.reshape(1, -1)).reshape(())
-    return torch.where(amax == 0, 1.0, amax / (E4M3_MAX * fmt.max_normal))
+    return torch.where(amax == 0, 1.0, divide(amax, E4M3_MAX * fmt.max_normal))
 
 
 def _nv(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Two-level scaling: E4M3 scale per block on top of an FP32 per-tensor scale."""
     tensor_scale = nv_tensor_scale(blocks, fmt)
-    block_scale = finite_amax(blocks) / fmt.max_normal
-    e4m3 = (block_scale / tensor_scale).clamp(E4M3_MIN_NORMAL, E4M3_MAX)
+    block_scale = divide(finite_amax(blocks), fmt.max_normal)
+    e4m3 = divide(block_scale, tensor_scale).clamp(E4M3_MIN_NORMAL, E4M3_MAX)
     e4m3 = e4m3.to(torch.float8_e4m3fn).to(torch.float32)
     scaled = blocks * ((1.0 / tensor_scale) / e4m3)
     codes = round_elements(scaled.clamp(-fmt.max_normal, fmt.max_normal), fmt)

@@ -115,7 +115,8 @@ def decode_float(
     significand = tl.where(field == 0, mant, mant + (1 << MANT)).to(tl.float32)
     exponent = tl.where(field == 0, MIN_EXP, field - BIAS)
     mags = significand * pow2(exponent - MANT)
-    return tl.where(((code >> (EXP_BITS + MANT)) & 1) == 1, -mags, mags)
+    sign_bits = ((code >> (EXP_BITS + MANT)) & 1) << 31  # set by bits: compiled, -x of 0 is +0
+    return (mags.to(tl.int32, bitcast=True) | sign_bits).to(tl.float32, bitcast=True)
 
 
 @triton.jit
