@@ -199,11 +199,14 @@ class NumberFormat:
             raise MixprecError("fp32 has 2^32 encodings; element_values() stops at 16 bits")
         return _native_values(self.name)
 
-    def quantize_dequantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize `x` with the torch reference (float32 in and out, same shape)."""
+    def quantize_dequantize(
+        self, x: torch.Tensor, importance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fake-quantize `x` with the torch reference (float32 in and out, same shape); the
+        llama.cpp types that use llama.cpp's importance matrix take it as `importance`."""
         from mixprec.kernels.reference import quantize_dequantize
 
-        return quantize_dequantize(x, self)
+        return quantize_dequantize(x, self, importance)
 
 
 def _validated_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:

@@ -3,7 +3,8 @@
 
 Each function is ggml-quants.c's `quantize_row_*_ref` written in float32 torch ops in the same
 order (no fused multiply-add), so finite blocks give the bytes llama-quantize writes without an
-importance matrix (tested against gguf-py's `quants.quantize` and llama.cpp's C quantizer).
+importance matrix (tested against gguf-py's `quants.quantize` and llama.cpp's C quantizer);
+with one, kernels/ggml_weighted.py's searches replace them where llama.cpp's do.
 Two choices are mixprec's, for inputs llama.cpp leaves undefined: a block is first clamped to
 its finite range, so +-inf saturates like every other format; a NaN makes its block NaN.
 """
@@ -22,14 +23,18 @@ from mixprec.kernels.reference import divide
 
 if TYPE_CHECKING:
     from mixprec.kernels.formats import NumberFormat
+    from mixprec.kernels.ggml_weighted import Weighting
     from mixprec.kernels.reference import QuantizedGroups
 
 # E2M1 values doubled, in llama.cpp's code order (kvalues_mxfp4): the index is the stored code.
 MXFP4_DOUBLED = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
 
-def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
-    """Scales and element values of (n, block) float32 `blocks` under llama.cpp type `fmt`."""
+def quantize(
+    blocks: torch.Tensor, fmt: NumberFormat, weighting: Weighting | None = None
+) -> QuantizedGroups:
+    """Scales and element values of (n, block) float32 `blocks` under llama.cpp type `fmt`,
+    searched as llama-quantize does with an importance matrix where `weighting` is given."""
     quantizers = _all_quantizers()
     try:
         quantizer = quantizers[fmt.ggml_type]
@@ -37,6 +42,10 @@ def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         raise MixprecError(
             f"no llama.cpp quantizer for {fmt.name}; valid: {', '.join(quantizers)}"
         ) from None
+    from mixprec.kernels.ggml_weighted import IGNORES_IMPORTANCE, weighted_quantizer
+
+    if weighting is not None and fmt.ggml_type not in IGNORES_IMPORTANCE:
+        quantizer = weighted_quantizer(fmt, weighting)
     q = quantizer(blocks)
     # K-quants and nvfp4 return one group per sub-block; a K-quant's share one scale
     poisoned = torch.isnan(blocks).any(dim=-1, keepdim=True)

@@ -1,8 +1,8 @@
 """llama.cpp's block bytes (ggml-common.h's `block_q*` structs) for the family "ggml" formats,
 so a GGUF can store a planned tensor in its type without llama-quantize.
 
-The bytes are those of ggml-quants.c's reference rows (what llama-quantize writes without an
-importance matrix): the codes and scales come from kernels/ggml.py and kernels/kquants.py, and a
+The bytes are those of ggml-quants.c's rows (what llama-quantize writes, given an importance
+matrix or not): the codes and scales come from kernels/ggml*.py and kernels/kquants.py, and a
 K-quant's sub-block scale codes are recovered exactly as sub-block scale / super-block scale.
 """
 
@@ -22,8 +22,11 @@ from mixprec.kernels.reference import QuantizedGroups, quantize
 Packer = Callable[[QuantizedGroups], list[np.ndarray]]
 
 
-def encode(x: torch.Tensor, fmt: NumberFormat) -> np.ndarray:
-    """(rows, cols) float32 `x` as llama.cpp stores it: uint8 (rows, cols / block * bytes)."""
+def encode(
+    x: torch.Tensor, fmt: NumberFormat, importance: torch.Tensor | None = None
+) -> np.ndarray:
+    """(rows, cols) float32 `x` as llama.cpp stores it: uint8 (rows, cols / block * bytes);
+    `importance`: its entry of llama.cpp's importance matrix (per column), if one is used."""
     packer = PACKERS.get(fmt.ggml_type)
     if packer is None:
         raise MixprecError(f"no llama.cpp block layout for {fmt.name}; valid: "
@@ -35,7 +38,7 @@ def encode(x: torch.Tensor, fmt: NumberFormat) -> np.ndarray:
         )
     if not bool(torch.isfinite(x).all()):
         raise MixprecError(f"{fmt.name}: llama.cpp blocks hold finite values only")
-    groups = quantize(x.to(torch.float32).contiguous(), fmt)
+    groups = quantize(x.to(torch.float32).contiguous(), fmt, importance)
     blocks = np.concatenate(packer(groups), axis=1)
     assert blocks.shape[1] == fmt.block_bytes, (fmt.name, blocks.shape)
     return blocks.reshape(rows, -1)

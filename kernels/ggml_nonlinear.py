@@ -14,7 +14,7 @@ import torch
 
 from mixprec.kernels.formats import IQ4_NL_VALUES
 from mixprec.kernels.ggml import clamped, first_nearest_fp4, inverse, signed_max, to_fp16
-from mixprec.kernels.kquants import GROUP_MAX_EPS, ordered_sum
+from mixprec.kernels.kquants import GROUP_MAX_EPS, ordered_sum, sqrtf
 from mixprec.kernels.reference import divide
 
 if TYPE_CHECKING:
@@ -41,14 +41,19 @@ def best_index_int8(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= levels[-1], len(levels) - 1, index)
 
 
-def _iq4_nl(blocks: torch.Tensor) -> QuantizedGroups:
+def _iq4_nl(blocks: torch.Tensor, importance: torch.Tensor | None = None) -> QuantizedGroups:
     """(n, 32) blocks: the scale of 15 trials (and the least-squares one) that fits the levels
-    best, weighted by x^2; then each value's nearest level at that (unrounded) scale."""
+    best, weighted by x^2 (or by the importance times sqrt(2 mean square + x^2)); then each
+    value's nearest level at that (unrounded) scale."""
     from mixprec.kernels.reference import QuantizedGroups
 
     x = clamped(blocks)
     levels = _levels(x.device)
-    weight = x * x
+    if importance is None:
+        weight = x * x
+    else:  # sigma2 = sum x^2 * (2 / 32), in C's order
+        sigma2 = ordered_sum(blocks, blocks) * (2.0 / blocks.shape[1])
+        weight = importance * sqrtf(sigma2 + blocks * blocks)
     top = signed_max(x)
     empty = top.abs() < GROUP_MAX_EPS
     top = torch.where(empty, 1.0, top)

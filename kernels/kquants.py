@@ -47,13 +47,15 @@ def ordered_sum(*factors: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signed codes in [-nmax, nmax) and a scale, the best of 19 trial scales weighted by x^2
-    (`make_qx_quants` with rmse_type 1)."""
+def make_qx_quants(
+    x: torch.Tensor, nmax: int, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed codes in [-nmax, nmax) and a scale, the best of 19 trial scales weighted by
+    `weights` or else x^2 (`make_qx_quants` with rmse_type 1)."""
     top = signed_max(x)
     empty = top.abs() < GROUP_MAX_EPS
     top = torch.where(empty, 1.0, top)
-    w = x * x
+    w = x * x if weights is None else weights
 
     def trial(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         levels = nearest_int(iscale * x).clamp(-nmax, nmax - 1)

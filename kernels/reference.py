@@ -70,12 +70,15 @@ class QuantizedGroups:
         return self.elements * self.scale
 
 
-def quantize_dequantize(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
-    """Fake-quantize `x` under `fmt` and return float32 of the same shape."""
+def quantize_dequantize(
+    x: torch.Tensor, fmt: NumberFormat, importance: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fake-quantize `x` under `fmt` and return float32 of the same shape (`importance`: see
+    `quantize`)."""
     x = validated_input(x, fmt)
     if fmt.family == "native":
         return x.to(_NATIVE_DTYPES[fmt.name]).to(torch.float32)
-    return dequantize(quantize(x, fmt), x.shape, fmt)
+    return dequantize(quantize(x, fmt, importance), x.shape, fmt)
 
 
 def group_rows(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -85,14 +88,21 @@ def group_rows(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def quantize(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
-    """Scales and element values of `x` (float32), one scale group per row of the result."""
+def quantize(
+    x: torch.Tensor, fmt: NumberFormat, importance: torch.Tensor | None = None
+) -> QuantizedGroups:
+    """Scales and element values of `x` (float32), one scale group per row of the result.
+    `importance` (llama.cpp's importance matrix for this weight, per input column) changes
+    the search of the llama.cpp types that use one; every other format ignores it."""
     if fmt.block_size == 0:
         return _per_group(group_rows(x, fmt), fmt)
     if fmt.family == "ggml":
         from mixprec.kernels import ggml  # ggml builds QuantizedGroups from this module
+        from mixprec.kernels.ggml_weighted import weighting
 
-        return ggml.quantize(_to_blocks(x, fmt.row_multiple), fmt)  # K-quants: super-blocks
+        blocks = _to_blocks(x, fmt.row_multiple)  # K-quants: super-blocks
+        weights = None if importance is None else weighting(x, importance, fmt)
+        return ggml.quantize(blocks, fmt, weights)
     if fmt.family == "ct":
         from mixprec.kernels import ct
 

@@ -224,6 +224,13 @@ def export_command(
             "(default: converted from the plan's model)."
         ),
     ] = None,
+    imatrix: Annotated[
+        Path | None,
+        typer.Option(
+            help="--to llamacpp / gguf: llama.cpp's importance matrix (llama-imatrix's output) "
+            "to quantize with, as llama-quantize --imatrix does."
+        ),
+    ] = None,
 ) -> None:
     """Write a plan for a runtime: JSON, a compressed-tensors or ModelOpt checkpoint, llama.cpp
     overrides, GGUF.
@@ -249,7 +256,8 @@ def export_command(
         bundle = load_model(source, dtype=plan.dtype, device="cpu")  # weights as planned
         return bundle.model, bundle.fingerprint
 
-    exported = export_plan(plan, to, out, load, *model_files(to, source, base))
+    base_file, tokenizer = model_files(to, source, base)
+    exported = export_plan(plan, to, out, load, base_file, tokenizer, imatrix)
     for warning in exported.warnings:
         sys.stderr.write(f"mixprec: warning: {warning}\n")
     console.print(f"{to} -> {exported.path}")

@@ -18,6 +18,8 @@ from mixprec.errors import MixprecError, one_of
 from mixprec.export_gguf import PLAN_KEY, write_gguf
 from mixprec.export_llamacpp import llamacpp_overrides
 from mixprec.files import atomic_write_text
+from mixprec.imatrix import load as load_imatrix
+from mixprec.kernels.ggml_weighted import IGNORES_IMPORTANCE, WEIGHTED
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
@@ -119,15 +121,19 @@ def write_checkpoint(
 
 def export_plan(
     plan: PrecisionPlan, target: str, out: Path, load: Callable[[], tuple[nn.Module, str]],
-    base: Path | None = None, tokenizer: Path | None = None,
+    base: Path | None = None, tokenizer: Path | None = None, imatrix: Path | None = None,
 ) -> Exported:  # fmt: skip
     """Write `plan` as `target`; `load` gives the model and its fingerprint where needed,
-    `base` (gguf) is the GGUF from llama.cpp's converter the plan's tensors go into and
-    `tokenizer` (checkpoints) the folder whose tokenizer files go with the checkpoint."""
+    `base` (gguf) is the GGUF from llama.cpp's converter the plan's tensors go into,
+    `tokenizer` (checkpoints) the folder whose tokenizer files go with the checkpoint and
+    `imatrix` (llamacpp, gguf) llama.cpp's importance matrix to quantize with."""
     one_of("export target", target, TARGETS)
     if (target == "gguf") != (base is not None):
         raise MixprecError("--base MODEL-F16.gguf (a GGUF from llama.cpp's converter) goes with "
                            f"--to gguf{'' if target == 'gguf' else ' only'}")  # fmt: skip
+    if imatrix is not None and target not in ("llamacpp", "gguf"):
+        raise MixprecError(f"--imatrix goes with --to llamacpp or --to gguf, not --to {target}")
+    importance = None if imatrix is None else load_imatrix(imatrix)
     model, fingerprint = load()
     plan.check_model(model, fingerprint)  # every target: same weights, every module a layer
     if target == "json":
@@ -137,7 +143,25 @@ def export_plan(
         return Exported(out, write_checkpoint(plan, target, model, out, tokenizer))
     if target == "llamacpp":
         overrides = llamacpp_overrides(plan, model)
+        unmodelled = [] if importance is None else unmodelled_with_importance(plan, model)
+        if unmodelled:
+            unmodelled = [f"with --imatrix llama.cpp quantizes {', '.join(unmodelled)} by a "
+                          "search mixprec does not model: those tensors will not hold "
+                          "mixprec's predicted values"]  # fmt: skip
         atomic_write_text(out, overrides.text())
-        return Exported(out, overrides.warnings, overrides.command(out))
+        return Exported(out, (*overrides.warnings, *unmodelled), overrides.command(out, imatrix))
     assert base is not None
-    return Exported(out, tuple(write_gguf(plan, model, base, out)))
+    if importance is not None and (unmodelled := unmodelled_with_importance(plan, model)):
+        raise MixprecError(f"--to gguf --imatrix cannot write {', '.join(unmodelled)} yet "
+                           f"(llama.cpp's weighted search for it is not modelled); valid: "
+                           f"{', '.join((*WEIGHTED, *IGNORES_IMPORTANCE))}")  # fmt: skip
+    return Exported(out, tuple(write_gguf(plan, model, base, out, importance)))
+
+
+def unmodelled_with_importance(plan: PrecisionPlan, model: nn.Module) -> list[str]:
+    """The llama.cpp types of `plan` whose importance-weighted search mixprec lacks."""
+    from mixprec.export_gguf import planned_tensors
+
+    planned, _ = planned_tensors(plan, model)
+    kinds = {p.fmt.ggml_type for p in planned if p.fmt.family == "ggml"}
+    return sorted(kinds - {*WEIGHTED, *IGNORES_IMPORTANCE})

@@ -32,6 +32,8 @@ from mixprec.units import layer_weight, quantizable_layers, weight_matrix
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 
+    from mixprec.imatrix import Imatrix
+
 PLAN_KEY = "mixprec.plan"
 # A base whose tensor differs from the model's by more than this (relative, in the sum of
 # squares: blind to the converter's row permutations) holds another model's weights.
@@ -74,9 +76,12 @@ def planned_tensors(plan: PrecisionPlan, model: nn.Module) -> tuple[list[GgufTen
     return planned, warnings
 
 
-def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) -> list[str]:
+def write_gguf(
+    plan: PrecisionPlan, model: nn.Module, base: Path, path: Path, imatrix: Imatrix | None = None
+) -> list[str]:
     """Copy `base` into `path` with the plan's tensors quantized from the base's own values
-    (one tensor at a time); returns warnings. The base must hold this model's weights."""
+    (one tensor at a time), as llama-quantize would given `imatrix`; returns warnings. The
+    base must hold this model's weights."""
     import gguf
 
     reader = _open_base(base)
@@ -109,6 +114,12 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
             sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
         writer.add_string(PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
+        if imatrix is not None:  # the keys llama-quantize --imatrix writes
+            writer.add_string("quantize.imatrix.file", str(imatrix.path)[:127])
+            if imatrix.datasets:
+                writer.add_string("quantize.imatrix.dataset", imatrix.datasets[0][:127])
+            writer.add_int32("quantize.imatrix.entries_count", len(imatrix.entries))
+            writer.add_int32("quantize.imatrix.chunks_count", imatrix.chunk_count)
         for tensor in reader.tensors:
             name, shape, dtype, nbytes, kind = _stored_info(tensor, by_name.get(tensor.name))
             writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=kind)
@@ -122,7 +133,8 @@ def write_gguf(plan: PrecisionPlan, model: nn.Module, base: Path, path: Path) ->
                 continue
             values = _values(tensor)
             _check_weights(base, values, wanted, weights[wanted.name])  # fails: nothing written
-            writer.write_tensor_data(_encoded(values, wanted))
+            importance = None if imatrix is None else imatrix.for_tensor(wanted.name, values.shape)
+            writer.write_tensor_data(_encoded(values, wanted, importance))
         writer.close()
     return warnings
 
@@ -156,10 +168,16 @@ def _values(tensor: ReaderTensor) -> np.ndarray:
     return np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
 
 
-def _encoded(values: np.ndarray, item: GgufTensor) -> np.ndarray:
+def _encoded(values: np.ndarray, item: GgufTensor, importance: torch.Tensor | None) -> np.ndarray:
     """A planned tensor's ggml blocks, quantized from the base's own values."""
-    data = ggml_blocks.encode(torch.from_numpy(values.reshape(-1, values.shape[-1])), item.fmt)
-    return data.reshape(*values.shape[:-1], -1)
+    if importance is None or values.ndim <= 2:
+        rows = torch.from_numpy(values.reshape(-1, values.shape[-1]))
+        return ggml_blocks.encode(rows, item.fmt, importance).reshape(*values.shape[:-1], -1)
+    experts = values.reshape(-1, *values.shape[-2:])  # each expert with its own importance
+    per_expert = importance.reshape(-1, values.shape[-1])
+    parts = [ggml_blocks.encode(torch.from_numpy(e), item.fmt, w)
+             for e, w in zip(experts, per_expert, strict=True)]  # fmt: skip
+    return np.stack(parts).reshape(*values.shape[:-1], -1)
 
 
 def _open_base(base: Path) -> GGUFReader:

@@ -7,6 +7,7 @@ head is the token embedding (llama.cpp stores it once)."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,10 @@ class LlamaCppOverrides:
         """The `--tensor-type-file`: one `^name$=type` per line."""
         return "".join(f"^{re.escape(t)}$={kind}\n" for t, kind in self.types.items())
 
-    def command(self, types_file: Path) -> str:
-        flags = ["llama-quantize", "--pure", "--tensor-type-file", str(types_file)]
+    def command(self, types_file: Path, imatrix: Path | None = None) -> str:
+        flags = ["llama-quantize", "--pure", "--tensor-type-file", shlex.quote(str(types_file))]
+        if imatrix is not None:
+            flags += ["--imatrix", shlex.quote(str(imatrix))]
         if self.token_embedding:
             flags += ["--token-embedding-type", self.token_embedding]
         if self.output:

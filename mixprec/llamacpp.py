@@ -240,9 +240,12 @@ def _ggml(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def c_quantize(build: LlamaCpp, x: np.ndarray, ggml_type: str) -> np.ndarray:
-    """llama.cpp's own bytes for the float32 rows of `x` (no importance matrix), as gguf-py
-    lays quantized tensors out (uint8, last dim in bytes)."""
+def c_quantize(
+    build: LlamaCpp, x: np.ndarray, ggml_type: str, importance: np.ndarray | None = None
+) -> np.ndarray:
+    """llama.cpp's own bytes for the float32 rows of `x` (given an importance matrix's entry
+    for its columns, as llama-quantize passes it), as gguf-py lays quantized tensors out
+    (uint8, last dim in bytes)."""
     import gguf
 
     kind = gguf.GGMLQuantizationType[ggml_type.upper()]
@@ -250,8 +253,12 @@ def c_quantize(build: LlamaCpp, x: np.ndarray, ggml_type: str) -> np.ndarray:
     out = np.empty(gguf.quant_shape_to_byte_shape(rows.shape, kind), dtype=np.uint8)
     lib = _ggml(build.ggml_base)
     lib.ggml_quantize_init(int(kind))
+    weights = None if importance is None else np.ascontiguousarray(importance, np.float32)
+    if weights is not None and weights.shape != (rows.shape[1],):
+        raise MixprecError(f"importance of shape {weights.shape} for rows of {rows.shape[1]}")
     written = lib.ggml_quantize_chunk(int(kind), rows.ctypes.data, out.ctypes.data, 0,
-                                      rows.shape[0], rows.shape[1], None)  # fmt: skip
+                                      rows.shape[0], rows.shape[1],
+                                      None if weights is None else weights.ctypes.data)  # fmt: skip
     if written != out.nbytes:
         raise MixprecError(f"llama.cpp wrote {written} bytes of {ggml_type}; expected {out.nbytes}")
     return out.reshape(*x.shape[:-1], out.shape[-1])

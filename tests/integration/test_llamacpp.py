@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType, quants
 from mixprec import llamacpp
 from mixprec.errors import MixprecError
 from mixprec.kernels import formats, ggml_blocks
+from mixprec.kernels.ggml_weighted import IGNORES_IMPORTANCE, WEIGHTED
 from tests.helpers.cli import run
 
 LLAMACPP_FORMATS = [f for f in formats.all() if f.family == "ggml"]
@@ -117,3 +118,32 @@ def test_a_build_is_named_by_its_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert any("-mno-amx-int8" in option for option in llamacpp.cmake_options())
     monkeypatch.setattr(llamacpp.platform, "machine", lambda: "aarch64")
     assert not any("amx" in option for option in llamacpp.cmake_options())
+
+
+def importance(seed: int, cols: int) -> torch.Tensor:
+    """An imatrix entry's shape: per column, mean squares over six decades, a few zeros."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.rand(cols, generator=gen) * torch.logspace(-3, 3, cols)[torch.randperm(cols)]
+    values[::97] = 0.0
+    return values
+
+
+@pytest.mark.parametrize("fmt", LLAMACPP_FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("kind", ["normal", "bf16", "grid"])
+def test_with_an_importance_matrix_our_values_are_llamacpps(
+    build: llamacpp.LlamaCpp, fmt: formats.NumberFormat, kind: str
+) -> None:
+    """llama-quantize --imatrix's search (ggml_quantize_chunk given the column importance);
+    the types whose weighted search is not modelled say so in one line."""
+    x, weights_of_columns = weights(7, kind), importance(3, 512)
+    if fmt.ggml_type not in WEIGHTED + IGNORES_IMPORTANCE:
+        with pytest.raises(MixprecError, match="importance matrix is not modelled"):
+            fmt.quantize_dequantize(x, weights_of_columns)
+        return
+    data = llamacpp.c_quantize(build, x.numpy(), fmt.ggml_type, weights_of_columns.numpy())
+    expected = quants.dequantize(data, GGMLQuantizationType[fmt.ggml_type.upper()])
+    got = fmt.quantize_dequantize(x, weights_of_columns).numpy()
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(ggml_blocks.encode(x, fmt, weights_of_columns), data)
+    if fmt.ggml_type in WEIGHTED and kind == "normal":  # the matrix changed the search
+        assert not np.array_equal(llamacpp.c_quantize(build, x.numpy(), fmt.ggml_type), data)

@@ -18,14 +18,16 @@ from transformers import LlamaForCausalLM
 
 from mixprec import llamacpp, runtime_llamacpp
 from mixprec.data import python_doc_paragraphs
+from mixprec.errors import MixprecError
 from mixprec.export import export_plan
 from mixprec.export_llamacpp import gguf_names
 from mixprec.kernels import formats
+from mixprec.kernels.ggml_weighted import WEIGHTED
 from mixprec.models import fingerprint
 from mixprec.plan import PrecisionPlan
-from mixprec.units import quantizable_layers
+from mixprec.units import quantizable_layers, weight_matrix
 from tests.helpers.cli import run
-from tests.helpers.llamacpp import llama_quantize, tiny_llama
+from tests.helpers.llamacpp import llama_quantize, tiny_llama, write_imatrix
 
 TYPES = ["w:q4_k", "w:q6_k", "w:q8_0", "w:q4_0", "w:q5_1", "w:mxfp4_ggml", "w:q2_k", "w:q3_k",
          "w:q5_k", "w:q4_1", "w:q5_0", "w:iq4_nl", "w:nvfp4_ggml"]  # fmt: skip
@@ -180,3 +182,60 @@ def test_a_run_measures_its_plans_in_llamacpp(
     measured = json.loads((tmp_path / "run" / "eval" / "ilp-6bits.json").read_text())
     assert measured["kernel"].startswith("llama.cpp") and measured["metrics"]["perplexity"] > 1
     assert 4.5 <= measured["bits_per_weight"] <= 6.0
+
+
+def test_with_an_importance_matrix_our_gguf_is_llama_quantizes(
+    tools: llamacpp.LlamaCpp, tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path
+) -> None:
+    """`--imatrix`: llama-quantize reads the matrix as mixprec does and stores each tensor as
+    `--to gguf --imatrix` does; without the matrix some tensor's bytes differ."""
+    model, base = tiny
+    layers = list(quantizable_layers(model))
+    kinds = [f"w:{name}" for name in (*WEIGHTED, "q8_0", "mxfp4_ggml", "nvfp4_ggml")]
+    assignment = {n: kinds[i % len(kinds)] for i, n in enumerate(layers)}
+    plan = PrecisionPlan("tiny-llama", fingerprint(model), assignment, "5bits")
+    names, _ = gguf_names(model, layers)
+    rng = np.random.default_rng(0)
+    columns = {tensor: int(weight_matrix(quantizable_layers(model)[module]).shape[-1])
+               for module, tensor in names.items()}  # fmt: skip
+    matrix = write_imatrix(tmp_path / "imatrix.gguf", {
+        tensor: ((rng.random((1, cols)) * np.logspace(-2, 2, cols)).astype(np.float32),
+                 np.array([40.0])) for tensor, cols in columns.items()})  # fmt: skip
+    load = lambda: (model, fingerprint(model))  # noqa: E731
+    exported = export_plan(plan, "llamacpp", tmp_path / "plan.txt", load, imatrix=matrix)
+    assert "--imatrix" in exported.command and exported.warnings == ()
+    llama_quantize(tools, exported, base, tmp_path / "theirs.gguf")
+    ours_path = tmp_path / "ours.gguf"
+    assert export_plan(plan, "gguf", ours_path, load, base, imatrix=matrix).warnings == ()
+    export_plan(plan, "gguf", tmp_path / "plain.gguf", load, base)
+    theirs, ours, plain = (
+        {t.name: t for t in GGUFReader(str(p)).tensors}
+        for p in (tmp_path / "theirs.gguf", ours_path, tmp_path / "plain.gguf")
+    )
+    changed = 0
+    for tensor in names.values():
+        assert np.array_equal(np.asarray(ours[tensor].data), np.asarray(theirs[tensor].data)), (
+            tensor
+        )
+        changed += not np.array_equal(np.asarray(ours[tensor].data), np.asarray(plain[tensor].data))
+    assert changed >= len(WEIGHTED)
+    fields = GGUFReader(str(ours_path)).fields
+    assert int(fields["quantize.imatrix.entries_count"].contents()) == len(columns)
+
+
+def test_an_importance_matrix_with_unmodelled_types(
+    tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path
+) -> None:
+    """K-quants are searched otherwise with a matrix: --to llamacpp warns, --to gguf refuses."""
+    model, base = tiny
+    layers = list(quantizable_layers(model))
+    plan = PrecisionPlan("tiny-llama", fingerprint(model), {n: "w:q4_k" for n in layers}, "5bits")
+    names, _ = gguf_names(model, layers)
+    matrix = write_imatrix(tmp_path / "m.gguf", {names[layers[0]]: (np.ones((1, 256), np.float32),
+                                                                     np.array([1.0]))})  # fmt: skip
+    load = lambda: (model, fingerprint(model))  # noqa: E731
+    exported = export_plan(plan, "llamacpp", tmp_path / "plan.txt", load, imatrix=matrix)
+    assert any("q4_k by a search mixprec does not model" in w for w in exported.warnings)
+    with pytest.raises(MixprecError, match="--to gguf --imatrix cannot write q4_k"):
+        export_plan(plan, "gguf", tmp_path / "out.gguf", load, base, imatrix=matrix)
+    assert not (tmp_path / "out.gguf").exists()

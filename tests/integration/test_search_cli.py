@@ -115,6 +115,12 @@ def test_export_from_the_cli(
     assert (
         err == "mixprec: no GGUF architecture for model type 'None'; export with --to json or hf\n"
     )
+    argv = ["export", str(plan), "--to", "json", "--out", str(tmp_path / "j"), "--imatrix", "m"]
+    code, _, err = run(argv, capsys)
+    assert (code, err) == (
+        2,
+        "mixprec: --imatrix goes with --to llamacpp or --to gguf, not --to json\n",
+    )
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,11 @@ def test_wrong_model_and_unknown_target(tmp_path: Path) -> None:
         MixprecError, match="unknown export target 'onnx'; valid: json, compressed-tensors"
     ):
         export_plan(plan, "onnx", tmp_path / "x", loader(model))
+    with pytest.raises(MixprecError, match="--imatrix goes with --to llamacpp or --to gguf"):
+        export_plan(plan, "json", tmp_path / "x.json", loader(model), imatrix=tmp_path / "m")
+    with pytest.raises(MixprecError, match=r"--imatrix .*missing\.gguf is not a file"):
+        export_plan(plan, "llamacpp", tmp_path / "x.txt", loader(model),
+                    imatrix=tmp_path / "missing.gguf")  # fmt: skip
     assert not list(tmp_path.iterdir())
 
 
