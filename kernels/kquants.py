@@ -130,30 +130,71 @@ def make_qkx2_quants(
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed codes in [-nmax, nmax) and a scale: `make_q3_quants` with its five rounds of
     moving single codes while the x^2-weighted fit improves."""
-    n = x.shape[1]
     top = signed_max(x)
     empty = top.abs() < GROUP_MAX_EPS
     top = torch.where(empty, 1.0, top)
     levels = nearest_int(divide(-float(nmax), top) * x).clamp(-nmax, nmax - 1)
     w = x * x
     sumlx, suml2 = ordered_sum(w, x, levels), ordered_sum(w, levels, levels)
-    active = torch.ones_like(empty)
+    levels, sumlx, suml2 = _move_codes(x, w, levels, sumlx, suml2, (-nmax, nmax - 1), False)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
+    return torch.where(empty, 0.0, levels), torch.where(empty, 0.0, scale)
+
+
+def _move_codes(
+    x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor, sumlx: torch.Tensor,
+    suml2: torch.Tensor, bounds: tuple[int | None, int], needs_positive_sl2: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Up to five rounds (a row stops after one with no move) of moving each code, one at a
+    time, to nearest_int(x sl2 / slx) where that raises sumlx^2 / suml2 (make_q3_quants,
+    make_qp_quants; the latter also skips a code whose removal leaves sl2 <= 0)."""
+    active = torch.ones_like(sumlx, dtype=torch.bool)
     for _ in range(5):
-        changed = torch.zeros_like(empty)
-        for i in range(n):
+        changed = torch.zeros_like(active)
+        for i in range(x.shape[1]):
             wi, xi, li = w[:, i : i + 1], x[:, i : i + 1], levels[:, i : i + 1]
             slx = sumlx - wi * xi * li
             sl2 = suml2 - wi * li * li
-            moved = nearest_int(xi * sl2 / torch.where(slx > 0, slx, 1.0)).clamp(-nmax, nmax - 1)
+            usable = (slx > 0) & (sl2 > 0) if needs_positive_sl2 else slx > 0
+            moved = nearest_int(xi * sl2 / torch.where(usable, slx, 1.0)).clamp(*bounds)
             slx_new = slx + wi * xi * moved
             sl2_new = sl2 + wi * moved * moved
-            take = (active & (slx > 0) & (moved != li) & (sl2_new > 0)
+            take = (active & usable & (moved != li) & (sl2_new > 0)
                     & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new))  # fmt: skip
             levels[:, i : i + 1] = torch.where(take, moved, li)
             sumlx = torch.where(take, slx_new, sumlx)
             suml2 = torch.where(take, sl2_new, suml2)
             changed = changed | take
         active = active & changed
+    return levels, sumlx, suml2
+
+
+def make_qp_quants(
+    x: torch.Tensor, nmax: int, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes in [0, nmax] and a scale for non-negative rows (a K-quant's sub-block scales
+    under an importance matrix): `make_qp_quants`' 9 trial scales, then its five rounds of
+    moving single codes while the `w`-weighted fit improves."""
+    top = torch.clamp(x.amax(dim=1, keepdim=True), min=0.0)
+    empty = top < GROUP_MAX_EPS
+    top = torch.where(empty, 1.0, top)
+
+    def error(iscale: torch.Tensor, clamp: bool) -> torch.Tensor:
+        levels = nearest_int(iscale * x)
+        diff = x - divide(1.0, iscale) * (levels.clamp(max=nmax) if clamp else levels)
+        return ordered_sum(w, diff, diff)
+
+    iscale = divide(float(nmax), top)
+    best = error(iscale, clamp=False)
+    for step in (*range(-4, 0), *range(1, 5)):
+        trial = divide(torch.tensor(0.1, dtype=torch.float32) * step + nmax, top)
+        mse = error(trial, clamp=True)
+        better = mse < best
+        best = torch.where(better, mse, best)
+        iscale = torch.where(better, trial, iscale)
+    levels = nearest_int(iscale * x).clamp(max=nmax)
+    sumlx, suml2 = ordered_sum(w, x, levels), ordered_sum(w, levels, levels)
+    levels, sumlx, suml2 = _move_codes(x, w, levels, sumlx, suml2, (None, nmax), True)
     scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
     return torch.where(empty, 0.0, levels), torch.where(empty, 0.0, scale)
 
@@ -163,19 +204,19 @@ def positive_ratio(numerator: float, value: torch.Tensor) -> torch.Tensor:
     return torch.where(value > 0, divide(numerator, torch.where(value > 0, value, 1.0)), 0.0)
 
 
-def _rows_of(values: torch.Tensor, width: int) -> torch.Tensor:
+def rows_of(values: torch.Tensor, width: int) -> torch.Tensor:
     """Sub-blocks of a super-block as rows, or a super-block's sub-block scales as one row."""
     return values.reshape(-1, width)
 
 
-def _requantize(x: torch.Tensor, d: torch.Tensor, low: int, high: int,
+def requantize(x: torch.Tensor, d: torch.Tensor, low: int, high: int,
                 dm: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """`nearest_int((x + dm) / d)` clamped, for the sub-blocks whose d is not zero."""
     shifted = x if dm is None else x + dm
     return nearest_int(shifted / torch.where(d == 0, 1.0, d)).clamp(low, high)
 
 
-def _with_minimum(levels: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
+def with_minimum(levels: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
                   super_scale: torch.Tensor, super_minimum: torch.Tensor
                   ) -> QuantizedGroups:  # fmt: skip
     from mixprec.kernels.reference import QuantizedGroups
@@ -184,35 +225,45 @@ def _with_minimum(levels: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
                            super_minimum=super_minimum)  # fmt: skip
 
 
+def requantized_with_minimum(
+    x: torch.Tensor, levels: torch.Tensor, scale: tuple[torch.Tensor, torch.Tensor],
+    minimum: tuple[torch.Tensor, torch.Tensor], nmax: int,
+) -> QuantizedGroups:  # fmt: skip
+    """Each sub-block's d = super scale * scale code and minimum likewise (codes, super value);
+    its codes found again at them (kept where d is 0), as every K-quant with a minimum does."""
+    (ls, d_super), (lm, dmin_super) = scale, minimum
+    d, dm = (d_super * ls).reshape(-1, 1), (dmin_super * lm).reshape(-1, 1)
+    fresh = requantize(x, d, 0, nmax, dm)
+    return with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_super, dmin_super)
+
+
 def _k_with_minimum(sub: int, nmax: int, rmin: float, nstep: int
                     ) -> Callable[[torch.Tensor], QuantizedGroups]:  # fmt: skip
     """q4_k / q5_k: 8 sub-blocks of 32 weighted by rms + |x|, 6-bit scales and minimums."""
 
     def quantize(blocks: torch.Tensor) -> QuantizedGroups:
-        x = _rows_of(clamped(blocks), sub)
+        x = rows_of(clamped(blocks), sub)
         sum_x2 = ordered_sum(x, x)
         weights = sqrtf(divide(sum_x2, float(sub))) + x.abs()
         levels, scales, mins = make_qkx2_quants(x, weights, nmax, rmin, 0.1, nstep, False)
         count = SUPER_BLOCK // sub
-        per_scale, per_min = _rows_of(scales, count), _rows_of(mins, count)
+        per_scale, per_min = rows_of(scales, count), rows_of(mins, count)
         max_scale = torch.clamp(per_scale.amax(dim=1, keepdim=True), min=0.0)
         max_min = torch.clamp(per_min.amax(dim=1, keepdim=True), min=0.0)
         inv_scale, inv_min = positive_ratio(63.0, max_scale), positive_ratio(63.0, max_min)
         ls = torch.remainder(nearest_int(inv_scale * per_scale), 256).clamp(max=63)
         lm = torch.remainder(nearest_int(inv_min * per_min), 256).clamp(max=63)
         d_super, dmin_super = to_fp16(divide(max_scale, 63.0)), to_fp16(divide(max_min, 63.0))
-        d, dm = (d_super * ls).reshape(-1, 1), (dmin_super * lm).reshape(-1, 1)
-        fresh = _requantize(x, d, 0, nmax, dm)
-        return _with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_super, dmin_super)
+        return requantized_with_minimum(x, levels, (ls, d_super), (lm, dmin_super), nmax)
 
     return quantize
 
 
 def _q2_k(blocks: torch.Tensor) -> QuantizedGroups:
     """q2_k: 16 sub-blocks of 16 weighted by |x|, 4-bit scales and minimums."""
-    x = _rows_of(clamped(blocks), 16)
+    x = rows_of(clamped(blocks), 16)
     levels, scales, mins = make_qkx2_quants(x, x.abs(), 3, -0.5, 0.1, 15, True)
-    per_scale, per_min = _rows_of(scales, 16), _rows_of(mins, 16)
+    per_scale, per_min = rows_of(scales, 16), rows_of(mins, 16)
     max_scale = torch.clamp(per_scale.amax(dim=1, keepdim=True), min=0.0)
     max_min = torch.clamp(per_min.amax(dim=1, keepdim=True), min=0.0)
 
@@ -225,11 +276,11 @@ def _q2_k(blocks: torch.Tensor) -> QuantizedGroups:
     packed = (sc & 0xFF) | (m << 4)  # one byte: scale code low, minimum code high (C's |=)
     d = (d_all * (packed & 0xF)).reshape(-1, 1)
     dm = (dmin_all * ((packed >> 4) & 0xF)).reshape(-1, 1)
-    fresh = _requantize(x, d, 0, 3, dm)
-    return _with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_all, dmin_all)
+    fresh = requantize(x, d, 0, 3, dm)
+    return with_minimum(torch.where(d == 0, levels, fresh), d, dm, d_all, dmin_all)
 
 
-def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+def signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
               nmax: int, scale_levels: int, code_range: tuple[int, int]
               ) -> Callable[[torch.Tensor], QuantizedGroups]:  # fmt: skip
     """q3_k / q6_k: 16 sub-blocks of 16 with signed scales, d = 1 / (-levels / max scale)."""
@@ -237,9 +288,9 @@ def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
     def quantize(blocks: torch.Tensor) -> QuantizedGroups:
         from mixprec.kernels.reference import QuantizedGroups
 
-        x = _rows_of(clamped(blocks), 16)
+        x = rows_of(clamped(blocks), 16)
         levels, scales = sub_quant(x, nmax)
-        per_scale = _rows_of(scales, 16)
+        per_scale = rows_of(scales, 16)
         top = signed_max(per_scale)  # C's strict `>` scan from 0
         # q6_k zeroes a super-block whose largest scale is below GROUP_MAX_EPS, q3_k one of 0
         live = top.abs() >= GROUP_MAX_EPS if scale_levels == 128 else top != 0
@@ -248,7 +299,7 @@ def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
         sc = sc.clamp(max=127) if scale_levels == 128 else sc.clamp(-32, 31)
         d_all = torch.where(live, to_fp16(divide(1.0, iscale)), 0.0)
         d = (d_all * torch.where(live, sc, 0.0)).reshape(-1, 1)
-        fresh = _requantize(x, d, *code_range)
+        fresh = requantize(x, d, *code_range)
         return QuantizedGroups(torch.where(d == 0, levels, fresh), d, super_scale=d_all)
 
     return quantize
@@ -256,8 +307,8 @@ def _signed_k(sub_quant: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
 
 KQUANTIZERS: dict[str, Callable[[torch.Tensor], QuantizedGroups]] = {
     "q2_k": _q2_k,
-    "q3_k": _signed_k(make_q3_quants, 4, 32, (-4, 3)),
+    "q3_k": signed_k(make_q3_quants, 4, 32, (-4, 3)),
     "q4_k": _k_with_minimum(32, 15, -1.0, 20),
     "q5_k": _k_with_minimum(32, 31, -0.5, 15),
-    "q6_k": _signed_k(make_qx_quants, 32, 128, (-32, 31)),
+    "q6_k": signed_k(make_qx_quants, 32, 128, (-32, 31)),
 }

@@ -19,7 +19,6 @@ from mixprec.export_gguf import PLAN_KEY, write_gguf
 from mixprec.export_llamacpp import llamacpp_overrides
 from mixprec.files import atomic_write_text
 from mixprec.imatrix import load as load_imatrix
-from mixprec.kernels.ggml_weighted import IGNORES_IMPORTANCE, WEIGHTED
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
@@ -143,25 +142,7 @@ def export_plan(
         return Exported(out, write_checkpoint(plan, target, model, out, tokenizer))
     if target == "llamacpp":
         overrides = llamacpp_overrides(plan, model)
-        unmodelled = [] if importance is None else unmodelled_with_importance(plan, model)
-        if unmodelled:
-            unmodelled = [f"with --imatrix llama.cpp quantizes {', '.join(unmodelled)} by a "
-                          "search mixprec does not model: those tensors will not hold "
-                          "mixprec's predicted values"]  # fmt: skip
         atomic_write_text(out, overrides.text())
-        return Exported(out, (*overrides.warnings, *unmodelled), overrides.command(out, imatrix))
+        return Exported(out, overrides.warnings, overrides.command(out, imatrix))
     assert base is not None
-    if importance is not None and (unmodelled := unmodelled_with_importance(plan, model)):
-        raise MixprecError(f"--to gguf --imatrix cannot write {', '.join(unmodelled)} yet "
-                           f"(llama.cpp's weighted search for it is not modelled); valid: "
-                           f"{', '.join((*WEIGHTED, *IGNORES_IMPORTANCE))}")  # fmt: skip
     return Exported(out, tuple(write_gguf(plan, model, base, out, importance)))
-
-
-def unmodelled_with_importance(plan: PrecisionPlan, model: nn.Module) -> list[str]:
-    """The llama.cpp types of `plan` whose importance-weighted search mixprec lacks."""
-    from mixprec.export_gguf import planned_tensors
-
-    planned, _ = planned_tensors(plan, model)
-    kinds = {p.fmt.ggml_type for p in planned if p.fmt.family == "ggml"}
-    return sorted(kinds - {*WEIGHTED, *IGNORES_IMPORTANCE})
