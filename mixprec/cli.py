@@ -25,7 +25,7 @@ from mixprec.cli_data import (
     WorkersOption,
     text_data,
 )
-from mixprec.cli_plans import TrustOption
+from mixprec.cli_plans import ImatrixOption, TrustOption
 from mixprec.cli_plans import register as register_plan_commands
 from mixprec.cli_runtimes import register as register_runtime_commands
 from mixprec.cli_service import register as register_service_commands
@@ -167,6 +167,7 @@ def evaluate_command(
         Path | None,
         typer.Option("--llamacpp-bin", help="Your llama.cpp build/bin (default: the cached one)."),
     ] = None,
+    imatrix: ImatrixOption = None,
     as_json: JsonOption = False,
     seed: Annotated[int, typer.Option(help="Seed for trained built-ins and random inputs.")] = 0,
     trust_model_source: TrustOption = False,
@@ -186,6 +187,8 @@ def evaluate_command(
     mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp);
     mixprec evaluate --plan plan.json --runtime transformers (the plan's vLLM checkpoint)
     """
+    from mixprec.imatrix import layer_importance
+    from mixprec.imatrix import load as load_imatrix
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model, source_from_file
@@ -199,7 +202,8 @@ def evaluate_command(
         raise MixprecError("give either --scheme (with --model) or --plan PLAN.json")
     KernelPreference.parse(kernel)  # fail on a bad kernel before loading anything
     Placement(dtype, device)
-    where = runtime_for(runtime, llamacpp_bin, packed)  # no build: one line, nothing loaded
+    where = runtime_for(runtime, llamacpp_bin, packed, imatrix is not None)  # nothing loaded
+    matrix = None if imatrix is None else load_imatrix(imatrix)  # bad file: before any load
     text = text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template)
     if plan is not None:
         loaded = PrecisionPlan.load(plan)  # fail on a bad plan before loading the model
@@ -218,12 +222,13 @@ def evaluate_command(
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
     if where.is_mixprec:
-        result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+        importance = None if matrix is None else layer_importance(matrix, bundle.model, assignment)
+        result = evaluate(bundle, assignment, kernel=kernel, packed=packed, importance=importance)
     else:
         plan_in = loaded if plan is not None else PrecisionPlan(
             bundle.name, bundle.fingerprint, {m: str(s) for m, s in assignment.items()}, "uniform"
         )  # fmt: skip
-        result, warnings = evaluate_in(where, bundle, plan_in, source, text)
+        result, warnings = evaluate_in(where, bundle, plan_in, source, text, matrix)
         for warning in warnings:
             sys.stderr.write(f"mixprec: warning: {warning}\n")
     unusable = sorted(k for k, v in result.metrics.items() if not math.isfinite(v))

@@ -38,6 +38,13 @@ TrustOption = Annotated[
         help="Honour a module:PKG:FN model source named inside the file (imports and runs it).",
     ),
 ]
+ImatrixOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="llama.cpp's importance matrix (llama-imatrix's output): the llama.cpp types are "
+        "quantized as llama-quantize --imatrix quantizes them.",
+    ),
+]
 ExcludeOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -224,13 +231,7 @@ def export_command(
             "(default: converted from the plan's model)."
         ),
     ] = None,
-    imatrix: Annotated[
-        Path | None,
-        typer.Option(
-            help="--to llamacpp / gguf: llama.cpp's importance matrix (llama-imatrix's output) "
-            "to quantize with, as llama-quantize --imatrix does."
-        ),
-    ] = None,
+    imatrix: ImatrixOption = None,
 ) -> None:
     """Write a plan for a runtime: JSON, a compressed-tensors or ModelOpt checkpoint, llama.cpp
     overrides, GGUF.

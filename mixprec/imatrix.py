@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from mixprec.errors import MixprecError
 
@@ -139,3 +140,22 @@ def _legacy(path: Path, data: bytes) -> tuple[dict[str, np.ndarray], tuple[str, 
             if 0 < length <= len(data) - at:
                 datasets = (bytes(take(f"<{length}s")[0]).decode("utf-8", "replace"),)
     return entries, datasets, chunks
+
+
+def layer_importance(
+    matrix: Imatrix, model: nn.Module, modules: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """The importance of each of `modules` (layers of `model`) that the matrix holds, found by
+    the layer's GGUF tensor name (a tied head is the token embedding)."""
+    from mixprec.export_llamacpp import gguf_names
+    from mixprec.units import quantizable_layers, weight_matrix
+
+    names, _ = gguf_names(model, list(modules))
+    layers = quantizable_layers(model)
+    found = {}
+    for module, tensor in names.items():
+        shape = tuple(weight_matrix(layers[module]).shape)
+        values = matrix.for_tensor(tensor, shape)
+        if values is not None:
+            found[module] = values
+    return found

@@ -84,9 +84,11 @@ def evaluate(
     assignment: Mapping[str, Scheme | str],
     kernel: str | KernelPreference = KernelPreference.AUTO,
     packed: bool = False,
+    importance: Mapping[str, torch.Tensor] | None = None,
 ) -> Evaluation:
     """Apply the assignment to the model in place (restored afterwards; no copy of the model)
-    and measure it on the evaluation split; `packed` measures a packed copy.
+    and measure it on the evaluation split; `packed` measures a packed copy; `importance`:
+    see `apply_plan`.
 
     The result names the kernel that ran (`kernel` resolved for the model's device).
     """
@@ -97,7 +99,8 @@ def evaluate(
         with torch.inference_mode():
             outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
     else:
-        with temporarily_applied(bundle.model, assignment, kernel) as model, torch.inference_mode():
+        applied = temporarily_applied(bundle.model, assignment, kernel, importance)
+        with applied as model, torch.inference_mode():
             outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
     metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
     size = footprint(bundle.model, assignment)

@@ -82,6 +82,7 @@ def apply_plan(
     inplace: bool = False,
     kernel: str | KernelPreference = KernelPreference.AUTO,
     packed: bool = False,
+    importance: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Quantize the named layers' weights (and inputs, where the scheme says) in a copy.
 
@@ -91,8 +92,12 @@ def apply_plan(
     dequant-matmul. A tied weight (an LM head that is the embedding matrix) is one tensor
     with one scheme: its other users see the quantized values too, as in a runtime that
     stores it once. Shards a runtime fuses, under a format whose per-tensor scale they share
-    (`fused_scale`), are quantized as the one matrix the runtime holds.
+    (`fused_scale`), are quantized as the one matrix the runtime holds. `importance` (per
+    layer, llama.cpp's importance matrix: `mixprec.imatrix.layer_importance`) quantizes the
+    llama.cpp types as llama-quantize --imatrix does.
     """
+    if packed and importance:
+        raise MixprecError("--packed does not take an importance matrix (--imatrix)")
     parsed = normalize_assignment(model, assignment)
     kernel = KernelPreference.parse(kernel)
     target = model if inplace else copy.deepcopy(model)
@@ -111,6 +116,10 @@ def apply_plan(
             quantized = None
             if not (packed and scheme.weight.is_quantized) or others:
                 matrix = fused[name].matrix if name in fused else None
+                if matrix is None and importance and name in importance and scheme.weight:
+                    matrix = reference.quantize_dequantize(
+                        weight_matrix(module).detach().float(), scheme.weight, importance[name]
+                    )
                 quantized = nn.Parameter(quantized_weight(module, scheme, kernel, matrix),
                                          requires_grad=weight.requires_grad)  # fmt: skip
             if packed and scheme.weight.is_quantized:
@@ -208,7 +217,10 @@ def fused_shards(layers: Mapping[str, nn.Module], parsed: Mapping[str, Scheme]
 
 @contextmanager
 def temporarily_applied(
-    model: nn.Module, assignment: Assignment, kernel: str | KernelPreference = KernelPreference.AUTO
+    model: nn.Module,
+    assignment: Assignment,
+    kernel: str | KernelPreference = KernelPreference.AUTO,
+    importance: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[nn.Module]:
     """Apply a plan in place for the `with` block, then restore weights and hooks exactly.
 
@@ -221,7 +233,7 @@ def temporarily_applied(
     shared = [(user, attr, layers[n].weight) for n in names
               for user, attr in tied.get(id(layers[n].weight), ())]  # fmt: skip
     try:
-        yield apply_plan(model, assignment, inplace=True, kernel=kernel)
+        yield apply_plan(model, assignment, inplace=True, kernel=kernel, importance=importance)
     finally:
         for name, (weight, hooks) in saved.items():
             module = layers[name]

@@ -21,6 +21,7 @@ import torch
 from mixprec.data import python_doc_paragraphs, sentence_pairs
 from mixprec.errors import MixprecError
 from mixprec.export_gguf import planned_tensors, write_gguf
+from mixprec.imatrix import Imatrix
 from mixprec.llamacpp import LlamaCpp, base_gguf
 from mixprec.metrics import BYTES_PER_MB, Evaluation
 from mixprec.models import ModelBundle, checkpoint_folder
@@ -51,15 +52,15 @@ def held_out_texts(data: TextData | None) -> list[str]:
 
 def evaluate_in_llamacpp(
     build: LlamaCpp, bundle: ModelBundle, plan: PrecisionPlan, source: str,
-    data: TextData | None = None,
+    data: TextData | None = None, imatrix: Imatrix | None = None,
 ) -> tuple[Evaluation, list[str]]:  # fmt: skip
-    """The plan's GGUF measured in llama.cpp (on `data`'s eval_samples chunks, default 16),
-    and the export's warnings."""
+    """The plan's GGUF (quantized with `imatrix` where given) measured in llama.cpp (on
+    `data`'s eval_samples chunks, default 16), and the export's warnings."""
     runner = metric_runner(bundle)  # an unsupported task fails before anything is converted
     base = base_gguf(checkpoint_folder(source))
     with tempfile.TemporaryDirectory(prefix="mixprec-llamacpp-") as tmp:
         path = Path(tmp) / "plan.gguf"
-        warnings = write_gguf(plan, bundle.model, base, path)
+        warnings = write_gguf(plan, bundle.model, base, path, imatrix)
         chunks = data.eval_samples if data is not None else EVAL_SAMPLES
         metrics = runner(build, path, base, held_out_texts(data), chunks, Path(tmp))
         planned, _ = planned_tensors(plan, bundle.model)

@@ -6,6 +6,7 @@ exactly the values mixprec's fake quantization gives, and the file runs in llama
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -16,14 +17,14 @@ import torch
 from gguf import GGUFReader, quants
 from transformers import LlamaForCausalLM
 
-from mixprec import llamacpp, runtime_llamacpp
+from mixprec import imatrix, llamacpp, runtime_llamacpp
 from mixprec.data import python_doc_paragraphs
 from mixprec.export import export_plan
 from mixprec.export_llamacpp import gguf_names
 from mixprec.kernels import formats
 from mixprec.kernels.ggml_weighted import WEIGHTED
 from mixprec.models import fingerprint
-from mixprec.plan import PrecisionPlan
+from mixprec.plan import PrecisionPlan, apply_plan
 from mixprec.units import quantizable_layers, weight_matrix
 from tests.helpers.cli import run
 from tests.helpers.llamacpp import llama_quantize, tiny_llama, write_imatrix
@@ -220,3 +221,60 @@ def test_with_an_importance_matrix_our_gguf_is_llama_quantizes(
     assert changed >= len(WEIGHTED)  # each weighted type changed at least one tensor
     fields = GGUFReader(str(ours_path)).fields
     assert int(fields["quantize.imatrix.entries_count"].contents()) == len(columns)
+
+
+def test_predictions_with_an_importance_matrix_are_llamacpps_values(
+    tools: llamacpp.LlamaCpp, tiny: tuple[LlamaForCausalLM, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`evaluate --imatrix` (torch) quantizes each layer to the values llama.cpp stores with
+    that matrix, and `--runtime llamacpp --imatrix` measures that file."""
+    model, base = tiny
+    layers = [n for n in quantizable_layers(model) if n != "lm_head"]  # the vocabulary is slow
+    kinds = ["w:q4_k", "w:q4_0", "w:iq4_nl", "w:q3_k", "w:q5_1"]
+    assignment = {n: kinds[i % len(kinds)] for i, n in enumerate(layers)}
+    plan = PrecisionPlan("tiny-llama", fingerprint(model), assignment, "5bits")
+    names, _ = gguf_names(model, layers)
+    rng = np.random.default_rng(1)
+    matrix_path = write_imatrix(tmp_path / "imatrix.gguf", {
+        names[m]: (rng.random((1, int(weight_matrix(quantizable_layers(model)[m]).shape[-1])),
+                              np.float32) * 50, np.array([8.0])) for m in layers})  # fmt: skip
+    importance = imatrix.layer_importance(imatrix.load(matrix_path), model, layers)
+    assert set(importance) == set(layers)
+    load = lambda: (model, fingerprint(model))  # noqa: E731
+    f32 = llamacpp.base_gguf(base.parent / "hf")  # the model's exact weights, as evaluate's
+    export_plan(plan, "gguf", tmp_path / "ours.gguf", load, f32, imatrix=matrix_path)
+    stored = {t.name: t for t in GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    predicted = apply_plan(model, plan.assignment, importance=importance)
+    plain = apply_plan(model, plan.assignment)
+    compared = 0
+    for module, tensor in names.items():
+        if ".attn_q." in tensor or ".attn_k." in tensor:
+            continue  # llama.cpp's converter permutes these rows
+        ours = weight_matrix(quantizable_layers(predicted)[module]).detach().numpy()
+        theirs = quants.dequantize(stored[tensor].data, stored[tensor].tensor_type)
+        np.testing.assert_array_equal(ours, theirs, err_msg=tensor)
+        assert not np.array_equal(
+            weight_matrix(quantizable_layers(plain)[module]).detach().numpy(), ours
+        )
+        compared += 1
+    assert compared >= 8
+    plan_path = tmp_path / "plan.json"
+    plan.save(plan_path)
+    source = f"hf:{base.parent / 'hf'}"
+    results = {}
+    for runtime, extra in [("torch", []), ("torch", ["--imatrix", str(matrix_path)]),
+                           ("llamacpp", ["--imatrix", str(matrix_path)])]:  # fmt: skip
+        argv = ["evaluate", "--plan", str(plan_path), "-m", source, "--runtime", runtime,
+                "--json", *extra]  # fmt: skip
+        code, out, err = run(argv, capsys)
+        assert code == 0, err
+        results[runtime, bool(extra)] = json.loads(out)["metrics"]["perplexity"]
+    assert results["torch", True] != results["torch", False]
+    assert math.isfinite(results["llamacpp", True])
+    argv = ["evaluate", "--plan", str(plan_path), "-m", source, "--runtime", "transformers",
+            "--imatrix", str(matrix_path)]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "--imatrix is llama.cpp's" in err and err.count("\n") == 1
+    code, _, err = run([*argv[:6], "torch", "--imatrix", str(tmp_path / "none.gguf")], capsys)
+    assert code == 2 and "none.gguf is not a file" in err and err.count("\n") == 1
