@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,15 +47,24 @@ Quantizer = Callable[[torch.Tensor], "QuantizedGroups"]
 
 @dataclass(frozen=True)
 class Weighting:
-    """Per value of (n, block) blocks: its column's importance and its row's mean square."""
+    """Per value of (n, block) blocks: its column's importance, and (made on first use: only
+    q4_0 .. q5_1 need it) its row's mean square."""
 
     importance: torch.Tensor
-    row_mean_square: torch.Tensor  # (n, 1)
+    rows: torch.Tensor  # the (rows, cols) matrix the blocks were cut from
+    block: int
+
+    @cached_property
+    def row_mean_square(self) -> torch.Tensor:
+        """(n, 1): each block's row's sum of squares / row length, summed as C sums it."""
+        cols = self.rows.shape[1]
+        mean_square = divide(ordered_sum(self.rows, self.rows), float(cols))
+        return mean_square.repeat_interleave(cols // self.block, dim=0)
 
 
 def weighting(x: torch.Tensor, importance: torch.Tensor, fmt: NumberFormat) -> Weighting:
     """Blocks of `importance` (per column of `x`, or per expert and column for a 3-D `x`) laid
-    out as `x`'s blocks are, with each row's sum of squares / row length as C sums it."""
+    out as `x`'s blocks are, with `x`'s rows for the row mean squares."""
     cols = x.shape[-1]
     want = (cols,) if x.dim() < 3 else (*x.shape[:-2], cols)
     if tuple(importance.shape) != want and tuple(importance.shape) != (cols,):
@@ -68,14 +78,8 @@ def weighting(x: torch.Tensor, importance: torch.Tensor, fmt: NumberFormat) -> W
     if x.dim() >= 3 and importance.dim() > 1:
         importance = importance.unsqueeze(-2)
     per_value = torch.broadcast_to(importance.to(x.device, torch.float32), x.shape)
-    rows = x.reshape(-1, cols)
-    mean_square = divide(ordered_sum(rows, rows), float(cols))
     block = fmt.row_multiple
-    per_block = cols // block
-    return Weighting(
-        per_value.reshape(-1, block),
-        mean_square.repeat_interleave(per_block, dim=0),
-    )
+    return Weighting(per_value.reshape(-1, block), x.reshape(-1, cols), block)
 
 
 def _weights(x: torch.Tensor, w: Weighting) -> torch.Tensor:
