@@ -224,10 +224,20 @@ def problem_from_run(
             f"{folder} was scored on other weights of {source!r} than load now "
             f"({fingerprint[:12]} vs {bundle.fingerprint[:12]}); re-run analyze"
         )
+    if spec.imatrix is not None:
+        from mixprec.imatrix import load, with_importance
+
+        matrix = load(Path(spec.imatrix))
+        if matrix.digest != spec.imatrix_sha256:
+            raise MixprecError(f"--imatrix {spec.imatrix} changed since {folder} was scored; "
+                               "re-run analyze")  # fmt: skip
+        bundle = with_importance(bundle, matrix)
     scored_on = calibration_batches(bundle, spec.calib_batches)
     if data is not None and content_hash(scored_on) != analysis.calibration_hash:
         raise MixprecError(f"{data.path} changed since {folder} was scored; re-run analyze")
-    provenance = {"table": str(folder), "table_sha256": file_digest(table_file)}
+    provenance: dict[str, Any] = {"table": str(folder), "table_sha256": file_digest(table_file)}
+    if spec.imatrix is not None:  # export warns when the plan goes out without it
+        provenance |= {"imatrix": spec.imatrix, "imatrix_sha256": spec.imatrix_sha256}
     return AllocationProblem.build(table, bundle, estimator, exclude=exclude, spaces=spaces,
                                    target=target, latency_table=latency_table,
                                    provenance=provenance)  # fmt: skip

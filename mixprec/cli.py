@@ -187,8 +187,8 @@ def evaluate_command(
     mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp);
     mixprec evaluate --plan plan.json --runtime transformers (the plan's vLLM checkpoint)
     """
-    from mixprec.imatrix import layer_importance
     from mixprec.imatrix import load as load_imatrix
+    from mixprec.imatrix import scored_with_other, with_importance
     from mixprec.kernels.dispatch import KernelPreference
     from mixprec.metrics import evaluate
     from mixprec.models import load_model, source_from_file
@@ -222,8 +222,10 @@ def evaluate_command(
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
     if where.is_mixprec:
-        importance = None if matrix is None else layer_importance(matrix, bundle.model, assignment)
-        result = evaluate(bundle, assignment, kernel=kernel, packed=packed, importance=importance)
+        bundle = bundle if matrix is None else with_importance(bundle, matrix)
+        result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+        for warning in scored_with_other(loaded, matrix) if plan is not None else []:
+            sys.stderr.write(f"mixprec: warning: {warning}\n")
     else:
         plan_in = loaded if plan is not None else PrecisionPlan(
             bundle.name, bundle.fingerprint, {m: str(s) for m, s in assignment.items()}, "uniform"
@@ -280,11 +282,13 @@ def analyze_command(
     chat_template: ChatTemplateOption = False,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
+    imatrix: ImatrixOption = None,
 ) -> None:
     """Score every unit under every scheme with each estimator (cached, resumable).
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits;
-    mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --dtype bf16 --out runs/mine
+    mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --dtype bf16 --out runs/mine;
+    mixprec analyze --model hf:DIR --imatrix imatrix.gguf --out runs/mine (llama.cpp's rounding)
     """
     from mixprec.scheme import parse_list, scheme_list
     from mixprec.sensitivity.cells import AnalysisSpec
@@ -306,6 +310,7 @@ def analyze_command(
         data=text_data(data, text_field, seq_len, calib_samples, eval_samples, seed, chat_template),
         dtype=dtype,
         device=device,
+        imatrix=None if imatrix is None else str(imatrix),
     )
     try:
         table = analyze(

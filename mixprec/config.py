@@ -66,6 +66,11 @@ class RunConfig(BaseModel):
                          "(mixprec's kernels), llamacpp (their GGUF in llama.cpp) or transformers "
                          "(their compressed-tensors checkpoint)")  # fmt: skip
     llamacpp_bin: str | None = Field(default=None, description="your llama.cpp build/bin")
+    imatrix: Path | None = Field(
+        default=None,
+        description="llama.cpp's importance matrix (llama-imatrix's output): scoring, search, "
+        "evaluation and the llama.cpp exports quantize the llama.cpp types with it",
+    )
     exports: list[str] = Field(default_factory=lambda: list(_registered("export target")))
     workers: int | None = Field(
         default=None, ge=0, description="Ray workers; 0 serial; unset: serial, or the cluster's"

@@ -19,6 +19,7 @@ from mixprec.export_gguf import PLAN_KEY, write_gguf
 from mixprec.export_llamacpp import llamacpp_overrides
 from mixprec.files import atomic_write_text
 from mixprec.imatrix import load as load_imatrix
+from mixprec.imatrix import scored_with_other
 from mixprec.plan import PrecisionPlan
 from mixprec.scheme import Scheme
 from mixprec.store import EXPORT_SUFFIX
@@ -143,6 +144,7 @@ def export_plan(
     if target == "llamacpp":
         overrides = llamacpp_overrides(plan, model)
         atomic_write_text(out, overrides.text())
-        return Exported(out, overrides.warnings, overrides.command(out, imatrix))
+        warnings = (*overrides.warnings, *scored_with_other(plan, importance))
+        return Exported(out, warnings, overrides.command(out, imatrix))
     assert base is not None
     return Exported(out, tuple(write_gguf(plan, model, base, out, importance)))

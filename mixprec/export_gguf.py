@@ -22,6 +22,7 @@ from mixprec.export_llamacpp import (
     substitution,
 )
 from mixprec.files import atomic_path
+from mixprec.imatrix import scored_with_other
 from mixprec.kernels import formats, ggml_blocks
 from mixprec.kernels.formats import NumberFormat
 from mixprec.placement import dtype_name
@@ -86,6 +87,7 @@ def write_gguf(
 
     reader = _open_base(base)
     planned, warnings = planned_tensors(plan, model)
+    warnings += scored_with_other(plan, imatrix)
     arch = _field_text(reader, "general.architecture")
     expected = model_type_of(model)
     if arch != expected:

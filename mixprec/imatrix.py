@@ -10,14 +10,20 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from mixprec.errors import MixprecError
+from mixprec.units import quantizable_layers
+
+if TYPE_CHECKING:
+    from mixprec.models import ModelBundle
+    from mixprec.plan import PrecisionPlan
 
 GGUF_MAGIC = b"GGUF"
 TOKEN_EMBEDDING = "token_embd.weight"  # llama-quantize skips a mismatched entry for it
@@ -148,7 +154,7 @@ def layer_importance(
     """The importance of each of `modules` (layers of `model`) that the matrix holds, found by
     the layer's GGUF tensor name (a tied head is the token embedding)."""
     from mixprec.export_llamacpp import gguf_names
-    from mixprec.units import quantizable_layers, weight_matrix
+    from mixprec.units import weight_matrix
 
     names, _ = gguf_names(model, list(modules))
     layers = quantizable_layers(model)
@@ -159,3 +165,26 @@ def layer_importance(
         if values is not None:
             found[module] = values
     return found
+
+
+def with_importance(bundle: ModelBundle, matrix: Imatrix) -> ModelBundle:
+    """`bundle` whose layers are scored and measured as llama-quantize --imatrix quantizes."""
+    found = layer_importance(matrix, bundle.model, quantizable_layers(bundle.model))
+    if not found:
+        raise MixprecError(f"--imatrix {matrix.path} holds none of {bundle.name}'s layers "
+                           "(by their GGUF names); made for another model?")  # fmt: skip
+    return replace(bundle, importance=found)
+
+
+def scored_with_other(plan: PrecisionPlan, matrix: Imatrix | None) -> list[str]:
+    """A warning when `plan` was scored with an importance matrix and goes to llama.cpp
+    without it (or with another): its predictions assumed the matrix's rounding."""
+    scored = plan.provenance.get("imatrix_sha256")
+    if not scored or (matrix is not None and matrix.digest == scored):
+        return []
+    named = plan.provenance.get("imatrix", "?")
+    if matrix is None:
+        return [f"the plan was scored with the importance matrix {named}: pass --imatrix "
+                f"{named}, or llama.cpp rounds its layers otherwise than predicted"]  # fmt: skip
+    return [f"--imatrix {matrix.path} is not the importance matrix the plan was scored with "
+            f"({named}): llama.cpp rounds its layers otherwise than predicted"]  # fmt: skip

@@ -87,12 +87,13 @@ def evaluate(
     importance: Mapping[str, torch.Tensor] | None = None,
 ) -> Evaluation:
     """Apply the assignment to the model in place (restored afterwards; no copy of the model)
-    and measure it on the evaluation split; `packed` measures a packed copy; `importance`:
-    see `apply_plan`.
+    and measure it on the evaluation split; `packed` measures a packed copy; `importance`
+    (default: the bundle's): see `apply_plan`.
 
     The result names the kernel that ran (`kernel` resolved for the model's device).
     """
     choice = choose(kernel, next(bundle.model.parameters()).device)
+    importance = bundle.importance if importance is None else importance
     reference = bundle.reference_outputs  # from the unquantized weights, before any change
     if packed:
         quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=True)
@@ -110,6 +111,7 @@ def evaluate(
 def measured_divergence(bundle: ModelBundle, assignment: Assignment) -> float:
     """The task's divergence to FP32 on the evaluation split, quantizing the model in place
     (faster than a copy; restored afterwards): what measured search objectives minimise."""
-    with temporarily_applied(bundle.model, assignment) as model, torch.inference_mode():
+    applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance)
+    with applied as model, torch.inference_mode():
         outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
     return bundle.task.divergence_to_reference(outputs, list(bundle.reference_outputs))

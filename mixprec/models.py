@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +38,9 @@ class ModelBundle:
     task: Task
     calibration: tuple[Batch, ...]
     evaluation: tuple[Batch, ...]
+    # per layer, llama.cpp's importance matrix (--imatrix): the llama.cpp types are quantized
+    # with it wherever this bundle is scored or measured
+    importance: Mapping[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         linear_experts(self.model)  # fused MoE experts become one linear layer each, in place
@@ -45,6 +48,13 @@ class ModelBundle:
     @cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.model)
+
+    def with_imatrix(self, path: str | Path) -> ModelBundle:
+        """This bundle with llama.cpp's importance matrix (llama-imatrix's file): its layers
+        are then scored and measured as llama-quantize --imatrix rounds them."""
+        from mixprec.imatrix import load, with_importance
+
+        return with_importance(self, load(Path(path)))
 
     @cached_property
     def reference_outputs(self) -> tuple[torch.Tensor, ...]:

@@ -129,12 +129,13 @@ class Pipeline:
         schemes = scheme_list(c.schemes)
         data = c.text_data()
         spec = AnalysisSpec(c.model, schemes, tuple(c.estimators), tuple(c.levels),
-                            c.calib_batches, c.seed, data=data, dtype=c.dtype,
-                            device=c.device)  # fmt: skip
+                            c.calib_batches, c.seed, data=data, dtype=c.dtype, device=c.device,
+                            imatrix=None if c.imatrix is None else str(c.imatrix))  # fmt: skip
         text = [c.data, Path(data.path)] if data else []  # the file's bytes: edited text redoes it
         placed = [c.dtype, c.device] if (c.dtype, c.device) != ("auto", "auto") else []
+        weighted = [c.imatrix] if c.imatrix else []  # its bytes: another matrix redoes it
         inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
-                             c.calib_batches, c.seed, *text, *placed)  # fmt: skip
+                             c.calib_batches, c.seed, *text, *placed, *weighted)  # fmt: skip
         scores = self.folder.scores_path
 
         def work() -> None:
@@ -203,6 +204,12 @@ class Pipeline:
         bin_dir = Path(c.llamacpp_bin).expanduser() if c.llamacpp_bin else None
         return runtime_for(c.runtime, bin_dir)
 
+    def imatrix(self) -> Any:
+        """The config's importance matrix, read (None without one)."""
+        from mixprec.imatrix import load
+
+        return None if self.config.imatrix is None else load(self.config.imatrix)
+
     def evaluate(self, plan_path: Path) -> None:
         from mixprec.metrics import evaluate
         from mixprec.plan import PrecisionPlan
@@ -210,18 +217,20 @@ class Pipeline:
         out = self.folder.eval_path(plan_path)
 
         c = self.config
-        measured_in = [c.runtime, c.llamacpp_bin] if c.runtime != "torch" else []
+        measured_in: list[Any] = [c.runtime, c.llamacpp_bin] if c.runtime != "torch" else []
+        measured_in += [c.imatrix] if c.imatrix else []
 
         def work() -> None:
             plan = PrecisionPlan.load(plan_path)
-            bundle = self.problem().bundle
+            bundle = self.problem().bundle  # with the run's importance matrix, if it has one
             runtime = self.runtime()
             if runtime.is_mixprec:
                 result = evaluate(bundle, plan.assignment)
             else:
                 from mixprec.runtimes import evaluate_in
 
-                result, warnings = evaluate_in(runtime, bundle, plan, c.model, c.text_data())
+                result, warnings = evaluate_in(runtime, bundle, plan, c.model, c.text_data(),
+                                               self.imatrix())  # fmt: skip
                 for warning in warnings:
                     self.say(f"  warning: {warning}")
             atomic_write_text(out, json.dumps(result.to_json(), indent=2) + "\n")
@@ -245,14 +254,18 @@ class Pipeline:
             out.unlink(missing_ok=True)
             try:
                 files = model_files(target, self.config.model)
-                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load, *files)
+                weighted = self.config.imatrix if target in ("llamacpp", "gguf") else None
+                exported = export_plan(PrecisionPlan.load(plan_path), target, out, load, *files,
+                                       imatrix=weighted)  # fmt: skip
             except MixprecError as err:  # e.g. no llama.cpp names for this architecture
                 return f"not exported: {err}"
             for warning in exported.warnings:
                 self.say(f"  warning: {warning}")
             return None
 
-        self.step(f"export {plan_path.stem} {target}", inputs_hash(plan_path, target), [out], work)
+        weighted = [self.config.imatrix] if self.config.imatrix else []
+        inputs = inputs_hash(plan_path, target, *weighted)
+        self.step(f"export {plan_path.stem} {target}", inputs, [out], work)
 
     def report(self, plans: list[Path]) -> None:
         from mixprec.report import plan_rows, write_report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,11 +111,12 @@ def as_bundle(
     return ModelBundle(name, model, data.task(), *_batches_beside(model, data))
 
 
-def _batches_beside(model: nn.Module, data: Calibration) -> tuple[tuple[Any, ...], ...]:
+def _batches_beside(model: nn.Module, data: Calibration) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """Your calibration and evaluation batches on the model's device, floats in its dtype."""
     device, dtype = model_device(model), model_dtype(model)
-    return tuple(tuple(move_batch(b, device, dtype) for b in part)
-                 for part in (data.batches, data.measured_on))  # fmt: skip
+    calibration, evaluation = (tuple(move_batch(b, device, dtype) for b in part)
+                               for part in (data.batches, data.measured_on))  # fmt: skip
+    return calibration, evaluation
 
 
 def score(
@@ -135,6 +137,7 @@ def score(
     progress: bool = False,
     dtype: str = "auto",
     device: str = "auto",
+    imatrix: str | Path | None = None,
 ) -> ScoreTable:
     """How much the loss grows for every (estimator, unit, scheme): what `mixprec analyze`
     computes, for the model in your process and your batches.
@@ -151,6 +154,8 @@ def score(
     source with your inputs as a `TensorData` (.safetensors / .npy).
     `calib_batches` uses the first K calibration batches. `dtype` / `device` place the model
     (a model object is moved in place; by default everything runs where it already is).
+    `imatrix` (llama-imatrix's file) makes the llama.cpp types round as llama-quantize does
+    with it (a transformers model of an architecture llama.cpp names).
 
     >>> table = score("hf:models/llama", TextData("notes.jsonl", seq_len=512), workers=2)
     >>> table = score("hf:models/llama", TextData("notes.jsonl"), dtype="bf16", device="cuda")
@@ -158,10 +163,11 @@ def score(
     """
     chosen = scheme_list(schemes)
     placement = Placement(dtype, device)
+    weighted = None if imatrix is None else str(imatrix)
     text = data if isinstance(data, TextData | TensorData) else None
     if isinstance(model, str) and (data is None or text) and forward is None and loss is None:
         spec = AnalysisSpec(model, chosen, tuple(estimators), tuple(levels), calib_batches, seed,
-                            data=text, dtype=dtype, device=device)  # fmt: skip
+                            data=text, dtype=dtype, device=device, imatrix=weighted)  # fmt: skip
         return analyze(spec, workers=workers, address=address, gpus_per_worker=gpus_per_worker,
                        progress=progress, cache=cache)  # fmt: skip
     if isinstance(data, TextData | TensorData):
@@ -180,5 +186,7 @@ def score(
     bundle = as_bundle(model, calibration, seed)
     if placement != Placement():  # by default everything runs where it already is
         bundle = place(bundle, placement)
-    spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), calib_batches, seed)
+    spec = AnalysisSpec(bundle.name, chosen, tuple(estimators), tuple(levels), calib_batches, seed,
+                        imatrix=weighted)  # fmt: skip
+    bundle = bundle if imatrix is None else bundle.with_imatrix(imatrix)
     return score_bundle(spec, bundle, progress, cache)

@@ -120,6 +120,8 @@ class SpecRecord(BaseModel):
     data: dict[str, Any] | None = None  # a TextData as JSON: the user's own text
     dtype: str = "fp32"  # runs recorded before --dtype were all upcast to float32
     device: str = "cpu"
+    imatrix: str | None = None  # llama.cpp's importance matrix the scores were made with
+    imatrix_sha256: str | None = None
 
 
 class AnalysisRecord(BaseModel):

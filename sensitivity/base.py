@@ -169,16 +169,19 @@ def row_chunks(rows: int, columns: int, whole: bool = False) -> list[slice]:
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def squared_error(weight: torch.Tensor, fmt: NumberFormat | None) -> torch.Tensor:
+def squared_error(
+    weight: torch.Tensor, fmt: NumberFormat | None, importance: torch.Tensor | None = None
+) -> torch.Tensor:
     """(Q(W) - W)^2 in float32, `fmt` applied in row chunks unless it has one scale for the
-    whole tensor (each row's blocks and channel scales are its own, so chunks are exact)."""
+    whole tensor (each row's blocks and channel scales are its own, so chunks are exact);
+    `importance`: the layer's llama.cpp importance matrix, per column."""
     out = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     if fmt is None:
         return out
     rows, columns = weight.shape
     for chunk in row_chunks(rows, columns, whole=fmt.tensor_scale_bits > 0):
         part = weight[chunk].float()
-        out[chunk] = fmt.quantize_dequantize(part).sub_(part).square_()
+        out[chunk] = fmt.quantize_dequantize(part, importance).sub_(part).square_()
     return out
 
 
@@ -193,16 +196,17 @@ class WeightDeltas:
 
     def __init__(self, capacity_bytes: int = DELTA_MEMO_BYTES) -> None:
         self.capacity_bytes = capacity_bytes
-        self._memo: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, str, str, bool], torch.Tensor] = OrderedDict()
         self._bytes = 0
 
     def squared(self, bundle: ModelBundle, layer: str, scheme: Scheme) -> torch.Tensor:
-        key = (bundle.fingerprint, layer, str(scheme))
+        importance = (bundle.importance or {}).get(layer)
+        key = (bundle.fingerprint, layer, str(scheme), importance is not None)
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
         weight = weight_matrix(quantizable_layers(bundle.model)[layer]).detach()
-        squared = squared_error(weight, scheme.weight)
+        squared = squared_error(weight, scheme.weight, importance)
         self._memo[key] = squared
         self._bytes += squared.nbytes
         while self._bytes > self.capacity_bytes and len(self._memo) > 1:

@@ -31,9 +31,11 @@ def cell_key(
     calibration: str,
     seed: int,
     device: str = "cpu",
+    imatrix: str = "",
 ) -> str:
     """SHA-256 over everything that decides a score; a GPU's scores (other kernels, other
-    rounding) are filed apart from the CPU's, whose keys stay as they were."""
+    rounding) and those made with an importance matrix (`imatrix`: its file's digest) are
+    filed apart from the CPU's without one, whose keys stay as they were."""
     parts = {
         "version": CACHE_VERSION,
         "model": fingerprint,
@@ -47,6 +49,8 @@ def cell_key(
     }
     if device != "cpu":
         parts["device"] = device
+    if imatrix:
+        parts["imatrix"] = imatrix
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

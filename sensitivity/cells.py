@@ -7,12 +7,15 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import torch
 
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError, gist, one_of
+from mixprec.imatrix import Imatrix, with_importance
+from mixprec.imatrix import load as load_imatrix
 from mixprec.memory import PeakMemory, read_peak
 from mixprec.models import ModelBundle, check_data_source, load_model
 from mixprec.placement import Placement
@@ -43,10 +46,18 @@ class AnalysisSpec:
     data: TextData | TensorData | None = None  # your text (hf:) or inputs, else its own data
     dtype: str = "auto"  # the model's own dtype, or bf16 / fp16 / fp32
     device: str = "auto"  # the first GPU where one is visible, else the CPU
+    imatrix: str | None = None  # llama.cpp's importance matrix the llama.cpp types are scored with
 
     def load(self) -> ModelBundle:
-        """The model this spec names, with its data, in its dtype on its device."""
-        return load_model(self.model, self.seed, self.data, self.dtype, self.device)
+        """The model this spec names, with its data, in its dtype on its device (and its
+        layers' importance, where the spec names a matrix)."""
+        bundle = load_model(self.model, self.seed, self.data, self.dtype, self.device)
+        matrix = self.importance_matrix()
+        return bundle if matrix is None else with_importance(bundle, matrix)
+
+    def importance_matrix(self) -> Imatrix | None:
+        """The importance matrix the spec names, read (its digest keys the cells)."""
+        return None if self.imatrix is None else load_imatrix(Path(self.imatrix))
 
     def validated(self) -> AnalysisSpec:
         """Checked, with schemes in canonical spelling and estimators as configs (both are
@@ -63,7 +74,9 @@ class AnalysisSpec:
         Placement(self.dtype, self.device).torch_device()  # a device not here: before any work
         if self.calib_batches is not None and self.calib_batches < 1:
             raise MixprecError(f"--calib-batches {self.calib_batches} must be at least 1")
-        return replace(self, schemes=schemes, estimators=configs)
+        self.importance_matrix()  # a bad file: before any work
+        imatrix = None if self.imatrix is None else str(Path(self.imatrix).resolve())
+        return replace(self, schemes=schemes, estimators=configs, imatrix=imatrix)
 
     def configs(self) -> tuple[EstimatorConfig, ...]:
         """The estimators as configs (what `validated` leaves in `estimators`)."""

@@ -51,7 +51,9 @@ class IsolationEstimator(SensitivityEstimator):
         reference, recording = self._reference(bundle, batches, calibration)
         modules = unit.modules if self.config.replay else ()
         values = []
-        with temporarily_applied(bundle.model, dict.fromkeys(unit.modules, scheme)) as model:
+        applied = temporarily_applied(bundle.model, dict.fromkeys(unit.modules, scheme),
+                                      importance=bundle.importance)  # fmt: skip
+        with applied as model:
             for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
                 with torch.inference_mode(), replaying(model, recording, modules, index):
                     out = bundle.task.outputs(model, batch)

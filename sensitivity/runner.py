@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from mixprec.data import content_hash
+from mixprec.data import content_hash, hash_tensors
 from mixprec.errors import MixprecError
+from mixprec.imatrix import Imatrix
 from mixprec.memory import PeakMemory, read_peak, reset_peak
 from mixprec.metrics import layer_weight_bytes
 from mixprec.models import ModelBundle, cache_dir
@@ -136,6 +137,7 @@ def _score_all(
     calibration = content_hash(batches)
     cache = cache or CellCache(cache_dir() / "cells")
     device = "cuda" if who.gpus else model_device(bundle.model).type  # where cells are computed
+    importance = hash_tensors(sorted(bundle.importance.items())) if bundle.importance else ""
     keys = {
         (name, scheme, unit.name): cell_key(
             bundle.fingerprint,
@@ -146,6 +148,7 @@ def _score_all(
             calibration,
             spec.seed,
             device,
+            importance,
         )
         for name, config in configs.items()
         for scheme in spec.schemes
@@ -240,6 +243,7 @@ def _write_outputs(
                 "estimator_settings": {c.name: c.cache_params() for c in spec.configs()},
                 "dtype": dtype_name(model_dtype(bundle.model)),  # what auto resolved to
                 "device": device if device == "cuda" else str(model_device(bundle.model)),
+                "imatrix_sha256": _digest(spec.importance_matrix()),
             }
         ),
         model=bundle.name,
@@ -261,3 +265,7 @@ def _write_outputs(
 def _largest(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return max(known) if known else None
+
+
+def _digest(matrix: Imatrix | None) -> str | None:
+    return None if matrix is None else matrix.digest
