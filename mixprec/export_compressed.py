@@ -44,6 +44,16 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
     "ct_mxfp4": {"num_bits": 4, **_MX},
     "ct_mxfp8_e4m3": {"num_bits": 8, **_MX},
 }  # fmt: skip
+# activation formats vLLM quantizes on the fly beside the same weight format (the presets
+# FP8_DYNAMIC: per token; MXFP8 / MXFP4: per 32), each mixprec's ActivationQuantizer exactly
+# (compressed-tensors' own forward_quantize, in float32)
+CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
+    "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True,
+                 "dynamic": True},
+    "ct_mxfp8_e4m3": {"num_bits": 8, **_MX, "dynamic": True},
+    "ct_mxfp4": {"num_bits": 4, **_MX, "dynamic": True},
+}  # fmt: skip
+CT_WRITTEN = (*(f"w:{f}" for f in CT_SCHEMES), *(f"w:{f},a:{f}" for f in CT_ACTIVATIONS))
 NVFP4_IN_TRANSFORMERS = (
     "transformers decompresses NVFP4 weights in bf16 (compressed-tensors' "
     "decompressor), not to the plan's values; vLLM runs them as stored"
@@ -51,6 +61,10 @@ NVFP4_IN_TRANSFORMERS = (
 MX_IN_TRANSFORMERS = (
     "transformers decompresses MX weights in bf16 (to their exact values), which a model in "
     "another dtype cannot run; vLLM runs them as stored"
+)
+TOKEN_SCALES_IN_TRANSFORMERS = (
+    "transformers (compressed-tensors' forward) computes FP8 token scales in the model's dtype, "
+    "mixprec and vLLM's kernels in float32: measured there, the outputs differ slightly"
 )
 MX_SCHEMES = ("ct_mxfp4", "ct_mxfp8_e4m3")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -60,17 +74,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 def vllm_schemes(plan: PrecisionPlan, model: nn.Module, written: tuple[str, ...], what: str
                  ) -> dict[str, Scheme]:  # fmt: skip
-    """The plan's schemes, each one mixprec writes (`written`, `what` one is), never on a head
-    tied to the input embedding, one per fused layer: one line naming the layer otherwise."""
+    """The plan's schemes, each one mixprec writes (`written` schemes, `what` one is), never on
+    a head tied to the input embedding, one per fused layer: one line naming the layer
+    otherwise."""
     parsed = {m: Scheme.parse(t) for m, t in plan.assignment.items()}
     tied = tied_to_embedding(model)
     for module, scheme in parsed.items():
         if scheme.is_keep:
             continue
-        if scheme.activation is not None or scheme.weight is None or \
-                scheme.weight.name not in written:  # fmt: skip
+        if str(scheme) not in written:
             raise MixprecError(f"module {module}: {scheme} is not {what} mixprec writes; valid: "
-                               f"{', '.join(f'w:{n}' for n in written)}, keep")  # fmt: skip
+                               f"{', '.join(written)}, keep")  # fmt: skip
         if module in tied:
             raise MixprecError(f"module {module} is tied to the input embedding: vLLM runs it as "
                                "the embedding, unquantized; keep it")  # fmt: skip
@@ -97,9 +111,7 @@ def write_compressed_tensors(
     the model itself is not changed."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
-        QuantizationArgs,
         QuantizationConfig,
-        QuantizationScheme,
         apply_quantization_config,
     )
 
@@ -107,49 +119,67 @@ def write_compressed_tensors(
     layers = quantizable_layers(model)
     groups: dict[str, list[str]] = {}
     kept = []
-    for module, scheme in vllm_schemes(plan, model, tuple(CT_SCHEMES),
-                                       "a compressed-tensors scheme").items():  # fmt: skip
+    schemes = vllm_schemes(plan, model, CT_WRITTEN, "a compressed-tensors scheme")
+    for module, scheme in schemes.items():
         if scheme.weight is None:
             kept.append(module)
         else:
-            groups.setdefault(scheme.weight.name, []).append(module)
+            groups.setdefault(str(scheme), []).append(module)
     others = [name for name, layer in model.named_modules()
               if isinstance(layer, nn.Linear) and name not in plan.assignment]  # fmt: skip
     config = QuantizationConfig(
-        config_groups={f"group_{i}": QuantizationScheme(targets=sorted(modules),
-                                                        weights=QuantizationArgs(**CT_SCHEMES[f]),
-                                                        format=CT_FORMATS[f])
-                       for i, (f, modules) in enumerate(sorted(groups.items()))},
+        config_groups={f"group_{i}": _config_group(Scheme.parse(text), modules)
+                       for i, (text, modules) in enumerate(sorted(groups.items()))},
         ignore=sorted(kept + others),
     )  # fmt: skip
     copied = copy.deepcopy(model)  # compressed-tensors changes the modules it quantizes
     apply_quantization_config(copied, config)
     modules = dict(copied.named_modules())
-    fused = fused_shards(
-        layers, {m: Scheme(formats.get(f)) for f, ms in groups.items() for m in ms}
-    )
-    rounded = [module for name, modules_of in groups.items() for module in modules_of
-               if not _set_qparams(modules[module], layers[module], formats.get(name),
-                                   fused.get(module))]  # fmt: skip
+    weights = {m: s.weight for m, s in schemes.items() if s.weight is not None}
+    fused = fused_shards(layers, {m: Scheme(f) for m, f in weights.items()})
+    rounded = [
+        module
+        for module, fmt in weights.items()
+        if not _set_qparams(modules[module], layers[module], fmt, fused.get(module))
+    ]
     compressor = ModelCompressor.from_pretrained_model(copied)
     compressor.compress_model(copied)
     with atomic_folder(out) as staged:
         copied.save_pretrained(staged)  # type: ignore[operator]
         compressor.update_config(str(staged))
         copy_tokenizer(tokenizer_folder, staged)
+    by_format = {name: [m for m, f in weights.items() if f.name == name] for name in CT_SCHEMES}
     warnings = [
         f"module {m}: transformers cannot load asymmetric pack-quantized weights yet "
         "(llm-compressor#1618); vLLM does"
-        for m in groups.get("ct_w4a16_asym", [])[:1]
-    ] + [f"module {m}: {NVFP4_IN_TRANSFORMERS}" for m in groups.get("ct_nvfp4", [])[:1]]
+        for m in by_format["ct_w4a16_asym"][:1]
+    ] + [f"module {m}: {NVFP4_IN_TRANSFORMERS}" for m in by_format["ct_nvfp4"][:1]]
     if next(model.parameters()).dtype != torch.bfloat16:
-        mx = [m for name in MX_SCHEMES for m in groups.get(name, [])]
+        mx = [m for name in MX_SCHEMES for m in by_format[name]]
         warnings += [f"module {m}: {MX_IN_TRANSFORMERS}" for m in mx[:1]]
+    token_scaled = [m for m, s in schemes.items() if s.activation is not None and
+                    CT_ACTIVATIONS[s.activation.name]["strategy"] == "token"]  # fmt: skip
+    if token_scaled and next(model.parameters()).dtype != torch.float32:
+        warnings.append(f"module {token_scaled[0]}: {TOKEN_SCALES_IN_TRANSFORMERS}")
     if rounded:
         warnings.append(f"{len(rounded)} layers ({rounded[0]}, ...) hold their scales in the "
                         "model's dtype, as compressed-tensors makes them: their values differ "
                         "from the plan's float32 fake quantization by that rounding")  # fmt: skip
     return warnings
+
+
+def _config_group(scheme: Scheme, modules: list[str]) -> Any:
+    """compressed-tensors' config group for the layers `modules` under `scheme`."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    assert scheme.weight is not None
+    activation = scheme.activation
+    return QuantizationScheme(
+        targets=sorted(modules), weights=QuantizationArgs(**CT_SCHEMES[scheme.weight.name]),
+        input_activations=None if activation is None else
+        QuantizationArgs(**CT_ACTIVATIONS[activation.name]),
+        format=CT_FORMATS[scheme.weight.name],
+    )  # fmt: skip
 
 
 def copy_tokenizer(folder: Path | None, out: Path) -> None:

@@ -80,7 +80,8 @@ def write_modelopt(
 
     check_export_folder(out)
     layers = quantizable_layers(model)
-    parsed = vllm_schemes(plan, model, tuple(MO_ALGORITHMS), "a ModelOpt algorithm")
+    parsed = vllm_schemes(plan, model, tuple(f"w:{n}" for n in MO_ALGORITHMS),
+                          "a ModelOpt algorithm")  # fmt: skip
     quantized = {m: s for m, s in parsed.items() if not s.is_keep}
     tensors = _state_dict(model)
     fused = fused_shards(layers, quantized)

@@ -2,11 +2,11 @@
 (every format, every shape); `llamacpp` runs llama.cpp's own types (family "ggml") and its
 f16/bf16/f32, weights only, on rows that hold whole blocks (32; 256 for K-quants), where
 llama-quantize would silently fall back to another type; `compressed-tensors` (vLLM) runs the
-weight-only schemes mixprec writes, integer groups only on rows of whole groups (its kernels
-refuse others), one scheme per fused layer (q/k/v, gate/up), and never quantizes an output
-head tied to the embedding; `modelopt` (vLLM's ModelOpt loader) runs ModelOpt's W4A16_NVFP4
-on rows of whole 16-blocks, with the same fusion and tied-head rules. A plan records its
-target."""
+schemes mixprec writes (weight-only, and FP8 / MXFP8 / MXFP4 with their dynamic activations),
+integer groups only on rows of whole groups (its kernels refuse others), one scheme per fused
+layer (q/k/v, gate/up), and never quantizes an output head tied to the embedding; `modelopt`
+(vLLM's ModelOpt loader) runs ModelOpt's W4A16_NVFP4 on rows of whole 16-blocks, with the same
+fusion and tied-head rules. A plan records its target."""
 
 from __future__ import annotations
 
@@ -67,25 +67,25 @@ def refusal(target: str, scheme: Scheme, shape: Sequence[int], tied: bool = Fals
 
 
 def _compressed_tensors_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
-    from mixprec.export_compressed import CT_SCHEMES
+    from mixprec.export_compressed import CT_WRITTEN
 
-    return _vllm_refusal(scheme, shape, tied, tuple(CT_SCHEMES), "compressed-tensors weight-only "
-                         "schemes")  # fmt: skip
+    return _vllm_refusal(scheme, shape, tied, CT_WRITTEN, "compressed-tensors schemes")
 
 
 def _modelopt_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
     from mixprec.export_modelopt import MO_ALGORITHMS
 
-    return _vllm_refusal(scheme, shape, tied, tuple(MO_ALGORITHMS), "ModelOpt's weight-only "
-                         "algorithms")  # fmt: skip
+    return _vllm_refusal(scheme, shape, tied, tuple(f"w:{n}" for n in MO_ALGORITHMS),
+                         "ModelOpt's weight-only algorithms")  # fmt: skip
 
 
 def _vllm_refusal(scheme: Scheme, shape: Sequence[int], tied: bool, written: Sequence[str],
                   what: str) -> str | None:  # fmt: skip
-    """vLLM's rules for the checkpoint formats mixprec writes (`written`, named `what`)."""
+    """vLLM's rules for the checkpoint formats mixprec writes (`written` schemes, named
+    `what`)."""
     fmt = scheme.weight
-    if scheme.activation is not None or fmt is None or fmt.name not in written:
-        return f"mixprec writes {what} ({', '.join(f'w:{n}' for n in written)}), not {scheme}"
+    if fmt is None or str(scheme) not in written:
+        return f"mixprec writes {what} ({', '.join(written)}), not {scheme}"
     if tied:
         return TIED_HEAD
     row = int(shape[-1])

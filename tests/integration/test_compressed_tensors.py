@@ -73,6 +73,48 @@ def test_transformers_loads_exactly_the_plan(
         assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
 
 
+def test_fp8_with_dynamic_activations_runs_in_transformers_as_predicted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`w:fp8_e4m3,a:fp8_e4m3` is FP8_DYNAMIC (vLLM's W8A8 FP8): its config group quantizes
+    each token's input on the fly, and transformers' logits are mixprec's, which differ from
+    the weight-only plan's."""
+    dynamic = "w:fp8_e4m3,a:fp8_e4m3"
+    plan, assignment = plan_file(tmp_path, {**BY_LEAF, "gate_proj": dynamic, "up_proj": dynamic,
+                                            "o_proj": dynamic})  # fmt: skip
+    err, config = exported(plan, tmp_path / "checkpoint", capsys)
+    groups = [g for g in config["config_groups"].values() if g["input_activations"]]
+    assert len(groups) == 1 and len(groups[0]["targets"]) == 6
+    activations = groups[0]["input_activations"]
+    assert (activations["strategy"], activations["dynamic"], activations["type"]) == (
+        "token",
+        True,
+        "float",
+    )
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint").eval()
+    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment).eval()
+    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
+    plain = apply_plan(tiny_llama(tmp_path / "plain"), weights_only).eval()
+    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
+    with torch.no_grad():
+        logits = loaded(ids).logits
+        assert torch.equal(logits, expected(ids).logits)
+        assert not torch.equal(logits, plain(ids).logits)
+    capsys.readouterr()
+    measured = {}
+    for runtime in ("torch", "transformers"):
+        code, out, err = run(["evaluate", "--plan", str(plan), "--runtime", runtime, "--json"],
+                             capsys)  # fmt: skip
+        assert code == 0, err
+        measured[runtime] = json.loads(out)["metrics"]["perplexity"]
+    assert measured["transformers"] == pytest.approx(measured["torch"], rel=1e-5)
+    from mixprec.export_compressed import write_compressed_tensors
+
+    bf16 = tiny_llama(tmp_path / "bf16").to(torch.bfloat16)
+    warnings = write_compressed_tensors(PrecisionPlan.load(plan), bf16, tmp_path / "bf16-ck")
+    assert any("computes FP8 token scales in the model's dtype" in w for w in warnings)
+
+
 def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -102,7 +144,8 @@ def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
                                    "w:ct_w8a16, q_proj w:ct_w4a16, v_proj w:ct_w4a16"),
         ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
                                 "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
-                                "w:ct_mxfp4, w:ct_mxfp8_e4m3, keep"),
+                                "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, "
+                                "w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
     ],
 )  # fmt: skip
 def test_what_vllm_cannot_load_is_one_line(

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+from compressed_tensors.quantization import QuantizationStatus
+from compressed_tensors.quantization.lifecycle.forward import fake_quantize, forward_quantize
 from compressed_tensors.quantization.quant_scheme import (
     FP8_DYNAMIC,
+    MXFP4,
     MXFP4A16,
+    MXFP8,
     MXFP8A16,
     NVFP4A16,
     W4A16,
@@ -18,7 +21,9 @@ from compressed_tensors.quantization.quant_scheme import (
 )
 from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
 
+from mixprec.export_compressed import CT_ACTIVATIONS
 from mixprec.kernels import formats, packing
+from mixprec.plan import ActivationQuantizer
 from tests.unit.kernels.test_ggml_formats import weights
 
 SCHEMES = {"ct_w8a16": W8A16, "ct_w4a16": W4A16, "ct_w4a16_asym": W4A16_ASYM,
@@ -102,3 +107,28 @@ def test_mx_scales_round_the_group_max_up_from_one_and_three_quarters() -> None:
     ocp = formats.get("mxfp4").quantize_dequantize(x)
     assert (ct[0, 0].item(), ocp[0, 0].item()) == (1.5, 1.5)
     assert (ct[1, 0].item(), ocp[1, 0].item()) == (2.0, 1.5)
+
+
+class _Frozen(torch.nn.Module):
+    """What compressed-tensors' forward_quantize reads of a layer: its status."""
+
+    quantization_status = QuantizationStatus.FROZEN
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"), [("fp8_e4m3", FP8_DYNAMIC), ("ct_mxfp8_e4m3", MXFP8), ("ct_mxfp4", MXFP4)]
+)
+def test_activations_are_quantized_as_compressed_tensors_does(name: str, preset: dict) -> None:
+    """A layer's input under `a:NAME` is compressed-tensors' dynamic quantization of it (per
+    token; per 32 for MX), as the exported config group declares it."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    x = weights("normal", (14, 512), seed=6).reshape(2, 7, 512) * torch.logspace(-3, 2, 512)
+    x[0, 3] = 0.0  # a token of zeros
+    x[1, 2, :32] = 0.0  # an MX group of zeros
+    declared = QuantizationArgs(**CT_ACTIVATIONS[name])
+    assert declared == preset["input_activations"].model_copy(update={"observer": None})
+    theirs = forward_quantize(_Frozen(), x.clone(), "input", declared)
+    ours = ActivationQuantizer(formats.get(name), -1)(torch.nn.Identity(), (x.clone(),))[0]
+    assert isinstance(ours, torch.Tensor)
+    assert torch.equal(ours + 0.0, theirs + 0.0)

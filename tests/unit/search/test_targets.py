@@ -124,11 +124,16 @@ def test_refusals_name_what_vllm_cannot_run() -> None:
         "rows of 576 are not a multiple of ct_w4a16's group of 128 (vLLM's kernels need whole "
         "groups)"
     )
-    assert "weight-only schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, " \
-        "w:fp8_e4m3, w:ct_mxfp4, w:ct_mxfp8_e4m3), not w:q4_0" in \
+    assert "schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, " \
+        "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, " \
+        "w:ct_mxfp4,a:ct_mxfp4), not w:q4_0" in \
         str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
-    assert "not w:fp8_e4m3,a:fp8_e4m3" in str(
-        refusal(ct, Scheme.parse("w:fp8_e4m3,a:fp8_e4m3"), (8, 256))
+    for dynamic in ("w:fp8_e4m3,a:fp8_e4m3", "w:ct_mxfp4,a:ct_mxfp4"):  # vLLM's W8A8 / W4A4
+        assert refusal(ct, Scheme.parse(dynamic), (8, 256)) is None
+    for other in ("w:fp8_e4m3,a:ct_mxfp8_e4m3", "w:ct_w4a16,a:fp8_e4m3"):
+        assert f"not {other}" in str(refusal(ct, Scheme.parse(other), (8, 256)))
+    assert "not w:mo_nvfp4,a:mo_nvfp4" in str(
+        refusal("modelopt", Scheme.parse("w:mo_nvfp4,a:mo_nvfp4"), (8, 256))
     )
     assert "tied to the input embedding" in str(
         refusal(ct, Scheme.parse("w:ct_w8a16"), (64, 256), tied=True)
