@@ -520,6 +520,14 @@ _REGISTRY: dict[str, NumberFormat] = {
             description="ModelOpt W4A16_NVFP4: E2M1, E4M3 scale per 16 (from 2^-9), FP32 per-tensor"
             " scale shared by fused shards",
         ),
+        _mx_fp(
+            "mo_mxfp8_e4m3",
+            4,
+            3,
+            7,
+            "mo",
+            "ModelOpt MXFP8: E4M3 elements, E8M0 scale per 32 of 2^ceil(log2(amax / 448))",
+        ),
         _native("bf16", 8, 7, 127, "bfloat16"),
         _native("fp16", 5, 10, 15, "IEEE half"),
         _native("fp32", 8, 23, 127, "IEEE single"),

@@ -29,14 +29,16 @@ class Conversion:
 
 
 def candidates(target: str) -> tuple[NumberFormat, ...]:
-    """The weight formats mixprec writes for a checkpoint target."""
+    """The weight-only formats mixprec writes for a checkpoint target (a layer converts to
+    one of them: activation formats are never added by a conversion)."""
     if target == "compressed-tensors":
         from mixprec.export_compressed import CT_SCHEMES
 
         return tuple(formats.get(n) for n in CT_SCHEMES)
     from mixprec.export_modelopt import MO_ALGORITHMS
 
-    return tuple(formats.get(n) for n in MO_ALGORITHMS)
+    schemes = [Scheme.parse(text) for text in MO_ALGORITHMS]
+    return tuple(s.weight for s in schemes if s.weight is not None and s.activation is None)
 
 
 def convert_plan(plan: PrecisionPlan, target: str, model: nn.Module) -> Conversion:

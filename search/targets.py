@@ -5,8 +5,8 @@ llama-quantize would silently fall back to another type; `compressed-tensors` (v
 schemes mixprec writes (weight-only, and FP8 / MXFP8 / MXFP4 with their dynamic activations),
 integer groups only on rows of whole groups (its kernels refuse others), one scheme per fused
 layer (q/k/v, gate/up), and never quantizes an output head tied to the embedding; `modelopt`
-(vLLM's ModelOpt loader) runs ModelOpt's W4A16_NVFP4 on rows of whole 16-blocks, with the same
-fusion and tied-head rules. A plan records its target."""
+(vLLM's ModelOpt loader) runs ModelOpt's W4A16_NVFP4, FP8_PER_CHANNEL_PER_TOKEN and MXFP8 on rows
+of whole blocks, with the same fusion and tied-head rules. A plan records its target."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ FUSION: dict[str, tuple[tuple[str, ...], ...]] = {
 TIED_HEAD = "vLLM runs an output head tied to the input embedding as the embedding, unquantized"
 EXAMPLES = {"llamacpp": "w:q4_k, w:iq4_nl, w:q6_k, w:q8_0",
             "compressed-tensors": "w:ct_w4a16, w:ct_nvfp4, w:ct_w8a16, w:fp8_e4m3",
-            "modelopt": "w:mo_nvfp4"}  # fmt: skip
+            "modelopt": "w:mo_nvfp4, w:fp8_e4m3,a:fp8_e4m3, "
+                        "w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3"}  # fmt: skip
 
 
 def fusion(target: str) -> tuple[tuple[str, ...], ...]:
@@ -75,8 +76,7 @@ def _compressed_tensors_refusal(scheme: Scheme, shape: Sequence[int], tied: bool
 def _modelopt_refusal(scheme: Scheme, shape: Sequence[int], tied: bool) -> str | None:
     from mixprec.export_modelopt import MO_ALGORITHMS
 
-    return _vllm_refusal(scheme, shape, tied, tuple(f"w:{n}" for n in MO_ALGORITHMS),
-                         "ModelOpt's weight-only algorithms")  # fmt: skip
+    return _vllm_refusal(scheme, shape, tied, tuple(MO_ALGORITHMS), "ModelOpt's algorithms")
 
 
 def _vllm_refusal(scheme: Scheme, shape: Sequence[int], tied: bool, written: Sequence[str],

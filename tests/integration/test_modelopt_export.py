@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mixprec.export_modelopt import hf_quant_config, quantization_config
+from mixprec.export_modelopt import MO_ALGORITHMS, hf_quant_config, quantization_config
 from mixprec.plan import apply_plan
 from mixprec.units import quantizable_layers
 from tests.helpers.cli import run
@@ -67,18 +67,64 @@ def test_modelopt_reads_exactly_the_plan(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_several_algorithms_are_mixed_precision_as_modelopt_converts_it() -> None:
     layers = {"a.q": {"quant_algo": "W4A16_NVFP4", "group_size": 16},
-              "a.o": {"quant_algo": "W4A16_NVFP4", "group_size": 32}}  # fmt: skip
+              "a.o": {"quant_algo": "W4A16_NVFP4", "group_size": 32},
+              "a.up": MO_ALGORITHMS["w:fp8_e4m3,a:fp8_e4m3"],
+              "a.down": MO_ALGORITHMS["w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3"]}  # fmt: skip
     hf = hf_quant_config(layers, ["lm_head"])
     assert hf["quantization"]["quant_algo"] == "MIXED_PRECISION"
     assert hf["quantization"]["quantized_layers"] == layers
     assert quantization_config(hf) == convert.convert_hf_quant_config_format(hf)
+    for algorithm in MO_ALGORITHMS.values():  # one alone: a group only where ModelOpt writes one
+        alone = hf_quant_config({"a.q": algorithm, "a.o": algorithm}, ["lm_head"])
+        assert quantization_config(alone) == convert.convert_hf_quant_config_format(alone)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "preset"),
+    [
+        ("w:fp8_e4m3,a:fp8_e4m3", "FP8_PER_CHANNEL_PER_TOKEN_CFG"),
+        ("w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3", "MXFP8_DEFAULT_CFG"),
+    ],
+)
+def test_fp8_and_mxfp8_are_modelopts_own_export(
+    scheme: str, preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same model through ModelOpt's own `mtq.quantize` + `export_hf_checkpoint` and through
+    `--to modelopt`: the same algorithm, the same E4M3 weight bytes and the same scales."""
+    mtq = pytest.importorskip("modelopt.torch.quantization")
+    from modelopt.torch.export import export_hf_checkpoint
+
+    plan, assignment = plan_file(tmp_path, dict.fromkeys(BY_LEAF, scheme), target="modelopt")
+    ours_dir = tmp_path / "ours"
+    code, _, err = run(["export", str(plan), "--to", "modelopt", "--out", str(ours_dir)], capsys)
+    assert code == 0, err
+    model = tiny_llama(tmp_path / "again")
+    model.config.architectures = ["LlamaForCausalLM"]
+    mtq.quantize(model, getattr(mtq, preset), None)  # weights and dynamic inputs: no calibration
+    export_hf_checkpoint(model, dtype=torch.float32, export_dir=tmp_path / "theirs")
+    ours_hf, theirs_hf = (json.loads((tmp_path / d / "hf_quant_config.json").read_text())
+                          ["quantization"] for d in ("ours", "theirs"))  # fmt: skip
+    for key in ("quant_algo", "group_size"):
+        assert ours_hf.get(key) == theirs_hf.get(key), key
+    ours, theirs = (load_file(tmp_path / d / "model.safetensors") for d in ("ours", "theirs"))
+    for module in assignment:
+        for name in ("weight", "weight_scale"):
+            key = f"{module}.{name}"
+            assert ours[key].dtype == theirs[key].dtype and ours[key].shape == theirs[key].shape
+            assert torch.equal(ours[key].view(torch.uint8), theirs[key].view(torch.uint8)), key
+    config = json.loads((ours_dir / "config.json").read_text())
+    assert config["quantization_config"] == convert.convert_hf_quant_config_format(
+        json.loads((ours_dir / "hf_quant_config.json").read_text())
+    )
 
 
 @pytest.mark.parametrize(
     ("schemes", "message"),
     [
         ({"o_proj": "w:nvfp4"}, "w:nvfp4 is not a ModelOpt algorithm mixprec writes; valid: "
-         "w:mo_nvfp4, keep"),
+         "w:mo_nvfp4, w:fp8_e4m3,a:fp8_e4m3, w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3, keep"),
+        ({"o_proj": "w:mo_mxfp8_e4m3"},
+         "w:mo_mxfp8_e4m3 is not a ModelOpt algorithm mixprec writes"),
         ({"k_proj": "keep"}, "vLLM fuses q_proj/k_proj/v_proj of model.layers.0.self_attn"),
     ],
 )  # fmt: skip

@@ -31,6 +31,7 @@ NAME_GRAMMAR = (
     (r"iq(?P<bits>4)_nl", "ggml", "int", 32, "fp16"),
     (r"ct_w(?P<bits>\d)a16(?P<asym>_asym)?", "ct", "int", 128, "fp32"),
     (r"mo_nvfp(?P<bits>4)", "mo", "float", 16, "e4m3"),
+    (r"mo_mxfp(?P<bits>8)_e(?P<e>4)m(?P<m>3)", "mo", "float", 32, "e8m0"),
     (r"ct_nvfp(?P<bits>4)", "ct", "float", 16, "e4m3"),
     (r"ct_mxfp(?P<bits>\d)(?:_e(?P<e>\d)m(?P<m>\d))?", "ct", "float", 32, "e8m0"),
 )

@@ -48,3 +48,29 @@ def test_packed_codes_are_modelopts_bytes() -> None:
 def test_the_size_is_modelopts_checkpoint() -> None:
     """4 bits, one E4M3 byte per 16 and one FP32 scale: what the checkpoint stores."""
     assert FMT.storage_bytes((64, 256)) == 64 * 256 // 2 + 64 * 256 // 16 + 4
+
+
+@pytest.mark.parametrize("kind", ["normal", "bf16", "grid"])
+def test_mxfp8_is_modelopts_mxfp8qtensor(kind: str) -> None:
+    """`mo_mxfp8_e4m3`: ModelOpt's MXFP8QTensor values and E8M0 bytes, also on all-zero, tiny,
+    huge and infinite blocks (a NaN makes its block NaN: mixprec's rule); not OCP's
+    mxfp8_e4m3 (another exponent rule)."""
+    mxfp8 = pytest.importorskip("modelopt.torch.quantization.qtensor.mxfp8_tensor")
+    fmt = formats.get("mo_mxfp8_e4m3")
+    x = weights(kind, (48, 256), seed=3)
+    x[4], x[5, :32], x[6] = 0.0, x[5, :32] * 1e-30, x[6] * 1e30
+    finite = x.clone()
+    x[7, 3], x[8, 5] = float("inf"), float("nan")
+    qtensor, scale = mxfp8.MXFP8QTensor.quantize(x.clone())
+    expected = qtensor.dequantize(torch.float32, scale=scale)
+    got = fmt.quantize_dequantize(x)
+    poisoned = torch.zeros_like(x, dtype=torch.bool)
+    poisoned[8, :32] = True
+    assert torch.isnan(got[poisoned]).all()
+    assert torch.equal(got[~poisoned] + 0.0, expected[~poisoned] + 0.0)
+    qtensor, scale = mxfp8.MXFP8QTensor.quantize(finite.clone())
+    packed = packing.pack(finite, fmt)
+    assert torch.equal(packed.codes, qtensor._quantized_data.view(torch.uint8))
+    assert torch.equal(packed.scales.reshape(scale.shape), scale)
+    assert not torch.equal(formats.get("mxfp8_e4m3").quantize_dequantize(finite),
+                           fmt.quantize_dequantize(finite))  # fmt: skip

@@ -87,7 +87,14 @@ def inf_input() -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("name", [n for n in QUANTIZED if formats.get(n).family != "mx"])
+# ModelOpt's MXFP8 decodes an infinite value to inf (its exponent clamps at 127; 448 * 2^127
+# overflows), as ModelOpt's own dequantization does
+INF_STAYS = ("mo_mxfp8_e4m3",)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in QUANTIZED if formats.get(n).family != "mx" and n not in INF_STAYS]
+)
 def test_inf_saturates_to_its_groups_extreme_value(name: str) -> None:
     got = formats.get(name).quantize_dequantize(inf_input())
     assert torch.isfinite(got).all()
