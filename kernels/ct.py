@@ -1,6 +1,8 @@
 """compressed-tensors' schemes (family "ct"), quantized as compressed-tensors computes them
 (`generate_gparam`, `calculate_qparams`, then `fake_quantize`) for what vLLM loads: W8A16, W4A16,
-W4A16_ASYM, NVFP4A16, MXFP4A16 and MXFP8A16.
+W4A16_ASYM, NVFP4A16, MXFP4A16, MXFP8A16 and FP8_BLOCK (weights per 128 x 128 tile, inputs per
+128: an FP32 scale amax / 448, E4M3 elements; tiles at the edges are partial, as its padding
+with zeros makes them).
 
 Their grid is signed, [-2^(b-1), 2^(b-1) - 1], and the symmetric scale is amax / (2^b - 1) * 2
 (amax / 7.5 for INT4), so the group's largest magnitude rounds to 2^(b-1) and is clipped to
@@ -29,6 +31,7 @@ from mixprec.kernels.reference import (
     divide,
     finite_amax,
     round_float_elements,
+    to_blocks,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     """Codes and scales of (n, group) float32 rows under compressed-tensors scheme `fmt`."""
     if fmt.scale_format == "e8m0":
         return _mx(groups, fmt)
+    if fmt.scale_format == "fp32" and fmt.element_kind == "float":  # FP8 per 128
+        scale = _nonzero(divide(finite_amax(groups), fmt.max_normal))
+        return QuantizedGroups(round_float_elements(groups / scale, fmt), scale)
     if fmt.element_kind == "float":
         return _nvfp4(groups, fmt)
     low, high = -(2 ** (fmt.element_bits - 1)), 2 ** (fmt.element_bits - 1) - 1
@@ -60,6 +66,21 @@ def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     codes = torch.round(torch.clamp(groups / scale + zero, low, high))
     # unsigned codes and zero point (value (code - zero) * scale is unchanged)
     return QuantizedGroups(codes - low, scale, zero=zero - low)
+
+
+def quantize_tiles(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
+    """FP8_BLOCK weights: one scale per tile of `block_rows` x `block_size`, given as the row
+    blocks of `block_size` the other formats use (each carrying its tile's scale)."""
+    rows_per, cols_per = fmt.block_rows, fmt.block_size
+    matrix = x.reshape(-1, x.shape[-1])
+    rows, cols = matrix.shape
+    padded = torch.nn.functional.pad(matrix, (0, -cols % cols_per, 0, -rows % rows_per))
+    tiles = padded.reshape(padded.shape[0] // rows_per, rows_per, -1, cols_per).transpose(1, 2)
+    amax = finite_amax(tiles.reshape(*tiles.shape[:2], -1)).squeeze(-1)  # (tile rows, tiles)
+    scale = _nonzero(divide(amax, fmt.max_normal)).repeat_interleave(rows_per, dim=0)[:rows]
+    blocks = to_blocks(matrix, cols_per)
+    scale = scale.reshape(-1, 1)
+    return QuantizedGroups(round_float_elements(blocks / scale, fmt), scale)
 
 
 def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:

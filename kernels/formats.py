@@ -36,8 +36,9 @@ class NumberFormat:
     """One element/block number format and how its scales are stored.
 
     `block_size` 0 means one scale per output channel (dim 0); otherwise one scale per
-    `block_size` consecutive elements of the last dim. Integer elements are symmetric in
-    [-qmax, qmax] unless `zero_point_bits` > 0 (asymmetric, codes 0..2^bits-1) or
+    `block_size` consecutive elements of the last dim, or per tile of `block_rows` rows by
+    `block_size` columns where `block_rows` is set (FP8_BLOCK's 128 x 128). Integer elements
+    are symmetric in [-qmax, qmax] unless `zero_point_bits` > 0 (asymmetric, codes 0..2^bits-1) or
     `twos_complement` (llama.cpp's q4_0 / q5_0: codes -2^(bits-1)..qmax). Family "ggml" is a
     llama.cpp type (`ggml_type`), quantized exactly as llama.cpp does (kernels/ggml.py), stored
     in blocks of `block_bytes` bytes; K-quants scale sub-blocks of `block_size` inside
@@ -68,6 +69,7 @@ class NumberFormat:
     block_bytes: int = 0
     fused_scale: bool = False
     codebook: tuple[int, ...] = ()
+    block_rows: int = 0
     description: str = ""
 
     @property
@@ -152,7 +154,8 @@ class NumberFormat:
             return 8 * self.block_bytes / self.row_multiple
         overhead = 0.0
         if self.block_size:
-            overhead = (self.scale_bits + self.zero_point_bits) / self.block_size
+            per_scale = self.block_size * max(self.block_rows, 1)
+            overhead = (self.scale_bits + self.zero_point_bits) / per_scale
         return self.element_bits + overhead
 
     def storage_bytes(self, shape: Sequence[int]) -> int:
@@ -165,7 +168,10 @@ class NumberFormat:
             blocks = numel // dims[-1] * math.ceil(dims[-1] / self.row_multiple)
             return blocks * self.block_bytes
         if self.block_size:
-            groups = numel // dims[-1] * math.ceil(dims[-1] / self.block_size)
+            rows = numel // dims[-1]
+            if self.block_rows:
+                rows = math.ceil(rows / self.block_rows)
+            groups = rows * math.ceil(dims[-1] / self.block_size)
         else:
             groups = dims[0]
         bits = numel * self.element_bits
@@ -460,6 +466,34 @@ _REGISTRY: dict[str, NumberFormat] = {
             fused_scale=True,
             description="compressed-tensors NVFP4A16: E2M1, E4M3 scale per 16 over an FP32 global"
             " scale that divides it, shared by fused shards",
+        ),
+        NumberFormat(
+            "ct_fp8_e4m3_block",
+            "ct",
+            "float",
+            8,
+            4,
+            3,
+            7,
+            block_size=128,
+            block_rows=128,
+            scale_format="fp32",
+            specials="fn",
+            description="compressed-tensors FP8_BLOCK weights: E4M3, FP32 scale amax / 448 per "
+            "tile of 128 x 128",
+        ),
+        NumberFormat(
+            "ct_fp8_e4m3_g128",
+            "ct",
+            "float",
+            8,
+            4,
+            3,
+            7,
+            block_size=128,
+            scale_format="fp32",
+            specials="fn",
+            description="compressed-tensors FP8_BLOCK inputs: E4M3, FP32 scale amax / 448 per 128",
         ),
         _ct_mx("ct_mxfp4", "MXFP4A16", 2, 1, 1),
         _ct_mx("ct_mxfp8_e4m3", "MXFP8A16", 4, 3, 7),

@@ -7,7 +7,8 @@ Layout (the Triton kernels read and write the same bytes):
   which element j takes bits [j * bits, (j + 1) * bits) (bit 0 is the low bit of byte 0);
 - element codes: float elements are their OCP encoding (sign, exponent, mantissa), symmetric
   integers two's complement, asymmetric integers the unsigned code;
-- `scales` is (rows, groups per row): float32 for FP per-channel formats, float16 for integer
+- `scales` is (rows, groups per row), (row tiles, tiles per row) for a tiled format: float32
+  for FP per-channel formats and compressed-tensors' FP8 blocks, float16 for integer
   formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
 - `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `minimums` float16
   (rows, groups per row) for llama.cpp's q4_1 / q5_1; `tensor_scale` is the FP32 per-tensor
@@ -126,6 +127,8 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
 
     codes = encode_elements(as_rows(q.elements, cols), fmt)
     scales = encode_scales(as_rows(q.scale, cols), fmt)
+    if fmt.block_rows:  # one scale per tile: its first row's
+        scales = scales[:: fmt.block_rows]
     zero = None if q.zero is None else as_rows(q.zero, cols).to(torch.uint8)
     minimum = None if q.minimum is None else as_rows(q.minimum, cols)
     if minimum is not None and not fmt.nested_scales:
@@ -149,7 +152,10 @@ def unpack(p: PackedTensor) -> torch.Tensor:
     def per_element(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
 
-    scale = per_element(decode_scales(p.scales, p.fmt))
+    decoded = decode_scales(p.scales, p.fmt)
+    if p.fmt.block_rows:  # a tile's scale serves each of its rows
+        decoded = decoded.repeat_interleave(p.fmt.block_rows, dim=0)[: p.rows]
+    scale = per_element(decoded)
     assert scale is not None
     divides = p.fmt.global_scale_divides
     q = QuantizedGroups(elements, scale, per_element(p.zero_points),

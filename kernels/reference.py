@@ -100,18 +100,20 @@ def quantize(
         from mixprec.kernels import ggml  # ggml builds QuantizedGroups from this module
         from mixprec.kernels.ggml_weighted import weighting
 
-        blocks = _to_blocks(x, fmt.row_multiple)  # K-quants: super-blocks
+        blocks = to_blocks(x, fmt.row_multiple)  # K-quants: super-blocks
         weights = None if importance is None else weighting(x, importance, fmt)
         return ggml.quantize(blocks, fmt, weights)
     if fmt.family == "ct":
         from mixprec.kernels import ct
 
-        return ct.quantize(_to_blocks(x, fmt.block_size), fmt)
+        if fmt.block_rows:
+            return ct.quantize_tiles(x, fmt)
+        return ct.quantize(to_blocks(x, fmt.block_size), fmt)
     if fmt.family == "mo":
         from mixprec.kernels import modelopt
 
-        return modelopt.quantize(_to_blocks(x, fmt.block_size), fmt)
-    blocks = _to_blocks(x, fmt.block_size)
+        return modelopt.quantize(to_blocks(x, fmt.block_size), fmt)
+    blocks = to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
         return _mx(blocks, fmt)
     if fmt.family == "nv":
@@ -189,7 +191,8 @@ def validated_input(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def _to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+def to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Rows of `block` consecutive last-dim elements (each row zero-padded to whole blocks)."""
     last = x.shape[-1]
     pad = -last % block
     flat = x.reshape(-1, last)

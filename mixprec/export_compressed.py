@@ -26,7 +26,8 @@ from mixprec.units import fusion_groups, quantizable_layers, tied_to_embedding, 
 # against compressed-tensors
 CT_FORMATS = {"ct_w8a16": "pack-quantized", "ct_w4a16": "pack-quantized",
               "ct_w4a16_asym": "pack-quantized", "ct_nvfp4": "nvfp4-pack-quantized",
-              "fp8_e4m3": "float-quantized", "ct_mxfp4": "mxfp4-pack-quantized",
+              "fp8_e4m3": "float-quantized", "ct_fp8_e4m3_block": "float-quantized",
+              "ct_mxfp4": "mxfp4-pack-quantized",
               "ct_mxfp8_e4m3": "mxfp8-quantized"}  # fmt: skip
 _MX = {"type": "float", "strategy": "group", "group_size": 32, "symmetric": True,
        "dynamic": False, "scale_dtype": torch.uint8, "zp_dtype": torch.uint8}  # fmt: skip
@@ -41,19 +42,28 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
                  "symmetric": True, "dynamic": False, "scale_dtype": torch.float8_e4m3fn,
                  "zp_dtype": torch.float8_e4m3fn},
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True},
+    "ct_fp8_e4m3_block": {"num_bits": 8, "type": "float", "strategy": "block",
+                     "block_structure": [128, 128], "symmetric": True, "dynamic": False},
     "ct_mxfp4": {"num_bits": 4, **_MX},
     "ct_mxfp8_e4m3": {"num_bits": 8, **_MX},
 }  # fmt: skip
-# activation formats vLLM quantizes on the fly beside the same weight format (the presets
-# FP8_DYNAMIC: per token; MXFP8 / MXFP4: per 32), each mixprec's ActivationQuantizer exactly
-# (compressed-tensors' own forward_quantize, in float32)
+# activation formats vLLM quantizes on the fly, each beside its weight format (the presets
+# FP8_DYNAMIC: per token; FP8_BLOCK: per 128; MXFP8 / MXFP4: per 32), each mixprec's
+# ActivationQuantizer exactly (compressed-tensors' own forward_quantize, in float32)
 CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True,
                  "dynamic": True},
+    "ct_fp8_e4m3_g128": {"num_bits": 8, "type": "float", "strategy": "group", "group_size": 128,
+                    "symmetric": True, "dynamic": True},
     "ct_mxfp8_e4m3": {"num_bits": 8, **_MX, "dynamic": True},
     "ct_mxfp4": {"num_bits": 4, **_MX, "dynamic": True},
 }  # fmt: skip
-CT_WRITTEN = (*(f"w:{f}" for f in CT_SCHEMES), *(f"w:{f},a:{f}" for f in CT_ACTIVATIONS))
+# weight format -> the activation format vLLM runs beside it (FP8_BLOCK only with its inputs)
+CT_PAIRS = {"fp8_e4m3": "fp8_e4m3", "ct_fp8_e4m3_block": "ct_fp8_e4m3_g128",
+            "ct_mxfp8_e4m3": "ct_mxfp8_e4m3", "ct_mxfp4": "ct_mxfp4"}  # fmt: skip
+WITH_INPUTS_ONLY = ("ct_fp8_e4m3_block",)  # vLLM runs FP8_BLOCK weights with their inputs only
+CT_WRITTEN = (*(f"w:{f}" for f in CT_SCHEMES if f not in WITH_INPUTS_ONLY),
+              *(f"w:{w},a:{a}" for w, a in CT_PAIRS.items()))  # fmt: skip
 NVFP4_IN_TRANSFORMERS = (
     "transformers decompresses NVFP4 weights in bf16 (compressed-tensors' "
     "decompressor), not to the plan's values; vLLM runs them as stored"
@@ -201,6 +211,8 @@ def _set_qparams(module: nn.Module, layer: nn.Module, fmt: formats.NumberFormat,
         stack, start, q = shard.stack.matrix, shard.start, shard.stack.groups
     rows = slice(start, start + matrix.shape[0])
     wanted = q.scale.reshape(stack.shape[0], -1)[rows]
+    if fmt.block_rows:  # one scale per tile: its first row's
+        wanted = wanted[:: fmt.block_rows]
     scale = module.get_parameter("weight_scale")
     scale.data.copy_(wanted.to(scale.dtype))
     if q.zero is not None:  # mixprec's unsigned zero point; compressed-tensors' is signed

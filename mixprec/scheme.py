@@ -70,6 +70,9 @@ class Scheme:
                 raise SchemeError(f"bad scheme {text!r}: {err}") from None
         if "w" not in parts:
             raise SchemeError(f"bad scheme {text!r}: a weight format (w:FORMAT) is required")
+        if "a" in parts and parts["a"].block_rows:
+            raise SchemeError(f"bad scheme {text!r}: {parts['a'].name} scales tiles of weight "
+                              "rows; an activation format scales along one row")  # fmt: skip
         return cls(parts["w"], parts.get("a"))
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from mixprec.kernels import formats
 from mixprec.kernels.formats import NumberFormat
 from mixprec.metrics import footprint
 from mixprec.plan import PrecisionPlan
@@ -32,12 +31,12 @@ def candidates(target: str) -> tuple[NumberFormat, ...]:
     """The weight-only formats mixprec writes for a checkpoint target (a layer converts to
     one of them: activation formats are never added by a conversion)."""
     if target == "compressed-tensors":
-        from mixprec.export_compressed import CT_SCHEMES
+        from mixprec.export_compressed import CT_WRITTEN as written
+    else:
+        from mixprec.export_modelopt import MO_ALGORITHMS
 
-        return tuple(formats.get(n) for n in CT_SCHEMES)
-    from mixprec.export_modelopt import MO_ALGORITHMS
-
-    schemes = [Scheme.parse(text) for text in MO_ALGORITHMS]
+        written = tuple(MO_ALGORITHMS)
+    schemes = [Scheme.parse(text) for text in written]
     return tuple(s.weight for s in schemes if s.weight is not None and s.activation is None)
 
 

@@ -92,6 +92,9 @@ def _vllm_refusal(scheme: Scheme, shape: Sequence[int], tied: bool, written: Seq
     if fmt.block_size and row % fmt.block_size:
         return (f"rows of {row} are not a multiple of {fmt.name}'s group of {fmt.block_size} "
                 "(vLLM's kernels need whole groups)")  # fmt: skip
+    if fmt.block_rows and int(shape[0]) % fmt.block_rows:
+        return (f"{shape[0]} outputs are not a multiple of {fmt.name}'s tile of "
+                f"{fmt.block_rows} rows (vLLM's kernels need whole tiles)")  # fmt: skip
     return None
 
 

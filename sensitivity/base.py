@@ -162,10 +162,11 @@ DELTA_MEMO_BYTES = 512 * 2**20
 ROW_CHUNK_ELEMENTS = 2**22  # a large layer is quantized this many elements at a time
 
 
-def row_chunks(rows: int, columns: int, whole: bool = False) -> list[slice]:
+def row_chunks(rows: int, columns: int, whole: bool = False, multiple: int = 1) -> list[slice]:
     """Slices of about ROW_CHUNK_ELEMENTS elements over a [rows, columns] matrix (`whole`:
-    one slice), so float32 temporaries of a large layer stay small."""
-    step = rows if whole else max(1, ROW_CHUNK_ELEMENTS // max(columns, 1))
+    one slice; each a `multiple` of rows), so float32 temporaries of a large layer stay small."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(columns, 1)) // multiple * multiple
+    step = rows if whole else max(multiple, step)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
@@ -173,13 +174,15 @@ def squared_error(
     weight: torch.Tensor, fmt: NumberFormat | None, importance: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(Q(W) - W)^2 in float32, `fmt` applied in row chunks unless it has one scale for the
-    whole tensor (each row's blocks and channel scales are its own, so chunks are exact);
+    whole tensor (each row's blocks and channel scales are its own, and chunks hold whole
+    tiles of a tiled format, so chunks are exact);
     `importance`: the layer's llama.cpp importance matrix, per column."""
     out = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     if fmt is None:
         return out
     rows, columns = weight.shape
-    for chunk in row_chunks(rows, columns, whole=fmt.tensor_scale_bits > 0):
+    tiles = max(fmt.block_rows, 1)
+    for chunk in row_chunks(rows, columns, whole=fmt.tensor_scale_bits > 0, multiple=tiles):
         part = weight[chunk].float()
         out[chunk] = fmt.quantize_dequantize(part, importance).sub_(part).square_()
     return out

@@ -145,7 +145,7 @@ def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
         ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
                                 "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
                                 "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, "
-                                "w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
+                                "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
     ],
 )  # fmt: skip
 def test_what_vllm_cannot_load_is_one_line(
@@ -321,3 +321,43 @@ def test_mx_is_what_transformers_decompresses_in_bf16(
         measured[runtime] = json.loads(printed)["metrics"]
     for name, value in measured["torch"].items():  # the same bf16 weights, the same model code
         assert measured["transformers"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+
+
+def test_fp8_block_loads_with_its_tiles_and_group_activations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FP8_BLOCK (vLLM's DeepSeek-style W8A8): one FP32 scale per 128x128 weight tile and each
+    token's input quantized per 128 columns on the fly; transformers' logits are mixprec's."""
+    block = "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128"
+    schemes = {**BY_LEAF, **dict.fromkeys(("gate_proj", "up_proj", "q_proj", "k_proj", "v_proj"),
+                                          block)}  # fmt: skip
+    plan, assignment = plan_file(tmp_path, schemes, target="compressed-tensors")
+    out = tmp_path / "checkpoint"
+    _, config = exported(plan, out, capsys)
+    group = next(g for g in config["config_groups"].values() if g["input_activations"])
+    assert group["weights"]["strategy"] == "block"
+    assert group["weights"]["block_structure"] == [128, 128]
+    activations = group["input_activations"]
+    assert (activations["strategy"], activations["group_size"], activations["dynamic"]) == (
+        "group",
+        128,
+        True,
+    )
+    assert len(group["targets"]) == 10
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as stored:
+        scale = stored.get_tensor("model.layers.0.mlp.gate_proj.weight_scale")
+    assert tuple(scale.shape) == (512 // 128, 256 // 128) and scale.dtype == torch.float32
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment).eval()
+    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
+    plain = apply_plan(tiny_llama(tmp_path / "plain"), weights_only).eval()
+    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
+    with torch.no_grad():
+        logits = loaded(ids).logits
+        assert torch.equal(logits, expected(ids).logits)
+        assert not torch.equal(logits, plain(ids).logits)  # the activations were quantized
+    theirs, ours = dict(loaded.named_modules()), dict(expected.named_modules())
+    for module in assignment:
+        assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module

@@ -9,6 +9,7 @@ import torch
 from compressed_tensors.quantization import QuantizationStatus
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize, forward_quantize
 from compressed_tensors.quantization.quant_scheme import (
+    FP8_BLOCK,
     FP8_DYNAMIC,
     MXFP4,
     MXFP4A16,
@@ -132,3 +133,23 @@ def test_activations_are_quantized_as_compressed_tensors_does(name: str, preset:
     ours = ActivationQuantizer(formats.get(name), -1)(torch.nn.Identity(), (x.clone(),))[0]
     assert isinstance(ours, torch.Tensor)
     assert torch.equal(ours + 0.0, theirs + 0.0)
+
+
+@pytest.mark.parametrize("shape", [(256, 384), (200, 300), (128, 128)])
+@pytest.mark.parametrize("kind", ["normal", "bf16", "grid"])
+def test_fp8_block_weights_are_compressed_tensors(shape: tuple[int, int], kind: str) -> None:
+    """FP8_BLOCK: one scale per 128 x 128 tile (the edges' partial tiles too) from its min and
+    max, as compressed-tensors' observer sees it; packed, one scale per tile."""
+    args = FP8_BLOCK["weights"]
+    x = weights(kind, shape, seed=2)
+    x[:128, :128] *= 1e-3  # tiles of other magnitudes
+    x[130:, 128:256] = 0.0  # an all-zero tile: compressed-tensors' eps scale
+    padded = torch.nn.functional.pad(x, (0, -shape[1] % 128, 0, -shape[0] % 128))
+    tiles = padded.reshape(padded.shape[0] // 128, 128, padded.shape[1] // 128, 128)
+    scale, zero = calculate_qparams(tiles.amin(dim=(1, 3)), tiles.amax(dim=(1, 3)), args)
+    expected = fake_quantize(x, scale, zero, args)
+    fmt = formats.get("ct_fp8_e4m3_block")
+    assert torch.equal(fmt.quantize_dequantize(x) + 0.0, expected + 0.0)
+    packed = packing.pack(x, fmt)
+    assert torch.equal(packed.scales, scale) and packed.nbytes == fmt.storage_bytes(shape)
+    assert torch.equal(packing.unpack(packed), fmt.quantize_dequantize(x))

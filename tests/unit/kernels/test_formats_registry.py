@@ -33,6 +33,7 @@ NAME_GRAMMAR = (
     (r"mo_nvfp(?P<bits>4)", "mo", "float", 16, "e4m3"),
     (r"mo_mxfp(?P<bits>8)_e(?P<e>4)m(?P<m>3)", "mo", "float", 32, "e8m0"),
     (r"ct_nvfp(?P<bits>4)", "ct", "float", 16, "e4m3"),
+    (r"ct_fp(?P<bits>8)_e(?P<e>4)m(?P<m>3)_(?:block|g128)", "ct", "float", 128, "fp32"),
     (r"ct_mxfp(?P<bits>\d)(?:_e(?P<e>\d)m(?P<m>\d))?", "ct", "float", 32, "e8m0"),
 )
 

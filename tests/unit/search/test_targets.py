@@ -125,12 +125,18 @@ def test_refusals_name_what_vllm_cannot_run() -> None:
         "groups)"
     )
     assert "schemes (w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, " \
-        "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, " \
+        "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, " \
+        "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, " \
         "w:ct_mxfp4,a:ct_mxfp4), not w:q4_0" in \
         str(refusal(ct, Scheme.parse("w:q4_0"), (8, 256)))  # fmt: skip
     for dynamic in ("w:fp8_e4m3,a:fp8_e4m3", "w:ct_mxfp4,a:ct_mxfp4"):  # vLLM's W8A8 / W4A4
         assert refusal(ct, Scheme.parse(dynamic), (8, 256)) is None
-    for other in ("w:fp8_e4m3,a:ct_mxfp8_e4m3", "w:ct_w4a16,a:fp8_e4m3"):
+    block = Scheme.parse("w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128")  # FP8_BLOCK: whole tiles
+    assert refusal(ct, block, (256, 384)) is None
+    assert "200 outputs are not a multiple of ct_fp8_e4m3_block's tile of 128 rows" in str(
+        refusal(ct, block, (200, 384))
+    )
+    for other in ("w:fp8_e4m3,a:ct_mxfp8_e4m3", "w:ct_w4a16,a:fp8_e4m3", "w:ct_fp8_e4m3_block"):
         assert f"not {other}" in str(refusal(ct, Scheme.parse(other), (8, 256)))
     assert "not w:mo_nvfp4,a:mo_nvfp4" in str(
         refusal("modelopt", Scheme.parse("w:mo_nvfp4,a:mo_nvfp4"), (8, 256))
