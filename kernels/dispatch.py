@@ -84,8 +84,8 @@ def choose(preference: str | KernelPreference, device: torch.device | str) -> Ke
 
 def has_triton_kernel(fmt: NumberFormat) -> bool:
     """Quantized formats outside the runtimes' own (llama.cpp, compressed-tensors) have Triton
-    kernels."""
-    return fmt.is_quantized and fmt.family not in RUNTIME_FAMILIES
+    kernels, except the per-tensor ones (one scale over the whole tensor)."""
+    return fmt.is_quantized and fmt.family not in RUNTIME_FAMILIES and not fmt.per_tensor
 
 
 def runs_on_triton(

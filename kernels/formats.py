@@ -84,6 +84,12 @@ class NumberFormat:
         return self.family == "ct" and self.tensor_scale_bits > 0
 
     @property
+    def per_tensor(self) -> bool:
+        """One FP32 scale for the whole tensor and none per group (FP8 per tensor); as an
+        input format it is static: the scale comes from the calibrated input range."""
+        return self.tensor_scale_bits > 0 and self.scale_format == "none"
+
+    @property
     def is_quantized(self) -> bool:
         """False for bf16/fp16/fp32, which only carry a storage cost."""
         return self.family != "native"
@@ -376,6 +382,20 @@ _REGISTRY: dict[str, NumberFormat] = {
     f.name: f
     for f in (
         _fp("fp8_e4m3", 4, 3, 7, "OCP FP8 E4M3 elements, FP32 scale per output channel"),
+        NumberFormat(
+            "fp8_e4m3_tensor",
+            "fp",
+            "float",
+            8,
+            4,
+            3,
+            7,
+            tensor_scale_bits=32,
+            specials="fn",
+            fused_scale=True,
+            description="OCP FP8 E4M3 elements, one FP32 scale amax / 448 per tensor (shared by "
+            "fused shards, as vLLM requantizes them); as inputs: the calibrated range's",
+        ),
         _fp("fp8_e5m2", 5, 2, 15, "OCP FP8 E5M2 elements, FP32 scale per output channel"),
         _fp("fp6_e3m2", 3, 2, 3, "OCP FP6 E3M2 elements, FP32 scale per output channel"),
         _fp("fp6_e2m3", 2, 3, 1, "OCP FP6 E2M3 elements, FP32 scale per output channel"),

@@ -12,7 +12,8 @@ Layout (the Triton kernels read and write the same bytes):
   formats, uint8 E8M0 biased exponents for MX (0 means 2^-127), uint8 E4M3 bits for NV;
 - `zero_points` is uint8 (rows, groups per row) for asymmetric formats; `minimums` float16
   (rows, groups per row) for llama.cpp's q4_1 / q5_1; `tensor_scale` is the FP32 per-tensor
-  scale of NV formats (compressed-tensors' NVFP4: its global scale, which divides); llama.cpp's
+  scale of NV formats (compressed-tensors' NVFP4: its global scale, which divides) and the only
+  scale of a per-tensor format (whose `scales` are then empty); llama.cpp's
   K-quants keep each sub-block's scale (d * sc) and minimum as float32 (exact; llama.cpp's own
   files pack them into 4/6-bit codes);
 Packing needs finite input (FP4/FP6 have no encoding for inf or NaN); integer codes have no -0.0,
@@ -129,6 +130,9 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
     scales = encode_scales(as_rows(q.scale, cols), fmt)
     if fmt.block_rows:  # one scale per tile: its first row's
         scales = scales[:: fmt.block_rows]
+    tensor_scale = q.tensor_scale if q.global_scale is None else q.global_scale
+    if fmt.per_tensor:  # the one scale every row carries
+        scales, tensor_scale = scales[:, :0], scales[0, 0].reshape(1)
     zero = None if q.zero is None else as_rows(q.zero, cols).to(torch.uint8)
     minimum = None if q.minimum is None else as_rows(q.minimum, cols)
     if minimum is not None and not fmt.nested_scales:
@@ -139,7 +143,7 @@ def pack(x: torch.Tensor, fmt: NumberFormat) -> PackedTensor:
         pack_bits(codes, fmt.element_bits),
         scales,
         zero,
-        q.tensor_scale if q.global_scale is None else q.global_scale,
+        tensor_scale,
         minimum,
     )
 
@@ -153,13 +157,17 @@ def unpack(p: PackedTensor) -> torch.Tensor:
         return None if t is None else t.float().repeat_interleave(p.group_size, dim=1)[:, : p.cols]
 
     decoded = decode_scales(p.scales, p.fmt)
+    if p.fmt.per_tensor:
+        assert p.tensor_scale is not None
+        decoded = p.tensor_scale.float().reshape(1, 1).expand(p.rows, 1)
     if p.fmt.block_rows:  # a tile's scale serves each of its rows
         decoded = decoded.repeat_interleave(p.fmt.block_rows, dim=0)[: p.rows]
     scale = per_element(decoded)
     assert scale is not None
     divides = p.fmt.global_scale_divides
-    q = QuantizedGroups(elements, scale, per_element(p.zero_points),
-                        None if divides else p.tensor_scale, per_element(p.minimums),
+    multiplies = None if divides or p.fmt.per_tensor else p.tensor_scale
+    q = QuantizedGroups(elements, scale, per_element(p.zero_points), multiplies,
+                        per_element(p.minimums),
                         global_scale=p.tensor_scale if divides else None)  # fmt: skip
     return q.values().reshape(p.shape)
 

@@ -82,7 +82,8 @@ def quantize_dequantize(
 
 
 def group_rows(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
-    """The 2-D (rows, cols) view scales apply to: per output channel, or last-dim runs."""
+    """The 2-D (rows, cols) view scales apply to: per output channel, or last-dim runs (a
+    per-tensor format's rows all carry the one scale)."""
     if fmt.block_size == 0:
         return x.reshape(x.shape[0], -1)
     return x.reshape(-1, x.shape[-1])
@@ -94,6 +95,8 @@ def quantize(
     """Scales and element values of `x` (float32), one scale group per row of the result.
     `importance` (llama.cpp's importance matrix for this weight, per input column) changes
     the search of the llama.cpp types that use one; every other format ignores it."""
+    if fmt.per_tensor:
+        return per_tensor(group_rows(x, fmt), fmt)
     if fmt.block_size == 0:
         return _per_group(group_rows(x, fmt), fmt)
     if fmt.family == "ggml":
@@ -217,6 +220,31 @@ def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     else:
         scale = torch.where(amax == 0, 1.0, _fp16_scale(divide(amax, fmt.qmax)))
     return QuantizedGroups(round_elements(groups / scale, fmt), scale)
+
+
+def per_tensor(rows: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None = None
+               ) -> QuantizedGroups:  # fmt: skip
+    """One FP32 scale for every row (a static input's: from the calibrated `amax`); the
+    arithmetic of compressed-tensors' and ModelOpt's FP8 per tensor (divide, round, multiply)."""
+    if amax is None:
+        amax = finite_amax(rows.reshape(1, -1))
+    scale = static_scale(amax.to(rows.device), fmt).reshape(1, 1).expand(rows.shape[0], 1)
+    return QuantizedGroups(round_elements(rows / scale, fmt), scale)
+
+
+def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """The FP32 per-tensor scale of a range `amax`: amax / max element (1 for a zero range)."""
+    amax = amax.to(torch.float32)
+    raw = divide(amax.clamp(max=torch.finfo(torch.float32).max), fmt.max_normal)
+    return torch.where(amax == 0, 1.0, raw)
+
+
+def static_quantize_dequantize(x: torch.Tensor, fmt: NumberFormat, amax: float) -> torch.Tensor:
+    """Fake-quantize `x` (float32 out) under a per-tensor format whose scale is fixed by the
+    calibrated `amax` (a static input scale), not by `x`."""
+    x = validated_input(x, fmt)
+    rows = x.reshape(-1, x.shape[-1])
+    return per_tensor(rows, fmt, torch.tensor(amax)).values().reshape(x.shape)
 
 
 def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mixprec.calibration import with_input_ranges
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
@@ -150,8 +151,10 @@ def allocate(
     )  # fmt: skip
     plan = solver.solve_matrix(problem.scores(config.kappa), problem.costs, Budget.parse(budget))
     plan = replace(plan, provenance={**plan.provenance, **problem.provenance})
+    plan = with_input_ranges(plan, problem.bundle)  # static input scales, calibrated once
     if measure:
-        plan = plan.with_measured(evaluate(problem.bundle, plan.assignment).metrics)
+        measured = evaluate(problem.bundle, plan.assignment, input_ranges=plan.input_ranges)
+        plan = plan.with_measured(measured.metrics)
     return plan
 
 

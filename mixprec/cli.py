@@ -187,6 +187,7 @@ def evaluate_command(
     mixprec evaluate --plan plan.json --runtime llamacpp (perplexity or cosine in llama.cpp);
     mixprec evaluate --plan plan.json --runtime transformers (the plan's vLLM checkpoint)
     """
+    from mixprec.calibration import with_input_ranges
     from mixprec.imatrix import load as load_imatrix
     from mixprec.imatrix import scored_with_other, with_importance
     from mixprec.kernels.dispatch import KernelPreference
@@ -221,15 +222,17 @@ def evaluate_command(
         bundle = load_model(source, seed, text, dtype, device)
         assignment = dict(uniform_assignment(discover_units(bundle.model), parsed))
         label = {"scheme": str(parsed)}
+    ranges = loaded.input_ranges if plan is not None and loaded.input_ranges else None
     if where.is_mixprec:
         bundle = bundle if matrix is None else with_importance(bundle, matrix)
-        result = evaluate(bundle, assignment, kernel=kernel, packed=packed)
+        result = evaluate(bundle, assignment, kernel=kernel, packed=packed, input_ranges=ranges)
         for warning in scored_with_other(loaded, matrix) if plan is not None else []:
             sys.stderr.write(f"mixprec: warning: {warning}\n")
     else:
         plan_in = loaded if plan is not None else PrecisionPlan(
             bundle.name, bundle.fingerprint, {m: str(s) for m, s in assignment.items()}, "uniform"
         )  # fmt: skip
+        plan_in = with_input_ranges(plan_in, bundle)  # static input scales: calibrated here
         result, warnings = evaluate_in(where, bundle, plan_in, source, text, matrix)
         for warning in warnings:
             sys.stderr.write(f"mixprec: warning: {warning}\n")

@@ -16,8 +16,8 @@ from torch import nn
 from mixprec.errors import MixprecError
 from mixprec.files import atomic_folder
 from mixprec.kernels import formats
-from mixprec.kernels.reference import quantize
-from mixprec.plan import FusedShard, PrecisionPlan, fused_shards
+from mixprec.kernels.reference import quantize, static_scale
+from mixprec.plan import FusedShard, PrecisionPlan, fused_shards, input_range, static_inputs
 from mixprec.scheme import Scheme
 from mixprec.units import fusion_groups, quantizable_layers, tied_to_embedding, weight_matrix
 
@@ -27,6 +27,7 @@ from mixprec.units import fusion_groups, quantizable_layers, tied_to_embedding, 
 CT_FORMATS = {"ct_w8a16": "pack-quantized", "ct_w4a16": "pack-quantized",
               "ct_w4a16_asym": "pack-quantized", "ct_nvfp4": "nvfp4-pack-quantized",
               "fp8_e4m3": "float-quantized", "ct_fp8_e4m3_block": "float-quantized",
+              "fp8_e4m3_tensor": "float-quantized",
               "ct_mxfp4": "mxfp4-pack-quantized",
               "ct_mxfp8_e4m3": "mxfp8-quantized"}  # fmt: skip
 _MX = {"type": "float", "strategy": "group", "group_size": 32, "symmetric": True,
@@ -42,6 +43,8 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
                  "symmetric": True, "dynamic": False, "scale_dtype": torch.float8_e4m3fn,
                  "zp_dtype": torch.float8_e4m3fn},
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True},
+    "fp8_e4m3_tensor": {"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True,
+                        "dynamic": False},
     "ct_fp8_e4m3_block": {"num_bits": 8, "type": "float", "strategy": "block",
                      "block_structure": [128, 128], "symmetric": True, "dynamic": False},
     "ct_mxfp4": {"num_bits": 4, **_MX},
@@ -49,17 +52,22 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 # activation formats vLLM quantizes on the fly, each beside its weight format (the presets
 # FP8_DYNAMIC: per token; FP8_BLOCK: per 128; MXFP8 / MXFP4: per 32), each mixprec's
-# ActivationQuantizer exactly (compressed-tensors' own forward_quantize, in float32)
+# ActivationQuantizer exactly (compressed-tensors' own forward_quantize, in float32); FP8's
+# inputs per tensor have a static scale, from the plan's calibrated input range
+
 CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True,
                  "dynamic": True},
     "ct_fp8_e4m3_g128": {"num_bits": 8, "type": "float", "strategy": "group", "group_size": 128,
                     "symmetric": True, "dynamic": True},
+    "fp8_e4m3_tensor": {"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True,
+                        "dynamic": False},
     "ct_mxfp8_e4m3": {"num_bits": 8, **_MX, "dynamic": True},
     "ct_mxfp4": {"num_bits": 4, **_MX, "dynamic": True},
 }  # fmt: skip
 # weight format -> the activation format vLLM runs beside it (FP8_BLOCK only with its inputs)
-CT_PAIRS = {"fp8_e4m3": "fp8_e4m3", "ct_fp8_e4m3_block": "ct_fp8_e4m3_g128",
+CT_PAIRS = {"fp8_e4m3": "fp8_e4m3", "fp8_e4m3_tensor": "fp8_e4m3_tensor",
+            "ct_fp8_e4m3_block": "ct_fp8_e4m3_g128",
             "ct_mxfp8_e4m3": "ct_mxfp8_e4m3", "ct_mxfp4": "ct_mxfp4"}  # fmt: skip
 WITH_INPUTS_ONLY = ("ct_fp8_e4m3_block",)  # vLLM runs FP8_BLOCK weights with their inputs only
 CT_WRITTEN = (*(f"w:{f}" for f in CT_SCHEMES if f not in WITH_INPUTS_ONLY),
@@ -130,6 +138,7 @@ def write_compressed_tensors(
     groups: dict[str, list[str]] = {}
     kept = []
     schemes = vllm_schemes(plan, model, CT_WRITTEN, "a compressed-tensors scheme")
+    input_scales = static_input_scales(plan)
     for module, scheme in schemes.items():
         if scheme.weight is None:
             kept.append(module)
@@ -152,6 +161,8 @@ def write_compressed_tensors(
         for module, fmt in weights.items()
         if not _set_qparams(modules[module], layers[module], fmt, fused.get(module))
     ]
+    for module, scale in input_scales.items():
+        modules[module].get_parameter("input_scale").data.copy_(scale.reshape(1))
     compressor = ModelCompressor.from_pretrained_model(copied)
     compressor.compress_model(copied)
     with atomic_folder(out) as staged:
@@ -176,6 +187,18 @@ def write_compressed_tensors(
                         "model's dtype, as compressed-tensors makes them: their values differ "
                         "from the plan's float32 fake quantization by that rounding")  # fmt: skip
     return warnings
+
+
+def static_input_scales(plan: PrecisionPlan) -> dict[str, torch.Tensor]:
+    """Per layer with a static input scale, the FP32 scale of its calibrated range (range /
+    448), as the runtimes store it; one line where the plan lacks a range."""
+    scales = {}
+    for module in static_inputs(plan):
+        scheme = Scheme.parse(plan.assignment[module])
+        assert scheme.activation is not None
+        amax = torch.tensor(input_range(plan.input_ranges, module, scheme))
+        scales[module] = static_scale(amax, scheme.activation)
+    return scales
 
 
 def _config_group(scheme: Scheme, modules: list[str]) -> Any:
@@ -214,6 +237,8 @@ def _set_qparams(module: nn.Module, layer: nn.Module, fmt: formats.NumberFormat,
     if fmt.block_rows:  # one scale per tile: its first row's
         wanted = wanted[:: fmt.block_rows]
     scale = module.get_parameter("weight_scale")
+    if fmt.per_tensor:  # every row carries the one scale (a fused layer's: its shards')
+        wanted = wanted[:1].reshape(scale.shape)
     scale.data.copy_(wanted.to(scale.dtype))
     if q.zero is not None:  # mixprec's unsigned zero point; compressed-tensors' is signed
         offset = 2 ** (fmt.element_bits - 1)

@@ -35,7 +35,7 @@ LLAMACPP_NEAREST: dict[str, str] = {
     "mxfp6_e3m2": "q6_k", "mxfp6_e2m3": "q6_k", "fp4_e2m1": "iq4_nl", "ct_w8a16": "q8_0",
     "ct_w4a16": "q4_0", "ct_w4a16_asym": "q4_1", "ct_nvfp4": "nvfp4", "mo_nvfp4": "nvfp4",
     "ct_mxfp4": "mxfp4", "ct_mxfp8_e4m3": "q8_0", "mo_mxfp8_e4m3": "q8_0",
-    "ct_fp8_e4m3_block": "q8_0", "ct_fp8_e4m3_g128": "q8_0",
+    "ct_fp8_e4m3_block": "q8_0", "ct_fp8_e4m3_g128": "q8_0", "fp8_e4m3_tensor": "q8_0",
 }  # fmt: skip
 LLAMACPP_NATIVE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 # What llama-quantize stores instead of a K-quant on a row that does not hold whole super-blocks

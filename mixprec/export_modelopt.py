@@ -1,6 +1,7 @@
 """A plan as an NVIDIA ModelOpt checkpoint (what vLLM loads with quant_method `modelopt`): the
 safetensors ModelOpt's exporter writes (per quantized layer, W4A16_NVFP4: `weight` packed E2M1,
-`weight_scale` E4M3 per 16, `weight_scale_2` FP32; FP8_PER_CHANNEL_PER_TOKEN: `weight` E4M3,
+`weight_scale` E4M3 per 16, `weight_scale_2` FP32; FP8: `weight` E4M3, `weight_scale` and
+`input_scale` FP32 scalars; FP8_PER_CHANNEL_PER_TOKEN: `weight` E4M3,
 `weight_scale` FP32 per row; MXFP8: `weight` E4M3, `weight_scale` E8M0 per 32),
 `hf_quant_config.json` as ModelOpt makes it (one algorithm: that algorithm and
 `exclude_modules`; several: MIXED_PRECISION with `quantized_layers`), config.json's
@@ -18,7 +19,12 @@ import torch
 from torch import nn
 
 from mixprec import __version__
-from mixprec.export_compressed import check_export_folder, copy_tokenizer, vllm_schemes
+from mixprec.export_compressed import (
+    check_export_folder,
+    copy_tokenizer,
+    static_input_scales,
+    vllm_schemes,
+)
 from mixprec.files import atomic_folder
 from mixprec.kernels import packing
 from mixprec.kernels.packing import PackedTensor
@@ -26,9 +32,11 @@ from mixprec.plan import PrecisionPlan, fused_shards
 from mixprec.units import quantizable_layers, weight_matrix
 
 # mixprec scheme -> ModelOpt's per-layer algorithm (quant_utils.process_layer_quant_config);
+# FP8's inputs have a static scale (the plan's calibrated range / 448, ModelOpt's `input_scale`);
 # vLLM quantizes the inputs of the last two on the fly (per token; per 32), as the scheme says
 MO_ALGORITHMS: dict[str, dict[str, Any]] = {
     "w:mo_nvfp4": {"quant_algo": "W4A16_NVFP4", "group_size": 16},
+    "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor": {"quant_algo": "FP8"},
     "w:fp8_e4m3,a:fp8_e4m3": {"quant_algo": "FP8_PER_CHANNEL_PER_TOKEN"},
     "w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3": {"quant_algo": "MXFP8", "group_size": 32},
 }
@@ -38,11 +46,12 @@ _FLOAT8 = {"dynamic": False, "num_bits": 8, "type": "float"}
 # writes one (GROUPED_ALONE)
 MO_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
     "W4A16_NVFP4": {"weights": {"dynamic": False, "num_bits": 4, "type": "float"}},
+    "FP8": {"input_activations": _FLOAT8, "weights": _FLOAT8},
     "FP8_PER_CHANNEL_PER_TOKEN": {"input_activations": _FLOAT8,
                                   "weights": {**_FLOAT8, "strategy": "channel"}},
     "MXFP8": {"input_activations": _FLOAT8, "weights": _FLOAT8},
 }  # fmt: skip
-GROUPED_ALONE = ("W4A16_NVFP4",)
+GROUPED_ALONE = ("FP8", "W4A16_NVFP4")
 HF_QUANT_CONFIG = "hf_quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -97,6 +106,7 @@ def write_modelopt(
     check_export_folder(out)
     layers = quantizable_layers(model)
     parsed = vllm_schemes(plan, model, tuple(MO_ALGORITHMS), "a ModelOpt algorithm")
+    input_scales = static_input_scales(plan)
     quantized = {m: s for m, s in parsed.items() if not s.is_keep}
     tensors = _state_dict(model)
     fused = fused_shards(layers, quantized)
@@ -108,6 +118,8 @@ def write_modelopt(
         else:  # one tensor scale for the fused layer, as vLLM requires
             packed = shard.packed()
         tensors.update(_layer_tensors(module, packed))
+    for module, scale in input_scales.items():  # FP32 scalar: the calibrated range / 448
+        tensors[f"{module}.input_scale"] = scale
     excluded = [name for name, layer in model.named_modules()
                 if isinstance(layer, nn.Linear) and name not in quantized]  # fmt: skip
     config = hf_quant_config({m: MO_ALGORITHMS[str(s)] for m, s in quantized.items()}, excluded)
@@ -131,6 +143,10 @@ def _layer_tensors(module: str, packed: PackedTensor) -> dict[str, torch.Tensor]
                 f"{module}.weight_scale": packed.scales.view(torch.float8_e4m3fn).clone(),
                 f"{module}.weight_scale_2": packed.tensor_scale.reshape(()).clone()}  # fmt: skip
     weight = packed.codes.view(torch.float8_e4m3fn).reshape(packed.shape).clone()
+    if fmt.per_tensor:  # FP8: one FP32 scalar
+        assert packed.tensor_scale is not None
+        scale = packed.tensor_scale.reshape(()).float().clone()
+        return {f"{module}.weight": weight, f"{module}.weight_scale": scale}
     if fmt.scale_format == "e8m0":  # MXFP8: the biased exponent per 32
         return {
             f"{module}.weight": weight,

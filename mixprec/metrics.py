@@ -10,7 +10,14 @@ from torch import nn
 
 from mixprec.kernels.dispatch import KernelPreference, choose
 from mixprec.models import ModelBundle
-from mixprec.plan import Assignment, apply_plan, normalize_assignment, temporarily_applied
+from mixprec.plan import (
+    Assignment,
+    PrecisionPlan,
+    apply_plan,
+    normalize_assignment,
+    static_inputs,
+    temporarily_applied,
+)
 from mixprec.scheme import Scheme
 from mixprec.tasks import Observed
 from mixprec.units import quantizable_layers, weight_matrix
@@ -85,22 +92,26 @@ def evaluate(
     kernel: str | KernelPreference = KernelPreference.AUTO,
     packed: bool = False,
     importance: Mapping[str, torch.Tensor] | None = None,
+    input_ranges: Mapping[str, float] | None = None,
 ) -> Evaluation:
     """Apply the assignment to the model in place (restored afterwards; no copy of the model)
     and measure it on the evaluation split; `packed` measures a packed copy; `importance`
-    (default: the bundle's): see `apply_plan`.
+    (default: the bundle's) and `input_ranges` (default: a plan's own, else the bundle's
+    calibration): see `apply_plan`.
 
     The result names the kernel that ran (`kernel` resolved for the model's device).
     """
     choice = choose(kernel, next(bundle.model.parameters()).device)
     importance = bundle.importance if importance is None else importance
+    ranges = calibrated(bundle, assignment, input_ranges)
     reference = bundle.reference_outputs  # from the unquantized weights, before any change
     if packed:
-        quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=True)
+        quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=True,
+                               input_ranges=ranges)  # fmt: skip
         with torch.inference_mode():
             outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
     else:
-        applied = temporarily_applied(bundle.model, assignment, kernel, importance)
+        applied = temporarily_applied(bundle.model, assignment, kernel, importance, ranges)
         with applied as model, torch.inference_mode():
             outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
     metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
@@ -108,10 +119,22 @@ def evaluate(
     return Evaluation(metrics, size.size_mb, size.bits_per_weight, str(choice), packed)
 
 
+def calibrated(bundle: ModelBundle, assignment: Assignment,
+               given: Mapping[str, float] | None = None) -> Mapping[str, float] | None:  # fmt: skip
+    """The input ranges for `assignment`'s static input scales: `given`, a plan's own, else
+    the bundle's calibration (made only when some layer has a static input scale)."""
+    if given is not None:
+        return given
+    if isinstance(assignment, PrecisionPlan) and assignment.input_ranges:
+        return assignment.input_ranges
+    return bundle.input_ranges if static_inputs(assignment) else None
+
+
 def measured_divergence(bundle: ModelBundle, assignment: Assignment) -> float:
     """The task's divergence to FP32 on the evaluation split, quantizing the model in place
     (faster than a copy; restored afterwards): what measured search objectives minimise."""
-    applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance)
+    applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance,
+                                  input_ranges=calibrated(bundle, assignment))  # fmt: skip
     with applied as model, torch.inference_mode():
         outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
     return bundle.task.divergence_to_reference(outputs, list(bundle.reference_outputs))

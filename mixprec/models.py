@@ -57,6 +57,14 @@ class ModelBundle:
         return with_importance(self, load(Path(path)))
 
     @cached_property
+    def input_ranges(self) -> dict[str, float]:
+        """Every layer's largest finite |input| on the calibration split (unquantized), once:
+        the static input scales (`mixprec.calibration`)."""
+        from mixprec.calibration import input_ranges
+
+        return input_ranges(self.model, self.calibration, self.task.outputs)
+
+    @cached_property
     def reference_outputs(self) -> tuple[torch.Tensor, ...]:
         """The unquantized model's outputs on the evaluation split (its own dtype), once."""
         with torch.inference_mode():

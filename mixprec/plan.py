@@ -37,17 +37,20 @@ Assignment = Union[Mapping[str, Scheme | str], "PrecisionPlan"]
 
 
 class ActivationQuantizer:
-    """Forward pre-hook that fake-quantizes a layer's input along its channel dim."""
+    """Forward pre-hook that fake-quantizes a layer's input along its channel dim (a per-tensor
+    format: with the static scale of the layer's calibrated input range `amax`)."""
 
     def __init__(
         self,
         fmt: NumberFormat,
         channel_dim: int,
         kernel: KernelPreference = KernelPreference.AUTO,
+        amax: float | None = None,
     ) -> None:
         self.fmt = fmt
         self.channel_dim = channel_dim
         self.kernel = kernel
+        self.amax = amax
 
     def __call__(self, module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
         x = args[0]
@@ -55,8 +58,31 @@ class ActivationQuantizer:
             return args
         moved = x.movedim(self.channel_dim, -1)
         rows = moved.reshape(-1, moved.shape[-1])  # per-channel formats: one scale per token
-        quantized = quantize_dequantize(rows, self.fmt, self.kernel).reshape(moved.shape)
+        if self.amax is not None:
+            quantized = reference.static_quantize_dequantize(rows, self.fmt, self.amax)
+        else:
+            quantized = quantize_dequantize(rows, self.fmt, self.kernel)
+        quantized = quantized.reshape(moved.shape)
         return (quantized.movedim(-1, self.channel_dim).to(x.dtype), *args[1:])
+
+
+def static_inputs(assignment: Assignment) -> list[str]:
+    """The layers whose scheme quantizes their inputs with a static (calibrated) scale."""
+    if isinstance(assignment, PrecisionPlan):
+        assignment = assignment.assignment
+    parsed = {m: Scheme.parse(s) for m, s in assignment.items()}
+    return [m for m, s in parsed.items() if s.activation is not None and s.activation.per_tensor]
+
+
+def input_range(ranges: Mapping[str, float] | None, name: str, scheme: Scheme) -> float:
+    """The calibrated input range of layer `name`, whose `scheme` has a static input scale."""
+    if ranges is None or name not in ranges:
+        raise MixprecError(
+            f"module {name}: {scheme} quantizes its inputs with a static scale, and no "
+            "calibrated input range was given for it (a plan made by search records them; "
+            "Python: mixprec.calibration.with_input_ranges)"
+        )
+    return float(ranges[name])
 
 
 def normalize_assignment(model: nn.Module, assignment: Assignment) -> dict[str, Scheme]:
@@ -83,6 +109,7 @@ def apply_plan(
     kernel: str | KernelPreference = KernelPreference.AUTO,
     packed: bool = False,
     importance: Mapping[str, torch.Tensor] | None = None,
+    input_ranges: Mapping[str, float] | None = None,
 ) -> nn.Module:
     """Quantize the named layers' weights (and inputs, where the scheme says) in a copy.
 
@@ -94,10 +121,13 @@ def apply_plan(
     stores it once. Shards a runtime fuses, under a format whose per-tensor scale they share
     (`fused_scale`), are quantized as the one matrix the runtime holds. `importance` (per
     layer, llama.cpp's importance matrix: `mixprec.imatrix.layer_importance`) quantizes the
-    llama.cpp types as llama-quantize --imatrix does.
+    llama.cpp types as llama-quantize --imatrix does. `input_ranges` (per layer, the calibrated
+    largest |input|; default: a PrecisionPlan's own) fix the static input scales.
     """
     if packed and importance:
         raise MixprecError("--packed does not take an importance matrix (--imatrix)")
+    if input_ranges is None and isinstance(assignment, PrecisionPlan):
+        input_ranges = assignment.input_ranges
     parsed = normalize_assignment(model, assignment)
     kernel = KernelPreference.parse(kernel)
     target = model if inplace else copy.deepcopy(model)
@@ -133,7 +163,10 @@ def apply_plan(
             for user, attr in others:  # the same tensor elsewhere (tied): the same bits there
                 setattr(user, attr, quantized)
             if scheme.activation is not None:
-                hook = ActivationQuantizer(scheme.activation, channel_dim, kernel)
+                amax = None
+                if scheme.activation.per_tensor:
+                    amax = input_range(input_ranges, name, scheme)
+                hook = ActivationQuantizer(scheme.activation, channel_dim, kernel, amax)
                 module.register_forward_pre_hook(hook)
     return target
 
@@ -221,6 +254,7 @@ def temporarily_applied(
     assignment: Assignment,
     kernel: str | KernelPreference = KernelPreference.AUTO,
     importance: Mapping[str, torch.Tensor] | None = None,
+    input_ranges: Mapping[str, float] | None = None,
 ) -> Iterator[nn.Module]:
     """Apply a plan in place for the `with` block, then restore weights and hooks exactly.
 
@@ -233,7 +267,8 @@ def temporarily_applied(
     shared = [(user, attr, layers[n].weight) for n in names
               for user, attr in tied.get(id(layers[n].weight), ())]  # fmt: skip
     try:
-        yield apply_plan(model, assignment, inplace=True, kernel=kernel, importance=importance)
+        yield apply_plan(model, assignment, inplace=True, kernel=kernel, importance=importance,
+                         input_ranges=input_ranges)  # fmt: skip
     finally:
         for name, (weight, hooks) in saved.items():
             module = layers[name]
@@ -281,9 +316,12 @@ class PrecisionPlan:
     predicted: Mapping[str, float] = field(default_factory=dict)
     measured: Mapping[str, float] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # per layer with a static input scale: the largest |input| seen in calibration
+    input_ranges: Mapping[str, float] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     def to_json(self) -> dict[str, Any]:
+        ranges = {"input_ranges": dict(self.input_ranges)} if self.input_ranges else {}
         return {
             "version": self.version,
             "model": self.model,
@@ -293,6 +331,7 @@ class PrecisionPlan:
             "predicted": dict(self.predicted),
             "measured": dict(self.measured),
             "provenance": dict(self.provenance),
+            **ranges,
         }
 
     @property

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mixprec.metrics import calibrated
 from mixprec.models import ModelBundle
 from mixprec.plan import temporarily_applied
 from mixprec.scheme import Scheme
@@ -51,8 +52,9 @@ class IsolationEstimator(SensitivityEstimator):
         reference, recording = self._reference(bundle, batches, calibration)
         modules = unit.modules if self.config.replay else ()
         values = []
-        applied = temporarily_applied(bundle.model, dict.fromkeys(unit.modules, scheme),
-                                      importance=bundle.importance)  # fmt: skip
+        assignment = dict.fromkeys(unit.modules, scheme)
+        applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance,
+                                      input_ranges=calibrated(bundle, assignment))  # fmt: skip
         with applied as model:
             for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
                 with torch.inference_mode(), replaying(model, recording, modules, index):

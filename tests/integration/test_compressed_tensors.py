@@ -144,8 +144,10 @@ def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
                                    "w:ct_w8a16, q_proj w:ct_w4a16, v_proj w:ct_w4a16"),
         ({"o_proj": "w:mxfp4"}, "w:mxfp4 is not a compressed-tensors scheme mixprec writes; valid: "
                                 "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
-                                "w:ct_mxfp4, w:ct_mxfp8_e4m3, w:fp8_e4m3,a:fp8_e4m3, "
-                                "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
+                                "w:fp8_e4m3_tensor, w:ct_mxfp4, w:ct_mxfp8_e4m3, "
+                                "w:fp8_e4m3,a:fp8_e4m3, w:fp8_e4m3_tensor,a:fp8_e4m3_tensor, "
+                                "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, "
+                                "w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
     ],
 )  # fmt: skip
 def test_what_vllm_cannot_load_is_one_line(
@@ -361,3 +363,50 @@ def test_fp8_block_loads_with_its_tiles_and_group_activations(
     theirs, ours = dict(loaded.named_modules()), dict(expected.named_modules())
     for module in assignment:
         assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
+
+
+def test_fp8_with_a_static_input_scale_loads_with_the_calibrated_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FP8 (W8A8 static): one weight scale per tensor, shared by the shards vLLM fuses (it
+    requantizes them to one), and each input under the static scale of the plan's calibrated
+    range; transformers runs it with mixprec's logits. A plan without the ranges is one line."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from mixprec.calibration import input_ranges
+    from mixprec.plan import static_inputs
+
+    static = "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"
+    schemes = {**BY_LEAF, **dict.fromkeys(("q_proj", "k_proj", "v_proj", "down_proj"), static)}
+    plan_path, assignment = plan_file(tmp_path, schemes, target="compressed-tensors")
+    out = tmp_path / "checkpoint"
+    code, _, err = run(["export", str(plan_path), "--to", "compressed-tensors", "--out",
+                        str(out)], capsys)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "no calibrated input range" in err, err
+    assert not out.exists()
+    model = tiny_llama(tmp_path / "again")
+    calibration = [torch.tensor([[1, 70, 300, 9000, 12, 44, 5]]), torch.tensor([[3, 8, 2000]])]
+    ranges = input_ranges(model, calibration, lambda m, b: m(b))
+    plan = PrecisionPlan.load(plan_path)
+    plan = replace(plan, input_ranges={m: ranges[m] for m in static_inputs(plan)})
+    plan.save(plan_path)
+    _, config = exported(plan_path, out, capsys)
+    group = next(g for g in config["config_groups"].values() if g["input_activations"])
+    assert group["weights"]["strategy"] == group["input_activations"]["strategy"] == "tensor"
+    assert group["input_activations"]["dynamic"] is False and len(group["targets"]) == 8
+    stored = load_file(out / "model.safetensors")
+    down = "model.layers.1.mlp.down_proj"
+    assert float(stored[f"{down}.input_scale"]) == pytest.approx(ranges[down] / 448, rel=1e-6)
+    attention = "model.layers.0.self_attn"
+    assert len({float(stored[f"{attention}.{p}_proj.weight_scale"]) for p in "qkv"}) == 1
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    expected = apply_plan(model, PrecisionPlan.load(plan_path)).eval()
+    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
+    plain = apply_plan(model, weights_only).eval()
+    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
+    with torch.no_grad():
+        logits = loaded(ids).logits
+        assert torch.equal(logits, expected(ids).logits)
+        assert not torch.equal(logits, plain(ids).logits)  # the inputs were quantized

@@ -122,7 +122,8 @@ def test_fp8_and_mxfp8_are_modelopts_own_export(
     ("schemes", "message"),
     [
         ({"o_proj": "w:nvfp4"}, "w:nvfp4 is not a ModelOpt algorithm mixprec writes; valid: "
-         "w:mo_nvfp4, w:fp8_e4m3,a:fp8_e4m3, w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3, keep"),
+         "w:mo_nvfp4, w:fp8_e4m3_tensor,a:fp8_e4m3_tensor, w:fp8_e4m3,a:fp8_e4m3, "
+         "w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3, keep"),
         ({"o_proj": "w:mo_mxfp8_e4m3"},
          "w:mo_mxfp8_e4m3 is not a ModelOpt algorithm mixprec writes"),
         ({"k_proj": "keep"}, "vLLM fuses q_proj/k_proj/v_proj of model.layers.0.self_attn"),
@@ -156,3 +157,62 @@ def test_a_tied_head_is_never_quantized(tmp_path: Path, capsys: pytest.CaptureFi
         assert "w:mo_nvfp4 -> keep (vLLM runs an output head tied to the input embedding" in err
         hf = json.loads((out / "hf_quant_config.json").read_text())
         assert "lm_head" in hf["quantization"]["exclude_modules"]
+
+
+def test_fp8_static_inputs_are_modelopts_own_calibration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FP8 (W8A8, static inputs): ModelOpt's `mtq.quantize` calibrated on the same batches and
+    `--to modelopt` of a plan holding those batches' input ranges store the same input scales,
+    and the same weight bytes and scale wherever a layer is not fused; fused shards share their
+    largest scale (vLLM requantizes them to it), so the shard that holds it is byte-identical."""
+    mtq = pytest.importorskip("modelopt.torch.quantization")
+    from dataclasses import replace
+
+    from modelopt.torch.export import export_hf_checkpoint
+
+    from mixprec.calibration import input_ranges
+    from mixprec.plan import PrecisionPlan
+
+    static = "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"
+    plan_path, assignment = plan_file(tmp_path, dict.fromkeys(BY_LEAF, static), "modelopt")
+    batches = [torch.tensor([[1, 70, 300, 9000, 12, 44, 5]]), torch.tensor([[3, 8, 2000]])]
+    model = tiny_llama(tmp_path / "again")
+    ranges = input_ranges(model, batches, lambda m, b: m(b))
+    plan = replace(PrecisionPlan.load(plan_path), input_ranges={m: ranges[m] for m in assignment})
+    plan.save(plan_path)
+    code, _, err = run(["export", str(plan_path), "--to", "modelopt", "--out",
+                        str(tmp_path / "ours")], capsys)  # fmt: skip
+    assert code == 0, err
+    model.config.architectures = ["LlamaForCausalLM"]
+
+    def calibrate(quantized: torch.nn.Module) -> None:
+        for batch in batches:
+            quantized(batch)
+
+    mtq.quantize(model, mtq.FP8_DEFAULT_CFG, calibrate)
+    export_hf_checkpoint(model, dtype=torch.float32, export_dir=tmp_path / "theirs")
+    ours, theirs = (load_file(tmp_path / d / "model.safetensors") for d in ("ours", "theirs"))
+    hf = json.loads((tmp_path / "ours" / "hf_quant_config.json").read_text())
+    assert hf["quantization"]["quant_algo"] == "FP8"
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["quantization_config"] == convert.convert_hf_quant_config_format(hf)
+
+    def same(key: str) -> bool:
+        a, b = ours[key], theirs[key]
+        raw = [t.reshape(-1).contiguous().view(torch.uint8) for t in (a, b)]
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(*raw)
+
+    fused = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "mlp",
+             "up_proj": "mlp"}  # fmt: skip
+    for module in assignment:
+        parent, _, leaf = module.rpartition(".")
+        assert same(f"{module}.input_scale"), module
+        if leaf not in fused:
+            assert same(f"{module}.weight") and same(f"{module}.weight_scale"), module
+            continue
+        shards = [f"{parent}.{s}" for s, g in fused.items() if g == fused[leaf]]
+        largest = max(float(theirs[f"{s}.weight_scale"]) for s in shards)
+        assert float(ours[f"{module}.weight_scale"]) == largest, module
+        if float(theirs[f"{module}.weight_scale"]) == largest:
+            assert same(f"{module}.weight"), module

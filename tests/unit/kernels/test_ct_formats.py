@@ -153,3 +153,36 @@ def test_fp8_block_weights_are_compressed_tensors(shape: tuple[int, int], kind: 
     packed = packing.pack(x, fmt)
     assert torch.equal(packed.scales, scale) and packed.nbytes == fmt.storage_bytes(shape)
     assert torch.equal(packing.unpack(packed), fmt.quantize_dequantize(x))
+
+
+@pytest.mark.parametrize("kind", ["normal", "bf16", "grid"])
+def test_fp8_per_tensor_weights_and_static_inputs_are_compressed_tensors(kind: str) -> None:
+    """FP8 (W8A8 static): one scale for the whole weight from its min and max, and the inputs
+    under the static scale of a calibrated range (compressed-tensors' `input_scale`, range /
+    448) through its own forward_quantize; packed, one scale for the tensor."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.quant_scheme import FP8
+
+    from mixprec.kernels.reference import static_scale
+
+    fmt = formats.get("fp8_e4m3_tensor")
+    x = weights(kind, (96, 320), seed=3)
+    x[:8] *= 1e-4  # rows far below the tensor's largest: their own scale would differ
+    scale, zero = calculate_qparams(x.amin().reshape(1), x.amax().reshape(1), FP8["weights"])
+    assert torch.equal(fmt.quantize_dequantize(x) + 0.0,
+                       fake_quantize(x, scale, zero, FP8["weights"]) + 0.0)  # fmt: skip
+    packed = packing.pack(x, fmt)
+    assert packed.nbytes == fmt.storage_bytes(x.shape) == 96 * 320 + 4
+    assert torch.equal(packing.unpack(packed), fmt.quantize_dequantize(x))
+    inputs = weights("normal", (12, 320), seed=7).reshape(2, 6, 320) * 3.0
+    calibrated = float(inputs[0].abs().max()) * 0.8  # inputs beyond the range saturate
+    declared = QuantizationArgs(**CT_ACTIVATIONS["fp8_e4m3_tensor"])
+    assert declared == FP8["input_activations"].model_copy(update={"observer": None})
+    layer = _Frozen()
+    layer.input_scale = torch.nn.Parameter(static_scale(torch.tensor([calibrated]), fmt))
+    theirs = forward_quantize(layer, inputs.clone(), "input", declared)
+    hook = ActivationQuantizer(fmt, -1, amax=calibrated)
+    ours = hook(torch.nn.Identity(), (inputs.clone(),))[0]
+    assert isinstance(ours, torch.Tensor)
+    assert torch.equal(ours + 0.0, theirs + 0.0)
+    assert float(ours.abs().max()) == pytest.approx(calibrated, rel=1e-6)  # saturated at 448

@@ -16,6 +16,7 @@ from mixprec.kernels import formats
 # block size and scale format (fields that the name does not fix are None).
 NAME_GRAMMAR = (
     (r"fp(?P<bits>\d+)_e(?P<e>\d)m(?P<m>\d)", "fp", "float", 0, "fp32"),
+    (r"fp(?P<bits>8)_e(?P<e>4)m(?P<m>3)_tensor", "fp", "float", 0, "none"),  # one scale
     (r"int(?P<bits>\d)(?P<asym>_asym)?(?:_g(?P<block>\d+))?", "int", "int", None, "fp16"),
     (r"mxfp(?P<bits>\d)(?:_e(?P<e>\d)m(?P<m>\d))?", "mx", "float", 32, "e8m0"),
     (r"mxint(?P<bits>\d)", "mx", "int", 32, "e8m0"),
@@ -40,6 +41,7 @@ NAME_GRAMMAR = (
 
 ML_DTYPE_OF = {
     "fp8_e4m3": ml_dtypes.float8_e4m3fn,
+    "fp8_e4m3_tensor": ml_dtypes.float8_e4m3fn,
     "fp8_e5m2": ml_dtypes.float8_e5m2,
     "fp6_e3m2": ml_dtypes.float6_e3m2fn,
     "fp6_e2m3": ml_dtypes.float6_e2m3fn,
