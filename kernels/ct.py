@@ -43,15 +43,17 @@ MX_ROUNDING = 1 << 21  # 1 << (23 - 1 - 1): float32's mantissa, E2M1's one manti
 MX_EXPONENT_MASK = ((1 << 9) - 1) << 23  # sign and exponent bits of a float32
 
 
-def quantize(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
-    """Codes and scales of (n, group) float32 rows under compressed-tensors scheme `fmt`."""
+def quantize(groups: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None = None
+             ) -> QuantizedGroups:  # fmt: skip
+    """Codes and scales of (n, group) float32 rows under compressed-tensors scheme `fmt`
+    (`amax`: NVFP4's calibrated range, for a static global scale)."""
     if fmt.scale_format == "e8m0":
         return _mx(groups, fmt)
     if fmt.scale_format == "fp32" and fmt.element_kind == "float":  # FP8 per 128
         scale = _nonzero(divide(finite_amax(groups), fmt.max_normal))
         return QuantizedGroups(round_float_elements(groups / scale, fmt), scale)
     if fmt.element_kind == "float":
-        return _nvfp4(groups, fmt)
+        return _nvfp4(groups, fmt, amax)
     low, high = -(2 ** (fmt.element_bits - 1)), 2 ** (fmt.element_bits - 1) - 1
     finite = torch.where(torch.isinf(groups), 0.0, groups)  # +-inf saturates; NaN poisons
     lo = torch.minimum(finite.amin(dim=-1, keepdim=True), torch.zeros_like(groups[:, :1]))
@@ -83,11 +85,19 @@ def quantize_tiles(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     return QuantizedGroups(round_float_elements(blocks / scale, fmt), scale)
 
 
-def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
-    amax = finite_amax(blocks.reshape(1, -1)).reshape(())
-    tiny = torch.finfo(torch.float32).tiny  # 2688 / amax as torch divides a number by a tensor:
-    global_scale = torch.reciprocal(amax.clamp(min=tiny)) * (E4M3_MAX * fmt.max_normal)
-    global_scale = torch.where(torch.isinf(global_scale), 1.0, global_scale)
+def nvfp4_global_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """NVFP4's global scale (`generate_gparam`): 2688 / amax as torch divides a number by a
+    tensor (one rounding more), 1 for an all-zero range."""
+    tiny = torch.finfo(torch.float32).tiny
+    scale = torch.reciprocal(amax.clamp(min=tiny)) * (E4M3_MAX * fmt.max_normal)
+    return torch.where(torch.isinf(scale), 1.0, scale)
+
+
+def _nvfp4(blocks: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None = None
+           ) -> QuantizedGroups:  # fmt: skip
+    if amax is None:
+        amax = finite_amax(blocks.reshape(1, -1))
+    global_scale = nvfp4_global_scale(amax.reshape(()).to(blocks.device), fmt)
     block = global_scale * divide(finite_amax(blocks), fmt.max_normal)
     e4m3 = block.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
     e4m3 = torch.where(e4m3 == 0, E4M3_EPS, e4m3)

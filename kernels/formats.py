@@ -85,9 +85,15 @@ class NumberFormat:
 
     @property
     def per_tensor(self) -> bool:
-        """One FP32 scale for the whole tensor and none per group (FP8 per tensor); as an
-        input format it is static: the scale comes from the calibrated input range."""
+        """One FP32 scale for the whole tensor and none per group (FP8 per tensor)."""
         return self.tensor_scale_bits > 0 and self.scale_format == "none"
+
+    @property
+    def static_input(self) -> bool:
+        """As an input format, its tensor-wide scale is fixed in advance from the calibrated
+        input range, as the runtimes store it (FP8 per tensor; compressed-tensors' NVFP4 global
+        scale, under which the block scales stay dynamic)."""
+        return self.per_tensor or (self.family == "ct" and self.tensor_scale_bits > 0)
 
     @property
     def is_quantized(self) -> bool:

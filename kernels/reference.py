@@ -228,11 +228,11 @@ def per_tensor(rows: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None 
     arithmetic of compressed-tensors' and ModelOpt's FP8 per tensor (divide, round, multiply)."""
     if amax is None:
         amax = finite_amax(rows.reshape(1, -1))
-    scale = static_scale(amax.to(rows.device), fmt).reshape(1, 1).expand(rows.shape[0], 1)
+    scale = tensor_scale(amax.to(rows.device), fmt).reshape(1, 1).expand(rows.shape[0], 1)
     return QuantizedGroups(round_elements(rows / scale, fmt), scale)
 
 
-def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+def tensor_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """The FP32 per-tensor scale of a range `amax`: amax / max element (1 for a zero range)."""
     amax = amax.to(torch.float32)
     raw = divide(amax.clamp(max=torch.finfo(torch.float32).max), fmt.max_normal)
@@ -240,11 +240,26 @@ def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 
 
 def static_quantize_dequantize(x: torch.Tensor, fmt: NumberFormat, amax: float) -> torch.Tensor:
-    """Fake-quantize `x` (float32 out) under a per-tensor format whose scale is fixed by the
-    calibrated `amax` (a static input scale), not by `x`."""
+    """Fake-quantize `x` (float32 out) under a static input format, whose tensor-wide scale is
+    fixed by the calibrated `amax` (a static input scale), not by `x`."""
     x = validated_input(x, fmt)
-    rows = x.reshape(-1, x.shape[-1])
-    return per_tensor(rows, fmt, torch.tensor(amax)).values().reshape(x.shape)
+    calibrated = torch.tensor(amax, dtype=torch.float32)
+    if fmt.per_tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        return per_tensor(rows, fmt, calibrated).values().reshape(x.shape)
+    from mixprec.kernels import ct
+
+    return dequantize(ct.quantize(to_blocks(x, fmt.block_size), fmt, calibrated), x.shape, fmt)
+
+
+def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """The tensor-wide scale a static input format stores for a calibrated range `amax`: FP8's
+    amax / 448, compressed-tensors' NVFP4 global scale 2688 / amax."""
+    if fmt.per_tensor:
+        return tensor_scale(amax, fmt)
+    from mixprec.kernels import ct
+
+    return ct.nvfp4_global_scale(amax.to(torch.float32), fmt)
 
 
 def _asymmetric(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:

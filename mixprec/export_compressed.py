@@ -53,7 +53,8 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
 # activation formats vLLM quantizes on the fly, each beside its weight format (the presets
 # FP8_DYNAMIC: per token; FP8_BLOCK: per 128; MXFP8 / MXFP4: per 32), each mixprec's
 # ActivationQuantizer exactly (compressed-tensors' own forward_quantize, in float32); FP8's
-# inputs per tensor have a static scale, from the plan's calibrated input range
+# inputs per tensor have a static scale, NVFP4's a static global scale (its block scales made on
+# the fly: "local"), from the plan's calibrated input range
 
 CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True,
@@ -62,12 +63,13 @@ CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
                     "symmetric": True, "dynamic": True},
     "fp8_e4m3_tensor": {"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True,
                         "dynamic": False},
+    "ct_nvfp4": {**CT_SCHEMES["ct_nvfp4"], "dynamic": "local"},
     "ct_mxfp8_e4m3": {"num_bits": 8, **_MX, "dynamic": True},
     "ct_mxfp4": {"num_bits": 4, **_MX, "dynamic": True},
 }  # fmt: skip
 # weight format -> the activation format vLLM runs beside it (FP8_BLOCK only with its inputs)
 CT_PAIRS = {"fp8_e4m3": "fp8_e4m3", "fp8_e4m3_tensor": "fp8_e4m3_tensor",
-            "ct_fp8_e4m3_block": "ct_fp8_e4m3_g128",
+            "ct_fp8_e4m3_block": "ct_fp8_e4m3_g128", "ct_nvfp4": "ct_nvfp4",
             "ct_mxfp8_e4m3": "ct_mxfp8_e4m3", "ct_mxfp4": "ct_mxfp4"}  # fmt: skip
 WITH_INPUTS_ONLY = ("ct_fp8_e4m3_block",)  # vLLM runs FP8_BLOCK weights with their inputs only
 CT_WRITTEN = (*(f"w:{f}" for f in CT_SCHEMES if f not in WITH_INPUTS_ONLY),
@@ -161,8 +163,11 @@ def write_compressed_tensors(
         for module, fmt in weights.items()
         if not _set_qparams(modules[module], layers[module], fmt, fused.get(module))
     ]
-    for module, scale in input_scales.items():
-        modules[module].get_parameter("input_scale").data.copy_(scale.reshape(1))
+    for module, scale in input_scales.items():  # FP8's input_scale, NVFP4's input_global_scale
+        activation = schemes[module].activation
+        assert activation is not None
+        name = "input_scale" if activation.per_tensor else "input_global_scale"
+        modules[module].get_parameter(name).data.copy_(scale.reshape(1))
     compressor = ModelCompressor.from_pretrained_model(copied)
     compressor.compress_model(copied)
     with atomic_folder(out) as staged:
@@ -190,8 +195,9 @@ def write_compressed_tensors(
 
 
 def static_input_scales(plan: PrecisionPlan) -> dict[str, torch.Tensor]:
-    """Per layer with a static input scale, the FP32 scale of its calibrated range (range /
-    448), as the runtimes store it; one line where the plan lacks a range."""
+    """Per layer with a static input scale, the FP32 scale of its calibrated range (FP8: range /
+    448; NVFP4: the global scale), as the runtimes store it; one line where the plan lacks a
+    range."""
     scales = {}
     for module in static_inputs(plan):
         scheme = Scheme.parse(plan.assignment[module])

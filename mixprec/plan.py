@@ -37,8 +37,8 @@ Assignment = Union[Mapping[str, Scheme | str], "PrecisionPlan"]
 
 
 class ActivationQuantizer:
-    """Forward pre-hook that fake-quantizes a layer's input along its channel dim (a per-tensor
-    format: with the static scale of the layer's calibrated input range `amax`)."""
+    """Forward pre-hook that fake-quantizes a layer's input along its channel dim (a static
+    input format: with the tensor-wide scale of the layer's calibrated input range `amax`)."""
 
     def __init__(
         self,
@@ -71,7 +71,7 @@ def static_inputs(assignment: Assignment) -> list[str]:
     if isinstance(assignment, PrecisionPlan):
         assignment = assignment.assignment
     parsed = {m: Scheme.parse(s) for m, s in assignment.items()}
-    return [m for m, s in parsed.items() if s.activation is not None and s.activation.per_tensor]
+    return [m for m, s in parsed.items() if s.activation is not None and s.activation.static_input]
 
 
 def input_range(ranges: Mapping[str, float] | None, name: str, scheme: Scheme) -> float:
@@ -164,7 +164,7 @@ def apply_plan(
                 setattr(user, attr, quantized)
             if scheme.activation is not None:
                 amax = None
-                if scheme.activation.per_tensor:
+                if scheme.activation.static_input:
                     amax = input_range(input_ranges, name, scheme)
                 hook = ActivationQuantizer(scheme.activation, channel_dim, kernel, amax)
                 module.register_forward_pre_hook(hook)

@@ -146,7 +146,7 @@ def test_a_plan_for_another_target_is_converted_with_a_warning_per_change(
                                 "w:ct_w8a16, w:ct_w4a16, w:ct_w4a16_asym, w:ct_nvfp4, w:fp8_e4m3, "
                                 "w:fp8_e4m3_tensor, w:ct_mxfp4, w:ct_mxfp8_e4m3, "
                                 "w:fp8_e4m3,a:fp8_e4m3, w:fp8_e4m3_tensor,a:fp8_e4m3_tensor, "
-                                "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, "
+                                "w:ct_fp8_e4m3_block,a:ct_fp8_e4m3_g128, w:ct_nvfp4,a:ct_nvfp4, "
                                 "w:ct_mxfp8_e4m3,a:ct_mxfp8_e4m3, w:ct_mxfp4,a:ct_mxfp4, keep"),
     ],
 )  # fmt: skip
@@ -410,3 +410,40 @@ def test_fp8_with_a_static_input_scale_loads_with_the_calibrated_scale(
         logits = loaded(ids).logits
         assert torch.equal(logits, expected(ids).logits)
         assert not torch.equal(logits, plain(ids).logits)  # the inputs were quantized
+
+
+def test_nvfp4_with_inputs_stores_the_calibrated_global_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NVFP4 (W4A4): the config group is compressed-tensors' NVFP4 preset (inputs per 16 with
+    local scales) and each layer stores the static global input scale of its calibrated range,
+    which transformers loads and runs."""
+    from dataclasses import replace
+
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.quant_scheme import NVFP4
+    from safetensors.torch import load_file
+
+    from mixprec.calibration import input_ranges
+    from mixprec.kernels import formats
+    from mixprec.kernels.reference import static_scale
+
+    w4a4 = "w:ct_nvfp4,a:ct_nvfp4"
+    plan_path, assignment = plan_file(tmp_path, dict.fromkeys(BY_LEAF, w4a4), "compressed-tensors")
+    model = tiny_llama(tmp_path / "again")
+    ranges = input_ranges(model, [torch.tensor([[1, 70, 300, 9000, 12]])], lambda m, b: m(b))
+    plan = replace(PrecisionPlan.load(plan_path), input_ranges={m: ranges[m] for m in assignment})
+    plan.save(plan_path)
+    out = tmp_path / "checkpoint"
+    _, config = exported(plan_path, out, capsys)
+    [group] = config["config_groups"].values()
+    for part in ("weights", "input_activations"):
+        declared = QuantizationArgs(**group[part])
+        assert declared == NVFP4[part].model_copy(update={"observer": declared.observer}), part
+    stored = load_file(out / "model.safetensors")
+    for module in assignment:
+        expected = static_scale(torch.tensor([ranges[module]]), formats.get("ct_nvfp4"))
+        assert torch.equal(stored[f"{module}.input_global_scale"], expected), module
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        assert torch.isfinite(loaded(torch.tensor([[1, 50, 600, 7000]])).logits).all()

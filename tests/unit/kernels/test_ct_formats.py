@@ -186,3 +186,31 @@ def test_fp8_per_tensor_weights_and_static_inputs_are_compressed_tensors(kind: s
     assert isinstance(ours, torch.Tensor)
     assert torch.equal(ours + 0.0, theirs + 0.0)
     assert float(ours.abs().max()) == pytest.approx(calibrated, rel=1e-6)  # saturated at 448
+
+
+def test_nvfp4_inputs_take_the_static_global_scale_of_their_calibrated_range() -> None:
+    """NVFP4 (W4A4): the inputs' global scale is fixed from the calibrated range (compressed-
+    tensors' `input_global_scale`, 2688 / range), their E4M3 scales per 16 are made on the fly
+    ("local"), through compressed-tensors' own forward_quantize."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.quant_scheme import NVFP4
+
+    from mixprec.kernels.reference import static_scale
+
+    fmt = formats.get("ct_nvfp4")
+    inputs = weights("normal", (12, 256), seed=8).reshape(2, 6, 256) * torch.logspace(-2, 1, 256)
+    inputs[1, 2, :16] = 0.0  # a block of zeros
+    calibrated = float(inputs.abs().max()) * 1.5  # calibrated on other, larger inputs
+    declared = QuantizationArgs(**CT_ACTIVATIONS["ct_nvfp4"])
+    assert declared == NVFP4["input_activations"].model_copy(update={"observer": None})
+    layer = _Frozen()
+    scale = static_scale(torch.tensor([calibrated]), fmt)
+    assert torch.equal(scale, generate_gparam(torch.tensor([-calibrated]),
+                                              torch.tensor([calibrated])))  # fmt: skip
+    layer.input_global_scale = torch.nn.Parameter(scale)
+    theirs = forward_quantize(layer, inputs.clone(), "input", declared)
+    ours = ActivationQuantizer(fmt, -1, amax=calibrated)(torch.nn.Identity(), (inputs.clone(),))[0]
+    assert isinstance(ours, torch.Tensor)
+    assert torch.equal(ours + 0.0, theirs + 0.0)
+    dynamic = ActivationQuantizer(fmt, -1)(torch.nn.Identity(), (inputs.clone(),))[0]
+    assert not torch.equal(ours, dynamic)  # the calibrated range, not this tensor's, sets it
