@@ -91,9 +91,9 @@ class NumberFormat:
     @property
     def static_input(self) -> bool:
         """As an input format, its tensor-wide scale is fixed in advance from the calibrated
-        input range, as the runtimes store it (FP8 per tensor; compressed-tensors' NVFP4 global
-        scale, under which the block scales stay dynamic)."""
-        return self.per_tensor or (self.family == "ct" and self.tensor_scale_bits > 0)
+        input range, as the runtimes store it (FP8 per tensor; compressed-tensors' and
+        ModelOpt's NVFP4 tensor scale, under which the block scales stay dynamic)."""
+        return self.per_tensor or (self.family in ("ct", "mo") and self.tensor_scale_bits > 0)
 
     @property
     def is_quantized(self) -> bool:

@@ -36,12 +36,15 @@ if TYPE_CHECKING:
 SMALLEST_BLOCK_SCALE = 2.0**-9  # E4M3's smallest subnormal: ModelOpt's floor (not 2^-6)
 
 
-def quantize(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
-    """E2M1 elements, E4M3 block scales and the FP32 tensor scale of (n, 16) float32 blocks;
-    E4M3 elements and E8M0 scales of (n, 32) blocks for MXFP8."""
+def quantize(blocks: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None = None
+             ) -> QuantizedGroups:  # fmt: skip
+    """E2M1 elements, E4M3 block scales and the FP32 tensor scale of (n, 16) float32 blocks
+    (`amax`: a static input's calibrated range, which sets the tensor scale); E4M3 elements
+    and E8M0 scales of (n, 32) blocks for MXFP8."""
     if fmt.scale_format == "e8m0":
         return _mxfp8(blocks)
-    tensor_scale = nv_tensor_scale(blocks, fmt)  # amax / (6 * 448)
+    ranged = blocks if amax is None else amax.reshape(1, 1).to(blocks.device)
+    tensor_scale = nv_tensor_scale(ranged, fmt)  # amax / (6 * 448)
     block_scale = divide(finite_amax(blocks), fmt.max_normal * tensor_scale)
     block_scale = torch.where(block_scale == 0, 1.0, block_scale)
     e4m3 = block_scale.clamp(SMALLEST_BLOCK_SCALE, E4M3_MAX).to(torch.float8_e4m3fn)

@@ -247,16 +247,21 @@ def static_quantize_dequantize(x: torch.Tensor, fmt: NumberFormat, amax: float) 
     if fmt.per_tensor:
         rows = x.reshape(-1, x.shape[-1])
         return per_tensor(rows, fmt, calibrated).values().reshape(x.shape)
-    from mixprec.kernels import ct
+    from mixprec.kernels import ct, modelopt
 
-    return dequantize(ct.quantize(to_blocks(x, fmt.block_size), fmt, calibrated), x.shape, fmt)
+    runtime = ct if fmt.family == "ct" else modelopt
+    blocks = to_blocks(x, fmt.block_size)
+    return dequantize(runtime.quantize(blocks, fmt, calibrated), x.shape, fmt)
 
 
 def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     """The tensor-wide scale a static input format stores for a calibrated range `amax`: FP8's
-    amax / 448, compressed-tensors' NVFP4 global scale 2688 / amax."""
+    amax / 448, compressed-tensors' NVFP4 global scale 2688 / amax, ModelOpt's NVFP4 input scale
+    amax / 2688."""
     if fmt.per_tensor:
         return tensor_scale(amax, fmt)
+    if fmt.family == "mo":
+        return nv_tensor_scale(amax.to(torch.float32).reshape(1, 1), fmt)
     from mixprec.kernels import ct
 
     return ct.nvfp4_global_scale(amax.to(torch.float32), fmt)

@@ -1,6 +1,7 @@
 """A plan as an NVIDIA ModelOpt checkpoint (what vLLM loads with quant_method `modelopt`): the
 safetensors ModelOpt's exporter writes (per quantized layer, W4A16_NVFP4: `weight` packed E2M1,
-`weight_scale` E4M3 per 16, `weight_scale_2` FP32; FP8: `weight` E4M3, `weight_scale` and
+`weight_scale` E4M3 per 16, `weight_scale_2` FP32; NVFP4: those and `input_scale` FP32;
+FP8: `weight` E4M3, `weight_scale` and
 `input_scale` FP32 scalars; FP8_PER_CHANNEL_PER_TOKEN: `weight` E4M3,
 `weight_scale` FP32 per row; MXFP8: `weight` E4M3, `weight_scale` E8M0 per 32),
 `hf_quant_config.json` as ModelOpt makes it (one algorithm: that algorithm and
@@ -32,11 +33,13 @@ from mixprec.plan import PrecisionPlan, fused_shards
 from mixprec.units import quantizable_layers, weight_matrix
 
 # mixprec scheme -> ModelOpt's per-layer algorithm (quant_utils.process_layer_quant_config);
-# FP8's inputs have a static scale (the plan's calibrated range / 448, ModelOpt's `input_scale`);
+# FP8's and NVFP4's inputs have a static scale (ModelOpt's `input_scale`: the plan's calibrated
+# range / 448; / 2688, NVFP4's tensor scale, under which its block scales stay dynamic);
 # vLLM quantizes the inputs of the last two on the fly (per token; per 32), as the scheme says
 MO_ALGORITHMS: dict[str, dict[str, Any]] = {
     "w:mo_nvfp4": {"quant_algo": "W4A16_NVFP4", "group_size": 16},
     "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor": {"quant_algo": "FP8"},
+    "w:mo_nvfp4,a:mo_nvfp4": {"quant_algo": "NVFP4", "group_size": 16},
     "w:fp8_e4m3,a:fp8_e4m3": {"quant_algo": "FP8_PER_CHANNEL_PER_TOKEN"},
     "w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3": {"quant_algo": "MXFP8", "group_size": 32},
 }
@@ -47,11 +50,13 @@ _FLOAT8 = {"dynamic": False, "num_bits": 8, "type": "float"}
 MO_GROUPS: dict[str, dict[str, dict[str, Any]]] = {
     "W4A16_NVFP4": {"weights": {"dynamic": False, "num_bits": 4, "type": "float"}},
     "FP8": {"input_activations": _FLOAT8, "weights": _FLOAT8},
+    "NVFP4": {"input_activations": {**_FLOAT8, "num_bits": 4},
+              "weights": {**_FLOAT8, "num_bits": 4}},
     "FP8_PER_CHANNEL_PER_TOKEN": {"input_activations": _FLOAT8,
                                   "weights": {**_FLOAT8, "strategy": "channel"}},
     "MXFP8": {"input_activations": _FLOAT8, "weights": _FLOAT8},
 }  # fmt: skip
-GROUPED_ALONE = ("FP8", "W4A16_NVFP4")
+GROUPED_ALONE = ("FP8", "NVFP4", "W4A16_NVFP4")
 HF_QUANT_CONFIG = "hf_quant_config.json"
 WEIGHTS_FILE = "model.safetensors"
 

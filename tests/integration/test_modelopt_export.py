@@ -122,8 +122,8 @@ def test_fp8_and_mxfp8_are_modelopts_own_export(
     ("schemes", "message"),
     [
         ({"o_proj": "w:nvfp4"}, "w:nvfp4 is not a ModelOpt algorithm mixprec writes; valid: "
-         "w:mo_nvfp4, w:fp8_e4m3_tensor,a:fp8_e4m3_tensor, w:fp8_e4m3,a:fp8_e4m3, "
-         "w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3, keep"),
+         "w:mo_nvfp4, w:fp8_e4m3_tensor,a:fp8_e4m3_tensor, w:mo_nvfp4,a:mo_nvfp4, "
+         "w:fp8_e4m3,a:fp8_e4m3, w:mo_mxfp8_e4m3,a:mo_mxfp8_e4m3, keep"),
         ({"o_proj": "w:mo_mxfp8_e4m3"},
          "w:mo_mxfp8_e4m3 is not a ModelOpt algorithm mixprec writes"),
         ({"k_proj": "keep"}, "vLLM fuses q_proj/k_proj/v_proj of model.layers.0.self_attn"),
@@ -159,13 +159,21 @@ def test_a_tied_head_is_never_quantized(tmp_path: Path, capsys: pytest.CaptureFi
         assert "lm_head" in hf["quantization"]["exclude_modules"]
 
 
-def test_fp8_static_inputs_are_modelopts_own_calibration(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("static", "preset", "algorithm"),
+    [
+        ("w:fp8_e4m3_tensor,a:fp8_e4m3_tensor", "FP8_DEFAULT_CFG", "FP8"),
+        ("w:mo_nvfp4,a:mo_nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4"),
+    ],
+)
+def test_static_inputs_are_modelopts_own_calibration(
+    static: str, preset: str, algorithm: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """FP8 (W8A8, static inputs): ModelOpt's `mtq.quantize` calibrated on the same batches and
-    `--to modelopt` of a plan holding those batches' input ranges store the same input scales,
-    and the same weight bytes and scale wherever a layer is not fused; fused shards share their
-    largest scale (vLLM requantizes them to it), so the shard that holds it is byte-identical."""
+    """FP8 and NVFP4 (static inputs): ModelOpt's `mtq.quantize` calibrated on the same batches
+    and `--to modelopt` of a plan holding those batches' input ranges store the same input
+    scales, and the same weight bytes and scales; FP8 only where a layer is not fused, as
+    ModelOpt gives each FP8 shard its own scale and vLLM requantizes them to the largest, which
+    mixprec's shards share (so the shard that holds it is byte-identical)."""
     mtq = pytest.importorskip("modelopt.torch.quantization")
     from dataclasses import replace
 
@@ -174,7 +182,6 @@ def test_fp8_static_inputs_are_modelopts_own_calibration(
     from mixprec.calibration import input_ranges
     from mixprec.plan import PrecisionPlan
 
-    static = "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"
     plan_path, assignment = plan_file(tmp_path, dict.fromkeys(BY_LEAF, static), "modelopt")
     batches = [torch.tensor([[1, 70, 300, 9000, 12, 44, 5]]), torch.tensor([[3, 8, 2000]])]
     model = tiny_llama(tmp_path / "again")
@@ -190,11 +197,11 @@ def test_fp8_static_inputs_are_modelopts_own_calibration(
         for batch in batches:
             quantized(batch)
 
-    mtq.quantize(model, mtq.FP8_DEFAULT_CFG, calibrate)
+    mtq.quantize(model, getattr(mtq, preset), calibrate)
     export_hf_checkpoint(model, dtype=torch.float32, export_dir=tmp_path / "theirs")
     ours, theirs = (load_file(tmp_path / d / "model.safetensors") for d in ("ours", "theirs"))
     hf = json.loads((tmp_path / "ours" / "hf_quant_config.json").read_text())
-    assert hf["quantization"]["quant_algo"] == "FP8"
+    assert hf["quantization"]["quant_algo"] == algorithm
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["quantization_config"] == convert.convert_hf_quant_config_format(hf)
 
@@ -208,8 +215,9 @@ def test_fp8_static_inputs_are_modelopts_own_calibration(
     for module in assignment:
         parent, _, leaf = module.rpartition(".")
         assert same(f"{module}.input_scale"), module
-        if leaf not in fused:
-            assert same(f"{module}.weight") and same(f"{module}.weight_scale"), module
+        if leaf not in fused or algorithm == "NVFP4":
+            names = ("weight", "weight_scale", "weight_scale_2")[: 3 if algorithm == "NVFP4" else 2]
+            assert all(same(f"{module}.{name}") for name in names), module
             continue
         shards = [f"{parent}.{s}" for s, g in fused.items() if g == fused[leaf]]
         largest = max(float(theirs[f"{s}.weight_scale"]) for s in shards)

@@ -139,8 +139,9 @@ def test_refusals_name_what_vllm_cannot_run() -> None:
     )
     for other in ("w:fp8_e4m3,a:ct_mxfp8_e4m3", "w:ct_w4a16,a:fp8_e4m3", "w:ct_fp8_e4m3_block"):
         assert f"not {other}" in str(refusal(ct, Scheme.parse(other), (8, 256)))
-    assert "not w:mo_nvfp4,a:mo_nvfp4" in str(
-        refusal("modelopt", Scheme.parse("w:mo_nvfp4,a:mo_nvfp4"), (8, 256))
+    assert refusal("modelopt", Scheme.parse("w:mo_nvfp4,a:mo_nvfp4"), (8, 256)) is None  # W4A4
+    assert "not w:mo_nvfp4,a:ct_nvfp4" in str(
+        refusal("modelopt", Scheme.parse("w:mo_nvfp4,a:ct_nvfp4"), (8, 256))
     )
     assert "tied to the input embedding" in str(
         refusal(ct, Scheme.parse("w:ct_w8a16"), (64, 256), tied=True)
