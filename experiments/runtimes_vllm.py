@@ -10,9 +10,11 @@ same metric. Uniform rows put one scheme on every layer that vLLM runs it on and
 tied head of SmolLM2 stays unquantized everywhere (vLLM runs it as the embedding): with its
 576-wide rows on FP8 at best, no plan of SmolLM2 is below 9 bits per weight. SmolLM2 runs in bf16,
 as it is served, so compressed-tensors holds its scales in bf16 (mixprec's prediction keeps
-them in float32: the two differ by that rounding; MiniLM, in fp32, matches exactly). NVFP4A16
-is left out: transformers decompresses it in bf16 (`--runtime transformers` refuses it), and
-W4A16_ASYM too: transformers cannot load it yet.
+them in float32: the two differ by that rounding; MiniLM, in fp32, matches exactly). The W8A8
+FP8 schemes (inputs per token on the fly; per tensor under the static scale of the model's
+calibration split) are measured uniform only: a plan within a weight budget never gains by
+quantizing inputs too. NVFP4A16 is left out: transformers decompresses it in bf16
+(`--runtime transformers` refuses it), and W4A16_ASYM too: transformers cannot load it yet.
 
 Run: .venv/bin/python experiments/runtimes_vllm.py   (about 30 minutes on 2 CPU cores)
 """
@@ -38,6 +40,7 @@ from study import (
 )
 
 from mixprec.allocation import AllocationProblem, allocate
+from mixprec.calibration import with_input_ranges
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
 from mixprec.models import fingerprint, load_model
@@ -55,6 +58,8 @@ TARGET = "compressed-tensors"
 DEFAULTS: dict[str, object] = {
     "models": ["minilm", "smollm2"],
     "schemes": ["w:ct_w4a16", "w:ct_w8a16", "w:fp8_e4m3"],
+    # measured uniform only: their inputs are quantized too, which a weight budget does not buy
+    "uniform_schemes": ["w:fp8_e4m3,a:fp8_e4m3", "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"],
     "budgets": {"minilm": [4.5, 5.0, 6.0], "smollm2": [9.0, 9.5, 10.0]},
     "dtypes": {"minilm": "fp32", "smollm2": "bf16"},
     "estimators": {"minilm": "isolation", "smollm2": "fisher"},
@@ -80,6 +85,7 @@ def study(model: str, config: dict[str, Any], work: Path, cache: CellCache) -> p
     table = score(model, calib, schemes, [estimator], ["layer"], dtype=dtype, cache=cache,
                   progress=True)  # fmt: skip
     bundle = load_model(model, 0, held, dtype)
+    calibrating = load_model(model, 0, calib, dtype)  # static input ranges: calibration text
     problem = AllocationProblem.build(table, bundle, estimator, exclude=[NONE], target=TARGET)
     metric = METRIC[model][0]
     rows: list[dict[str, Any]] = []
@@ -88,7 +94,8 @@ def study(model: str, config: dict[str, Any], work: Path, cache: CellCache) -> p
         begin = time.perf_counter()
         plan = PrecisionPlan(bundle.name, fingerprint(bundle.model), assignment, "",
                              provenance={"target": TARGET})  # fmt: skip
-        predicted = evaluate(bundle, assignment)
+        plan = with_input_ranges(plan, calibrating)
+        predicted = evaluate(bundle, assignment, input_ranges=plan.input_ranges)
         quantized = any(s != "keep" for s in assignment.values())  # else: the model itself
         measured = evaluate_in_transformers(bundle, plan, model)[0] if quantized else predicted
         rows.append({"model": model, "file": label, "method": method,
@@ -101,7 +108,7 @@ def study(model: str, config: dict[str, Any], work: Path, cache: CellCache) -> p
     layers = quantizable_layers(bundle.model)
     tied = tied_to_embedding(bundle.model)
     measure(f"{dtype} (unquantized)", "reference", {})
-    for text in schemes:
+    for text in [*schemes, *(str(s) for s in config["uniform_schemes"])]:
         scheme = Scheme.parse(text)
         uniform = {name: text if refusal(TARGET, scheme, tuple(weight_matrix(layer).shape),
                                          name in tied) is None else "keep"
@@ -140,7 +147,9 @@ def main() -> int:
     scores = ", ".join(f"{e} for {m}" for m, e in config["estimators"].items())
     what = (
         f"Plans made with `--target compressed-tensors` (ILP on the scores of {scores}, schemes "
-        f"{', '.join(config['schemes'])}), written by `--to compressed-tensors` and measured "
+        f"{', '.join(config['schemes'])}; uniform only: {', '.join(config['uniform_schemes'])}, "
+        "static input scales from the calibration split), written by `--to compressed-tensors` "
+        "and measured "
         "by `evaluate --runtime transformers`: the checkpoint loaded by transformers "
         "(compressed-tensors' own decompression) on the CPU. Bits per weight as stored in the "
         "checkpoint (codes, scales, zero points) over the model's quantizable layers, the tied "

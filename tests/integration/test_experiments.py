@@ -286,13 +286,18 @@ def test_scale_benchmark_quick(tmp_path: Path) -> None:
 
 def test_runtimes_vllm_study_quick(tmp_path: Path) -> None:
     """MiniLM through transformers on a small config: the model, two uniform schemes and a plan
-    of them, each checkpoint measured by transformers as mixprec predicted."""
+    of them, and FP8 with static inputs, each checkpoint measured by transformers as mixprec
+    predicted."""
     config = ('models = ["minilm"]\nschemes = ["w:ct_w8a16", "w:ct_w4a16"]\n'
+              'uniform_schemes = ["w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"]\n'
               'budgets = {minilm = [6.0]}\n')  # fmt: skip
     text = run_study("runtimes_vllm", config, tmp_path, plots=False)
     [rows] = tables_with(text, "file", "method", "bits/weight", "cosine", "cosine (mixprec)")
     assert [r["file"] for r in rows] == ["fp32 (unquantized)", "w:ct_w8a16", "w:ct_w4a16",
+                                         "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor",
                                          "mixprec 6.0 bits"]  # fmt: skip
+    assert 0.9 < float(rows[3]["cosine"]) < 1.0  # FP8 with static inputs, through transformers
+    del rows[3]
     reference, w8, w4, plan = (float(r["cosine"]) for r in rows)
     assert reference == 1.0 and w4 < plan <= w8 < 1.0
     # both shown to 5 digits: the same weights, the same model code
