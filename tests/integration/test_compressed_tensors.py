@@ -46,6 +46,24 @@ def exported(plan: Path, out: Path, capsys: pytest.CaptureFixture[str]
     return err, json.loads((out / "config.json").read_text())["quantization_config"]
 
 
+def loads_as_planned(out: Path, folder: Path, plan: PrecisionPlan | dict[str, str]) -> None:
+    """transformers' load of checkpoint `out` gives the tiny Llama under `plan` exactly (logits
+    and weights), and not the logits of its weights alone (the inputs were quantized)."""
+    assignment = dict(plan.assignment if isinstance(plan, PrecisionPlan) else plan)
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    expected = apply_plan(tiny_llama(folder / "again"), plan).eval()
+    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
+    plain = apply_plan(tiny_llama(folder / "plain"), weights_only).eval()
+    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
+    with torch.no_grad():
+        logits = loaded(ids).logits
+        assert torch.equal(logits, expected(ids).logits)
+        assert not torch.equal(logits, plain(ids).logits)
+    theirs, ours = dict(loaded.named_modules()), dict(expected.named_modules())
+    for module in assignment:
+        assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
+
+
 def test_transformers_loads_exactly_the_plan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -91,15 +109,7 @@ def test_fp8_with_dynamic_activations_runs_in_transformers_as_predicted(
         True,
         "float",
     )
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint").eval()
-    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment).eval()
-    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
-    plain = apply_plan(tiny_llama(tmp_path / "plain"), weights_only).eval()
-    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
-    with torch.no_grad():
-        logits = loaded(ids).logits
-        assert torch.equal(logits, expected(ids).logits)
-        assert not torch.equal(logits, plain(ids).logits)
+    loads_as_planned(tmp_path / "checkpoint", tmp_path, assignment)
     capsys.readouterr()
     measured = {}
     for runtime in ("torch", "transformers"):
@@ -351,18 +361,7 @@ def test_fp8_block_loads_with_its_tiles_and_group_activations(
     with safe_open(str(out / "model.safetensors"), "pt") as stored:
         scale = stored.get_tensor("model.layers.0.mlp.gate_proj.weight_scale")
     assert tuple(scale.shape) == (512 // 128, 256 // 128) and scale.dtype == torch.float32
-    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    expected = apply_plan(tiny_llama(tmp_path / "again"), assignment).eval()
-    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
-    plain = apply_plan(tiny_llama(tmp_path / "plain"), weights_only).eval()
-    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
-    with torch.no_grad():
-        logits = loaded(ids).logits
-        assert torch.equal(logits, expected(ids).logits)
-        assert not torch.equal(logits, plain(ids).logits)  # the activations were quantized
-    theirs, ours = dict(loaded.named_modules()), dict(expected.named_modules())
-    for module in assignment:
-        assert torch.equal(theirs[module].weight + 0.0, ours[module].weight + 0.0), module
+    loads_as_planned(out, tmp_path, assignment)
 
 
 def test_fp8_with_a_static_input_scale_loads_with_the_calibrated_scale(
@@ -380,7 +379,7 @@ def test_fp8_with_a_static_input_scale_loads_with_the_calibrated_scale(
 
     static = "w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"
     schemes = {**BY_LEAF, **dict.fromkeys(("q_proj", "k_proj", "v_proj", "down_proj"), static)}
-    plan_path, assignment = plan_file(tmp_path, schemes, target="compressed-tensors")
+    plan_path, _ = plan_file(tmp_path, schemes, target="compressed-tensors")
     out = tmp_path / "checkpoint"
     code, _, err = run(["export", str(plan_path), "--to", "compressed-tensors", "--out",
                         str(out)], capsys)  # fmt: skip
@@ -401,15 +400,7 @@ def test_fp8_with_a_static_input_scale_loads_with_the_calibrated_scale(
     assert float(stored[f"{down}.input_scale"]) == pytest.approx(ranges[down] / 448, rel=1e-6)
     attention = "model.layers.0.self_attn"
     assert len({float(stored[f"{attention}.{p}_proj.weight_scale"]) for p in "qkv"}) == 1
-    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    expected = apply_plan(model, PrecisionPlan.load(plan_path)).eval()
-    weights_only = {m: s.split(",")[0] for m, s in assignment.items()}
-    plain = apply_plan(model, weights_only).eval()
-    ids = torch.tensor([[1, 50, 600, 7000, 30, 5]])
-    with torch.no_grad():
-        logits = loaded(ids).logits
-        assert torch.equal(logits, expected(ids).logits)
-        assert not torch.equal(logits, plain(ids).logits)  # the inputs were quantized
+    loads_as_planned(out, tmp_path, PrecisionPlan.load(plan_path))
 
 
 def test_nvfp4_with_inputs_stores_the_calibrated_global_scale(
