@@ -225,7 +225,7 @@ class Pipeline:
             bundle = self.problem().bundle  # with the run's importance matrix, if it has one
             runtime = self.runtime()
             if runtime.is_mixprec:
-                result = evaluate(bundle, plan.assignment)
+                result = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges or None)
             else:
                 from mixprec.runtimes import evaluate_in
 

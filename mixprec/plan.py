@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -384,6 +385,10 @@ class PrecisionPlan:
                 Scheme.parse(scheme)
             except MixprecError as err:
                 raise MixprecError(f"{source}: module {module!r}: {err}") from None
+        for module, value in data.get("input_ranges", {}).items():
+            if not math.isfinite(value):  # JSON's NaN and Infinity pass the schema
+                raise MixprecError(f"{source}: input range of {module!r} is {value}; a "
+                                   "calibrated range is a finite number >= 0")  # fmt: skip
         fields = {k: data[k] for k in data if k != "version"}
         return cls(**fields, version=data["version"])
 

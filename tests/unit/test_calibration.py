@@ -47,3 +47,11 @@ def test_search_records_the_calibrated_ranges_its_plan_needs() -> None:
     with pytest.raises(MixprecError, match=rf"module {static[0]}: {STATIC} quantizes its inputs "
                        "with a static scale, and no calibrated input range"):  # fmt: skip
         apply_plan(model, plan.assignment)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_a_plan_with_a_range_that_is_not_one_is_refused(value: float) -> None:
+    data = PrecisionPlan("m", "0" * 64, {"fc": STATIC}, "8bits",
+                         input_ranges={"fc": value}).to_json()  # fmt: skip
+    with pytest.raises(MixprecError, match=r"plan\.json: .*input_ranges|input range of 'fc'"):
+        PrecisionPlan.from_json(data, "plan.json")
