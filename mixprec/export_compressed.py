@@ -167,7 +167,10 @@ def write_compressed_tensors(
         activation = schemes[module].activation
         assert activation is not None
         name = "input_scale" if activation.per_tensor else "input_global_scale"
-        modules[module].get_parameter(name).data.copy_(scale.reshape(1))
+        held = modules[module].get_parameter(name)
+        held.data.copy_(scale.reshape(held.shape))
+        if not torch.equal(held.data.float(), scale.reshape(held.shape)) and module not in rounded:
+            rounded.append(module)  # a bf16 model holds its input scale in bf16 too
     compressor = ModelCompressor.from_pretrained_model(copied)
     compressor.compress_model(copied)
     with atomic_folder(out) as staged:
