@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mixprec.files import atomic_write_text
+from mixprec.scheme import Scheme
 from mixprec.units import Unit
 
 CACHE_VERSION = 1
@@ -34,8 +35,8 @@ def cell_key(
     imatrix: str = "",
 ) -> str:
     """SHA-256 over everything that decides a score; a GPU's scores (other kernels, other
-    rounding) and those made with an importance matrix (`imatrix`: its file's digest) are
-    filed apart from the CPU's without one, whose keys stay as they were."""
+    rounding), those made with an importance matrix (`imatrix`: its file's digest) and those
+    whose inputs take a static calibrated scale are filed apart; other keys stay as they were."""
     parts = {
         "version": CACHE_VERSION,
         "model": fingerprint,
@@ -51,6 +52,9 @@ def cell_key(
         parts["device"] = device
     if imatrix:
         parts["imatrix"] = imatrix
+    activation = Scheme.parse(scheme).activation if scheme else None
+    if activation is not None and activation.static_input:  # inputs under a calibrated scale
+        parts["inputs"] = "static"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

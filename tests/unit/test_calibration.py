@@ -55,3 +55,25 @@ def test_a_plan_with_a_range_that_is_not_one_is_refused(value: float) -> None:
                          input_ranges={"fc": value}).to_json()  # fmt: skip
     with pytest.raises(MixprecError, match=r"plan\.json: .*input_ranges|input range of 'fc'"):
         PrecisionPlan.from_json(data, "plan.json")
+
+
+def test_scores_with_static_inputs_are_cached_apart() -> None:
+    """Cells scored when `a:ct_nvfp4` took each tensor's own range are never reused for its
+    calibrated scale; dynamic schemes keep their keys."""
+    import hashlib
+    import json
+
+    from mixprec.sensitivity.cache import CACHE_VERSION, cell_key
+    from mixprec.units import Unit
+
+    unit = Unit("fc", "layer", ("fc",), 16)
+
+    def unmarked(scheme: str) -> str:
+        parts = {"version": CACHE_VERSION, "model": "f", "unit": "fc", "modules": ["fc"],
+                 "scheme": scheme, "estimator": "isolation", "params": {}, "calibration": "c",
+                 "seed": 0}  # fmt: skip
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    for scheme, static in (("w:ct_nvfp4,a:ct_nvfp4", True), ("w:nvfp4,a:nvfp4", False)):
+        key = cell_key("f", unit, scheme, "isolation", {}, "c", 0)
+        assert (key != unmarked(scheme)) == static, scheme
