@@ -3,16 +3,20 @@
 A pure function of score and cost matrices. Schemes another scheme of the same unit beats on
 score and every cost are dropped first (the optimum never uses them), which keeps re-solving
 a budget fast; CBC (bundled with PuLP) or HiGHS then solves the rest exactly.
+
+Pairwise `interactions` (what two cells cost together beyond their two scores) enter exactly,
+each product of two picks linearised with one auxiliary variable; dominance pruning then keeps
+every cell of a unit that interacts, and the additive reduced-cost bound is not used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pulp
 
-from mixprec.errors import one_of
+from mixprec.errors import MixprecError, one_of
 from mixprec.search.base import SearchStrategy, register_strategy
 from mixprec.search.configs import SOLVERS, ILPConfig
 from mixprec.search.cost import CostModel
@@ -20,6 +24,30 @@ from mixprec.search.greedy import solve_greedy
 from mixprec.search.selection import Constraint, Selection, reduced_cost_mask, undominated
 
 GAP = 1e-9  # relative optimality gap: solve to optimality, not to the solvers' 1e-4 default
+# (unit i, scheme a, unit j, scheme b) -> the score the pair adds when both are picked
+Interactions = Mapping[tuple[int, int, int, int], float]
+
+
+def total_score(scores: np.ndarray, choice: Sequence[int],
+                interactions: Interactions | None = None) -> float:  # fmt: skip
+    """The objective of `choice`: its cells' scores plus every interaction it picks both ends of."""
+    value = float(sum(scores[i, k] for i, k in enumerate(choice)))
+    for (i, a, j, b), extra in (interactions or {}).items():
+        if choice[i] == a and choice[j] == b:
+            value += extra
+    return value
+
+
+def check_interactions(scores: np.ndarray, interactions: Interactions) -> None:
+    """Each pair names two different units and schemes that exist, with a finite value."""
+    units, schemes = scores.shape
+    for (i, a, j, b), extra in interactions.items():
+        if i == j or not (0 <= i < units and 0 <= j < units and 0 <= a < schemes
+                          and 0 <= b < schemes) or not np.isfinite(extra):  # fmt: skip
+            raise MixprecError(
+                f"interaction {(i, a, j, b)} = {extra} is not a finite term between two units "
+                f"of {units} with schemes of {schemes}"
+            )
 
 
 def solve_ilp(
@@ -27,26 +55,46 @@ def solve_ilp(
     constraints: Sequence[Constraint],
     solver: str = "cbc",
     time_limit: float | None = None,
+    interactions: Interactions | None = None,
 ) -> Selection:
-    """Minimise the summed score of one scheme per unit subject to sum(cost) <= limit for each
-    constraint. Cells with a non-finite score are never picked."""
+    """Minimise the summed score of one scheme per unit (plus the `interactions` of the pairs
+    picked) subject to sum(cost) <= limit for each constraint. Cells with a non-finite score
+    are never picked."""
     one_of("solver", solver, SOLVERS)
+    pairs = dict(interactions or {})
+    check_interactions(scores, pairs)
     costs = [c for c, _ in constraints]
     allowed = undominated(scores, costs)
+    interacting = sorted({i for i, _, _, _ in pairs} | {j for _, _, j, _ in pairs})
+    allowed[interacting] = np.isfinite(scores[interacting])  # dominance assumes additivity
     if not allowed.any(axis=1).all():
         return Selection((), "infeasible", float("nan"))
     incumbent = solve_greedy(scores, constraints)
+    if incumbent.choice and pairs:
+        incumbent = Selection(incumbent.choice, incumbent.status,
+                              total_score(scores, incumbent.choice, pairs))  # fmt: skip
     # solver tolerances are partly absolute: bring the objective near 1
     scale = incumbent.objective if incumbent.choice and incumbent.objective > 0 else 1.0
-    scores = scores / scale
-    if incumbent.choice:
+    given, scores = scores, scores / scale
+    if incumbent.choice and not pairs:
         allowed &= reduced_cost_mask(
             scores, costs[0], constraints[0][1], incumbent.objective / scale
         )
     problem = pulp.LpProblem("mixprec", pulp.LpMinimize)
     cells = list(zip(*np.nonzero(allowed), strict=True))
     picks = pulp.LpVariable.dicts("x", range(len(cells)), cat=pulp.LpBinary)
-    problem += pulp.lpSum(float(scores[i, k]) * picks[n] for n, (i, k) in enumerate(cells))
+    goal = pulp.lpSum(float(scores[i, k]) * picks[n] for n, (i, k) in enumerate(cells))
+    index = {(int(i), int(k)): n for n, (i, k) in enumerate(cells)}
+    for t, ((i, a, j, b), extra) in enumerate(pairs.items()):
+        if (i, a) not in index or (j, b) not in index or extra == 0:
+            continue  # a cell never picked: the pair never occurs
+        first, second = picks[index[i, a]], picks[index[j, b]]
+        both = pulp.LpVariable(f"y{t}", lowBound=0, upBound=1)  # = first * second, exactly
+        problem += both <= first, f"y{t}_a"
+        problem += both <= second, f"y{t}_b"
+        problem += both >= first + second - 1, f"y{t}_ab"
+        goal += float(extra) / scale * both
+    problem += goal
     by_unit: dict[int, list[int]] = {}
     for n, (i, _) in enumerate(cells):
         by_unit.setdefault(int(i), []).append(n)
@@ -68,7 +116,7 @@ def solve_ilp(
     for n, (i, k) in enumerate(cells):
         if (picks[n].value() or 0) > 0.5:
             choice[int(i)] = int(k)
-    objective = float(sum(scores[i, k] for i, k in enumerate(choice))) * scale
+    objective = total_score(given, choice, pairs)
     if incumbent.choice and incumbent.objective < objective:
         # CBC can report "optimal" for a plan worse than the greedy start it was given
         # (tests/unit/search/test_ilp.py has such a problem); never return the worse one

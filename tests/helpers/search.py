@@ -12,6 +12,7 @@ import numpy as np
 from mixprec.models import ModelBundle, load_model
 from mixprec.search.base import Limits, SearchStrategy
 from mixprec.search.cost import CostModel, build_cost_model
+from mixprec.search.ilp import Interactions, total_score
 from mixprec.search.selection import Constraint, Selection
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategies, strategy_for
@@ -25,7 +26,8 @@ def digits_problem() -> tuple[ModelBundle, ScoreTable, CostModel]:
     return bundle, table, build_cost_model(bundle, [*SCHEMES, "keep"])
 
 
-def brute_force(scores: np.ndarray, constraints: Sequence[Constraint]) -> Selection:
+def brute_force(scores: np.ndarray, constraints: Sequence[Constraint],
+                interactions: Interactions | None = None) -> Selection:  # fmt: skip
     best: tuple[float, tuple[int, ...]] | None = None
     rows = np.arange(scores.shape[0])
     for choice in itertools.product(range(scores.shape[1]), repeat=scores.shape[0]):
@@ -34,7 +36,7 @@ def brute_force(scores: np.ndarray, constraints: Sequence[Constraint]) -> Select
             continue
         if any(c[rows, picked].sum() > limit for c, limit in constraints):
             continue
-        value = float(scores[rows, picked].sum())
+        value = total_score(scores, choice, interactions)
         if best is None or value < best[0] - 1e-12:
             best = (value, choice)
     if best is None:

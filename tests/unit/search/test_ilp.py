@@ -113,3 +113,49 @@ def test_a_problem_cbc_once_solved_wrong_gets_the_true_optimum(solver: str) -> N
     assert found.status == "optimal"
     assert cost[np.arange(units), list(found.choice)].sum() <= limit
     assert found.objective == pytest.approx(optimum, rel=1e-12)
+
+
+def test_an_interaction_changes_the_optimum_it_prices() -> None:
+    """Alone, one unit up and one down is best; when that pair costs 10 more together, both stay
+    down; a pair worth 5 more together is taken where the additive optimum takes neither."""
+    scores = np.array([[1.0, 0.0], [1.0, 0.0]])
+    costs = np.array([[1.0, 3.0], [1.0, 3.0]])
+    alone = solve_ilp(scores, [(costs, 4.0)])
+    assert alone.choice in ((0, 1), (1, 0)) and alone.objective == 1.0
+    apart = {(0, 1, 1, 0): 10.0, (0, 0, 1, 1): 10.0}
+    assert solve_ilp(scores, [(costs, 4.0)], interactions=apart).choice == (0, 0)
+    assert solve_ilp(scores, [(costs, 6.0)]).choice == (1, 1)
+    helped = solve_ilp(scores, [(costs, 6.0)], interactions={(0, 0, 1, 0): -5.0})
+    assert helped.choice == (0, 0) and helped.objective == -3.0
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+@pytest.mark.parametrize("seed", range(16))
+def test_ilp_with_interactions_equals_brute_force(solver: str, seed: int) -> None:
+    """Random pairwise terms of both signs, some on cells another cell of the same unit
+    dominates (dominance no longer decides there): the exact optimum, as brute force finds it."""
+    gen = np.random.default_rng(100 + seed)
+    units, schemes = int(gen.integers(2, 7)), int(gen.integers(2, 4))
+    scores = gen.uniform(0, 10, (units, schemes))
+    costs = gen.uniform(1, 10, (units, schemes))
+    limit = costs.min(1).sum() + gen.uniform(0, 1) * (costs.max(1).sum() - costs.min(1).sum())
+    pairs = {}
+    for _ in range(int(gen.integers(1, 3 * units))):
+        i, j = (int(u) for u in gen.choice(units, 2, replace=False))
+        pairs[i, int(gen.integers(schemes)), j, int(gen.integers(schemes))] = gen.uniform(-8, 8)
+    exact = brute_force(scores, [(costs, limit)], pairs)
+    ilp = solve_ilp(scores, [(costs, limit)], solver, interactions=pairs)
+    assert ilp.status == exact.status
+    if exact.choice:
+        assert ilp.objective == pytest.approx(exact.objective, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("pair", [(0, 0, 0, 1), (0, 0, 2, 0), (0, 5, 1, 0)])
+def test_an_interaction_that_names_no_pair_of_cells_is_one_line(
+    pair: tuple[int, int, int, int],
+) -> None:
+    scores, costs = np.ones((2, 2)), np.ones((2, 2))
+    with pytest.raises(MixprecError, match=r"interaction .* is not a finite term between two"):
+        solve_ilp(scores, [(costs, 4.0)], interactions={pair: 1.0})
+    with pytest.raises(MixprecError, match="not a finite term"):
+        solve_ilp(scores, [(costs, 4.0)], interactions={(0, 0, 1, 0): float("nan")})
