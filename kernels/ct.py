@@ -50,7 +50,7 @@ def quantize(groups: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None 
     if fmt.scale_format == "e8m0":
         return _mx(groups, fmt)
     if fmt.scale_format == "fp32" and fmt.element_kind == "float":  # FP8 per 128
-        scale = _nonzero(divide(finite_amax(groups), fmt.max_normal))
+        scale = _fp8_scale(finite_amax(groups), fmt)
         return QuantizedGroups(round_float_elements(groups / scale, fmt), scale)
     if fmt.element_kind == "float":
         return _nvfp4(groups, fmt, amax)
@@ -79,7 +79,7 @@ def quantize_tiles(x: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     padded = torch.nn.functional.pad(matrix, (0, -cols % cols_per, 0, -rows % rows_per))
     tiles = padded.reshape(padded.shape[0] // rows_per, rows_per, -1, cols_per).transpose(1, 2)
     amax = finite_amax(tiles.reshape(*tiles.shape[:2], -1)).squeeze(-1)  # (tile rows, tiles)
-    scale = _nonzero(divide(amax, fmt.max_normal)).repeat_interleave(rows_per, dim=0)[:rows]
+    scale = _fp8_scale(amax, fmt).repeat_interleave(rows_per, dim=0)[:rows]
     blocks = to_blocks(matrix, cols_per)
     scale = scale.reshape(-1, 1)
     return QuantizedGroups(round_float_elements(blocks / scale, fmt), scale)
@@ -115,6 +115,11 @@ def _mx(blocks: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
     scale = torch.ldexp(torch.ones_like(code), code - 127)
     scale = torch.where(torch.isnan(amax), torch.nan, scale)
     return QuantizedGroups(round_float_elements(blocks / scale, fmt), scale)
+
+
+def _fp8_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """FP8's FP32 scale amax / 448 (`calculate_qparams`), a zero one becoming eps."""
+    return _nonzero(divide(amax, fmt.max_normal))
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

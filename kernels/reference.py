@@ -90,13 +90,17 @@ def group_rows(x: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
 
 
 def quantize(
-    x: torch.Tensor, fmt: NumberFormat, importance: torch.Tensor | None = None
+    x: torch.Tensor,
+    fmt: NumberFormat,
+    importance: torch.Tensor | None = None,
+    amax: torch.Tensor | None = None,
 ) -> QuantizedGroups:
     """Scales and element values of `x` (float32), one scale group per row of the result.
     `importance` (llama.cpp's importance matrix for this weight, per input column) changes
-    the search of the llama.cpp types that use one; every other format ignores it."""
+    the search of the llama.cpp types that use one; every other format ignores it. `amax` (a
+    static input format's calibrated range) fixes its tensor-wide scale instead of `x`'s."""
     if fmt.per_tensor:
-        return per_tensor(group_rows(x, fmt), fmt)
+        return per_tensor(group_rows(x, fmt), fmt, amax)
     if fmt.block_size == 0:
         return _per_group(group_rows(x, fmt), fmt)
     if fmt.family == "ggml":
@@ -111,11 +115,11 @@ def quantize(
 
         if fmt.block_rows:
             return ct.quantize_tiles(x, fmt)
-        return ct.quantize(to_blocks(x, fmt.block_size), fmt)
+        return ct.quantize(to_blocks(x, fmt.block_size), fmt, amax)
     if fmt.family == "mo":
         from mixprec.kernels import modelopt
 
-        return modelopt.quantize(to_blocks(x, fmt.block_size), fmt)
+        return modelopt.quantize(to_blocks(x, fmt.block_size), fmt, amax)
     blocks = to_blocks(x, fmt.block_size)
     if fmt.family == "mx":
         return _mx(blocks, fmt)
@@ -215,8 +219,7 @@ def _per_group(groups: torch.Tensor, fmt: NumberFormat) -> QuantizedGroups:
         return _asymmetric(groups, fmt)
     amax = finite_amax(groups)
     if fmt.element_kind == "float":
-        raw = divide(amax.clamp(max=torch.finfo(torch.float32).max), fmt.max_normal)
-        scale = torch.where(amax == 0, 1.0, raw)
+        scale = amax_scale(amax, fmt)
     else:
         scale = torch.where(amax == 0, 1.0, _fp16_scale(divide(amax, fmt.qmax)))
     return QuantizedGroups(round_elements(groups / scale, fmt), scale)
@@ -228,12 +231,13 @@ def per_tensor(rows: torch.Tensor, fmt: NumberFormat, amax: torch.Tensor | None 
     arithmetic of compressed-tensors' and ModelOpt's FP8 per tensor (divide, round, multiply)."""
     if amax is None:
         amax = finite_amax(rows.reshape(1, -1))
-    scale = tensor_scale(amax.to(rows.device), fmt).reshape(1, 1).expand(rows.shape[0], 1)
+    scale = amax_scale(amax.to(rows.device), fmt).reshape(1, 1).expand(rows.shape[0], 1)
     return QuantizedGroups(round_elements(rows / scale, fmt), scale)
 
 
-def tensor_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
-    """The FP32 per-tensor scale of a range `amax`: amax / max element (1 for a zero range)."""
+def amax_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
+    """The FP32 scale of a range `amax` over float elements: amax / max element (1 for a zero
+    range)."""
     amax = amax.to(torch.float32)
     raw = divide(amax.clamp(max=torch.finfo(torch.float32).max), fmt.max_normal)
     return torch.where(amax == 0, 1.0, raw)
@@ -244,14 +248,7 @@ def static_quantize_dequantize(x: torch.Tensor, fmt: NumberFormat, amax: float) 
     fixed by the calibrated `amax` (a static input scale), not by `x`."""
     x = validated_input(x, fmt)
     calibrated = torch.tensor(amax, dtype=torch.float32)
-    if fmt.per_tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        return per_tensor(rows, fmt, calibrated).values().reshape(x.shape)
-    from mixprec.kernels import ct, modelopt
-
-    runtime = ct if fmt.family == "ct" else modelopt
-    blocks = to_blocks(x, fmt.block_size)
-    return dequantize(runtime.quantize(blocks, fmt, calibrated), x.shape, fmt)
+    return dequantize(quantize(x, fmt, amax=calibrated), x.shape, fmt)
 
 
 def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
@@ -259,7 +256,7 @@ def static_scale(amax: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
     amax / 448, compressed-tensors' NVFP4 global scale 2688 / amax, ModelOpt's NVFP4 input scale
     amax / 2688."""
     if fmt.per_tensor:
-        return tensor_scale(amax, fmt)
+        return amax_scale(amax, fmt)
     if fmt.family == "mo":
         return nv_tensor_scale(amax.to(torch.float32).reshape(1, 1), fmt)
     from mixprec.kernels import ct

@@ -55,7 +55,6 @@ CT_SCHEMES: dict[str, dict[str, Any]] = {
 # ActivationQuantizer exactly (compressed-tensors' own forward_quantize, in float32); FP8's
 # inputs per tensor have a static scale, NVFP4's a static global scale (its block scales made on
 # the fly: "local"), from the plan's calibrated input range
-
 CT_ACTIVATIONS: dict[str, dict[str, Any]] = {
     "fp8_e4m3": {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True,
                  "dynamic": True},

@@ -1,9 +1,8 @@
 """A plan as an NVIDIA ModelOpt checkpoint (what vLLM loads with quant_method `modelopt`): the
 safetensors ModelOpt's exporter writes (per quantized layer, W4A16_NVFP4: `weight` packed E2M1,
-`weight_scale` E4M3 per 16, `weight_scale_2` FP32; NVFP4: those and `input_scale` FP32;
-FP8: `weight` E4M3, `weight_scale` and
-`input_scale` FP32 scalars; FP8_PER_CHANNEL_PER_TOKEN: `weight` E4M3,
-`weight_scale` FP32 per row; MXFP8: `weight` E4M3, `weight_scale` E8M0 per 32),
+`weight_scale` E4M3 per 16, `weight_scale_2` FP32; NVFP4: those and `input_scale` FP32; FP8:
+`weight` E4M3, `weight_scale` and `input_scale` FP32 scalars; FP8_PER_CHANNEL_PER_TOKEN:
+`weight` E4M3, `weight_scale` FP32 per row; MXFP8: `weight` E4M3, `weight_scale` E8M0 per 32),
 `hf_quant_config.json` as ModelOpt makes it (one algorithm: that algorithm and
 `exclude_modules`; several: MIXED_PRECISION with `quantized_layers`), config.json's
 `quantization_config` as ModelOpt's `convert_hf_quant_config_format` converts it, and the
@@ -123,7 +122,7 @@ def write_modelopt(
         else:  # one tensor scale for the fused layer, as vLLM requires
             packed = shard.packed()
         tensors.update(_layer_tensors(module, packed))
-    for module, scale in input_scales.items():  # FP32 scalar: the calibrated range / 448
+    for module, scale in input_scales.items():  # FP32 scalar: range / 448 (FP8), / 2688 (NVFP4)
         tensors[f"{module}.input_scale"] = scale
     excluded = [name for name, layer in model.named_modules()
                 if isinstance(layer, nn.Linear) and name not in quantized]  # fmt: skip
