@@ -263,8 +263,16 @@ def analyze_command(
         str, typer.Option(help="'default' or a list: w:mxfp4,w:nvfp4,a:nvfp4 (a: joins its w:)")
     ] = "default",
     estimators: Annotated[
-        str, typer.Option(help="'default' (every built-in estimator) or a list: fisher,isolation")
+        str,
+        typer.Option(
+            help="'default' (hessian, fisher, isolation) or a list: fisher,isolation; "
+            "adaptive (Fisher everywhere, isolation where it decides) needs --budgets"
+        ),
     ] = "default",
+    budgets: Annotated[
+        str | None,
+        typer.Option(help="The budgets adaptive decides for: 4.5bits,6bits (or 3:8:0.5)."),
+    ] = None,
     workers: WorkersOption = None,
     address: Annotated[
         str | None, typer.Option(help="Join a running Ray cluster, e.g. 127.0.0.1:6379.")
@@ -290,10 +298,13 @@ def analyze_command(
     """Score every unit under every scheme with each estimator (cached, resumable).
 
     Example: mixprec analyze --model digits-cnn --schemes w:mxfp4,w:int8 --out runs/digits;
+    mixprec analyze --model minilm --estimators adaptive --budgets 4.5bits,6bits --out runs/m;
     mixprec analyze --model hf:DIR --data notes.jsonl --seq-len 256 --dtype bf16 --out runs/mine;
     mixprec analyze --model hf:DIR --imatrix imatrix.gguf --out runs/mine (llama.cpp's rounding)
     """
     from mixprec.scheme import parse_list, scheme_list
+    from mixprec.search.cost import parse_budgets
+    from mixprec.sensitivity.adaptive import with_budgets
     from mixprec.sensitivity.cells import AnalysisSpec
     from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
     from mixprec.sensitivity.runner import analyze
@@ -306,7 +317,10 @@ def analyze_command(
     spec = AnalysisSpec(
         model,
         scheme_list(schemes),
-        DEFAULT_ESTIMATORS if estimators == "default" else tuple(_split(estimators)),
+        with_budgets(
+            DEFAULT_ESTIMATORS if estimators == "default" else _split(estimators),
+            budgets and [str(b) for b in parse_budgets(budgets)],
+        ),
         LEVELS if levels == "default" else tuple(_split(levels)),
         calib_batches,
         seed,

@@ -33,8 +33,9 @@ class RunConfig(BaseModel):
     output: Path = Field(description="the run folder, e.g. runs/digits")
     schemes: list[str] | Literal["default"] = "default"
     estimators: list[str | dict[str, Any]] = Field(
-        default_factory=lambda: _entries(_registered("default estimator")),
-        description="names or tables: ['fisher', {name = 'hessian', max_probes = 64}]",
+        default_factory=lambda: _entries(_registered("run estimator")),
+        description="names or tables: ['fisher', {name = 'hessian', max_probes = 64}]; "
+        "adaptive (the default) decides for the run's budgets",
     )
     levels: list[str] = Field(default_factory=lambda: list(_registered("level")))
     calib_batches: int | None = Field(default=None, ge=1)
@@ -223,7 +224,8 @@ class RunConfig(BaseModel):
 
     @property
     def estimator_for_search(self) -> str:
-        """The scores the allocators use: as asked, else isolation when scored, else the first."""
+        """The scores the allocators use: as asked, else adaptive or isolation when scored, else
+        the first."""
         if self.search_estimator is not None:
             if self.search_estimator not in self.estimator_names:
                 raise MixprecError(
@@ -232,7 +234,7 @@ class RunConfig(BaseModel):
                 )
             return self.search_estimator
         names = self.estimator_names
-        return "isolation" if "isolation" in names else names[0]
+        return next((n for n in ("adaptive", "isolation") if n in names), names[0])
 
     def to_toml(self) -> str:
         """The config as TOML (what `mixprec submit` ships to the cluster)."""
@@ -266,10 +268,10 @@ def _registered(kind: str) -> tuple[str, ...]:
         from mixprec.sensitivity.base import estimators
 
         return tuple(estimators())
-    if kind == "default estimator":
-        from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS
+    if kind == "run estimator":
+        from mixprec.sensitivity.configs import RUN_ESTIMATORS
 
-        return DEFAULT_ESTIMATORS
+        return RUN_ESTIMATORS
     if kind == "level":
         from mixprec.units import LEVELS
 

@@ -122,20 +122,26 @@ class Pipeline:
 
     def analyze(self) -> None:
         from mixprec.scheme import scheme_list
+        from mixprec.sensitivity.adaptive import with_budgets
         from mixprec.sensitivity.cells import AnalysisSpec
         from mixprec.sensitivity.runner import analyze
 
         c = self.config
         schemes = scheme_list(c.schemes)
         data = c.text_data()
-        spec = AnalysisSpec(c.model, schemes, tuple(c.estimators), tuple(c.levels),
+        adaptive = "adaptive" in c.estimator_names  # it decides for this run's plans
+        decided = [c.budgets, c.exclude, c.target] if adaptive else []
+        estimators = with_budgets(c.estimators, c.budgets if adaptive else None,
+                                  exclude=tuple(c.exclude), target=c.target)  # fmt: skip
+        spec = AnalysisSpec(c.model, schemes, estimators, tuple(c.levels),
                             c.calib_batches, c.seed, data=data, dtype=c.dtype, device=c.device,
                             imatrix=None if c.imatrix is None else str(c.imatrix))  # fmt: skip
         text = [c.data, Path(data.path)] if data else []  # the file's bytes: edited text redoes it
         placed = [c.dtype, c.device] if (c.dtype, c.device) != ("auto", "auto") else []
         weighted = [c.imatrix] if c.imatrix else []  # its bytes: another matrix redoes it
         inputs = inputs_hash("analyze", c.model, schemes, c.estimators, c.levels,
-                             c.calib_batches, c.seed, *text, *placed, *weighted)  # fmt: skip
+                             c.calib_batches, c.seed, *text, *placed, *weighted,
+                             *decided)  # fmt: skip
         scores = self.folder.scores_path
 
         def work() -> None:

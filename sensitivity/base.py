@@ -134,6 +134,7 @@ def register_estimator(config_type: type[EstimatorConfig]) -> Callable[[E], E]:
 
 def estimators() -> dict[str, type[SensitivityEstimator]]:
     """Every registered estimator, by name in alphabetical order."""
+    import mixprec.sensitivity.adaptive
     import mixprec.sensitivity.fisher
     import mixprec.sensitivity.hessian
     import mixprec.sensitivity.isolation  # noqa: F401 (importing registers them)

@@ -21,7 +21,7 @@ from mixprec.models import ModelBundle, check_data_source, load_model
 from mixprec.placement import Placement
 from mixprec.scheme import DEFAULT_SCHEMES, Scheme
 from mixprec.sensitivity.base import estimator_config, make_estimator
-from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, EstimatorConfig
+from mixprec.sensitivity.configs import DEFAULT_ESTIMATORS, AdaptiveConfig, EstimatorConfig
 from mixprec.tensordata import TensorData
 from mixprec.textdata import TextData
 from mixprec.units import LEVELS, Unit
@@ -68,6 +68,12 @@ class AnalysisSpec:
         for name in names:
             if names.count(name) > 1:
                 raise MixprecError(f"estimator {name!r} is listed twice; one entry per estimator")
+        for config in configs:
+            if isinstance(config, AdaptiveConfig) and not config.budgets:
+                raise MixprecError(
+                    "estimator 'adaptive' runs isolation where it changes the plans at the "
+                    "budgets asked, and none were given: add them, e.g. --budgets 4.5bits,6bits"
+                )
         for level in self.levels:
             one_of("level", level, LEVELS)
         check_data_source(self.model, self.data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from mixprec.errors import at_least
+from mixprec.errors import MixprecError, at_least
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +33,7 @@ class HessianConfig(EstimatorConfig):
     `max_probes`."""
 
     name: ClassVar[str] = "hessian"
-    tolerance: float = 0.05
+    tolerance: float = 0.03
     min_probes: int = 8
     max_probes: int = 32
 
@@ -60,7 +60,44 @@ class IsolationConfig(EstimatorConfig):
     replay: bool = True
 
 
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveConfig(EstimatorConfig):
+    """Fisher for every cell, calibrated per scheme family against isolation on a seeded
+    `probes` share of layers, then isolation only where a cell's interval straddles the ILP's
+    decision at `budgets` (plans that keep `exclude` for `target`) until the expected regret
+    left is under `tolerance` of the plan's score, at most `cell_limit` isolation cells;
+    intervals are at `confidence`."""
+
+    name: ClassVar[str] = "adaptive"
+    budgets: tuple[str, ...] = ()
+    probes: float = 0.05
+    cell_limit: int | None = None
+    rounds: int = 8
+    confidence: float = 0.95
+    tolerance: float = 0.03
+    exclude: tuple[str, ...] = ("default",)
+    target: str = "any"
+
+    def __post_init__(self) -> None:
+        from mixprec.search.cost import Budget
+
+        budgets = tuple(str(Budget.parse(b)) for b in self.budgets)  # a TOML list is a list
+        object.__setattr__(self, "budgets", budgets)
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not 0 < self.probes <= 1:
+            raise MixprecError(f"probes {self.probes} must be a share of layers in (0, 1]")
+        if self.cell_limit is not None:
+            at_least("cell_limit", self.cell_limit, 1)
+        at_least("rounds", self.rounds, 1)
+        at_least("tolerance", self.tolerance, 0)
+        if not 0 < self.confidence < 1:
+            raise MixprecError(f"confidence {self.confidence} must lie strictly between 0 and 1")
+
+
 # What is scored when nobody says: every built-in estimator, in this order.
 DEFAULT_ESTIMATORS: tuple[str, ...] = tuple(
     config.name for config in (HessianConfig, FisherConfig, IsolationConfig)
 )
+
+# What `mixprec run` scores when nobody says: it knows the budgets adaptive decides for.
+RUN_ESTIMATORS: tuple[str, ...] = (AdaptiveConfig.name,)

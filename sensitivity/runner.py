@@ -9,7 +9,7 @@ Each worker runs torch with the same thread count, so serial and Ray tables are 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from mixprec.placement import dtype_name, model_device, model_dtype
 from mixprec.progress import cell_progress
 from mixprec.runlock import RunLock
 from mixprec.scheme import Scheme
+from mixprec.sensitivity.adaptive import CHEAP, EXACT
 from mixprec.sensitivity.base import make_estimator
 from mixprec.sensitivity.cache import CellCache, cell_key
 from mixprec.sensitivity.cells import (
@@ -36,9 +37,11 @@ from mixprec.sensitivity.cells import (
     check_forward,
 )
 from mixprec.sensitivity.cluster import job_cluster, ray_map
+from mixprec.sensitivity.configs import AdaptiveConfig, FisherConfig, IsolationConfig
+from mixprec.sensitivity.refine import ADAPTIVE, Key, adaptive_entries, refine
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import AnalysisRecord, FailedCell, RunFolder, SpecRecord, check_run_folder
-from mixprec.units import discover_units, quantizable_layers
+from mixprec.units import Unit, discover_units, quantizable_layers
 
 GPU_WORKER_DEVICES = ("auto", "cuda")  # what a GPU actor's device may be asked as
 
@@ -128,8 +131,13 @@ def _score_all(
     batches = calibration_batches(bundle, spec.calib_batches)
     check_forward(bundle, batches[0])
     configs = {config.name: config for config in spec.configs()}
+    lossless = ADAPTIVE in configs and not bundle.task.has_loss  # no Fisher: isolation for all
     for name, config in configs.items():
-        if make_estimator(config).needs_loss and not bundle.task.has_loss:
+        if name == ADAPTIVE and lossless:
+            if progress:
+                print(f"adaptive: {bundle.name} has no task loss for {CHEAP}; {EXACT} scores "
+                      "every cell", flush=True)  # fmt: skip
+        elif make_estimator(config).needs_loss and not bundle.task.has_loss:
             raise MixprecError(
                 f"estimator {name!r} needs a task loss and model {bundle.name!r} has none; "
                 "use --estimators isolation, or give the model a task (a ModelBundle factory)"
@@ -138,55 +146,61 @@ def _score_all(
     cache = cache or CellCache(cache_dir() / "cells")
     device = "cuda" if who.gpus else model_device(bundle.model).type  # where cells are computed
     importance = hash_tensors(sorted(bundle.importance.items())) if bundle.importance else ""
-    keys = {
-        (name, scheme, unit.name): cell_key(
-            bundle.fingerprint,
-            unit,
-            scheme,
-            name,
-            config.cache_params(),
-            calibration,
-            spec.seed,
-            device,
-            importance,
-        )
-        for name, config in configs.items()
-        for scheme in spec.schemes
-        for unit in units
-    }
-    found = {key: cache.get(key) for key in keys.values()}
-    todo = []
-    for name in configs:
-        for scheme in spec.schemes:
-            pending = [u for u in units if found[keys[name, scheme, u.name]] is None]
-            for i in range(0, len(pending), spec.chunk):
-                todo.append(Cell(name, scheme, tuple(pending[i : i + spec.chunk])))
-    peaks: list[PeakMemory] = []  # of the Ray workers, where they scored
-    for cell, results in _execute(spec, bundle, todo, who, progress, peaks):
-        for unit, result in zip(cell.units, results, strict=True):
-            key = keys[cell.estimator, cell.scheme, unit.name]
-            found[key] = result
-            if result["status"] == "ok":
-                cache.put(key, result)  # a failed cell is not cached: a re-run tries again
+    listed = set(configs)
+    adaptive = configs.pop(ADAPTIVE, None)
+    if adaptive is not None:  # built from the cheap and the exact estimator, as configured
+        for name, config_type in ((CHEAP, FisherConfig), (EXACT, IsolationConfig)):
+            if name == EXACT or not lossless:
+                configs.setdefault(name, config_type(seed=spec.seed))
+    cells = _Cells(replace(spec, estimators=tuple(configs.values())), bundle, who, progress,
+                   cache, peaks=[])  # fmt: skip
+
+    def key_of(name: str, scheme: str, unit: Unit) -> str:
+        config = configs[name]
+        return cell_key(bundle.fingerprint, unit, scheme, name, config.cache_params(),
+                        calibration, spec.seed, device, importance)  # fmt: skip
+
+    everything = [(n, s, u.name) for n in configs for s in spec.schemes for u in units]
+    eager = [k for k in everything
+             if adaptive is None or k[0] != EXACT or EXACT in listed or lossless]  # fmt: skip
+    cells.measure(eager, key_of, by_name, f"scoring {spec.model}")
     layers = quantizable_layers(bundle.model)
-    rows = []
-    for (estimator, scheme, unit_name), key in keys.items():
-        unit, entry = by_name[unit_name], found[key]
-        if entry is None:
-            raise RuntimeError(f"no result for {unit_name} under {scheme} ({estimator})")
-        parsed = Scheme.parse(scheme)
-        cost = sum(layer_weight_bytes(layers[m], parsed) for m in unit.modules)
-        rows.append(
-            {
-                "unit": unit.name,
-                "level": unit.level,
-                "scheme": str(parsed),
-                "estimator": estimator,
-                "cost_bytes": cost,
-                **entry,
-            }
+
+    def table_of(extra: dict[tuple[str, str], dict[str, Any]] | None = None) -> ScoreTable:
+        rows = [_row(by_name[u], s, n, layers, entry)
+                for (n, s, u), entry in cells.found.items() if entry is not None]  # fmt: skip
+        rows += [_row(by_name[u], s, ADAPTIVE, layers, e) for (s, u), e in (extra or {}).items()]
+        return ScoreTable.from_rows(rows)
+
+    if adaptive is not None and lossless:
+        table = table_of({(s, u): e for (n, s, u), e in cells.found.items()
+                          if n == EXACT and e is not None})  # fmt: skip
+    elif adaptive is not None:
+        from mixprec.allocation import AllocationProblem
+
+        assert isinstance(adaptive, AdaptiveConfig)
+        confidence = adaptive.confidence
+
+        def adaptive_table() -> ScoreTable:
+            return table_of(adaptive_entries(units, spec.schemes, cells.found, confidence))
+
+        provisional = table_of({(s, u): e for (n, s, u), e in cells.found.items()
+                                if n == CHEAP and e is not None})  # fmt: skip
+        problem = AllocationProblem.build(
+            provisional, bundle, ADAPTIVE, exclude=adaptive.exclude, target=adaptive.target
         )
-    table = ScoreTable.from_rows(rows)
+
+        def measure(keys: list[Key]) -> None:
+            cells.measure(keys, key_of, by_name, f"isolation where it decides ({spec.model})")
+
+        report = refine(adaptive, problem, units, spec.schemes, cells.found, measure,
+                        adaptive_table)  # fmt: skip
+        if progress:
+            print(report.summary(len(units) * len(spec.schemes)), flush=True)
+        table = adaptive_table()
+    else:
+        table = table_of()
+    peaks = cells.peaks
     if out is not None:
         blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
         elapsed = time.perf_counter() - started
@@ -194,28 +208,68 @@ def _score_all(
     return table
 
 
-def _execute(
-    spec: AnalysisSpec,
-    bundle: ModelBundle,
-    cells: Sequence[Cell],
-    who: Workers,
-    progress: bool,
-    peaks: list[PeakMemory],
-) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
-    with cell_progress(f"scoring {spec.model}", len(cells), progress) as advance:
-        if not cells:
-            return
-        if who.serial:
-            worker = CellWorker(spec, bundle)
-            for cell in cells:
-                yield cell, worker.run(cell)
+class _Cells:
+    """Every cell scored so far (cached or computed), and how missing ones get computed: in
+    this process (one worker kept across rounds) or on Ray actors."""
+
+    def __init__(self, spec: AnalysisSpec, bundle: ModelBundle, who: Workers, progress: bool,
+                 cache: CellCache, peaks: list[PeakMemory]) -> None:  # fmt: skip
+        self.spec, self.bundle, self.who, self.progress = spec, bundle, who, progress
+        self.cache, self.peaks = cache, peaks  # peaks: of the Ray workers, where they scored
+        self.found: dict[Key, dict[str, Any] | None] = {}
+        self._worker: CellWorker | None = None
+
+    def measure(
+        self, wanted: Sequence[Key], key_of: Callable[[str, str, Unit], str],
+        by_name: dict[str, Unit], description: str,
+    ) -> None:  # fmt: skip
+        """Score the `wanted` cells not yet found, from the cache where it has them."""
+        keys = {k: key_of(k[0], k[1], by_name[k[2]]) for k in wanted if k not in self.found}
+        for key, cached in keys.items():
+            self.found[key] = self.cache.get(cached)
+        todo = []
+        for name in dict.fromkeys(k[0] for k in keys):
+            for scheme in dict.fromkeys(k[1] for k in keys):
+                pending = [by_name[u] for (n, s, u) in keys
+                           if (n, s) == (name, scheme) and self.found[n, s, u] is None]  # fmt: skip
+                for i in range(0, len(pending), self.spec.chunk):
+                    todo.append(Cell(name, scheme, tuple(pending[i : i + self.spec.chunk])))
+        for cell, results in self._execute(todo, description):
+            for unit, result in zip(cell.units, results, strict=True):
+                key = (cell.estimator, cell.scheme, unit.name)
+                self.found[key] = result
+                if result["status"] == "ok":  # a failed cell is not cached: a re-run tries again
+                    self.cache.put(keys[key], result)
+
+    def _execute(
+        self, cells: Sequence[Cell], description: str
+    ) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
+        with cell_progress(description, len(cells), self.progress) as advance:
+            if not cells:
+                return
+            if self.who.serial:
+                self._worker = self._worker or CellWorker(self.spec, self.bundle)
+                for cell in cells:
+                    yield cell, self._worker.run(cell)
+                    advance()
+                return
+            who, fingerprint = self.who, self.bundle.fingerprint
+            count = None if who.count is None else max(who.count, 1)
+            mapped = ray_map(self.spec, fingerprint, cells, count, who.address, who.gpus,
+                             self.peaks)  # fmt: skip
+            for cell, results in mapped:
+                yield cell, results
                 advance()
-            return
-        count = None if who.count is None else max(who.count, 1)
-        mapped = ray_map(spec, bundle.fingerprint, cells, count, who.address, who.gpus, peaks)
-        for cell, results in mapped:
-            yield cell, results
-            advance()
+
+
+def _row(
+    unit: Unit, scheme: str, estimator: str, layers: dict[str, Any], entry: dict[str, Any]
+) -> dict[str, Any]:
+    """A table row: the cell's result with its unit, level, scheme and exact cost."""
+    parsed = Scheme.parse(scheme)
+    cost = sum(layer_weight_bytes(layers[m], parsed) for m in unit.modules)
+    return {"unit": unit.name, "level": unit.level, "scheme": str(parsed),
+            "estimator": estimator, "cost_bytes": cost, **entry}  # fmt: skip
 
 
 def _write_outputs(

@@ -201,6 +201,24 @@ ray_model = "digits-cnn"
     assert all(row["same scores as serial"] == "True" for row in ray)
 
 
+def test_adaptive_study(tmp_path: Path) -> None:
+    config = ('models = ["digits-cnn"]\nschemes = ["w:int8", "w:int4_g128", "w:int2"]\n'
+              'budgets = ["5bits", "6bits"]\ncalib_batches = 2\n')  # fmt: skip
+    text = run_study("adaptive", config, tmp_path, plots=False)
+    [costs] = tables_with(text, "method", "seconds", "fisher cells", "isolation cells")
+    cells = {
+        row["method"]: (int(row["fisher cells"]), int(row["isolation cells"])) for row in costs
+    }
+    assert cells["fisher"] == (18, 0) and cells["isolation"] == (0, 18)
+    assert cells["adaptive"][0] == 18 and 9 <= cells["adaptive"][1] <= 18  # probes: 3 per scheme
+    [plans] = tables_with(text, "budget", "method", "bits", "gap vs isolation's")
+    assert {(row["budget"], row["method"]) for row in plans} == {
+        (b, m) for b in ("5bits", "6bits") for m in ("fisher", "adaptive", "isolation")
+    }
+    assert all(float(row["bits"]) <= float(row["budget"][:-4]) for row in plans)
+    assert "digits-cnn: adaptive's gap to FP is" in text
+
+
 def test_search_benchmark_script(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     script = str(ROOT / "experiments" / "bench_search.py")

@@ -28,7 +28,7 @@ def test_defaults_and_canonical_spellings(tmp_path: Path) -> None:
         "llamacpp",
         "gguf",
     ]
-    assert config.name == "x" and config.estimator_for_search == "isolation"
+    assert config.name == "x" and config.estimator_for_search == "adaptive"
 
 
 def test_toml_round_trip() -> None:
@@ -96,7 +96,8 @@ def test_strategy_and_estimator_settings_live_in_the_config() -> None:
         ({**BASE, "methods": ["rl"]}, "key 'methods': unknown method 'rl'; valid: greedy, ilp"),
         (
             {**BASE, "estimators": ["taylor"]},
-            "key 'estimators': unknown estimator 'taylor'; valid: fisher, hessian, isolation",
+            "key 'estimators': unknown estimator 'taylor'; valid: adaptive, fisher, hessian, "
+            "isolation",
         ),
         ({**BASE, "levels": ["row"]}, "key 'levels': unknown level 'row'; valid: layer, compo"),
         ({**BASE, "search_estimator": "taylor"}, "key 'search_estimator': unknown estimator"),

@@ -1,0 +1,241 @@
+"""Adaptive scoring: the calibration, the decision of where isolation is worth its cost, the
+whole loop through analyze, the CLI and the config, and its bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixprec.errors import MixprecError
+from mixprec.models import load_model
+from mixprec.search.cost import InfeasibleBudget
+from mixprec.sensitivity.adaptive import (
+    AdaptiveEstimator,
+    fit_families,
+    probe_layers,
+    with_budgets,
+)
+from mixprec.sensitivity.base import SensitivityEstimator
+from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.cells import AnalysisSpec
+from mixprec.sensitivity.configs import AdaptiveConfig
+from mixprec.sensitivity.refine import contested, lagrange_price
+from mixprec.sensitivity.runner import analyze
+from mixprec.sensitivity.table import ScoreTable
+from mixprec.testing import EstimatorTestCase
+from tests.helpers.cli import run
+
+SCHEMES = ("w:int8", "w:int4_g128", "w:mxfp4", "w:int3_g128")
+BUDGETS = ("5bits", "6bits")
+
+
+class TestAdaptive(EstimatorTestCase):
+    def make_estimator(self, seed: int) -> SensitivityEstimator:
+        return AdaptiveEstimator(AdaptiveConfig(seed=seed, budgets=BUDGETS))
+
+
+def test_the_fit_recovers_offsets_and_slope_and_its_margin_covers_new_cells() -> None:
+    gen = np.random.default_rng(0)
+    cheap, exact, fresh = {}, {}, []
+    for n in range(60):
+        scheme = ("w:int4_g128", "w:mxfp4")[n % 2]
+        value = float(np.exp(gen.uniform(-12, -4)))
+        offset = -0.7 if scheme == "w:int4_g128" else 0.4  # families int and mx
+        truth = math.exp(offset + 1.2 * math.log(value) + gen.normal(0, 0.1))
+        if n < 40:
+            cheap[f"l{n}", scheme], exact[f"l{n}", scheme] = value, truth
+        else:
+            fresh.append((scheme, value, truth))
+    fits = fit_families(cheap, exact, confidence=0.95)
+    assert fits["int"].offset == pytest.approx(-0.7, abs=0.15)
+    assert fits["mx"].offset == pytest.approx(0.4, abs=0.15)
+    assert fits["int"].slope == fits["mx"].slope == pytest.approx(1.2, abs=0.03)
+    assert 0.1 < fits["int"].margin < 0.4  # ~ t(0.975, 37) * 0.1 * sqrt(1 + 1/20)
+    family = {"w:int4_g128": "int", "w:mxfp4": "mx"}
+    inside = [
+        abs(math.log(truth) - math.log(fits[family[s]].predict(value))) <= fits[family[s]].margin
+        for s, value, truth in fresh
+    ]
+    assert sum(inside) >= 17  # 95% of 20, with room for chance
+
+
+def test_too_few_measured_cells_to_calibrate_is_one_line() -> None:
+    with pytest.raises(MixprecError, match="needs more cells where both fisher and isolation"):
+        fit_families({("a", "w:int8"): 1.0}, {("a", "w:int8"): 2.0}, 0.95)
+
+
+def test_probes_depend_only_on_seed_layers_and_scheme() -> None:
+    layers = [f"layer{i}" for i in range(40)]
+    first = probe_layers(layers, "w:int4_g128", 0.1, seed=3)
+    assert len(first) == 4 and first == probe_layers(layers, "w:int4_g128", 0.1, seed=3)
+    assert first != probe_layers(layers, "w:int4_g128", 0.1, seed=4)
+    assert len(probe_layers(layers[:5], "w:int8", 0.1, seed=3)) == 3  # at least three
+
+
+def test_the_lagrange_price_makes_every_units_priced_pick_fit() -> None:
+    scores = np.array([[0.0, 1.0, 5.0], [0.0, 2.0, 3.0]])
+    cost = np.array([[8.0, 4.0, 2.0], [8.0, 4.0, 2.0]])
+    assert lagrange_price(scores, cost, 16) == 0.0
+    price = lagrange_price(scores, cost, 8)
+    picks = (scores + price * cost).argmin(axis=1)
+    assert cost[[0, 1], picks].sum() <= 8
+    assert price == pytest.approx(0.5, rel=1e-6)  # unit 1: 0 + 8p = 2 + 4p
+
+
+def test_only_cells_whose_interval_reaches_the_decision_are_contested() -> None:
+    point = np.array([[0.0, 1.0, 9.0], [0.0, 0.5, 0.52]])
+    cost = np.array([[8.0, 4.0, 2.0], [8.0, 4.0, 3.99]])
+    # within 12 bytes unit 0 keeps its 8 and unit 1 takes 4; the price is 1/8, where unit 1's
+    # first two cells tie (the marginal unit) and its third lies 0.0188 above them
+    regrets = contested(point, np.full_like(point, 0.01), cost, 12.0, choice=[0, 1])
+    assert set(regrets) == {(1, 0), (1, 1), (1, 2)}
+    assert regrets[1, 1] == pytest.approx(regrets[1, 0] + regrets[1, 2])
+    narrow = contested(point, np.full_like(point, 0.001), cost, 12.0, choice=[0, 1])
+    assert set(narrow) == {(1, 0), (1, 1)}  # 0.0188 is beyond 1.96 standard deviations
+    assert contested(point, np.zeros_like(point), cost, 12.0, choice=[0, 1]) == {}
+    flipped = contested(point, np.zeros_like(point), cost, 12.0, [0, 1], neighbours=[[1, 1]])
+    assert set(flipped) == {(0, 0), (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt_adaptive(tmp_path_factory: pytest.TempPathFactory) -> tuple[ScoreTable, Path]:
+    cache = tmp_path_factory.mktemp("cells")
+    entry = {"name": "adaptive", "budgets": list(BUDGETS)}
+    spec = AnalysisSpec("tiny-gpt", SCHEMES, (entry,), ("layer", "block"), calib_batches=4)
+    return analyze(spec, cache=CellCache(cache), progress=False), cache
+
+
+def test_analyze_scores_every_cell_and_isolation_only_some(
+    tiny_gpt_adaptive: tuple[ScoreTable, Path],
+) -> None:
+    table, _ = tiny_gpt_adaptive
+    frame = table.ok()
+    layers = frame[frame["level"] == "layer"]
+    adaptive = layers[layers["estimator"] == "adaptive"].set_index(["unit", "scheme"])
+    fisher = layers[layers["estimator"] == "fisher"]
+    isolation = layers[layers["estimator"] == "isolation"].set_index(["unit", "scheme"])
+    assert len(adaptive) == len(fisher) == 17 * len(SCHEMES)
+    assert 3 * len(SCHEMES) <= len(isolation) < len(adaptive)  # the probes, and not everything
+    measured = adaptive.loc[isolation.index]
+    assert (measured["score"] == isolation["score"]).all()
+    assert (adaptive["ci_low"] <= adaptive["score"]).all()
+    assert (adaptive["score"] <= adaptive["ci_high"]).all()
+    blocks = frame[(frame["level"] == "block") & (frame["estimator"] == "adaptive")]
+    assert len(blocks) == 4 * len(SCHEMES) and (blocks["score"] > 0).all()
+    table.check_usable("adaptive")
+
+
+def test_a_later_budget_reuses_every_cell_already_measured(
+    tiny_gpt_adaptive: tuple[ScoreTable, Path],
+) -> None:
+    table, cache = tiny_gpt_adaptive
+    entry = {"name": "adaptive", "budgets": ["4.5bits"], "cell_limit": 5}
+    spec = AnalysisSpec("tiny-gpt", SCHEMES, (entry,), ("layer", "block"), calib_batches=4)
+    later = analyze(spec, cache=CellCache(cache), progress=False).frame
+    before = table.frame.set_index(["estimator", "unit", "scheme"])
+    after = later.set_index(["estimator", "unit", "scheme"])
+    isolation_before = before.loc["isolation"]
+    isolation_after = after.loc["isolation"]
+    assert set(isolation_after.index) - set(isolation_before.index)  # 4.5bits wanted more
+    assert len(set(isolation_after.index) - set(isolation_before.index)) <= 5  # the limit
+    common = isolation_before.index.intersection(isolation_after.index)
+    assert (isolation_after.loc[common, "score"] == isolation_before.loc[common, "score"]).all()
+
+
+def test_analyze_through_the_cli_reports_the_cells_per_estimator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXPREC_CACHE_DIR", str(tmp_path / "cache"))
+    load_model("digits-cnn")  # trained into this cache first, so its progress is not ours
+    argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8,w:int4_g128,w:int2",
+            "--estimators", "adaptive", "--budgets", "5bits,6bits", "--levels", "layer",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "adaptive: 18 fisher cells, " in out and "isolation cells of 18" in out
+    frame = ScoreTable.load(tmp_path / "run" / "scores.parquet").frame
+    assert set(frame["estimator"]) == {"adaptive", "fisher", "isolation"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "estimator 'adaptive' runs isolation where it changes the plans"),
+        (["--budgets", "5bits", "--estimators", "fisher"], "have no adaptive; add it"),
+        (["--budgets", "five"], "bad budget 'five'"),
+        (["--budgets", "0.5bits"], "budget 0.5bits is infeasible: the smallest plan needs"),
+    ],
+)
+def test_bad_adaptive_input_is_one_line(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["analyze", "-m", "digits-cnn", "--schemes", "w:int8", "--levels", "layer",
+            "--estimators", "adaptive", *extra, "--out", str(tmp_path / "run")]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_bad_adaptive_settings_are_refused() -> None:
+    with pytest.raises(MixprecError, match="cell_limit 0 must be a finite number >= 1"):
+        AdaptiveConfig(budgets=("4bits",), cell_limit=0)
+    with pytest.raises(MixprecError, match="probes 0 must be a share of layers"):
+        AdaptiveConfig(probes=0)
+    with pytest.raises(MixprecError, match="bad budget"):
+        AdaptiveConfig(budgets=("4 bytes",))
+
+
+def test_only_infeasible_budgets_are_an_error_others_are_skipped() -> None:
+    spec = AnalysisSpec("digits-cnn", ("w:int8", "w:int4_g128"), (
+        {"name": "adaptive", "budgets": ["1bits", "6bits"]},), ("layer",))  # fmt: skip
+    table = analyze(spec, progress=False)
+    assert len(table.frame[table.frame["estimator"] == "adaptive"]) > 0
+    alone = AnalysisSpec("digits-cnn", ("w:int8",), (
+        {"name": "adaptive", "budgets": ["1bits"]},), ("layer",))  # fmt: skip
+    with pytest.raises(InfeasibleBudget, match="budget 1bits is infeasible"):
+        analyze(alone, progress=False)
+
+
+def test_with_budgets_fills_in_what_adaptive_lacks() -> None:
+    entries = with_budgets(["fisher", "adaptive"], ["4.5bits"], exclude=("none",))
+    config = entries[1]
+    assert entries[0] == "fisher" and isinstance(config, AdaptiveConfig)
+    assert config.budgets == ("4.5bits",) and config.exclude == ("none",)
+    own = with_budgets([AdaptiveConfig(budgets=("6bits",))], ["4.5bits"])[0]
+    assert isinstance(own, AdaptiveConfig) and own.budgets == ("6bits",)
+
+
+def test_a_table_without_adaptive_scores_is_one_line_for_search(tmp_path: Path) -> None:
+    spec = AnalysisSpec("digits-cnn", ("w:int8",), ("isolation",), ("layer",))
+    table = analyze(spec, progress=False)
+    with pytest.raises(MixprecError, match="no layer scores for estimator 'adaptive'"):
+        table.check_usable("adaptive")
+
+
+def test_a_model_without_a_loss_gets_isolation_for_every_cell() -> None:
+    from mixprec.scoring import score
+    from mixprec.testing import synthetic_bundle
+
+    bundle = synthetic_bundle()
+    assert not bundle.task.has_loss
+    config = AdaptiveConfig(budgets=("6bits",))
+    frame = score(bundle, schemes=["w:int8", "w:int4_g128"], estimators=[config],
+                  levels=["layer"]).frame  # fmt: skip
+    assert set(frame["estimator"]) == {"adaptive", "isolation"}
+    adaptive, isolation = (frame[frame["estimator"] == e].set_index(["unit", "scheme"])
+                           for e in ("adaptive", "isolation"))  # fmt: skip
+    assert adaptive["score"].equals(isolation["score"])
+
+
+def test_the_python_api_scores_a_model_object_adaptively() -> None:
+    from mixprec.scoring import score
+
+    bundle = load_model("digits-cnn")
+    config = AdaptiveConfig(budgets=("6bits",), probes=0.5)
+    frame = score(bundle, schemes=["w:int8", "w:int3_g128"], estimators=[config],
+                  levels=["layer"]).frame  # fmt: skip
+    adaptive = frame[frame["estimator"] == "adaptive"]
+    assert len(adaptive) == len(frame[frame["estimator"] == "fisher"]) == 12
+    assert (adaptive["status"] == "ok").all()
