@@ -3,10 +3,11 @@
 isolation's scale and an interval that includes the calibration's own uncertainty.
 
 Both are second-order in the weight error (isolation's KL is about half the full Fisher form,
-Fisher's score its diagonal), so log(isolation) = offset + slope * log(fisher) fits well within
-one family of formats; the slope takes up what grows faster than second order at few bits.
-One regression for all families (an offset each, a shared slope and spread) keeps the
-calibration's own uncertainty honest with a few probes per scheme.
+Fisher's score its diagonal), so log(isolation) = offset + slope * log(fisher) fits well; the
+offset is a family's plus a layer's (on MiniLM the layer's accounts for nearly all of the
+spread: residual 0.55 in log units with family offsets only, 0.10 with both), the slope takes
+up what grows faster than second order at few bits. Every layer is probed once for its own
+offset, every scheme on a few layers for its family's.
 `runner.analyze` decides where isolation is worth its cost (sensitivity/refine.py).
 """
 
@@ -43,7 +44,6 @@ from mixprec.tasks import Batch
 from mixprec.units import Unit, discover_units, select
 
 CHEAP, EXACT = FisherConfig.name, IsolationConfig.name  # what adaptive is built from
-MIN_PROBES = 3  # layers per scheme measured both ways, at least
 SLOPE_POINTS = 6  # the slope is fitted with this many points beyond one per family; else 1
 Cell = tuple[str, str]  # (layer, scheme)
 
@@ -58,95 +58,122 @@ def family(scheme: str) -> str:
 
 
 def probe_layers(layers: Sequence[str], scheme: str, share: float, seed: int) -> list[str]:
-    """The seeded `share` of `layers` (at least MIN_PROBES) measured both ways under `scheme`;
-    each scheme's probes depend only on the seed, the layer names and the scheme."""
-    count = min(len(layers), max(MIN_PROBES, math.ceil(share * len(layers))))
+    """The seeded `share` of `layers` measured both ways under `scheme` besides each layer's
+    own probe; they depend only on the seed, the layer names and the scheme."""
+    count = min(len(layers), math.ceil(share * len(layers)))
     ranked = sorted(layers, key=lambda name: derive_seed(seed, "probe", scheme, name))
     return sorted(ranked[:count], key=list(layers).index)
 
 
 @dataclass(frozen=True)
-class Fit:
-    """isolation ~ exp(offset) * fisher^slope, and how far (in log units, at the asked
-    confidence) a new cell may lie from it."""
+class Calibration:
+    """log(exact) = family offset + layer offset + slope * log(cheap), least squares over every
+    cell measured both ways: how far a layer's output error carries to the model's output
+    beyond what the loss's gradient sees is the layer's own, the format's effect is the
+    family's. `margin`: the prediction interval's half-width at the fit's confidence."""
 
-    offset: float
+    families: tuple[str, ...]
+    layers: tuple[str, ...]
+    coefficients: np.ndarray  # [families + layers]: offsets
     slope: float
-    margin: float
-    points: int
+    inverse: np.ndarray  # pseudo-inverse of the design's Gram matrix, for each prediction's spread
+    sigma: float  # residual standard deviation, log units
+    spread: float  # of the offsets of layers, for a layer nothing of which was measured
+    quantile: float  # Student's t at the confidence asked
 
-    def predict(self, cheap: float) -> float:
-        return 0.0 if cheap <= 0 else math.exp(self.offset + self.slope * math.log(cheap))
+    def _row(self, modules: Sequence[str], scheme: str) -> tuple[np.ndarray, float]:
+        """The design row of a unit (its layers' offsets averaged) and any extra variance."""
+        row = np.zeros(len(self.families) + len(self.layers))
+        name = family(scheme)
+        extra = 0.0
+        if name in self.families:
+            row[self.families.index(name)] = 1.0
+        else:  # an unmeasured family: the mean of the others, and their spread
+            row[: len(self.families)] = 1 / len(self.families)
+            extra += float(np.var(self.coefficients[: len(self.families)]))
+        for module in modules:
+            if module in self.layers:
+                row[len(self.families) + self.layers.index(module)] += 1 / len(modules)
+            elif self.layers:
+                row[len(self.families) :] += 1 / len(modules) / len(self.layers)
+                extra += self.spread**2 / len(modules)
+        return row, extra
 
-    def score(self, cheap: Score) -> Score:
-        """A cheap score on the exact estimator's scale; the interval takes in both the cheap
-        score's own interval and the calibration's spread."""
-        mean = self.predict(cheap.mean)
-        low = self.predict(cheap.ci_low) * math.exp(-self.margin)
-        high = self.predict(cheap.ci_high) * math.exp(self.margin)
-        return Score(mean, min(low, mean), max(high, mean), cheap.samples)
+    def predict(self, modules: Sequence[str], scheme: str, cheap: float) -> float:
+        """A cheap score of a unit (its layers) on the exact estimator's scale."""
+        if cheap <= 0:
+            return 0.0
+        row, _ = self._row(modules, scheme)
+        return math.exp(float(row @ self.coefficients) + self.slope * math.log(cheap))
+
+    def score(self, modules: Sequence[str], scheme: str, cheap: Score) -> Score:
+        """`predict` of a cheap score, with the interval in which the exact estimator would
+        put it on the same data (the fit's residuals already hold how the cheap score's own
+        sampling differs from the exact one's, so its interval is not added again)."""
+        row, extra = self._row(modules, scheme)
+        leverage = float(row @ self.inverse @ row)
+        margin = self.quantile * math.sqrt(self.sigma**2 * (1 + leverage) + extra)
+        mean = self.predict(modules, scheme, cheap.mean)
+        return Score(mean, mean * math.exp(-margin), mean * math.exp(margin), cheap.samples)
 
 
-def fit_families(
+def calibrate(
     cheap: Mapping[Cell, float], exact: Mapping[Cell, float], confidence: float
-) -> dict[str, Fit]:
-    """log(exact) = offset[family] + slope * log(cheap), least squares over every cell measured
-    both ways (both above zero), one slope and one residual spread for all families; the
-    margin is the prediction interval's half-width at `confidence`. Key "": a family nothing
-    of which was measured (the mean offset)."""
-    groups, xs, ys = [], [], []
-    for cell, value in exact.items():
-        if cheap.get(cell, 0.0) > 0 and value > 0:
-            groups.append(family(cell[1]))
-            xs.append(math.log(cheap[cell]))
-            ys.append(math.log(value))
-    names = sorted(set(groups))
-    if len(xs) < len(names) + 1:
+) -> Calibration:
+    """The fit of `exact` on `cheap` over the (layer, scheme) cells both hold above zero."""
+    cells = [c for c, v in exact.items() if v > 0 and cheap.get(c, 0.0) > 0]
+    families = tuple(sorted({family(s) for _, s in cells}))
+    for layers in (tuple(sorted({layer for layer, _ in cells})), ()):  # without: too few cells
+        design = np.zeros((len(cells), len(families) + len(layers)))
+        for n, (layer, scheme) in enumerate(cells):
+            design[n, families.index(family(scheme))] = 1.0
+            if layers:
+                design[n, len(families) + layers.index(layer)] = 1.0
+        rank = int(np.linalg.matrix_rank(design)) if cells else 0
+        if len(cells) > rank:
+            break
+    if len(cells) <= rank:
         raise MixprecError(
             f"adaptive scoring needs more cells where both {CHEAP} and {EXACT} are above zero "
-            f"than families of schemes ({len(names)}) to calibrate one against the other; it "
-            f"has {len(xs)}"
+            f"than the offsets it fits ({rank}) to calibrate one against the other; it has "
+            f"{len(cells)}"
         )
-    x, y = np.array(xs), np.array(ys)
-    member = np.array([[g == name for name in names] for g in groups], dtype=float)
+    x = np.array([math.log(cheap[c]) for c in cells])
+    y = np.array([math.log(exact[c]) for c in cells])
     slope = 1.0
-    if len(xs) >= len(names) + SLOPE_POINTS:
-        centred = x - member @ np.linalg.lstsq(member, x, rcond=None)[0]
-        if float(centred @ centred) > 0:
-            slope = float(centred @ (y - member @ np.linalg.lstsq(member, y, rcond=None)[0]))
-            slope /= float(centred @ centred)
-    offsets = np.linalg.lstsq(member, y - slope * x, rcond=None)[0]
-    residual = y - member @ offsets - slope * x
-    dof = max(len(xs) - len(names) - (slope != 1.0), 1)
+    if len(cells) >= rank + SLOPE_POINTS:
+        centred = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+        if float(centred @ centred) > 1e-12:
+            along = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+            slope = float(centred @ along / (centred @ centred))
+    coefficients = np.linalg.lstsq(design, y - slope * x, rcond=None)[0]
+    residual = y - slope * x - design @ coefficients
+    dof = max(len(cells) - rank - (slope != 1.0), 1)
     sigma = math.sqrt(float(residual @ residual) / dof)
+    spread = float(np.std(coefficients[len(families) :])) if layers else 0.0  # else in sigma
     quantile = float(stats.t.ppf(0.5 + confidence / 2, dof))
-    fits = {}
-    for j, name in enumerate(names):
-        count = int(member[:, j].sum())
-        margin = quantile * sigma * math.sqrt(1 + 1 / count)
-        fits[name] = Fit(float(offsets[j]), slope, margin, count)
-    spread = float(np.std(offsets)) if len(names) > 1 else 0.0
-    unseen = quantile * math.sqrt(sigma**2 + spread**2)
-    fits[""] = Fit(float(np.mean(offsets)), slope, unseen, len(xs))
-    return fits
+    inverse = np.linalg.pinv(design.T @ design)
+    return Calibration(families, layers, coefficients, slope, inverse, sigma, spread, quantile)
 
 
-def fit_for(fits: Mapping[str, Fit], scheme: str) -> Fit:
-    return fits.get(family(scheme), fits[""])
+def probe_cells(layers: Sequence[str], schemes: Iterable[str], config: AdaptiveConfig) -> set[Cell]:
+    """One scheme for every layer (its own offset; the schemes in turn over the layers in a
+    seeded order, so every family is seen) and each scheme's extra `probes` share (keep has
+    none: it scores 0 both ways)."""
+    chosen = sorted(s for s in schemes if not Scheme.parse(s).is_keep)
+    cells = {
+        (layer, scheme)
+        for scheme in chosen
+        for layer in probe_layers(layers, scheme, config.probes, config.seed)
+    }
+    shuffled = sorted(layers, key=lambda name: derive_seed(config.seed, "layer probe", name))
+    for n, layer in enumerate(shuffled if chosen else ()):  # schemes in turn: each gets its share
+        cells.add((layer, chosen[n % len(chosen)]))
+    return cells
 
 
 def layer_names(bundle: ModelBundle) -> list[str]:
     return [u.name for u in select(discover_units(bundle.model), "layer")]
-
-
-def probe_cells(layers: Sequence[str], schemes: Iterable[str], config: AdaptiveConfig) -> set[Cell]:
-    """Every scheme's probes (keep has none: it scores 0 both ways)."""
-    return {
-        (layer, scheme)
-        for scheme in schemes
-        if not Scheme.parse(scheme).is_keep
-        for layer in probe_layers(layers, scheme, config.probes, config.seed)
-    }
 
 
 def with_budgets(
@@ -181,7 +208,7 @@ class AdaptiveEstimator(SensitivityEstimator):
         super().__init__(config)
         self.cheap = FisherEstimator(FisherConfig(seed=self.seed))
         self.exact = IsolationEstimator(IsolationConfig(seed=self.seed))
-        self._fits: dict[tuple[str, str, tuple[str, ...]], dict[str, Fit]] = {}
+        self._fits: dict[tuple[str, str, tuple[str, ...]], Calibration] = {}
 
     def expect(self, schemes: Sequence[Scheme]) -> None:
         super().expect(schemes)
@@ -200,9 +227,9 @@ class AdaptiveEstimator(SensitivityEstimator):
             return [0.0] * len(batches)
         if (unit.name, str(scheme)) in self._probes(bundle, scheme):
             return self.exact.per_batch(bundle, unit, scheme, batches, calibration)
-        fit = fit_for(self._fit(bundle, scheme, batches, calibration), str(scheme))
+        fit = self._fit(bundle, scheme, batches, calibration)
         cheap = self.cheap.per_batch(bundle, unit, scheme, batches, calibration)
-        return [fit.predict(value) for value in cheap]
+        return [fit.predict(unit.modules, str(scheme), value) for value in cheap]
 
     def score(
         self,
@@ -217,17 +244,17 @@ class AdaptiveEstimator(SensitivityEstimator):
             return super().score(bundle, unit, scheme, batches, calibration)
         cheap = self.cheap.score(bundle, unit, scheme, batches, calibration)
         digest = calibration if calibration is not None else content_hash(batches)
-        return fit_for(self._fit(bundle, scheme, batches, digest), str(scheme)).score(cheap)
+        return self._fit(bundle, scheme, batches, digest).score(unit.modules, str(scheme), cheap)
 
     def _schemes(self, scheme: Scheme) -> tuple[str, ...]:
         return tuple(sorted({str(s) for s in (*self.expected, scheme) if not s.is_keep}))
 
     def _probes(self, bundle: ModelBundle, scheme: Scheme) -> set[Cell]:
-        return probe_cells(layer_names(bundle), [str(scheme)], self.config)
+        return probe_cells(layer_names(bundle), self._schemes(scheme), self.config)
 
     def _fit(
         self, bundle: ModelBundle, scheme: Scheme, batches: Sequence[Batch], calibration: str
-    ) -> dict[str, Fit]:
+    ) -> Calibration:
         schemes = self._schemes(scheme)
         key = (bundle.fingerprint, calibration, schemes)
         if key not in self._fits:
@@ -240,5 +267,5 @@ class AdaptiveEstimator(SensitivityEstimator):
                     found[layer, label] = estimator.score(
                         bundle, units[layer], parsed, batches, calibration
                     ).mean
-            self._fits[key] = fit_families(cheap, exact, self.config.confidence)
+            self._fits[key] = calibrate(cheap, exact, self.config.confidence)
         return self._fits[key]

@@ -33,7 +33,7 @@ class HessianConfig(EstimatorConfig):
     `max_probes`."""
 
     name: ClassVar[str] = "hessian"
-    tolerance: float = 0.03
+    tolerance: float = 0.1
     min_probes: int = 8
     max_probes: int = 32
 
@@ -62,11 +62,11 @@ class IsolationConfig(EstimatorConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptiveConfig(EstimatorConfig):
-    """Fisher for every cell, calibrated per scheme family against isolation on a seeded
-    `probes` share of layers, then isolation only where a cell's interval straddles the ILP's
-    decision at `budgets` (plans that keep `exclude` for `target`) until the expected regret
-    left is under `tolerance` of the plan's score, at most `cell_limit` isolation cells;
-    intervals are at `confidence`."""
+    """Fisher for every cell, calibrated against isolation on one seeded scheme per layer and
+    a `probes` share of layers per scheme, then isolation only where a cell's interval
+    straddles the ILP's decision at `budgets` (plans that keep `exclude` for `target`) until
+    the expected regret left is under `tolerance` of the plan's score, at most `cell_limit`
+    isolation cells; intervals are at `confidence`."""
 
     name: ClassVar[str] = "adaptive"
     budgets: tuple[str, ...] = ()
@@ -74,7 +74,7 @@ class AdaptiveConfig(EstimatorConfig):
     cell_limit: int | None = None
     rounds: int = 8
     confidence: float = 0.95
-    tolerance: float = 0.03
+    tolerance: float = 0.1
     exclude: tuple[str, ...] = ("default",)
     target: str = "any"
 
@@ -84,8 +84,8 @@ class AdaptiveConfig(EstimatorConfig):
         budgets = tuple(str(Budget.parse(b)) for b in self.budgets)  # a TOML list is a list
         object.__setattr__(self, "budgets", budgets)
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if not 0 < self.probes <= 1:
-            raise MixprecError(f"probes {self.probes} must be a share of layers in (0, 1]")
+        if not 0 <= self.probes <= 1:
+            raise MixprecError(f"probes {self.probes} must be a share of layers in [0, 1]")
         if self.cell_limit is not None:
             at_least("cell_limit", self.cell_limit, 1)
         at_least("rounds", self.rounds, 1)

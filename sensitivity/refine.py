@@ -22,7 +22,7 @@ from mixprec.scheme import KEEP
 from mixprec.search.base import Limits, check_feasible, constraints_for, score_matrix
 from mixprec.search.cost import Budget, InfeasibleBudget
 from mixprec.search.ilp import solve_ilp, total_score
-from mixprec.sensitivity.adaptive import CHEAP, EXACT, fit_families, fit_for, probe_cells
+from mixprec.sensitivity.adaptive import CHEAP, EXACT, calibrate, probe_cells
 from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.sensitivity.table import ScoreTable
@@ -46,7 +46,7 @@ def adaptive_entries(
     for (estimator, scheme, name), entry in found.items():
         if entry is not None and entry["status"] == "ok" and estimator in (CHEAP, EXACT):
             (cheap if estimator == CHEAP else exact)[name, scheme] = float(entry["score"])
-    fits = fit_families(cheap, exact, confidence)
+    fit = calibrate(cheap, exact, confidence)
     out = {}
     for unit in units:
         for scheme in schemes:
@@ -60,7 +60,7 @@ def adaptive_entries(
             else:
                 given = Score(low_cost["score"], low_cost["ci_low"], low_cost["ci_high"],
                               low_cost["samples"])  # fmt: skip
-                score = fit_for(fits, scheme).score(given)
+                score = fit.score(unit.modules, scheme, given)
                 interval = {"ci_low": score.ci_low, "ci_high": score.ci_high}
                 out[scheme, unit.name] = {**low_cost, "score": score.mean, **interval}
     return out

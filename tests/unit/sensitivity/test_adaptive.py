@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,11 +15,12 @@ from mixprec.models import load_model
 from mixprec.search.cost import InfeasibleBudget
 from mixprec.sensitivity.adaptive import (
     AdaptiveEstimator,
-    fit_families,
+    calibrate,
+    probe_cells,
     probe_layers,
     with_budgets,
 )
-from mixprec.sensitivity.base import SensitivityEstimator
+from mixprec.sensitivity.base import Score, SensitivityEstimator
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import AdaptiveConfig
@@ -37,42 +39,51 @@ class TestAdaptive(EstimatorTestCase):
         return AdaptiveEstimator(AdaptiveConfig(seed=seed, budgets=BUDGETS))
 
 
-def test_the_fit_recovers_offsets_and_slope_and_its_margin_covers_new_cells() -> None:
+def test_the_fit_recovers_offsets_and_slope_and_its_interval_covers_new_cells() -> None:
     gen = np.random.default_rng(0)
+    layer_offset = {f"l{n}": gen.normal(0, 1) for n in range(20)}
+    family_offset = {"w:int4_g128": -0.7, "w:mxfp4": 0.4}  # families int and mx
     cheap, exact, fresh = {}, {}, []
-    for n in range(60):
-        scheme = ("w:int4_g128", "w:mxfp4")[n % 2]
+    for n in range(120):
+        layer, scheme = f"l{n % 20}", ("w:int4_g128", "w:mxfp4")[n % 3 % 2]
         value = float(np.exp(gen.uniform(-12, -4)))
-        offset = -0.7 if scheme == "w:int4_g128" else 0.4  # families int and mx
-        truth = math.exp(offset + 1.2 * math.log(value) + gen.normal(0, 0.1))
-        if n < 40:
-            cheap[f"l{n}", scheme], exact[f"l{n}", scheme] = value, truth
+        log_truth = family_offset[scheme] + layer_offset[layer] + 1.2 * math.log(value)
+        truth = math.exp(log_truth + gen.normal(0, 0.1))
+        if n < 80:
+            cheap[layer, scheme], exact[layer, scheme] = value, truth
         else:
-            fresh.append((scheme, value, truth))
-    fits = fit_families(cheap, exact, confidence=0.95)
-    assert fits["int"].offset == pytest.approx(-0.7, abs=0.15)
-    assert fits["mx"].offset == pytest.approx(0.4, abs=0.15)
-    assert fits["int"].slope == fits["mx"].slope == pytest.approx(1.2, abs=0.03)
-    assert 0.1 < fits["int"].margin < 0.4  # ~ t(0.975, 37) * 0.1 * sqrt(1 + 1/20)
-    family = {"w:int4_g128": "int", "w:mxfp4": "mx"}
-    inside = [
-        abs(math.log(truth) - math.log(fits[family[s]].predict(value))) <= fits[family[s]].margin
-        for s, value, truth in fresh
-    ]
-    assert sum(inside) >= 17  # 95% of 20, with room for chance
+            fresh.append((layer, scheme, value, truth))
+    fit = calibrate(cheap, exact, confidence=0.95)
+    assert fit.slope == pytest.approx(1.2, abs=0.03)
+    int_, mx = (fit.predict(["l0"], s, 1e-6) for s in ("w:int4_g128", "w:mxfp4"))
+    assert math.log(mx / int_) == pytest.approx(1.1, abs=0.1)
+    assert 0.05 < fit.sigma < 0.15
+    inside = []
+    for layer, scheme, value, truth in fresh:
+        score = fit.score([layer], scheme, Score(value, value, value, 4))
+        inside.append(score.ci_low <= truth <= score.ci_high)
+    assert sum(inside) >= 35  # 95% of 40, with room for chance
+    unseen = fit.score(["l99"], "w:mxfp4", Score(1e-6, 1e-6, 1e-6, 4))  # its layer: wider
+    seen = fit.score(["l0"], "w:mxfp4", Score(1e-6, 1e-6, 1e-6, 4))
+    assert unseen.ci_high / unseen.mean > 2 * seen.ci_high / seen.mean
 
 
 def test_too_few_measured_cells_to_calibrate_is_one_line() -> None:
     with pytest.raises(MixprecError, match="needs more cells where both fisher and isolation"):
-        fit_families({("a", "w:int8"): 1.0}, {("a", "w:int8"): 2.0}, 0.95)
+        calibrate({("a", "w:int8"): 1.0}, {("a", "w:int8"): 2.0}, 0.95)
 
 
-def test_probes_depend_only_on_seed_layers_and_scheme() -> None:
+def test_probes_cover_every_layer_and_scheme_and_depend_only_on_the_seed() -> None:
     layers = [f"layer{i}" for i in range(40)]
-    first = probe_layers(layers, "w:int4_g128", 0.1, seed=3)
-    assert len(first) == 4 and first == probe_layers(layers, "w:int4_g128", 0.1, seed=3)
-    assert first != probe_layers(layers, "w:int4_g128", 0.1, seed=4)
-    assert len(probe_layers(layers[:5], "w:int8", 0.1, seed=3)) == 3  # at least three
+    schemes = ["w:int8", "w:int4_g128", "w:mxfp4", "keep"]
+    config = AdaptiveConfig(probes=0.05, seed=3)
+    cells = probe_cells(layers, schemes, config)
+    assert {layer for layer, _ in cells} == set(layers)
+    per_scheme = {s: sum(1 for _, t in cells if t == s) for s in schemes}
+    assert per_scheme["keep"] == 0 and all(14 <= per_scheme[s] <= 16 for s in schemes[:3])
+    assert cells == probe_cells(layers, schemes, config)
+    assert cells != probe_cells(layers, schemes, AdaptiveConfig(probes=0.05, seed=4))
+    assert len(probe_layers(layers, "w:int8", 0.05, seed=3)) == 2
 
 
 def test_the_lagrange_price_makes_every_units_priced_pick_fit() -> None:
@@ -128,21 +139,32 @@ def test_analyze_scores_every_cell_and_isolation_only_some(
     table.check_usable("adaptive")
 
 
-def test_a_later_budget_reuses_every_cell_already_measured(
+class CountingCache(CellCache):
+    """Counts the cells written: those computed, not found."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.written = 0
+
+    def put(self, key: str, payload: dict[str, Any]) -> None:
+        self.written += 1
+        super().put(key, payload)
+
+
+def test_a_later_budget_computes_only_the_cells_it_adds(
     tiny_gpt_adaptive: tuple[ScoreTable, Path],
 ) -> None:
     table, cache = tiny_gpt_adaptive
     entry = {"name": "adaptive", "budgets": ["4.5bits"], "cell_limit": 5}
     spec = AnalysisSpec("tiny-gpt", SCHEMES, (entry,), ("layer", "block"), calib_batches=4)
-    later = analyze(spec, cache=CellCache(cache), progress=False).frame
-    before = table.frame.set_index(["estimator", "unit", "scheme"])
-    after = later.set_index(["estimator", "unit", "scheme"])
-    isolation_before = before.loc["isolation"]
-    isolation_after = after.loc["isolation"]
-    assert set(isolation_after.index) - set(isolation_before.index)  # 4.5bits wanted more
-    assert len(set(isolation_after.index) - set(isolation_before.index)) <= 5  # the limit
-    common = isolation_before.index.intersection(isolation_after.index)
-    assert (isolation_after.loc[common, "score"] == isolation_before.loc[common, "score"]).all()
+    counting = CountingCache(cache)
+    later = analyze(spec, cache=counting, progress=False).frame
+    assert counting.written <= 5  # Fisher and the probes were all cached: only new isolation
+    before = table.frame.set_index(["estimator", "unit", "scheme"]).loc["isolation"]
+    after = later.set_index(["estimator", "unit", "scheme"]).loc["isolation"]
+    assert len(set(after.index) - set(before.index)) == counting.written
+    common = before.index.intersection(after.index)
+    assert len(common) >= 17 and (after.loc[common, "score"] == before.loc[common, "score"]).all()
 
 
 def test_analyze_through_the_cli_reports_the_cells_per_estimator(
@@ -181,8 +203,8 @@ def test_bad_adaptive_input_is_one_line(
 def test_bad_adaptive_settings_are_refused() -> None:
     with pytest.raises(MixprecError, match="cell_limit 0 must be a finite number >= 1"):
         AdaptiveConfig(budgets=("4bits",), cell_limit=0)
-    with pytest.raises(MixprecError, match="probes 0 must be a share of layers"):
-        AdaptiveConfig(probes=0)
+    with pytest.raises(MixprecError, match=r"probes 1.5 must be a share of layers in \[0, 1\]"):
+        AdaptiveConfig(probes=1.5)
     with pytest.raises(MixprecError, match="bad budget"):
         AdaptiveConfig(budgets=("4 bytes",))
 
