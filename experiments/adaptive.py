@@ -71,7 +71,8 @@ def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
             plan = allocate(problem, budget)
             value = measure(plan.assignment)
             plans.append({"model": model, "budget": budget, "method": method,
-                          "bits": plan.predicted["bits_per_weight"], "metric": value,
+                          "bits": plan.predicted["bits_per_weight"],
+                          "budget left": plan.predicted["budget_left"], "metric": value,
                           "gap to FP": abs(value - baseline)})  # fmt: skip
     return costs, plans
 

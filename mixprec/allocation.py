@@ -19,6 +19,7 @@ import pandas as pd
 from torch import nn
 
 from mixprec.calibration import with_input_ranges
+from mixprec.comparison import better, compare
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.metrics import evaluate
@@ -26,13 +27,15 @@ from mixprec.models import ModelBundle, load_model, source_from_file
 from mixprec.placement import dtype_name, model_dtype
 from mixprec.plan import PrecisionPlan
 from mixprec.progress import cell_progress
-from mixprec.scheme import Scheme
+from mixprec.scheme import KEEP, Scheme
 from mixprec.scoring import Calibration, as_bundle
-from mixprec.search.base import Limits, score_matrix, table_schemes
-from mixprec.search.configs import ILPConfig, StrategyConfig
+from mixprec.search.base import Limits, plan_from_selection, score_matrix, table_schemes
+from mixprec.search.configs import ILPConfig, StrategyConfig, UniformConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
+from mixprec.search.selection import Selection, within
 from mixprec.search.space import expand_exclude, search_space
 from mixprec.search.targets import check_spaces, fusion, target_space
+from mixprec.search.uniform import uniform_choice
 from mixprec.sensitivity.table import ScoreTable
 from mixprec.strategies import strategy_for
 from mixprec.tensordata import data_from_json
@@ -153,9 +156,71 @@ def allocate(
     plan = replace(plan, provenance={**plan.provenance, **problem.provenance})
     plan = with_input_ranges(plan, problem.bundle)  # static input scales, calibrated once
     if measure:
-        measured = evaluate(problem.bundle, plan.assignment, input_ranges=plan.input_ranges)
-        plan = plan.with_measured(measured.metrics)
+        plan = never_worse_than_uniform(problem, Budget.parse(budget), plan,
+                                        uniform=isinstance(config, UniformConfig))  # fmt: skip
     return plan
+
+
+def measured_plan(problem: AllocationProblem, plan: PrecisionPlan) -> tuple[PrecisionPlan, Any]:
+    """The plan with its evaluation-split metrics (and each one's 95% interval over samples)."""
+    measured = evaluate(problem.bundle, plan.assignment, input_ranges=plan.input_ranges)
+    bounds = {f"{name}_{end}": value for name, pair in measured.intervals().items()
+              for end, value in zip(("low", "high"), pair, strict=True)}  # fmt: skip
+    return plan.with_measured({**measured.metrics, **bounds}), measured
+
+
+def uniform_plans(problem: AllocationProblem, budget: Budget) -> dict[str, PrecisionPlan]:
+    """Scheme -> the uniform plan of it (every unit that may take it; a unit with one choice
+    keeps that one) for every scheme whose uniform plan fits `budget`."""
+    scores, costs = problem.scores(), problem.costs
+    rows = np.arange(len(costs.units))
+    made = {**UniformConfig().provenance(), "estimator": problem.estimator, **problem.provenance}
+    plans = {}
+    for k, scheme in enumerate(costs.schemes):
+        choice = None if scheme == KEEP else uniform_choice(scores, k)
+        if choice is not None and within(costs.bytes[rows, choice].sum(),
+                                          budget.weight_bytes(costs)):  # fmt: skip
+            total = float(scores[rows, choice].sum())
+            selection = Selection(tuple(int(c) for c in choice), "feasible", total)
+            plan = plan_from_selection(selection, scores, costs, budget, made)
+            plans[scheme] = with_input_ranges(plan, problem.bundle)
+    return plans
+
+
+def never_worse_than_uniform(
+    problem: AllocationProblem, budget: Budget, plan: PrecisionPlan, uniform: bool = False
+) -> PrecisionPlan:
+    """Measure the plan and every uniform plan within the budget on the task's primary metric;
+    where a uniform one measures better it is returned instead, noted, and every comparison
+    (paired over evaluation samples) is recorded in the plan's provenance."""
+    plan, measured = measured_plan(problem, plan)
+    metric = problem.bundle.task.primary_metric()
+    if uniform or metric not in measured.per_sample:
+        return plan
+    best, best_measured, lines = plan, measured, []
+    for scheme, other in uniform_plans(problem, budget).items():
+        if other.assignment == plan.assignment:
+            continue
+        other, theirs = measured_plan(problem, other)
+        verdict = compare(metric, measured.per_sample[metric], theirs.per_sample[metric])
+        lines.append(f"vs uniform {scheme} ({theirs.metrics[metric]:.5g}): {verdict}")
+        if better(metric, theirs.metrics[metric], best_measured.metrics[metric]):
+            best, best_measured = other, theirs
+    summary = {"uniform": "; ".join(lines) or "no uniform plan fits this budget"}
+    if best is plan:
+        return replace(plan, provenance={**plan.provenance, **summary})
+    note = (f"uniform {plan_scheme(best)} measured better {metric} "
+            f"({best_measured.metrics[metric]:.5g}) than the {plan.provenance.get('strategy')} "
+            f"plan ({measured.metrics[metric]:.5g}) and is returned instead")  # fmt: skip
+    return replace(best, provenance={**best.provenance, **summary, "note": note})
+
+
+def plan_scheme(plan: PrecisionPlan) -> str:
+    """The scheme most of a plan's modules take (a uniform plan's one scheme)."""
+    counts: dict[str, int] = {}
+    for scheme in plan.assignment.values():
+        counts[str(scheme)] = counts.get(str(scheme), 0) + 1
+    return max(counts, key=lambda s: counts[s])
 
 
 def pareto(

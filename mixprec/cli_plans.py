@@ -163,8 +163,9 @@ def search_command(
     for key, value in {**plan.predicted, **plan.measured}.items():
         table.add_row(key, f"{value:.6g}")
     console.print(table)
-    if "note" in plan.provenance:
-        console.print(plan.provenance["note"])
+    for key in ("note", "uniform"):  # a uniform plan returned instead; every comparison
+        if key in plan.provenance:
+            console.print(plan.provenance[key])
     console.print(f"plan -> {out}")
 
 

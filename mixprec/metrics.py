@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from mixprec.comparison import PerSample, interval
 from mixprec.kernels.dispatch import KernelPreference, choose
 from mixprec.models import ModelBundle
 from mixprec.plan import (
@@ -51,10 +52,17 @@ class Evaluation:
     bits_per_weight: float
     kernel: str = "torch (reference)"
     packed: bool = False
+    #: the metrics that are ratios of sums over evaluation samples, per sample
+    per_sample: Mapping[str, PerSample] = field(default_factory=dict, compare=False, repr=False)
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """A 95% bootstrap interval over evaluation samples for each metric that has one."""
+        return {name: interval(values) for name, values in sorted(self.per_sample.items())}
 
     def to_json(self) -> dict[str, object]:
         return {
             "metrics": dict(self.metrics),
+            "intervals": {k: list(v) for k, v in self.intervals().items()},
             "size_mb": self.size_mb,
             "bits_per_weight": self.bits_per_weight,
             "kernel": self.kernel,
@@ -114,9 +122,10 @@ def evaluate(
         applied = temporarily_applied(bundle.model, assignment, kernel, importance, ranges)
         with applied as model, torch.inference_mode():
             outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
-    metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
+    run = Observed(outputs, reference, bundle.evaluation)
     size = footprint(bundle.model, assignment)
-    return Evaluation(metrics, size.size_mb, size.bits_per_weight, str(choice), packed)
+    return Evaluation(bundle.task.metrics(run), size.size_mb, size.bits_per_weight, str(choice),
+                      packed, bundle.task.per_sample(run))  # fmt: skip
 
 
 def calibrated(bundle: ModelBundle, assignment: Assignment,

@@ -50,10 +50,12 @@ def evaluate_in_transformers(
         with torch.no_grad():  # the first forward decompresses (compressed-tensors' own hook)
             outputs = [bundle.task.outputs(loaded, b) for b in bundle.evaluation]
         size, bits = checkpoint_size(folder, stored_names(model))
-    metrics = bundle.task.metrics(Observed(outputs, reference, bundle.evaluation))
+    run = Observed(outputs, reference, bundle.evaluation)
     ran = (f"transformers {transformers.__version__} + compressed-tensors "
            f"{compressed_tensors.__version__}")  # fmt: skip
-    return Evaluation(metrics, size / BYTES_PER_MB, bits, ran), warnings
+    measured = Evaluation(bundle.task.metrics(run), size / BYTES_PER_MB, bits, ran,
+                          per_sample=bundle.task.per_sample(run))  # fmt: skip
+    return measured, warnings
 
 
 def stored_names(model: torch.nn.Module) -> list[str]:

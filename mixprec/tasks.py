@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixprec.comparison import PerSample
 from mixprec.errors import MixprecError
 
 Batch = Mapping[str, torch.Tensor]
@@ -51,6 +53,22 @@ class Task(ABC):
         """Task-specific metrics of the quantized outputs (FP32 `reference` alongside)."""
         return {}
 
+    #: the metric a plan is judged by ("": the output divergence to FP32)
+    primary: str = ""
+
+    def primary_metric(self) -> str:
+        return self.primary or f"output_{self.divergence}"
+
+    def per_sample(self, run: Observed) -> dict[str, PerSample]:
+        """The metrics that are ratios of sums over samples, per sample (for intervals and
+        paired comparisons): the output divergence, and the task's own where it has them."""
+        if self.divergence == "kl":
+            parts = [_kl_rows(o, r) for o, r in zip(run.outputs, run.reference, strict=True)]
+        else:
+            parts = [_mse_rows(o, r) for o, r in zip(run.outputs, run.reference, strict=True)]
+        sums, counts = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+        return {f"output_{self.divergence}": PerSample(sums, counts)}
+
     def metrics(self, run: Observed) -> dict[str, float]:
         """Task metrics plus the output divergence to FP32 (KL or MSE)."""
         result = self.task_metrics(run)
@@ -85,6 +103,21 @@ def _mean_kl(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor])
     return total / count
 
 
+def _kl_rows(out: torch.Tensor, ref: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample (leading dim): summed KL over its positions, and its position count."""
+    positions = ref[0].numel() // ref.shape[-1] if ref.shape[0] else 0
+    ref_logp = F.log_softmax(ref.float().reshape(-1, ref.shape[-1]), dim=-1)
+    out_logp = F.log_softmax(out.float().reshape(-1, out.shape[-1]), dim=-1)
+    kl = F.kl_div(out_logp, ref_logp, log_target=True, reduction="none").sum(-1).clamp_min(0.0)
+    sums = kl.reshape(ref.shape[0], positions).sum(-1).double().cpu().numpy()
+    return sums, np.full(ref.shape[0], float(positions))
+
+
+def _mse_rows(out: torch.Tensor, ref: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    squared = (out.float() - ref.float()).pow(2).reshape(ref.shape[0], -1)
+    return squared.sum(-1).double().cpu().numpy(), np.full(ref.shape[0], float(squared.shape[1]))
+
+
 def _mean_mse(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
     sq = sum(
         float((o.float() - r.float()).pow(2).sum()) for o, r in zip(outputs, reference, strict=True)
@@ -102,6 +135,14 @@ class ClassificationTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.outputs(model, batch), batch["labels"])
+
+    primary = "accuracy"
+
+    def per_sample(self, run: Observed) -> dict[str, PerSample]:
+        pairs = zip(run.outputs, run.batches, strict=True)
+        correct = np.concatenate([(o.argmax(-1) == b["labels"]).double().cpu().numpy()
+                                  for o, b in pairs])  # fmt: skip
+        return {**super().per_sample(run), "accuracy": PerSample(correct, np.ones_like(correct))}
 
     def task_metrics(self, run: Observed) -> dict[str, float]:
         correct = sum(
@@ -121,6 +162,20 @@ class CausalLMTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return _next_token_nll(self.outputs(model, batch), batch).mean()
+
+    primary = "perplexity"
+
+    def per_sample(self, run: Observed) -> dict[str, PerSample]:
+        """Perplexity per sequence: its summed NLL and its token count (exp of their ratio)."""
+        sums, counts = [], []
+        for logits, batch in zip(run.outputs, run.batches, strict=True):
+            for row in range(logits.shape[0]):
+                one = {k: v[row : row + 1] for k, v in batch.items()}
+                nll = _next_token_nll(logits[row : row + 1], one)
+                sums.append(float(nll.double().sum()))
+                counts.append(float(nll.numel()))
+        perplexity = PerSample(np.array(sums), np.array(counts), "exp")
+        return {**super().per_sample(run), "perplexity": perplexity}
 
     def task_metrics(self, run: Observed) -> dict[str, float]:
         pairs = zip(run.outputs, run.batches, strict=True)
@@ -168,6 +223,14 @@ class SentenceEmbeddingTask(Task):
         anchors, positives = emb.chunk(2)
         logits = anchors @ positives.T / self.temperature
         return F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device))
+
+    primary = "cosine"
+
+    def per_sample(self, run: Observed) -> dict[str, PerSample]:
+        """Cosine to FP32 per text (the retrieval metrics rank the whole split: not a sum)."""
+        out, ref = torch.cat(list(run.outputs)), torch.cat(list(run.reference))
+        cosine = F.cosine_similarity(out, ref, dim=-1).double().cpu().numpy()
+        return {**super().per_sample(run), "cosine": PerSample(cosine, np.ones_like(cosine))}
 
     def task_metrics(self, run: Observed) -> dict[str, float]:
         out, ref = torch.cat(list(run.outputs)), torch.cat(list(run.reference))

@@ -119,6 +119,8 @@ class StrategyTestCase(ABC):
             assert PrecisionPlan.from_json(plan.to_json()) == plan
             totals = costs.totals(costs.choice_of(plan.assignment))
             assert totals["weight_bytes"] == plan.predicted["weight_bytes"]
+            left = 1 - totals["weight_bytes"] / budget.weight_bytes(costs)
+            assert plan.predicted["budget_left"] == pytest.approx(left, abs=1e-12)
 
     def test_the_same_seed_gives_the_same_plan(self) -> None:
         _, table, costs = synthetic_problem()

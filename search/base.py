@@ -188,7 +188,9 @@ def plan_from_selection(
     provenance: Mapping[str, Any],
 ) -> PrecisionPlan:
     totals = costs.totals(selection.choice)
-    predicted = {"score": selection.objective, **totals}
+    limit = budget.weight_bytes(costs)  # the share of it left unused: how close the plan gets
+    predicted = {"score": selection.objective, **totals,
+                 "budget_left": (limit - totals["weight_bytes"]) / limit}  # fmt: skip
     note = {}
     largest = largest_total(scores, costs.bytes)
     if largest <= budget.weight_bytes(costs):

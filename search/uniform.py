@@ -14,18 +14,24 @@ from mixprec.search.cost import CostModel
 from mixprec.search.selection import Constraint, Selection, within
 
 
-def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selection:
-    """The scheme with the least total score within every limit, on every unit that may take
-    it; a unit with one choice only (one excluded from the search) keeps that one."""
-    best = Selection((), "infeasible", float("nan"))
+def uniform_choice(scores: np.ndarray, scheme: int) -> np.ndarray | None:
+    """Scheme index `scheme` on every unit that may take it, a unit with one choice only (one
+    excluded from the search) keeping that one; None where some other unit cannot take it."""
     finite = np.isfinite(scores)
     pinned = finite.sum(axis=1) == 1
-    only = finite.argmax(axis=1)
+    if not (finite[:, scheme] | pinned).all():
+        return None
+    return np.where(finite[:, scheme], scheme, finite.argmax(axis=1))
+
+
+def solve_uniform(scores: np.ndarray, constraints: list[Constraint]) -> Selection:
+    """The scheme with the least total score within every limit (see `uniform_choice`)."""
+    best = Selection((), "infeasible", float("nan"))
     rows = np.arange(scores.shape[0])
     for k in range(scores.shape[1]):
-        if not (finite[:, k] | pinned).all():
+        choice = uniform_choice(scores, k)
+        if choice is None:
             continue
-        choice = np.where(finite[:, k], k, only)
         if all(within(c[rows, choice].sum(), limit) for c, limit in constraints):
             total = float(scores[rows, choice].sum())
             if not best.choice or total < best.objective:
