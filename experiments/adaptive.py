@@ -15,10 +15,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, load_config, parse_args, primary_metric, publish_study
+from study import PRIMARY, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
+from mixprec.comparison import compare
 from mixprec.markdown import frame_markdown
+from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model
 from mixprec.scheme import DEFAULT_SCHEMES
 from mixprec.sensitivity.cache import CellCache
@@ -56,9 +58,9 @@ def scored(bundle: ModelBundle, method: str, config: dict[str, Any]) -> tuple[Sc
 def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Cost per method; measured metric of each method's plan per budget."""
     bundle = load_model(model)
-    measure = primary_metric(bundle)
-    baseline = measure({})
-    costs, plans = [], []
+    name = PRIMARY[model][0]
+    baseline = evaluate(bundle, {}).metrics[name]
+    costs, plans, samples = [], [], {}
     for method in METHODS:
         table, seconds = scored(bundle, method, config)
         frame = table.ok()
@@ -69,11 +71,15 @@ def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
         problem = AllocationProblem.build(table, bundle, method, exclude=config["exclude"])
         for budget in config["budgets"]:
             plan = allocate(problem, budget)
-            value = measure(plan.assignment)
+            measured = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
+            value, samples[method, budget] = measured.metrics[name], measured.per_sample[name]
             plans.append({"model": model, "budget": budget, "method": method,
                           "bits": plan.predicted["bits_per_weight"],
                           "budget left": plan.predicted["budget_left"], "metric": value,
                           "gap to FP": abs(value - baseline)})  # fmt: skip
+    for row in plans:  # each plan against full isolation's, paired over evaluation samples
+        pair = samples[row["method"], row["budget"]], samples["isolation", row["budget"]]
+        row["vs isolation (paired)"] = compare(name, *pair).verdict
     return costs, plans
 
 
@@ -95,12 +101,15 @@ def verdicts(costs: pd.DataFrame, plans: pd.DataFrame) -> list[str]:
         mine = costs[(costs["model"] == model) & (costs["method"] == "adaptive")]
         time_share = float(mine["time / isolation"].iloc[0])
         close = bool((ratios <= 1 + GOAL_GAP).all())
+        verdicts = part["vs isolation (paired)"].value_counts().to_dict()
+        said = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
         fast = time_share <= GOAL_TIME
         lines.append(
             f"- {model}: adaptive's gap to FP is {ratios.min():.3g}x to {ratios.max():.3g}x full "
             f"isolation's across the budgets (goal: at most {1 + GOAL_GAP:g}x: "
             f"{'met' if close else 'NOT met'}), in {time_share:.0%} of its wall time (goal: at "
-            f"most {GOAL_TIME:.0%}: {'met' if fast else 'NOT met'})."
+            f"most {GOAL_TIME:.0%}: {'met' if fast else 'NOT met'}). Measured against "
+            f"isolation's plan, paired over evaluation samples: {said}."
         )
         fisher = plans[(plans["model"] == model) & (plans["method"] == "fisher")][RELATIVE]
         lines.append(
