@@ -54,6 +54,8 @@ class AllocationProblem:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     #: [units, schemes]: which scheme each unit may take (exclusions and search spaces)
     allowed: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: (unit i, scheme a, unit j, scheme b) -> the score a pair adds (`with_interactions`)
+    interactions: Mapping[tuple[int, ...], float] | None = field(default=None, compare=False)
     _matrices: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -122,6 +124,13 @@ class AllocationProblem:
             recorded["spaces"] = {k: [str(Scheme.parse(s)) for s in v] for k, v in spaces.items()}
         return cls(table, bundle, costs, estimator, recorded, allowed)
 
+    def with_interactions(self, frame: pd.DataFrame) -> AllocationProblem:
+        """The problem with the kept pairwise terms of `measure_interactions` (for
+        `ILPConfig(interactions=True)`)."""
+        from mixprec.sensitivity.pairs import interaction_terms
+
+        return replace(self, interactions=interaction_terms(frame, self.costs), _matrices={})
+
     def scores(self, kappa: float = 0.0) -> np.ndarray:
         """[units, schemes] score matrix (see `score_matrix`), built once per kappa."""
         if kappa not in self._matrices:
@@ -150,7 +159,7 @@ def allocate(
     config = ILPConfig() if strategy is None else strategy
     solver = strategy_for(
         config, estimator=problem.estimator, limits=limits, bundle=problem.bundle,
-        workdir=workdir, progress=progress,
+        workdir=workdir, progress=progress, interactions=problem.interactions,
     )  # fmt: skip
     plan = solver.solve_matrix(problem.scores(config.kappa), problem.costs, Budget.parse(budget))
     plan = replace(plan, provenance={**plan.provenance, **problem.provenance})

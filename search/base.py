@@ -124,6 +124,7 @@ class SearchStrategy(ABC):
         bundle: ModelBundle | None = None,
         workdir: Path | None = None,
         progress: bool = False,
+        interactions: Mapping[tuple[int, ...], float] | None = None,
     ) -> None:
         config = self.config_type() if config is None else config
         if not isinstance(config, self.config_type):
@@ -141,6 +142,7 @@ class SearchStrategy(ABC):
         self.bundle = bundle
         self.workdir = workdir
         self.progress = progress
+        self.interactions = interactions  # measured pairwise terms, for a strategy that asks
 
     @abstractmethod
     def select(

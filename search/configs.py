@@ -46,12 +46,14 @@ class StrategyConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ILPConfig(StrategyConfig):
-    """The optimal plan under the additive model, solved exactly (`time_limit` in seconds)."""
+    """The optimal plan under the additive model, solved exactly (`time_limit` in seconds);
+    `interactions`: with the problem's measured pairwise terms (sensitivity/pairs.py)."""
 
     name: ClassVar[str] = "ilp"
     FAST: ClassVar[bool] = True
     solver: str = "cbc"
     time_limit: float | None = None
+    interactions: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -126,11 +126,20 @@ def solve_ilp(
 
 @register_strategy(ILPConfig)
 class ILPStrategy(SearchStrategy):
-    """The exact optimum of the additive score model under the budget."""
+    """The exact optimum of the additive score model under the budget (with the measured
+    pairwise terms, where the config asks)."""
 
     config: ILPConfig
 
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
     ) -> Selection:
-        return solve_ilp(scores, constraints, self.config.solver, self.config.time_limit)
+        pairs = None
+        if self.config.interactions:
+            if self.interactions is None:
+                raise MixprecError(
+                    "ilp with interactions needs measured pairwise terms: "
+                    "problem.with_interactions(measure_interactions(...)) first"
+                )
+            pairs = {(i, a, j, b): v for (i, a, j, b), v in self.interactions.items()}
+        return solve_ilp(scores, constraints, self.config.solver, self.config.time_limit, pairs)

@@ -219,6 +219,19 @@ def test_adaptive_study(tmp_path: Path) -> None:
     assert "digits-cnn: adaptive's gap to FP is" in text
 
 
+def test_interactions_study(tmp_path: Path) -> None:
+    config = ('models = ["tiny-gpt"]\nschemes = ["w:int3_g128", "w:int8"]\n'
+              'budgets = ["4bits", "5bits"]\ncalib_batches = 2\n')  # fmt: skip
+    text = run_study("interactions", config, tmp_path, plots=False)
+    [plans] = tables_with(text, "budget", "objective", "predicted", "measured divergence")
+    assert {(row["budget"], row["objective"]) for row in plans} == {
+        (b, o) for b in ("4bits", "5bits") for o in ("additive", "interactions")
+    }
+    [cost] = tables_with(text, "pairs x schemes", "kept", "seconds to measure")
+    assert cost[0]["pairs x schemes"] == "48" and 0 <= int(cost[0]["kept"]) <= 48
+    assert "tiny-gpt: mean |predicted / measured divergence - 1|" in text
+
+
 def test_search_benchmark_script(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     script = str(ROOT / "experiments" / "bench_search.py")
