@@ -6,7 +6,7 @@ INT4 weight-only in blocks of 128; or leave the layer as it is), same effective-
 ModelOpt counts INT4 as 4.0 and INT8 as 8.0 bits and an unquantized layer as 16; mixprec
 counts the scales too (int4_g128 = 4.125 bits) and an unquantized FP32 layer as 32, so at one
 budget mixprec has slightly less room. Both plans are measured on the evaluation split with the
-same task metric. Wall time covers scoring and search.
+same task metric. Wall time covers scoring and search; mixprec's scoring covers all budgets.
 
 Run: .venv/bin/python experiments/peer_modelopt.py   (~4 min; needs pip install -e '.[compare]')
 """
@@ -31,6 +31,7 @@ from mixprec.metrics import evaluate
 from mixprec.models import load_model
 from mixprec.search.cost import Budget
 from mixprec.sensitivity.cache import CellCache
+from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.tasks import Observed
 
 SCHEMES = ("w:int8", "w:int4_g128")
@@ -38,7 +39,7 @@ DEFAULTS: dict[str, object] = {
     "model": "minilm",
     "budgets": [4.5, 5.0, 6.0, 7.0],
     "calib_batches": 2,
-    "estimators": ["fisher", "isolation"],
+    "estimators": ["fisher", "adaptive", "isolation"],
 }
 
 
@@ -78,8 +79,10 @@ def mixprec_plans(model_name: str, config: dict[str, Any]) -> list[dict[str, obj
     """Score once per estimator (empty cache, so the time is honest), re-solve each budget."""
     bundle = load_model(model_name)
     rows = []
+    budgets = tuple(f"{bits:g}bits" for bits in config["budgets"])  # what adaptive decides for
     for estimator in config["estimators"]:
-        spec = AnalysisSpec(model_name, SCHEMES, (estimator,), ("layer",),
+        entry = AdaptiveConfig(budgets=budgets) if estimator == "adaptive" else estimator
+        spec = AnalysisSpec(model_name, SCHEMES, (entry,), ("layer",),
                             calib_batches=config["calib_batches"])  # fmt: skip
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
@@ -153,7 +156,9 @@ def main() -> int:
     )
     note = (
         "\nModelOpt's score is the gradient-based (Fisher-like) estimate from the task loss; "
-        "mixprec's `fisher` is the closest like-for-like, `isolation` is its default."
+        "mixprec's `fisher` is the closest like-for-like; `adaptive` (the default of `mixprec "
+        "run`) adds isolation where the plans at these budgets are in doubt; `isolation` "
+        "measures every cell."
     )
     return publish_study(
         args,

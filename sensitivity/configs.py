@@ -28,14 +28,15 @@ class EstimatorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HessianConfig(EstimatorConfig):
-    """Hutchinson trace of the task loss's Hessian per layer: probes are added from
-    `min_probes` until the trace's relative standard error is under `tolerance`, at most
-    `max_probes`."""
+    """Hutchinson trace of the task loss's Hessian per layer: rounds of one probe on every
+    calibration batch are added from `min_probes` until the trace's relative standard error is
+    under `tolerance`, at most `max_probes` rounds."""
 
     name: ClassVar[str] = "hessian"
+    VERSION: ClassVar[int] = 2  # 2: probes per batch in rounds (1: a fixed count over batches)
     tolerance: float = 0.1
-    min_probes: int = 8
-    max_probes: int = 32
+    min_probes: int = 4
+    max_probes: int = 16
 
     def __post_init__(self) -> None:
         at_least("tolerance", self.tolerance, 0)

@@ -1,9 +1,13 @@
 """HAWQ-V2: average Hessian trace of the task loss per unit, times ||Q(W) - W||^2.
 
 Hutchinson's estimator with Rademacher probes and Hessian-vector products by double backward.
-One probe serves every layer at once; probes cycle over the calibration batches and are added
-until each layer's trace has a relative standard error below `tolerance` (layers whose trace is
-under 1% of the largest are not waited for) or `max_probes` is reached.
+One probe serves every layer at once. Probes come in rounds: each round draws one probe and
+applies it to every calibration batch (so batches differ by their data, not by their probes,
+and more batches get as many probes each, not fewer), until each layer's trace has a relative
+standard error below `tolerance` (layers whose trace is under 1% of the largest are not waited
+for) or `max_probes` rounds are reached. (Before, a fixed number of probes cycled over the
+batches: with 8 batches each saw about 4, and the trace's agreement with measured drops fell
+to about 0 while its cost stayed flat.)
 """
 
 from __future__ import annotations
@@ -52,29 +56,29 @@ class HessianEstimator(SensitivityEstimator):
         layers = quantizable_layers(bundle.model)
         names = list(layers)
         weights = [layer_weight(layers[n]) for n in names]
-        samples: list[np.ndarray] = []
-        batch_of: list[int] = []
+        samples: list[list[np.ndarray]] = [[] for _ in batches]  # per batch, one per round
+        rounds = 0
         with _double_backward_attention(bundle.model):
             while True:
-                probe = len(samples)
-                batch = probe % len(batches)
-                gen = torch.Generator().manual_seed(derive_seed(self.seed, "probe", str(probe)))
-                samples.append(_hutchinson_sample(bundle, batches[batch], weights, gen))
-                batch_of.append(batch)
-                if len(samples) >= max(self.config.min_probes, len(batches)) and (
-                    len(samples) >= self.config.max_probes or self._converged(samples)
+                for batch, drawn in zip(batches, samples, strict=True):
+                    seed = derive_seed(self.seed, "probe", str(rounds))  # the same on every batch
+                    gen = torch.Generator().manual_seed(seed)
+                    drawn.append(_hutchinson_sample(bundle, batch, weights, gen))
+                rounds += 1
+                if rounds >= self.config.min_probes and (
+                    rounds >= self.config.max_probes or self._converged(samples)
                 ):
                     break
-        table, owner = np.stack(samples), np.asarray(batch_of)
-        per_batch = np.stack([table[owner == b].mean(axis=0) for b in range(len(batches))])
+        per_batch = np.stack([np.mean(drawn, axis=0) for drawn in samples])
         return {name: per_batch[:, i] for i, name in enumerate(names)}
 
-    def _converged(self, samples: list[np.ndarray]) -> bool:
-        """Checked at powers of two and every 64 probes, so the check stays cheap."""
-        count = len(samples)
+    def _converged(self, samples: list[list[np.ndarray]]) -> bool:
+        """The relative standard error of the mean over rounds (each round's mean over the
+        batches), checked at powers of two and every 64 rounds, so the check stays cheap."""
+        count = len(samples[0])
         if count & (count - 1) and count % 64:
             return False
-        table = np.stack(samples)
+        table = np.mean(np.stack([np.stack(drawn) for drawn in samples]), axis=0)
         mean = table.mean(axis=0)
         error = table.std(axis=0, ddof=1) / np.sqrt(count)
         watched = np.abs(mean) >= 0.01 * np.abs(mean).max()

@@ -97,7 +97,7 @@ def interaction_terms(frame: pd.DataFrame, costs: CostModel) -> dict[tuple[int, 
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise MixprecError(f"an interaction table lacks columns {missing}")
-    terms = {}
+    terms: dict[tuple[int, ...], float] = {}
     for row in frame[frame["kept"]].itertuples():
         if row.first not in costs.units or row.second not in costs.units:
             raise MixprecError(f"the interaction table names {row.first!r} and {row.second!r}, "

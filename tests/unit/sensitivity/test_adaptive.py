@@ -14,29 +14,22 @@ from mixprec.errors import MixprecError
 from mixprec.models import load_model
 from mixprec.search.cost import InfeasibleBudget
 from mixprec.sensitivity.adaptive import (
-    AdaptiveEstimator,
     calibrate,
     probe_cells,
     probe_layers,
     with_budgets,
 )
-from mixprec.sensitivity.base import Score, SensitivityEstimator
+from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.sensitivity.refine import contested, lagrange_price
 from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.testing import EstimatorTestCase
 from tests.helpers.cli import run
 
 SCHEMES = ("w:int8", "w:int4_g128", "w:mxfp4", "w:int3_g128")
 BUDGETS = ("5bits", "6bits")
-
-
-class TestAdaptive(EstimatorTestCase):
-    def make_estimator(self, seed: int) -> SensitivityEstimator:
-        return AdaptiveEstimator(AdaptiveConfig(seed=seed, budgets=BUDGETS))
 
 
 def test_the_fit_recovers_offsets_and_slope_and_its_interval_covers_new_cells() -> None:

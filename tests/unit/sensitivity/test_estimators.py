@@ -15,8 +15,14 @@ from mixprec.data import content_hash
 from mixprec.models import ModelBundle, load_model
 from mixprec.plan import apply_plan, temporarily_applied
 from mixprec.scheme import Scheme
+from mixprec.sensitivity.adaptive import AdaptiveEstimator
 from mixprec.sensitivity.base import Score, SensitivityEstimator, estimators
-from mixprec.sensitivity.configs import FisherConfig, HessianConfig, IsolationConfig
+from mixprec.sensitivity.configs import (
+    AdaptiveConfig,
+    FisherConfig,
+    HessianConfig,
+    IsolationConfig,
+)
 from mixprec.sensitivity.fisher import FisherEstimator, empirical_fisher
 from mixprec.sensitivity.hessian import HessianEstimator
 from mixprec.sensitivity.isolation import IsolationEstimator
@@ -39,6 +45,11 @@ class TestFisher(EstimatorTestCase):
 class TestIsolation(EstimatorTestCase):
     def make_estimator(self, seed: int) -> SensitivityEstimator:
         return IsolationEstimator(IsolationConfig(seed=seed))
+
+
+class TestAdaptive(EstimatorTestCase):
+    def make_estimator(self, seed: int) -> SensitivityEstimator:
+        return AdaptiveEstimator(AdaptiveConfig(seed=seed, budgets=("5bits", "6bits")))
 
 
 def test_every_registered_estimator_is_in_the_conformance_suite() -> None:
