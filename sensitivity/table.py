@@ -76,9 +76,11 @@ class ScoreTable:
         rows = self.frame[(self.frame["estimator"] == estimator) & (self.frame["level"] == "layer")]
         if rows.empty:
             found = sorted(set(self.frame["estimator"]))
+            built = " (nor the fisher scores it is built from: run `mixprec analyze --estimators "
+            built += "adaptive --budgets ...`)" if "fisher" not in found else ""
             raise MixprecError(
-                f"the score table has no layer scores for estimator {estimator!r}; it has: "
-                f"{', '.join(found) or 'none'}"
+                f"the score table has no layer scores for estimator {estimator!r}"
+                f"{built if estimator == 'adaptive' else ''}; it has: {', '.join(found) or 'none'}"
             )
         if rows.duplicated(KEY).any():
             first = rows[rows.duplicated(KEY)].iloc[0]

@@ -225,7 +225,8 @@ def test_with_budgets_fills_in_what_adaptive_lacks() -> None:
 def test_a_table_without_adaptive_scores_is_one_line_for_search(tmp_path: Path) -> None:
     spec = AnalysisSpec("digits-cnn", ("w:int8",), ("isolation",), ("layer",))
     table = analyze(spec, progress=False)
-    with pytest.raises(MixprecError, match="no layer scores for estimator 'adaptive'"):
+    with pytest.raises(MixprecError, match=r"no layer scores for estimator 'adaptive' \(nor the "
+                       "fisher scores it is built from"):  # fmt: skip
         table.check_usable("adaptive")
 
 
