@@ -241,7 +241,7 @@ def test_search_benchmark_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert "40 units x 6 schemes" in text
-    assert text.count("| optimal |") == 8 and text.count("| feasible |") == 4
+    assert text.count("| optimal |") == 12 and text.count("| feasible |") == 4
 
 
 def test_kernel_benchmark_script(tmp_path: Path) -> None:
