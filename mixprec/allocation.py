@@ -32,7 +32,7 @@ from mixprec.scoring import Calibration, as_bundle
 from mixprec.search.base import Limits, plan_from_selection, score_matrix, table_schemes
 from mixprec.search.configs import ILPConfig, StrategyConfig, UniformConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget, build_cost_model
-from mixprec.search.selection import Selection, within
+from mixprec.search.selection import Interactions, Selection, within
 from mixprec.search.space import expand_exclude, search_space
 from mixprec.search.targets import check_spaces, fusion, target_space
 from mixprec.search.uniform import uniform_choice
@@ -55,7 +55,7 @@ class AllocationProblem:
     #: [units, schemes]: which scheme each unit may take (exclusions and search spaces)
     allowed: np.ndarray | None = field(default=None, compare=False, repr=False)
     #: (unit i, scheme a, unit j, scheme b) -> the score a pair adds (`with_interactions`)
-    interactions: Mapping[tuple[int, ...], float] | None = field(default=None, compare=False)
+    interactions: Interactions | None = field(default=None, compare=False)
     _matrices: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -206,7 +206,7 @@ def never_worse_than_uniform(
     metric = problem.bundle.task.primary_metric()
     if uniform or metric not in measured.per_sample:
         return plan
-    best, best_measured, lines = plan, measured, []
+    best, best_measured, best_scheme, lines = plan, measured, "", []
     for scheme, other in uniform_plans(problem, budget).items():
         if other.assignment == plan.assignment:
             continue
@@ -214,22 +214,14 @@ def never_worse_than_uniform(
         verdict = compare(metric, measured.per_sample[metric], theirs.per_sample[metric])
         lines.append(f"vs uniform {scheme} ({theirs.metrics[metric]:.5g}): {verdict}")
         if better(metric, theirs.metrics[metric], best_measured.metrics[metric]):
-            best, best_measured = other, theirs
+            best, best_measured, best_scheme = other, theirs, scheme
     summary = {"uniform": "; ".join(lines) or "no uniform plan fits this budget"}
     if best is plan:
         return replace(plan, provenance={**plan.provenance, **summary})
-    note = (f"uniform {plan_scheme(best)} measured better {metric} "
+    note = (f"uniform {best_scheme} measured better {metric} "
             f"({best_measured.metrics[metric]:.5g}) than the {plan.provenance.get('strategy')} "
             f"plan ({measured.metrics[metric]:.5g}) and is returned instead")  # fmt: skip
     return replace(best, provenance={**best.provenance, **summary, "note": note})
-
-
-def plan_scheme(plan: PrecisionPlan) -> str:
-    """The scheme most of a plan's modules take (a uniform plan's one scheme)."""
-    counts: dict[str, int] = {}
-    for scheme in plan.assignment.values():
-        counts[str(scheme)] = counts.get(str(scheme), 0) + 1
-    return max(counts, key=lambda s: counts[s])
 
 
 def pareto(

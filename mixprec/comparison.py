@@ -15,6 +15,7 @@ import numpy as np
 
 from mixprec.errors import MixprecError
 
+BOOTSTRAP_RESAMPLES = 2000
 LINKS = ("identity", "exp")
 #: metrics where more is better; every other one (perplexity, output divergence) is a loss
 HIGHER_IS_BETTER = frozenset({"accuracy", "cosine", "top1_agreement", "retrieval_top1"})
@@ -45,17 +46,19 @@ class PerSample:
 
 def resamples(samples: int, seed: int) -> np.ndarray:
     """[BOOTSTRAP_RESAMPLES, samples] sample indices drawn with replacement."""
-    from mixprec.sensitivity.base import BOOTSTRAP_RESAMPLES  # (tasks import this module)
-
     return np.random.default_rng(seed).integers(0, samples, size=(BOOTSTRAP_RESAMPLES, samples))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` share of bootstrap replicates."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def interval(metric: PerSample, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the metric over evaluation samples."""
-    values = metric.value(resamples(len(metric.numerator), seed))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(metric.value(resamples(len(metric.numerator), seed)), level)
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,7 @@ def compare(
             "compared pairwise; measure both on the same evaluation split"
         )
     picks = resamples(len(a.numerator), seed)
-    differences = a.value(picks) - b.value(picks)
-    tail = (1 - level) / 2 * 100
-    low, high = (float(v) for v in np.percentile(differences, [tail, 100 - tail]))
+    low, high = percentile_interval(a.value(picks) - b.value(picks), level)
     difference = float(a.value() - b.value())
     verdict = "not distinguishable"
     if math.isfinite(difference) and (low > 0 or high < 0):  # the whole interval on one side

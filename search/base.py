@@ -23,6 +23,7 @@ from mixprec.search.configs import StrategyConfig
 from mixprec.search.cost import Budget, CostModel, InfeasibleBudget
 from mixprec.search.selection import (
     Constraint,
+    Interactions,
     Selection,
     largest_total,
     smallest_totals,
@@ -124,7 +125,7 @@ class SearchStrategy(ABC):
         bundle: ModelBundle | None = None,
         workdir: Path | None = None,
         progress: bool = False,
-        interactions: Mapping[tuple[int, ...], float] | None = None,
+        interactions: Interactions | None = None,
     ) -> None:
         config = self.config_type() if config is None else config
         if not isinstance(config, self.config_type):
@@ -195,7 +196,7 @@ def plan_from_selection(
                  "budget_left": (limit - totals["weight_bytes"]) / limit}  # fmt: skip
     note = {}
     largest = largest_total(scores, costs.bytes)
-    if largest <= budget.weight_bytes(costs):
+    if largest <= limit:
         note["note"] = (
             f"budget {budget} is above the largest plan "
             f"({budget.from_weight_bytes(largest, costs).value:.4g}{budget.unit}); "

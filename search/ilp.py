@@ -11,7 +11,7 @@ every cell of a unit that interacts, and the additive reduced-cost bound is not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pulp
@@ -21,11 +21,15 @@ from mixprec.search.base import SearchStrategy, register_strategy
 from mixprec.search.configs import SOLVERS, ILPConfig
 from mixprec.search.cost import CostModel
 from mixprec.search.greedy import solve_greedy
-from mixprec.search.selection import Constraint, Selection, reduced_cost_mask, undominated
+from mixprec.search.selection import (
+    Constraint,
+    Interactions,
+    Selection,
+    reduced_cost_mask,
+    undominated,
+)
 
 GAP = 1e-9  # relative optimality gap: solve to optimality, not to the solvers' 1e-4 default
-# (unit i, scheme a, unit j, scheme b) -> the score the pair adds when both are picked
-Interactions = Mapping[tuple[int, int, int, int], float]
 
 
 def total_score(scores: np.ndarray, choice: Sequence[int],
@@ -134,12 +138,10 @@ class ILPStrategy(SearchStrategy):
     def select(
         self, scores: np.ndarray, costs: CostModel, constraints: list[Constraint]
     ) -> Selection:
-        pairs = None
-        if self.config.interactions:
-            if self.interactions is None:
-                raise MixprecError(
-                    "ilp with interactions needs measured pairwise terms: "
-                    "problem.with_interactions(measure_interactions(...)) first"
-                )
-            pairs = {(i, a, j, b): v for (i, a, j, b), v in self.interactions.items()}
+        if self.config.interactions and self.interactions is None:
+            raise MixprecError(
+                "ilp with interactions needs measured pairwise terms: "
+                "problem.with_interactions(measure_interactions(...)) first"
+            )
+        pairs = self.interactions if self.config.interactions else None
         return solve_ilp(scores, constraints, self.config.solver, self.config.time_limit, pairs)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 Constraint = tuple[np.ndarray, float]  # cost matrix [units, schemes], limit
+# (unit i, scheme a, unit j, scheme b) -> the score the pair adds when both are picked
+Interactions = Mapping[tuple[int, int, int, int], float]
 
 
 @dataclass(frozen=True)

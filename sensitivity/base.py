@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
+from mixprec.comparison import percentile_interval, resamples
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.kernels.formats import NumberFormat
@@ -21,8 +22,6 @@ from mixprec.scheme import Scheme
 from mixprec.sensitivity.configs import EstimatorConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, quantizable_layers, weight_matrix
-
-BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,7 @@ def bootstrap_ci(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[fl
     if values.size == 1 or not np.isfinite(values).all():
         mean = float(values.mean())
         return mean, mean
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
-    means = values[picks].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(values[resamples(values.size, seed)].mean(axis=1), level)
 
 
 def derive_seed(seed: int, *parts: str) -> int:

@@ -8,7 +8,7 @@ The ILP takes the kept terms exactly (`ILPConfig(interactions=True)`, search/ilp
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from mixprec.models import ModelBundle
 from mixprec.progress import cell_progress
 from mixprec.scheme import KEEP, Scheme
 from mixprec.search.cost import CostModel
+from mixprec.search.selection import Interactions
 from mixprec.sensitivity.base import Score, derive_seed
 from mixprec.sensitivity.cells import calibration_batches
 from mixprec.sensitivity.configs import IsolationConfig
@@ -27,7 +28,6 @@ from mixprec.units import Unit
 
 COLUMNS = ("first", "second", "scheme", "joint", "additive", "interaction", "ci_low", "ci_high",
            "kept")  # fmt: skip
-Interactions = Mapping[tuple[int, int, int, int], float]
 
 
 def block_pairs(costs: CostModel) -> list[tuple[str, str]]:
@@ -92,12 +92,12 @@ def measure_interactions(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def interaction_terms(frame: pd.DataFrame, costs: CostModel) -> dict[tuple[int, ...], float]:
+def interaction_terms(frame: pd.DataFrame, costs: CostModel) -> Interactions:
     """The kept rows as the ILP's terms: (unit i, scheme a, unit j, scheme b) -> extra score."""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise MixprecError(f"an interaction table lacks columns {missing}")
-    terms: dict[tuple[int, ...], float] = {}
+    terms: dict[tuple[int, int, int, int], float] = {}
     for row in frame[frame["kept"]].itertuples():
         if row.first not in costs.units or row.second not in costs.units:
             raise MixprecError(f"the interaction table names {row.first!r} and {row.second!r}, "
