@@ -1,6 +1,6 @@
 """Adaptive scoring vs Fisher only vs full isolation: measured metric of the ILP's plans at each
-budget and the wall time of the scoring behind them, side by side in one run. Writes
-experiments/results/adaptive.md.
+budget and the wall time of the scoring behind them, side by side in one run; and how often each
+estimator's 95% interval covers the large-sample score. Writes experiments/results/adaptive.md.
 
 Run: .venv/bin/python experiments/adaptive.py      (~20 min on 2 cores)
 """
@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+from coverage_study import DEFAULTS as COVERAGE
+from coverage_study import coverage, coverage_verdicts
 from study import PRIMARY, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
@@ -35,6 +37,7 @@ DEFAULTS: dict[str, object] = {
     "budgets": ["4bits", "4.5bits", "5bits", "6bits"],
     "calib_batches": 4,
     "exclude": ["none"],  # every layer may be quantized, so 4 bits fits tiny-gpt too
+    "coverage": COVERAGE,
 }
 METHODS = ("fisher", "adaptive", "isolation")
 RELATIVE = "gap vs isolation's"  # a plan's gap to FP over full isolation's at that budget
@@ -126,6 +129,8 @@ def main() -> int:
     results = [study(m, config) for m in config["models"]]
     costs, plans = with_ratios(pd.DataFrame([c for cs, _ in results for c in cs]),
                                pd.DataFrame([p for _, ps in results for p in ps]))  # fmt: skip
+    settings = {**COVERAGE, **config["coverage"]}
+    covers = coverage(settings)
     seconds = time.perf_counter() - started
     metrics = "; ".join(f"{m}: {PRIMARY[m][0]}" for m in config["models"])
     what = (
@@ -134,20 +139,26 @@ def main() -> int:
         "scores from an empty cache, and its plans are the ILP's at each budget (exclude: "
         f"{', '.join(config['exclude'])}), measured on the evaluation split ({metrics}). "
         "Adaptive: Fisher on every cell, isolation on the probes and where the plans' decision "
-        "is in doubt (defaults of AdaptiveConfig)."
+        "is in doubt (defaults of AdaptiveConfig). Coverage: on "
+        f"{settings['model']} ({', '.join(settings['schemes'])}, every layer), "
+        f"{settings['repeats']} seeded repeats each draw {settings['samples']} calibration "
+        "samples with replacement from the held-out pool (calibration and evaluation splits), "
+        "whose mean score is the large-sample value (hessian's with tighter probe settings: "
+        f"{settings['reference'].get('hessian', {})}); a repeat's interval covers it or not."
     )
     return publish_study(
         args,
         "Adaptive scoring: plan quality and cost vs Fisher only and full isolation",
         seconds,
         what,
-        verdicts(costs, plans),
+        [*verdicts(costs, plans), *coverage_verdicts(covers, settings)],
         [
             ("1. Scoring cost per model and method", frame_markdown(costs, digits=3)),
             ("2. Measured metric of each method's plan per budget",
              frame_markdown(plans, digits=4)),
+            ("3. Coverage of the estimators' 95% intervals", frame_markdown(covers, digits=3)),
         ],
-        "No plots: the two tables are the result.\n",
+        "No plots: the tables are the result.\n",
     )  # fmt: skip
 
 

@@ -4,12 +4,18 @@ A metric that is a ratio of sums over evaluation samples (accuracy, mean cosine,
 exp(NLL / tokens), KL per position) is resampled over samples, not batches: a bootstrap over a
 handful of batches sees a handful of distinct means. Two plans measured on the same samples
 are compared on the same resamples (paired), so what every sample shares cancels.
+
+Per-sample sensitivity scores are heavily skewed (a few samples carry most of a layer's
+sensitivity), where a plain percentile interval of their mean covers far too rarely; their mean
+gets the studentized bootstrap (bootstrap-t) and measured metrics the bias-corrected and
+accelerated (BCa) interval (experiments/results/adaptive.md measures the coverage).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -43,22 +49,61 @@ class PerSample:
             ratio = self.numerator[picks].sum(axis=-1) / self.denominator[picks].sum(axis=-1)
         return np.exp(ratio) if self.link == "exp" else ratio
 
+    def jackknife(self) -> np.ndarray:
+        """The metric with each sample left out in turn (for the interval's skew correction)."""
+        if len(self.numerator) < 2:
+            return self.value()[None]
+        ratio = (self.numerator.sum() - self.numerator) / (
+            self.denominator.sum() - self.denominator
+        )
+        return np.exp(ratio) if self.link == "exp" else ratio
+
 
 def resamples(samples: int, seed: int) -> np.ndarray:
     """[BOOTSTRAP_RESAMPLES, samples] sample indices drawn with replacement."""
     return np.random.default_rng(seed).integers(0, samples, size=(BOOTSTRAP_RESAMPLES, samples))
 
 
-def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central `level` share of bootstrap replicates."""
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
+def bca_interval(
+    replicates: np.ndarray, estimate: float, jackknife: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """Efron's BCa interval: the replicates' quantiles moved by their median bias around
+    `estimate` and by the skew the leave-one-out values `jackknife` show."""
+    normal, count = NormalDist(), len(replicates)
+    below = (np.sum(replicates < estimate) + 0.5 * np.sum(replicates == estimate)) / count
+    bias = normal.inv_cdf(min(max(float(below), 0.5 / count), 1 - 0.5 / count))
+    spread = jackknife.mean() - jackknife
+    scale = float(np.sum(spread**2)) ** 1.5
+    acceleration = float(np.sum(spread**3)) / (6 * scale) if scale > 0 else 0.0
+    shares = []
+    for z in (normal.inv_cdf((1 - level) / 2), normal.inv_cdf((1 + level) / 2)):
+        moved = bias + (bias + z) / max(1 - acceleration * (bias + z), 1e-12)
+        shares.append(normal.cdf(moved))
+    low, high = np.quantile(replicates, shares)
     return float(low), float(high)
 
 
+def mean_interval(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The studentized bootstrap interval of the mean of `values` (all finite), inside their
+    range: each resample's mean is scaled by its own standard error, so a resample that missed
+    the rare large values stretches the upper end, as it should."""
+    count, mean = values.size, float(values.mean())
+    error = float(values.std(ddof=1)) / math.sqrt(count) if count > 1 else 0.0
+    if error == 0:
+        return mean, mean
+    drawn = values[resamples(count, seed)]
+    spread = drawn.std(axis=1, ddof=1) / math.sqrt(count)
+    studentized = np.divide(drawn.mean(axis=1) - mean, spread, out=np.zeros(len(drawn)),
+                            where=spread > 0)  # fmt: skip
+    low, high = np.quantile(studentized, [(1 - level) / 2, (1 + level) / 2])
+    return max(mean - high * error, float(values.min())), min(mean - low * error,
+                                                                float(values.max()))  # fmt: skip
+
+
 def interval(metric: PerSample, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the metric over evaluation samples."""
-    return percentile_interval(metric.value(resamples(len(metric.numerator), seed)), level)
+    """BCa bootstrap interval of the metric over evaluation samples."""
+    replicates = metric.value(resamples(len(metric.numerator), seed))
+    return bca_interval(replicates, float(metric.value()), metric.jackknife(), level)
 
 
 @dataclass(frozen=True)
@@ -87,8 +132,9 @@ def compare(
             "compared pairwise; measure both on the same evaluation split"
         )
     picks = resamples(len(a.numerator), seed)
-    low, high = percentile_interval(a.value(picks) - b.value(picks), level)
     difference = float(a.value() - b.value())
+    low, high = bca_interval(a.value(picks) - b.value(picks), difference,
+                             a.jackknife() - b.jackknife(), level)  # fmt: skip
     verdict = "not distinguishable"
     if math.isfinite(difference) and (low > 0 or high < 0):  # the whole interval on one side
         verdict = "better" if (low > 0) == (name in HIGHER_IS_BETTER) else "worse"

@@ -40,6 +40,8 @@ class Task(ABC):
     divergence: str = "mse"
     #: False where the task knows only the model's output and so has no task loss
     has_loss: bool = True
+    #: True where the loss is the mean of each sample's own loss (not coupled in a batch)
+    separable: bool = False
 
     @abstractmethod
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -85,9 +87,23 @@ class Task(ABC):
             return _mean_kl(outputs, reference)
         return _mean_mse(outputs, reference)
 
+    def divergence_per_sample(self, output: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+        """`divergence_to_reference` of each sample (the output's leading dim) on its own."""
+        rows = _kl_rows if self.divergence == "kl" else _mse_rows
+        sums, counts = rows(output, reference)
+        return sums / np.maximum(counts, 1.0)
+
     def samples(self, batch: Batch) -> int:
         """How many examples a batch holds (the leading dim of its tensors)."""
         return int(next(iter(batch.values())).shape[0])
+
+    def split(self, batch: Batch) -> list[Batch]:
+        """The batch as one batch per sample where the loss is separable, else whole."""
+        if not self.separable:
+            return [batch]
+        return [
+            {k: v[row : row + 1] for k, v in batch.items()} for row in range(self.samples(batch))
+        ]
 
 
 def _mean_kl(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
@@ -129,6 +145,7 @@ class ClassificationTask(Task):
     """Logits over classes; batches hold `inputs` and `labels`."""
 
     divergence = "kl"
+    separable = True
 
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch["inputs"])
@@ -156,6 +173,7 @@ class CausalLMTask(Task):
     """Next-token prediction; batches hold `input_ids` (and optionally `attention_mask`)."""
 
     divergence = "kl"
+    separable = True
 
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(**batch).logits
@@ -169,8 +187,7 @@ class CausalLMTask(Task):
         """Perplexity per sequence: its summed NLL and its token count (exp of their ratio)."""
         sums, counts = [], []
         for logits, batch in zip(run.outputs, run.batches, strict=True):
-            for row in range(logits.shape[0]):
-                one = {k: v[row : row + 1] for k, v in batch.items()}
+            for row, one in enumerate(self.split(batch)):
                 nll = _next_token_nll(logits[row : row + 1], one)
                 sums.append(float(nll.double().sum()))
                 counts.append(float(nll.numel()))

@@ -214,7 +214,7 @@ class AdaptiveEstimator(SensitivityEstimator):
         super().expect(schemes)
         self.cheap.expect(schemes)
 
-    def per_batch(
+    def per_sample(
         self,
         bundle: ModelBundle,
         unit: Unit,
@@ -222,13 +222,13 @@ class AdaptiveEstimator(SensitivityEstimator):
         batches: Sequence[Batch],
         calibration: str,
     ) -> list[float]:
-        """The exact estimator's per-batch scores on a probe, else the calibrated cheap ones."""
+        """The exact estimator's per-sample scores on a probe, else the calibrated cheap ones."""
         if scheme.is_keep:
-            return [0.0] * len(batches)
+            return [0.0] * sum(bundle.task.samples(batch) for batch in batches)
         if (unit.name, str(scheme)) in self._probes(bundle, scheme):
-            return self.exact.per_batch(bundle, unit, scheme, batches, calibration)
+            return self.exact.per_sample(bundle, unit, scheme, batches, calibration)
         fit = self._fit(bundle, scheme, batches, calibration)
-        cheap = self.cheap.per_batch(bundle, unit, scheme, batches, calibration)
+        cheap = self.cheap.per_sample(bundle, unit, scheme, batches, calibration)
         return [fit.predict(unit.modules, str(scheme), value) for value in cheap]
 
     def score(

@@ -1,4 +1,4 @@
-"""The estimator interface, per-batch scores with bootstrap confidence intervals, the registry."""
+"""The estimator interface, per-sample scores with bootstrap confidence intervals, the registry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from mixprec.comparison import percentile_interval, resamples
+from mixprec.comparison import mean_interval
 from mixprec.data import content_hash
 from mixprec.errors import MixprecError
 from mixprec.kernels.formats import NumberFormat
@@ -26,8 +26,8 @@ from mixprec.units import Unit, quantizable_layers, weight_matrix
 
 @dataclass(frozen=True)
 class Score:
-    """How much the loss grows when `unit` takes `scheme`: mean over calibration batches
-    with a bootstrap 95% interval over those batches."""
+    """How much the loss grows when `unit` takes `scheme`: mean over the calibration samples
+    (sequences, texts, images) with a bootstrap 95% interval over those samples."""
 
     mean: float
     ci_low: float
@@ -35,8 +35,8 @@ class Score:
     samples: int
 
     @classmethod
-    def from_batches(cls, per_batch: Sequence[float], seed: int) -> Score:
-        values = np.asarray(per_batch, dtype=np.float64)
+    def from_samples(cls, per_sample: Sequence[float], seed: int) -> Score:
+        values = np.asarray(per_sample, dtype=np.float64)
         if values.size == 0:
             raise MixprecError("cannot score on an empty calibration set")
         low, high = bootstrap_ci(values, seed)
@@ -44,11 +44,11 @@ class Score:
 
 
 def bootstrap_ci(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap of the mean; NaN propagates so a broken cell is visible."""
+    """BCa bootstrap of the mean; NaN propagates so a broken cell is visible."""
     if values.size == 1 or not np.isfinite(values).all():
         mean = float(values.mean())
         return mean, mean
-    return percentile_interval(values[resamples(values.size, seed)].mean(axis=1), level)
+    return mean_interval(values, seed, level)
 
 
 def derive_seed(seed: int, *parts: str) -> int:
@@ -89,7 +89,7 @@ class SensitivityEstimator(ABC):
         return self.config.cache_params()
 
     @abstractmethod
-    def per_batch(
+    def per_sample(
         self,
         bundle: ModelBundle,
         unit: Unit,
@@ -97,8 +97,10 @@ class SensitivityEstimator(ABC):
         batches: Sequence[Batch],
         calibration: str,
     ) -> list[float]:
-        """One score per calibration batch; `calibration` is the batches' content hash, the key
-        of any statistics computed once per model and data."""
+        """One score per calibration sample, in batch order (the interval resamples these, so
+        each should depend on its own sample only; where the loss couples a batch's samples,
+        one per batch); `calibration` is the batches' content hash, the key of any statistics
+        computed once per model and data."""
 
     def score(
         self,
@@ -113,8 +115,8 @@ class SensitivityEstimator(ABC):
         if not batches:
             raise MixprecError("cannot score on an empty calibration set")
         digest = calibration if calibration is not None else content_hash(batches)
-        values = self.per_batch(bundle, unit, scheme, batches, digest)
-        return Score.from_batches(values, derive_seed(self.seed, self.name, unit.name, str(scheme)))
+        values = self.per_sample(bundle, unit, scheme, batches, digest)
+        return Score.from_samples(values, derive_seed(self.seed, self.name, unit.name, str(scheme)))
 
 
 ESTIMATORS = ConfigRegistry("estimator")
@@ -181,11 +183,6 @@ def squared_error(
         part = weight[chunk].float()
         out[chunk] = fmt.quantize_dequantize(part, importance).sub_(part).square_()
     return out
-
-
-def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> float:
-    """sum(weights * values) over two [rows, columns] matrices, a row chunk at a time."""
-    return sum(float((weights[r] * values[r]).sum()) for r in row_chunks(*weights.shape))
 
 
 class WeightDeltas:

@@ -28,14 +28,14 @@ class EstimatorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HessianConfig(EstimatorConfig):
-    """Hutchinson trace of the task loss's Hessian per layer: rounds of one probe on every
-    calibration batch are added from `min_probes` until the trace's relative standard error is
-    under `tolerance`, at most `max_probes` rounds."""
+    """Hutchinson trace of the task loss's Hessian per layer and sample: rounds of one probe
+    per sample are added from `min_probes` until the probes' standard error of each trace is
+    under `tolerance` of it, at most `max_probes` rounds."""
 
     name: ClassVar[str] = "hessian"
-    VERSION: ClassVar[int] = 2  # 2: probes per batch in rounds (1: a fixed count over batches)
+    VERSION: ClassVar[int] = 3  # 3: a trace per sample with its own probes (2: per batch)
     tolerance: float = 0.1
-    min_probes: int = 4
+    min_probes: int = 2
     max_probes: int = 16
 
     def __post_init__(self) -> None:
@@ -49,6 +49,7 @@ class FisherConfig(EstimatorConfig):
     """Empirical Fisher diagonal of the task loss, weighted by each weight's squared error."""
 
     name: ClassVar[str] = "fisher"
+    VERSION: ClassVar[int] = 2  # 2: a score per sample (1: per batch)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +58,7 @@ class IsolationConfig(EstimatorConfig):
     unit's block its FP32 inputs so the errors of earlier blocks do not mix in."""
 
     name: ClassVar[str] = "isolation"
-    VERSION: ClassVar[int] = 2  # 2: a position's KL is never below 0 (float32 rounding was)
+    VERSION: ClassVar[int] = 3  # 3: a score per sample; 2: a position's KL is never below 0
     replay: bool = True
 
 
@@ -70,6 +71,7 @@ class AdaptiveConfig(EstimatorConfig):
     isolation cells; intervals are at `confidence`."""
 
     name: ClassVar[str] = "adaptive"
+    VERSION: ClassVar[int] = 2  # 2: fisher and isolation scores per sample
     budgets: tuple[str, ...] = ()
     probes: float = 0.05
     cell_limit: int | None = None

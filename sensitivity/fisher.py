@@ -1,4 +1,5 @@
-"""Empirical Fisher: F = mean over samples of g_i^2 per weight; score = sum F * (Q(W) - W)^2.
+"""Empirical Fisher: F = mean over samples of g_i^2 per weight; score = sum F * (Q(W) - W)^2,
+which is the mean over samples of each one's sum g_i^2 * (Q(W) - W)^2: one score per sample.
 
 The first-order score ModelOpt and GWQ use. Per-sample gradients come from one backward pass
 per batch: each layer's input and output gradient are captured by hooks and multiplied per
@@ -6,13 +7,13 @@ sample (g_i = dy_i^T x_i), which is exact for losses that sum over samples (cros
 next-token) and gives each text's contribution for the in-batch contrastive loss.
 
 Memory stays near one forward-backward: no weight gradient is formed (the backward pass runs
-only to each layer's output), and each layer's F is reduced against the squared errors of every
-expected scheme as soon as its gradient arrives, then dropped.
+only to each layer's output), and each layer's squared per-sample gradients are reduced against
+the squared errors of every expected scheme as soon as they arrive, then dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,18 +24,15 @@ from mixprec.errors import MixprecError
 from mixprec.models import ModelBundle
 from mixprec.moe import Routed
 from mixprec.scheme import Scheme
-from mixprec.sensitivity.base import (
-    SensitivityEstimator,
-    WeightDeltas,
-    register_estimator,
-    weighted_sum,
-)
+from mixprec.sensitivity.base import SensitivityEstimator, WeightDeltas, register_estimator
 from mixprec.sensitivity.configs import FisherConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, layer_weight, quantizable_layers, weight_matrix
 
 GRADIENT_CHUNK_BYTES = 256 * 2**20  # per-sample gradients held at once, at most (or one)
-LayerScores = dict[tuple[str, str], list[float]]  # (layer, scheme) -> score per batch
+LayerScores = dict[tuple[str, str], list[float]]  # (layer, scheme) -> score per sample
+#: a layer's squared per-sample gradients: (layer, first sample, [samples, out, in])
+Squares = Callable[[str, int, torch.Tensor], None]
 
 
 @register_estimator(FisherConfig)
@@ -49,7 +47,7 @@ class FisherEstimator(SensitivityEstimator):
     def layer_scores(
         self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str, scheme: Scheme
     ) -> LayerScores:
-        """Per-layer, per-batch scores; a scheme not yet seen costs one pass over the batches,
+        """Per-layer, per-sample scores; a scheme not yet seen costs one pass over the batches,
         which also scores every expected scheme not yet seen."""
         scores = self._scores.setdefault((bundle.fingerprint, calibration), {})
         first = next(iter(quantizable_layers(bundle.model)))
@@ -57,18 +55,30 @@ class FisherEstimator(SensitivityEstimator):
         if not wanted:
             return scores
         fresh: LayerScores = {}
-
-        def reduce(name: str, fisher: torch.Tensor) -> None:
-            for label, each in wanted.items():
-                value = weighted_sum(fisher, self._deltas.squared(bundle, name, each))
-                fresh.setdefault((name, label), []).append(value)
-
         for batch in batches:
-            stream_fisher(bundle, batch, reduce)
+            for key, values in self._batch_scores(bundle, batch, wanted).items():
+                fresh.setdefault(key, []).extend(values.tolist())
         scores.update(fresh)
         return scores
 
-    def per_batch(
+    def _batch_scores(
+        self, bundle: ModelBundle, batch: Batch, wanted: dict[str, Scheme]
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        """Each (layer, scheme)'s score per sample of one batch, from one backward pass."""
+        size = bundle.task.samples(batch)
+        parts = {(name, label): torch.zeros(size, dtype=torch.float64)
+                 for name in quantizable_layers(bundle.model) for label in wanted}  # fmt: skip
+
+        def reduce(name: str, start: int, squares: torch.Tensor) -> None:
+            for label, each in wanted.items():
+                delta = self._deltas.squared(bundle, name, each).to(squares.device)
+                got = torch.einsum("koi,oi->k", squares, delta)
+                parts[name, label][start : start + len(got)] += got.double().cpu()
+
+        stream_squares(bundle, batch, reduce)
+        return parts
+
+    def per_sample(
         self,
         bundle: ModelBundle,
         unit: Unit,
@@ -83,42 +93,36 @@ class FisherEstimator(SensitivityEstimator):
 
 def empirical_fisher(bundle: ModelBundle, batch: Batch) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher of every quantizable layer's weight on one batch ([out, in])."""
-    fisher: dict[str, torch.Tensor] = {}
-    stream_fisher(bundle, batch, fisher.__setitem__)
-    return fisher
+    layers = quantizable_layers(bundle.model)
+    totals = {n: torch.zeros_like(weight_matrix(m), dtype=torch.float32) for n, m in layers.items()}
+
+    def add(name: str, start: int, squares: torch.Tensor) -> None:
+        totals[name].add_(squares.sum(0).to(totals[name].device))
+
+    stream_squares(bundle, batch, add)
+    samples = max(bundle.task.samples(batch), 1)
+    return {name: total.div_(samples) for name, total in totals.items()}
 
 
-def stream_fisher(
-    bundle: ModelBundle, batch: Batch, consume: Callable[[str, torch.Tensor], None]
-) -> None:
-    """Hands each layer's diagonal Fisher on `batch` to `consume` as soon as the backward pass
-    has reached every call of it; a layer no gradient reaches gets zeros. A zero scalar added to
-    every layer's output is the one thing differentiated, so no weight gradient is formed."""
+def stream_squares(bundle: ModelBundle, batch: Batch, consume: Squares) -> None:
+    """Hands each layer's squared per-sample gradients on `batch` to `consume`, a few samples
+    at a time, as soon as the backward pass reaches each call of the layer (a layer called more
+    than once adds a part per call; a layer no gradient reaches gets none). A zero scalar added
+    to every layer's output is the one thing differentiated, so no weight gradient is formed."""
     layers = quantizable_layers(bundle.model)
     anchor = torch.zeros((), device=layer_weight(next(iter(layers.values()))).device)
     anchor.requires_grad_(True)
     inputs: dict[str, dict[int, tuple[torch.Tensor, Routed | None]]] = {n: {} for n in layers}
     calls = dict.fromkeys(layers, 0)
-    totals: dict[str, torch.Tensor] = {}
-    finished: set[str] = set()
     samples = bundle.task.samples(batch)
-
-    def finish(name: str) -> None:
-        total = totals.pop(name, None)
-        if total is None:
-            total = torch.zeros_like(weight_matrix(layers[name]), dtype=torch.float32)
-        finished.add(name)
-        consume(name, total.div_(max(samples, 1)))
 
     def received(name: str, call: int, dy: torch.Tensor) -> None:
         x, routed = inputs[name].pop(call)
         dy = dy.detach()
         if routed is not None:  # an expert's rows: gradients added up per sample, not per token
             x, dy = _per_sample_rows(x, dy, routed, samples)
-        part = _squared_grads(layers[name], x, dy)
-        totals[name] = totals[name].add_(part) if name in totals else part
-        if not inputs[name]:  # every call of this layer has its gradient
-            finish(name)
+        for start, squares in _squared_grads(layers[name], x, dy):
+            consume(name, start, squares)
 
     def capture(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], object]:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> object:
@@ -138,9 +142,6 @@ def stream_fisher(
     finally:
         for handle in handles:
             handle.remove()
-    for name in layers:  # never called, or some call's output did not reach the loss
-        if name not in finished:
-            finish(name)
 
 
 def _per_sample_rows(
@@ -154,9 +155,11 @@ def _per_sample_rows(
     return x[None] * mask[..., None].to(x.dtype), dy[None] * mask[..., None].to(dy.dtype)
 
 
-def _squared_grads(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """Sum over the leading-dim samples of each one's squared weight gradient ([out, in]), a
-    few samples at a time so the [samples, out, in] gradients never exist at once."""
+def _squared_grads(
+    module: nn.Module, x: torch.Tensor, dy: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each leading-dim sample's squared weight gradient ([k, out, in]) with the index of the
+    chunk's first sample, a few samples at a time so all of them never exist at once."""
     n = x.shape[0]
     if isinstance(module, nn.Linear | Conv1D):
         xs = x.reshape(n, -1, x.shape[-1])
@@ -167,16 +170,12 @@ def _squared_grads(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torc
         equation, size = "nol,nil->noi", ds.shape[1] * xs.shape[1]
     else:
         raise MixprecError(f"fisher cannot take per-sample gradients of {type(module).__name__}")
+    if n == 0:
+        raise MixprecError(f"fisher got an empty batch for {type(module).__name__}")
     step = max(1, GRADIENT_CHUNK_BYTES // (4 * size))
-    total: torch.Tensor | None = None
     for first in range(0, n, step):
         chunk = slice(first, first + step)
-        part = torch.einsum(equation, ds[chunk].float(), xs[chunk].float()).square_()
-        squares = part[0] if part.shape[0] == 1 else part.sum(0)
-        total = squares if total is None else total.add_(squares)
-    if total is None:
-        raise MixprecError(f"fisher got an empty batch for {type(module).__name__}")
-    return total
+        yield first, torch.einsum(equation, ds[chunk].float(), xs[chunk].float()).square_()
 
 
 def _unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

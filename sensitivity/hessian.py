@@ -1,13 +1,15 @@
 """HAWQ-V2: average Hessian trace of the task loss per unit, times ||Q(W) - W||^2.
 
 Hutchinson's estimator with Rademacher probes and Hessian-vector products by double backward.
-One probe serves every layer at once. Probes come in rounds: each round draws one probe and
-applies it to every calibration batch (so batches differ by their data, not by their probes,
-and more batches get as many probes each, not fewer), until each layer's trace has a relative
-standard error below `tolerance` (layers whose trace is under 1% of the largest are not waited
-for) or `max_probes` rounds are reached. (Before, a fixed number of probes cycled over the
-batches: with 8 batches each saw about 4, and the trace's agreement with measured drops fell
-to about 0 while its cost stayed flat.)
+One probe serves every layer at once. Where the task's loss is a mean over samples, each sample
+gets its own probes and its own trace (one per batch where the loss couples a batch's
+samples), so the interval resamples samples and holds the probes' noise too. Probes come in
+rounds, one more per sample each, from `min_probes` until the probes' share of the error of
+each layer's mean trace (the spread of a sample's rounds) is under `tolerance` of it (layers
+whose trace is under 1% of the largest are not waited for) or `max_probes` rounds are reached.
+The data's own spread is the interval's to report, not a reason to draw more probes. (Version
+1 cycled a fixed number of probes over the batches: with 8 batches each saw about 4, and the
+trace's agreement with measured drops fell to about 0 while its cost stayed flat.)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mixprec.sensitivity.configs import HessianConfig
 from mixprec.tasks import Batch
 from mixprec.units import Unit, layer_weight, quantizable_layers
 
-Traces = dict[str, np.ndarray]  # layer -> trace estimate per calibration batch
+Traces = dict[str, np.ndarray]  # layer -> trace estimate per calibration sample
 
 
 @register_estimator(HessianConfig)
@@ -46,7 +48,7 @@ class HessianEstimator(SensitivityEstimator):
         self._deltas = WeightDeltas()
 
     def traces(self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str) -> Traces:
-        """Per-layer, per-batch Hutchinson trace estimates, computed once per model and data."""
+        """Per-layer, per-sample Hutchinson trace estimates, computed once per model and data."""
         key = (bundle.fingerprint, calibration)
         if key not in self._traces:
             self._traces[key] = self._estimate(bundle, batches)
@@ -56,35 +58,39 @@ class HessianEstimator(SensitivityEstimator):
         layers = quantizable_layers(bundle.model)
         names = list(layers)
         weights = [layer_weight(layers[n]) for n in names]
-        samples: list[list[np.ndarray]] = [[] for _ in batches]  # per batch, one per round
-        rounds = 0
+        parts = [part for batch in batches for part in bundle.task.split(batch)]
+        rounds: list[np.ndarray] = []  # one [parts, layers] table per round
         with _double_backward_attention(bundle.model):
             while True:
-                for batch, drawn in zip(batches, samples, strict=True):
-                    seed = derive_seed(self.seed, "probe", str(rounds))  # the same on every batch
+                drawn = []
+                for index, part in enumerate(parts):
+                    seed = derive_seed(self.seed, "probe", str(len(rounds)), str(index))
                     gen = torch.Generator().manual_seed(seed)
-                    drawn.append(_hutchinson_sample(bundle, batch, weights, gen))
-                rounds += 1
-                if rounds >= self.config.min_probes and (
-                    rounds >= self.config.max_probes or self._converged(samples)
+                    drawn.append(_hutchinson_sample(bundle, part, weights, gen))
+                rounds.append(np.stack(drawn))
+                count = len(rounds)
+                if count >= self.config.min_probes and (
+                    count >= self.config.max_probes or self._converged(rounds)
                 ):
                     break
-        per_batch = np.stack([np.mean(drawn, axis=0) for drawn in samples])
-        return {name: per_batch[:, i] for i, name in enumerate(names)}
+        per_sample = np.mean(rounds, axis=0)
+        return {name: per_sample[:, i] for i, name in enumerate(names)}
 
-    def _converged(self, samples: list[list[np.ndarray]]) -> bool:
-        """The relative standard error of the mean over rounds (each round's mean over the
-        batches), checked at powers of two and every 64 rounds, so the check stays cheap."""
-        count = len(samples[0])
-        if count & (count - 1) and count % 64:
+    def _converged(self, rounds: list[np.ndarray]) -> bool:
+        """Whether the probes' standard error of each layer's mean trace (the spread of a
+        sample's rounds, over rounds x samples) is under `tolerance` of it; checked at powers of
+        two and every 64 rounds, so the check stays cheap."""
+        count = len(rounds)
+        if count < 2 or (count & (count - 1) and count % 64):
             return False
-        table = np.mean(np.stack([np.stack(drawn) for drawn in samples]), axis=0)
-        mean = table.mean(axis=0)
-        error = table.std(axis=0, ddof=1) / np.sqrt(count)
+        table = np.stack(rounds)  # [rounds, parts, layers]
+        mean = table.mean(axis=(0, 1))
+        within = table.var(axis=0, ddof=1).mean(axis=0)
+        error = np.sqrt(within / (count * table.shape[1]))
         watched = np.abs(mean) >= 0.01 * np.abs(mean).max()
         return bool(np.all(error[watched] <= self.config.tolerance * np.abs(mean[watched])))
 
-    def per_batch(
+    def per_sample(
         self,
         bundle: ModelBundle,
         unit: Unit,

@@ -1,7 +1,7 @@
 """Output isolation: quantize only the unit and measure the output divergence to FP32.
 
 The direct measurement of "Diagnosing FP4 inference": KL for logits, MSE for embeddings,
-per calibration batch; activation formats in the scheme are applied too. Blocks that run
+per calibration sample; activation formats in the scheme are applied too. Blocks that run
 before the unit replay their recorded FP32 outputs (sensitivity/replay.py).
 """
 
@@ -41,7 +41,7 @@ class IsolationEstimator(SensitivityEstimator):
             self._references[key] = record_blocks(bundle.model, batches, bundle.task.outputs)
         return self._references[key]
 
-    def per_batch(
+    def per_sample(
         self,
         bundle: ModelBundle,
         unit: Unit,
@@ -51,7 +51,7 @@ class IsolationEstimator(SensitivityEstimator):
     ) -> list[float]:
         reference, recording = self._reference(bundle, batches, calibration)
         modules = unit.modules if self.config.replay else ()
-        values = []
+        values: list[float] = []
         assignment = dict.fromkeys(unit.modules, scheme)
         applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance,
                                       input_ranges=calibrated(bundle, assignment))  # fmt: skip
@@ -59,5 +59,5 @@ class IsolationEstimator(SensitivityEstimator):
             for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
                 with torch.inference_mode(), replaying(model, recording, modules, index):
                     out = bundle.task.outputs(model, batch)
-                values.append(bundle.task.divergence_to_reference([out], [ref]))
+                values.extend(bundle.task.divergence_per_sample(out, ref).tolist())
         return values

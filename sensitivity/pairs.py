@@ -68,20 +68,20 @@ def measure_interactions(
     estimator = IsolationEstimator(IsolationConfig(seed=seed))
     alone: dict[tuple[str, str], list[float]] = {}
 
-    def per_batch(name: str, modules: tuple[str, ...], scheme: str) -> list[float]:
+    def per_sample(name: str, modules: tuple[str, ...], scheme: str) -> list[float]:
         unit = Unit(name, "block", modules, 0)  # replay: from before the first of its modules
-        return estimator.per_batch(bundle, unit, Scheme.parse(scheme), batches, digest)
+        return estimator.per_sample(bundle, unit, Scheme.parse(scheme), batches, digest)
 
     rows = []
     with cell_progress("interaction terms", len(pairs) * len(chosen), progress) as advance:
         for (first, second), scheme in itertools.product(pairs, chosen):
             for unit in (first, second):
                 if (unit, scheme) not in alone:
-                    alone[unit, scheme] = per_batch(unit, costs.members[unit], scheme)
+                    alone[unit, scheme] = per_sample(unit, costs.members[unit], scheme)
             members = (*costs.members[first], *costs.members[second])
-            joint = np.array(per_batch(f"{first}+{second}", members, scheme))
+            joint = np.array(per_sample(f"{first}+{second}", members, scheme))
             additive = np.array(alone[first, scheme]) + np.array(alone[second, scheme])
-            term = Score.from_batches(list(joint - additive),
+            term = Score.from_samples(list(joint - additive),
                                       derive_seed(seed, "pair", first, second, scheme))  # fmt: skip
             rows.append({"first": first, "second": second, "scheme": scheme,
                          "joint": float(joint.mean()), "additive": float(additive.mean()),

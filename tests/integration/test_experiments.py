@@ -203,7 +203,9 @@ ray_model = "digits-cnn"
 
 def test_adaptive_study(tmp_path: Path) -> None:
     config = ('models = ["digits-cnn"]\nschemes = ["w:int8", "w:int4_g128", "w:int2"]\n'
-              'budgets = ["5bits", "6bits"]\ncalib_batches = 2\n')  # fmt: skip
+              'budgets = ["5bits", "6bits"]\ncalib_batches = 2\n'
+              'coverage = {estimators = ["fisher", "isolation"], schemes = ["w:int4"], '
+              'repeats = 4, samples = [20]}\n')  # fmt: skip
     text = run_study("adaptive", config, tmp_path, plots=False)
     [costs] = tables_with(text, "method", "seconds", "fisher cells", "isolation cells")
     cells = {
@@ -217,6 +219,12 @@ def test_adaptive_study(tmp_path: Path) -> None:
     }
     assert all(float(row["bits"]) <= float(row["budget"][:-4]) for row in plans)
     assert "digits-cnn: adaptive's gap to FP is" in text
+    [covers] = tables_with(text, "estimator", "resampled", "intervals", "coverage")
+    assert {(row["estimator"], row["resampled"]) for row in covers} == {
+        (e, r) for e in ("fisher", "isolation") for r in ("samples", "2 batch means")
+    }
+    assert all(row["intervals"] == "24" and 0 <= float(row["coverage"]) <= 1 for row in covers)
+    assert "Coverage, fisher: the 95% interval over 20 samples" in text
 
 
 def test_interactions_study(tmp_path: Path) -> None:

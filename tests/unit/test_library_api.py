@@ -127,12 +127,12 @@ def test_a_users_own_estimator_registers_scores_and_keys_its_settings(tmp_path: 
 
         @register_estimator(WeightErrorConfig)
         class WeightError(SensitivityEstimator):
-            """The summed |Q(W) - W|^power of the unit's layers, the same for every batch."""
+            """The summed |Q(W) - W|^power of the unit's layers, the same for every sample."""
 
             needs_loss = False
             config: WeightErrorConfig
 
-            def per_batch(self, bundle, unit, scheme, batches, calibration):  # type: ignore[no-untyped-def]
+            def per_sample(self, bundle, unit, scheme, batches, calibration):  # type: ignore[no-untyped-def]
                 layers = dict(bundle.model.named_modules())
                 error = 0.0
                 for name in unit.modules:
@@ -143,7 +143,7 @@ def test_a_users_own_estimator_registers_scores_and_keys_its_settings(tmp_path: 
                         else scheme.weight.quantize_dequantize(weight)
                     )
                     error += float((changed - weight).abs().pow(self.config.power).sum())
-                return [error] * len(batches)
+                return [error] * sum(bundle.task.samples(b) for b in batches)
 
         model = torch.nn.Sequential(
             torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)

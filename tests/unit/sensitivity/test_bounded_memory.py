@@ -13,8 +13,8 @@ from mixprec.kernels import formats
 from mixprec.models import load_model
 from mixprec.scheme import Scheme
 from mixprec.sensitivity import base
-from mixprec.sensitivity.base import WeightDeltas, squared_error, weighted_sum
-from mixprec.sensitivity.fisher import FisherEstimator, stream_fisher
+from mixprec.sensitivity.base import WeightDeltas, squared_error
+from mixprec.sensitivity.fisher import FisherEstimator, stream_squares
 from mixprec.units import discover_units, quantizable_layers, select
 
 QUANTIZED = [f.name for f in formats.all() if f.is_quantized]
@@ -30,13 +30,6 @@ def test_row_chunks_give_the_whole_tensors_error(
     whole = (fmt.quantize_dequantize(weight.float()) - weight.float()).square()
     monkeypatch.setattr(base, "ROW_CHUNK_ELEMENTS", 96 * 5)  # 8 chunks, the last one short
     torch.testing.assert_close(squared_error(weight, fmt), whole, rtol=0, atol=0)
-
-
-def test_weighted_sum_in_chunks_is_the_sum(monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = torch.Generator().manual_seed(1)
-    a, b = torch.rand(50, 40, generator=gen), torch.rand(50, 40, generator=gen)
-    monkeypatch.setattr(base, "ROW_CHUNK_ELEMENTS", 40 * 7)
-    assert weighted_sum(a, b) == pytest.approx(float((a * b).double().sum()), rel=1e-6)
 
 
 def test_the_error_memo_is_bounded_in_bytes() -> None:
@@ -58,7 +51,7 @@ def test_fisher_forms_no_weight_gradient() -> None:
     ]
     got: dict[str, torch.Tensor] = {}
     try:
-        stream_fisher(bundle, bundle.calibration[0], got.__setitem__)
+        stream_squares(bundle, bundle.calibration[0], lambda n, _, s: got.__setitem__(n, s))
     finally:
         for handle in handles:
             handle.remove()
@@ -84,9 +77,9 @@ def test_expected_schemes_share_one_pass_and_score_as_if_asked_alone() -> None:
     shared.expect(schemes)
     object.__setattr__(bundle.task, "loss", counted)
     try:
-        together = [shared.per_batch(bundle, unit, s, batches, calibration) for s in schemes]
+        together = [shared.per_sample(bundle, unit, s, batches, calibration) for s in schemes]
     finally:
         object.__delattr__(bundle.task, "loss")
     assert passes == len(batches)  # one pass over the data served all three schemes
-    alone = [FisherEstimator().per_batch(bundle, unit, s, batches, calibration) for s in schemes]
+    alone = [FisherEstimator().per_sample(bundle, unit, s, batches, calibration) for s in schemes]
     assert together == alone

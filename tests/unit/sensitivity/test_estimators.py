@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from mixprec.sensitivity.configs import (
 from mixprec.sensitivity.fisher import FisherEstimator, empirical_fisher
 from mixprec.sensitivity.hessian import HessianEstimator
 from mixprec.sensitivity.isolation import IsolationEstimator
-from mixprec.tasks import CausalLMTask, ClassificationTask
+from mixprec.tasks import CausalLMTask, ClassificationTask, SentenceEmbeddingTask
 from mixprec.testing import EstimatorTestCase
 from mixprec.units import discover_units, select, weight_matrix
 from tests.helpers.models import make_gpt2
@@ -71,29 +73,55 @@ def tiny_mlp_bundle(seed: int = 0) -> ModelBundle:
     return ModelBundle("tiny-mlp", model, ClassificationTask(), batches, batches)
 
 
-def exact_trace(bundle: ModelBundle, name: str, batch: dict) -> float:
-    """Trace of the cross-entropy Hessian w.r.t. one layer's weight, by autograd."""
-    weight = dict(bundle.model.named_parameters())[f"{name}.weight"].detach()
+def exact_hessian(bundle: ModelBundle, batch: dict) -> tuple[torch.Tensor, dict[str, slice]]:
+    """The cross-entropy Hessian w.r.t. every layer's weight at once, by autograd, and each
+    layer's slice of its rows."""
+    params = dict(bundle.model.named_parameters())
+    names = [n.removesuffix(".weight") for n in params if n.endswith(".weight")]
+    weights = [params[f"{n}.weight"].detach() for n in names]
+    sizes = [w.numel() for w in weights]
+    starts = np.cumsum([0, *sizes])
+    slices = {n: slice(int(a), int(a) + s) for n, a, s in zip(names, starts, sizes, strict=False)}
 
-    def loss_of(w: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(bundle.model, {f"{name}.weight": w}, (batch["inputs"],))
+    def loss_of(flat: torch.Tensor) -> torch.Tensor:
+        parts = {
+            f"{n}.weight": flat[slices[n]].reshape(w.shape)
+            for n, w in zip(names, weights, strict=False)
+        }
+        logits = functional_call(bundle.model, parts, (batch["inputs"],))
         return F.cross_entropy(logits, batch["labels"])
 
-    hessian = torch.autograd.functional.hessian(loss_of, weight.clone())
-    return float(hessian.reshape(weight.numel(), -1).diagonal().sum())
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    return torch.autograd.functional.hessian(loss_of, flat).double(), slices
+
+
+def exact_trace(bundle: ModelBundle, name: str, batch: dict) -> float:
+    hessian, slices = exact_hessian(bundle, batch)
+    return float(hessian[slices[name], slices[name]].diagonal().sum())
 
 
 def test_hutchinson_trace_matches_the_exact_hessian_trace() -> None:
     bundle = tiny_mlp_bundle()
     one = bundle.calibration[:1]
     estimator = HessianEstimator(
-        HessianConfig(seed=0, tolerance=1e-9, min_probes=20_000, max_probes=20_000)
+        HessianConfig(seed=0, tolerance=1e-9, min_probes=4_000, max_probes=4_000)
     )
     traces = estimator.traces(bundle, one, content_hash(one))
+    rows = ClassificationTask().split(one[0])
     for name in ["0", "2"]:
+        assert len(traces[name]) == len(rows)  # one trace per sample, each with its own probes
         exact = exact_trace(bundle, name, one[0])
-        assert traces[name][0] == pytest.approx(exact, rel=0.03)  # ~4 standard errors
+        assert float(np.mean(traces[name])) == pytest.approx(exact, rel=0.03)  # ~4 std errors
         assert abs(exact) > 0.1
+        for trace, row in zip(traces[name], rows, strict=True):
+            hessian, slices = exact_hessian(bundle, row)
+            own, rows_of = hessian[slices[name], slices[name]], hessian[slices[name]]
+            # v_l^T (H v)_l with one Rademacher v over every layer has the variance
+            # 2 (||H_ll||_F^2 - ||diag H_ll||^2) + ||H_lm||_F^2 over the other layers m
+            spread = 2 * float(own.square().sum() - own.diagonal().square().sum())
+            spread += float(rows_of.square().sum() - own.square().sum())
+            error = math.sqrt(spread / 4_000)
+            assert abs(trace - float(own.diagonal().sum())) <= 5 * error + 1e-9
 
 
 def test_hessian_stops_early_when_converged_and_caps_probes() -> None:
@@ -161,13 +189,18 @@ def test_fisher_score_is_the_weighted_distortion() -> None:
     unit = select(discover_units(bundle.model), "layer")[2]
     scheme = Scheme.parse("w:int4")
     calibration = content_hash(bundle.calibration)
-    per_batch = FisherEstimator().per_batch(bundle, unit, scheme, bundle.calibration, calibration)
+    per_sample = FisherEstimator().per_sample(bundle, unit, scheme, bundle.calibration, calibration)
+    assert len(per_sample) == sum(bundle.task.samples(b) for b in bundle.calibration)
     layer = dict(bundle.model.named_modules())[unit.name]
     w = weight_matrix(layer).detach()
     delta = (scheme.weight.quantize_dequantize(w) - w).square()  # type: ignore[union-attr]
-    for value, batch in zip(per_batch, bundle.calibration, strict=True):
-        expected = float((empirical_fisher(bundle, batch)[unit.name] * delta).sum())
-        assert value == pytest.approx(expected, rel=1e-6)
+    first = bundle.calibration[0]
+    size = bundle.task.samples(first)
+    whole = float((empirical_fisher(bundle, first)[unit.name] * delta).sum())
+    assert float(np.mean(per_sample[:size])) == pytest.approx(whole, rel=1e-5)
+    for row, sample in enumerate(bundle.task.split(first)[:3]):
+        alone = float((empirical_fisher(bundle, sample)[unit.name] * delta).sum())
+        assert per_sample[row] == pytest.approx(alone, rel=1e-4)
 
 
 def test_isolation_equals_the_divergence_of_a_quantized_copy() -> None:
@@ -180,11 +213,11 @@ def test_isolation_equals_the_divergence_of_a_quantized_copy() -> None:
         for batch in bundle.calibration:
             out = F.log_softmax(copy(batch["inputs"]), -1)
             ref = F.log_softmax(bundle.model(batch["inputs"]), -1)
-            expected.append(float((ref.exp() * (ref - out)).sum(-1).mean()))
+            expected.extend((ref.exp() * (ref - out)).sum(-1).clamp_min(0.0).tolist())
     scheme = Scheme.parse("w:nvfp4,a:nvfp4")
     got = IsolationEstimator().score(bundle, unit, scheme, bundle.calibration)
     assert got.samples == len(expected)
-    got = IsolationEstimator().per_batch(
+    got = IsolationEstimator().per_sample(
         bundle, unit, scheme, bundle.calibration, content_hash(bundle.calibration)
     )
     assert got == pytest.approx(expected, rel=1e-5)
@@ -201,10 +234,17 @@ def test_temporarily_applied_restores_weights_and_hooks() -> None:
     assert not bundle.model.head._forward_pre_hooks
 
 
+def test_samples_are_scored_alone_only_where_the_loss_is_their_mean() -> None:
+    batch = {"input_ids": torch.ones(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3)}
+    rows = CausalLMTask().split(batch)
+    assert [r["input_ids"].shape for r in rows] == [torch.Size([1, 3])] * 4
+    assert SentenceEmbeddingTask().split(batch) == [batch]  # in-batch negatives: one loss
+
+
 def test_bootstrap_interval() -> None:
-    same = Score.from_batches([2.0, 2.0, 2.0], seed=0)
+    same = Score.from_samples([2.0, 2.0, 2.0], seed=0)
     assert (same.mean, same.ci_low, same.ci_high) == (2.0, 2.0, 2.0)
-    spread = Score.from_batches([1.0, 2.0, 3.0, 10.0], seed=0)
+    spread = Score.from_samples([1.0, 2.0, 3.0, 10.0], seed=0)
     assert spread.ci_low < spread.mean < spread.ci_high
     assert spread.ci_low >= 1.0 and spread.ci_high <= 10.0
-    assert Score.from_batches([1.0, 2.0, 3.0, 10.0], seed=0) == spread
+    assert Score.from_samples([1.0, 2.0, 3.0, 10.0], seed=0) == spread

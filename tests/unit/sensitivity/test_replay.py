@@ -50,8 +50,8 @@ def test_replay_gives_the_same_scores_as_full_forwards(bundle: ModelBundle, sche
         IsolationEstimator(IsolationConfig(replay=False)),
     )
     for unit in discover_units(bundle.model):
-        expected = without.per_batch(bundle, unit, parsed, batches, digest)
-        assert with_replay.per_batch(bundle, unit, parsed, batches, digest) == expected, unit.name
+        expected = without.per_sample(bundle, unit, parsed, batches, digest)
+        assert with_replay.per_sample(bundle, unit, parsed, batches, digest) == expected, unit.name
         if not all(m.startswith("pooler") for m in unit.modules):  # the pooler goes unused
             assert all(value > 0 for value in expected), unit.name
 
