@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from coverage_study import DEFAULTS as COVERAGE
 from coverage_study import coverage, coverage_verdicts
-from study import PRIMARY, load_config, parse_args, publish_study
+from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
@@ -78,7 +78,7 @@ def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
             value, samples[method, budget] = measured.metrics[name], measured.per_sample[name]
             plans.append({"model": model, "budget": budget, "method": method,
                           "bits": plan.predicted["bits_per_weight"],
-                          "budget left": plan.predicted["budget_left"], "metric": value,
+                          LEFT: 100 * plan.predicted["budget_left"], "metric": value,
                           "gap to FP": abs(value - baseline)})  # fmt: skip
     for row in plans:  # each plan against full isolation's, paired over evaluation samples
         pair = samples[row["method"], row["budget"]], samples["isolation", row["budget"]]
@@ -151,7 +151,7 @@ def main() -> int:
         "Adaptive scoring: plan quality and cost vs Fisher only and full isolation",
         seconds,
         what,
-        [*verdicts(costs, plans), *coverage_verdicts(covers, settings)],
+        [*verdicts(costs, plans), *budget_verdicts(plans), *coverage_verdicts(covers, settings)],
         [
             ("1. Scoring cost per model and method", frame_markdown(costs, digits=3)),
             ("2. Measured metric of each method's plan per budget",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from study import PRIMARY, isolation_problem, publish
+from study import LEFT, PRIMARY, budget_verdicts, isolation_problem, publish
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
@@ -68,6 +68,7 @@ def compare(
             rows.append({"model": problem.bundle.name, "budget": budget, "method": name,
                          "objective": objective, "gap to ilp %": 100 * (objective / optimum - 1),
                          primary[0]: measured, "bits/weight": plan.predicted["bits_per_weight"],
+                         LEFT: 100 * plan.predicted["budget_left"],
                          "training steps": steps if name == "sac" else None,
                          "seconds": seconds})  # fmt: skip
     return rows
@@ -175,6 +176,9 @@ def main() -> int:
         + f"\nSAC is within 2% of the ILP objective in {within} of {len(sac)} cases (goal: all)"
         + (f"; not in: {'; '.join(missed)}.\n" if missed else ".\n")
         + tally
+        + "\n"
+        + "\n".join(budget_verdicts(pd.DataFrame(rows)))
+        + "\n"
         + "\n## 2. Transfer\n\n"
         + frame_markdown(pd.DataFrame(moved), digits=5)
     )

@@ -17,7 +17,9 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from study import (
+    LEFT,
     PRIMARY,
+    budget_verdicts,
     isolation_problem,
     load_config,
     parse_args,
@@ -85,6 +87,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             gap = 100 * (objective / optimum - 1) if optimum else float("nan")
             rows.append({"model": model, "budget bits": bits, "method": method,
                          "bits/weight": plan.predicted["bits_per_weight"],
+                         LEFT: 100 * plan.predicted["budget_left"],
                          "predicted": objective, "gap to ilp %": gap,
                          metric: measure(plan.assignment),
                          "solve s": seconds})  # fmt: skip
@@ -179,7 +182,7 @@ def main() -> int:
         "Allocators: ILP vs greedy vs Optuna vs SAC vs uniform, 3-8 bits",
         seconds,
         what,
-        verdicts(frame, models),
+        [*verdicts(frame, models), *budget_verdicts(frame)],
         [
             ("Predicted vs measured (all plans of a model)",
              frame_markdown(agreement(frame, models), digits=3)),

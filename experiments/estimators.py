@@ -129,11 +129,22 @@ def verdicts(frame: pd.DataFrame, cost: pd.DataFrame, ray: pd.DataFrame) -> list
     trend = frame.groupby(["estimator", "batches"])["median CI width / score"].median().unstack()
     narrows = [e for e, row in trend.iterrows() if row.dropna().is_monotonic_decreasing]
     lines.append(
-        f"- Expected: a bootstrap CI of the mean narrows roughly as 1/sqrt(batches). Its median "
-        f"relative width shrinks monotonically for: {', '.join(narrows) or 'none'} (of "
-        f"{', '.join(trend.index)}). Where it does not, the batches differ more than the first "
-        "two show: two batches give the bootstrap only three distinct resampled means."
+        f"- Expected: a bootstrap CI of the mean over calibration samples narrows roughly as "
+        f"1/sqrt(batches). Its median relative width shrinks monotonically for: "
+        f"{', '.join(narrows) or 'none'} (of {', '.join(trend.index)})."
     )
+    hessian = frame[frame["estimator"] == "hessian"]
+    if not hessian.empty:
+        agreement = hessian.groupby(["model", "batches"])["spearman vs drop"].mean().unstack()
+        spent = cost[cost["estimator"] == "hessian"].set_index(["model", "batches"])["seconds"]
+        lines.append(
+            "- Hessian trace (a trace per sample with its own probes, version 3), mean Spearman "
+            "by batches: " + "; ".join(
+                f"{model} " + ", ".join(f"{b}: {v:.2f} ({spent[model, b]:.0f} s)"
+                                        for b, v in row.dropna().items())
+                for model, row in agreement.iterrows()
+            ) + "."
+        )  # fmt: skip
     return lines
 
 
@@ -167,8 +178,10 @@ def main() -> int:
     what = (
         f"Schemes {', '.join(config['schemes'])}, layer level, every analysis from an empty "
         f"cache on {config['workers']} Ray workers (1 torch thread each). The drop is measured "
-        f"on the evaluation split with only that layer quantized ({metrics}). CI = 95% bootstrap "
-        "interval over calibration batches; its width is reported relative to the score."
+        f"on the evaluation split with only that layer quantized ({metrics}). CI = 95% "
+        "studentized bootstrap interval over calibration samples (one score per sample; per "
+        "batch for MiniLM's Hessian, whose in-batch contrastive loss couples a batch's texts); "
+        "its width is reported relative to the score."
     )
     return publish_study(
         args,

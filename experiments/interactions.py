@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, load_config, parse_args, publish_study
+from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
@@ -64,6 +64,7 @@ def study(
             divergence = measured_divergence(bundle, plan.assignment)
             plans[label], samples[label] = plan, measured.per_sample[name]
             rows.append({"model": model, "budget": budget, "objective": label,
+                         LEFT: 100 * plan.predicted["budget_left"],
                          "predicted": plan.predicted["score"], "measured divergence": divergence,
                          "error": plan.predicted["score"] / divergence - 1,
                          name: measured.metrics[name], "solve s": solve})  # fmt: skip
@@ -101,13 +102,14 @@ def main() -> int:
         f"Schemes {', '.join(config['schemes'])}, isolation scores at layer level, "
         f"{config['calib_batches']} calibration batches, every layer may be quantized; terms "
         "for every two decision units of one block under one scheme, kept where their 95% "
-        "interval (bootstrap over calibration batches) excludes 0. Predicted: the plan's summed "
-        "scores (and terms); measured divergence: its output KL (MSE for MiniLM) to FP32 on the "
-        "evaluation split; the metric on that split, compared paired over its samples."
+        "interval (studentized bootstrap over calibration samples) excludes 0. Predicted: the "
+        "plan's summed scores (and terms); measured divergence: its output KL (MSE for MiniLM) "
+        "to FP32 on the evaluation split; the metric on that split, compared paired over its "
+        "samples."
     )
     return publish_study(
         args, "Interactions: the additive ILP vs the ILP with measured pairwise terms",
-        seconds, what, verdicts(rows),
+        seconds, what, [*verdicts(rows), *budget_verdicts(rows, "objective")],
         [("1. Plans per model, budget and objective", frame_markdown(rows, digits=4)),
          ("2. Cost of the terms", frame_markdown(costs, digits=3))],
         "No plots: the two tables are the result.\n",

@@ -22,7 +22,17 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import PRIMARY, fail, load_config, parse_args, publish_study, pyplot, save_figure
+from study import (
+    LEFT,
+    PRIMARY,
+    budget_verdicts,
+    fail,
+    load_config,
+    parse_args,
+    publish_study,
+    pyplot,
+    save_figure,
+)
 
 from mixprec import AnalysisSpec, analyze
 from mixprec.allocation import AllocationProblem, allocate
@@ -70,6 +80,7 @@ def modelopt_plan(model_name: str, bits: float, calib: int) -> dict[str, object]
         "method": f"modelopt {modelopt.__version__} auto_quantize (gradient)",
         "budget bits": bits,
         "bits (own accounting)": state["best"]["constraints"]["effective_bits"],
+        LEFT: 100 * (1 - state["best"]["constraints"]["effective_bits"] / bits),
         **metrics,
         "seconds": seconds,
     }
@@ -96,7 +107,8 @@ def mixprec_plans(model_name: str, config: dict[str, Any]) -> list[dict[str, obj
             result = evaluate(bundle, plan.assignment)
             rows.append(
                 {"method": f"mixprec ilp ({estimator})", "budget bits": bits,
-                 "bits (own accounting)": result.bits_per_weight, **result.metrics,
+                 "bits (own accounting)": result.bits_per_weight,
+                 LEFT: 100 * plan.predicted["budget_left"], **result.metrics,
                  "seconds": scoring + solving, "scoring s": scoring,
                  "solve s": solving}
             )  # fmt: skip
@@ -165,7 +177,7 @@ def main() -> int:
         "mixprec vs NVIDIA ModelOpt auto_quantize: same model, data, formats, budget",
         seconds,
         what,
-        [*verdicts(frame, metric), note],
+        [*verdicts(frame, metric), *budget_verdicts(frame), note],
         [("Every plan", frame_markdown(frame, digits=4))],
         plot(frame, metric, args.out),
     )

@@ -95,6 +95,22 @@ def fits_verdicts(metric: str, higher: bool, plans: Sequence[dict[str, Any]],
     return lines
 
 
+BUDGET_GOAL = 0.5  # % of the budget a plan may leave unused where a closer plan is feasible
+LEFT = "budget left %"
+
+
+def budget_verdicts(frame: Any, by: str = "method") -> list[str]:
+    """Per `by` value: the most of its budget any of its plans leaves unused (the ILP's should
+    be under BUDGET_GOAL wherever a plan that close exists; the others say how close they get)."""
+    lines = []
+    for name, part in frame[frame[LEFT].notna()].groupby(by, sort=False):
+        most = float(part[LEFT].max())
+        met = "within" if most <= BUDGET_GOAL else "NOT within"
+        lines.append(f"- Budget, {name}: at most {most:.3g}% of the budget left unused over "
+                     f"{len(part)} plans ({met} {BUDGET_GOAL:g}%).")  # fmt: skip
+    return lines
+
+
 def model_sections(results: Any, models: Sequence[str], where: str) -> list[tuple[str, str]]:
     """One results section per model: its rows (without the model column) as a table."""
     from mixprec.markdown import frame_markdown

@@ -184,17 +184,20 @@ class Pipeline:
                 name = f"search {strategy.name} {budget}"
                 settings = strategy.provenance()
                 inputs = inputs_hash(name, self.folder.scores_path, estimator, c.seed, settings,
-                                     *narrowed)  # fmt: skip
+                                     *narrowed, *(["measured"] if c.evaluate else []))  # fmt: skip
 
                 def work(
                     strategy: Any = strategy, budget: str = budget, out: Path = out
                 ) -> str | None:
                     out.unlink(missing_ok=True)
-                    try:
-                        plan = allocate(self.problem(), budget, strategy, workdir=self.path)
+                    try:  # measured: never worse than a uniform plan that fits (see allocate)
+                        plan = allocate(self.problem(), budget, strategy, workdir=self.path,
+                                        measure=c.evaluate)  # fmt: skip
                     except InfeasibleBudget as err:  # a result, not a crash
                         return str(err)
                     plan.save(out)
+                    if "note" in plan.provenance:
+                        self.say(f"  {plan.provenance['note']}")
                     return None
 
                 self.step(name, inputs, [out], work)

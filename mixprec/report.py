@@ -34,6 +34,18 @@ def plan_rows(plans: list[Path], folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def uniform_comparisons(plans: list[Path]) -> list[str]:
+    """Per measured plan: how it compared with each uniform plan that fits its budget, and
+    whether a uniform one replaced it."""
+    lines = []
+    for path in plans:
+        provenance = json.loads(path.read_text(encoding="utf-8")).get("provenance", {})
+        said = [str(provenance[k]) for k in ("note", "uniform") if provenance.get(k)]
+        if said:
+            lines.append(f"- {path.stem}: " + "; ".join(said))
+    return lines
+
+
 def write_report(config: RunConfig, manifest: Manifest, plans: list[Path], out: Path) -> None:
     folder = out.parent
     rows = plan_rows(plans, folder)
@@ -54,6 +66,10 @@ def write_report(config: RunConfig, manifest: Manifest, plans: list[Path], out: 
     ]
     if notes:
         lines += ["## Steps that wrote nothing\n", "\n".join(notes) + "\n"]
+    guarded = uniform_comparisons(plans)
+    if guarded:
+        lines += ["## Against uniform plans of the same budget (paired over evaluation "
+                  "samples)\n", "\n".join(guarded) + "\n"]  # fmt: skip
     files = ["scores.parquet", *(f"plans/{p.name}" for p in plans)]
     if config.evaluate:
         files += [f"eval/{p.name}" for p in plans]

@@ -219,12 +219,14 @@ def test_adaptive_study(tmp_path: Path) -> None:
     }
     assert all(float(row["bits"]) <= float(row["budget"][:-4]) for row in plans)
     assert "digits-cnn: adaptive's gap to FP is" in text
-    [covers] = tables_with(text, "estimator", "resampled", "intervals", "coverage")
-    assert {(row["estimator"], row["resampled"]) for row in covers} == {
-        (e, r) for e in ("fisher", "isolation") for r in ("samples", "2 batch means")
-    }
+    [covers] = tables_with(text, "estimator", "interval", "intervals", "coverage")
+    assert {row["estimator"] for row in covers} == {"fisher", "isolation"}
     assert all(row["intervals"] == "24" and 0 <= float(row["coverage"]) <= 1 for row in covers)
-    assert "Coverage, fisher: the 95% interval over 20 samples" in text
+    assert {row["interval"] for row in covers} == {"studentized over samples",
+                                                  "percentile over samples",
+                                                  "percentile over 2 batch means"}  # fmt: skip
+    assert "Coverage, fisher, 20 samples: the 95% interval held" in text
+    assert "- Budget, adaptive: at most" in text  # how much of its budget a plan leaves
 
 
 def test_interactions_study(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_serial_table_and_outputs(cache: CountingCache, tmp_path: Path) -> None:
     table = analyze(SPEC, out=tmp_path / "run", cache=cache, progress=False)
     frame = table.frame
     assert len(frame) == 3 * 2 * 8  # estimators x schemes x (6 layers + 2 blocks)
-    assert (frame["status"] == "ok").all() and (frame["samples"] == 2).all()
+    assert (frame["status"] == "ok").all() and (frame["samples"] == 200).all()  # 2 x 100 images
     assert (frame["ci_low"] <= frame["score"]).all() and (frame["score"] <= frame["ci_high"]).all()
     assert set(frame["level"]) == {"layer", "block"}
     saved = table.load(tmp_path / "run" / "scores.parquet")
@@ -189,7 +189,7 @@ def test_cli_analyze_then_report(
     assert done.value.code == 0
     table = ScoreTable.load(run / "scores.parquet")
     assert set(table.frame["scheme"]) == {"w:int8", "w:nvfp4,a:nvfp4"}
-    assert (table.frame["samples"] == 1).all()
+    assert (table.frame["samples"] == 100).all()  # one batch of 100 images
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(["report", str(run), "--top", "1"])
