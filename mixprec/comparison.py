@@ -93,9 +93,11 @@ def mean_interval(values: np.ndarray, seed: int, level: float = 0.95) -> tuple[f
         return mean, mean
     drawn = values[resamples(count, seed)]
     spread = drawn.std(axis=1, ddof=1) / math.sqrt(count)
-    studentized = np.divide(drawn.mean(axis=1) - mean, spread, out=np.zeros(len(drawn)),
-                            where=spread > 0)  # fmt: skip
-    low, high = np.quantile(studentized, [(1 - level) / 2, (1 + level) / 2])
+    shift = drawn.mean(axis=1) - mean  # a resample of one repeated value: shift / 0 = ±inf,
+    with np.errstate(divide="ignore", invalid="ignore"):  # so few values give their range
+        studentized = np.where(shift == 0, 0.0, shift / spread)
+    low, high = np.quantile(studentized, [(1 - level) / 2, (1 + level) / 2],
+                            method="inverted_cdf")  # fmt: skip  # no interpolating infinities
     return max(mean - high * error, float(values.min())), min(mean - low * error,
                                                                 float(values.max()))  # fmt: skip
 

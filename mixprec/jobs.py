@@ -153,8 +153,11 @@ def submit(
                 )
                 return job_id
             except RuntimeError as err:
-                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                no_agent = "No available agent" in str(err)
+                if not no_agent or time.monotonic() > deadline:
                     reason = f"the cluster at {address} refused the job: {last_line(str(err))}"
+                    if no_agent:  # its agent failed to start, e.g. another Ray holds its port
+                        reason += f" (no job agent registered within {AGENT_WAIT_S:.0f} s)"
                     raise MixprecError(reason) from None
                 if not waiting:
                     sys.stderr.write(f"mixprec: waiting up to {AGENT_WAIT_S:.0f} s for the job "

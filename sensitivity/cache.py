@@ -20,7 +20,7 @@ from mixprec.files import atomic_write_text
 from mixprec.scheme import Scheme
 from mixprec.units import Unit
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a score's interval from very few samples spans their range
 
 
 def cell_key(

@@ -38,8 +38,8 @@ def running_head(
     ray = Path(sys.executable).parent / "ray"
     command = [
         str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-        "--disable-usage-stats", *extra,
-    ]  # fmt: skip
+        "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *extra,
+    ]  # fmt: skip  # the agent's default port (52365) may belong to another Ray on this box
     env = {**os.environ, LOOPBACK_ONLY: "0", **(auth or {"RAY_AUTH_MODE": "disabled"})}
     env["RAY_worker_niceness"] = "0"  # as the README says: Ray's nice 15 starves on a busy box
     with log_path.open("w") as log:

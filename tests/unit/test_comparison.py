@@ -63,6 +63,11 @@ def test_the_interval_of_equal_values_is_that_value() -> None:
     assert mean_interval(np.full(5, 2.5), seed=0) == (2.5, 2.5)
 
 
+def test_two_values_give_their_range_not_a_point() -> None:
+    """Half the resamples of two values repeat one of them (no spread to studentize by)."""
+    assert mean_interval(np.array([1.0, 3.0]), seed=0) == (1.0, 3.0)
+
+
 def test_paired_comparisons_say_better_worse_or_not_distinguishable() -> None:
     gen = np.random.default_rng(1)
     base = gen.normal(2.0, 1.0, 400)  # per-sequence NLL sums, 1 token each: perplexity
