@@ -82,12 +82,17 @@ def study(
             width = (part["ci_high"] - part["ci_low"]) / part["score"].abs().clip(lower=1e-30)
             rows.append({"model": model, "batches": batches, "estimator": estimator,
                          "scheme": scheme, "layers": len(names), "spearman vs drop": rho,
-                         "median CI width / score": float(width.median())})  # fmt: skip
+                         "median CI width / score": float(width.median()),
+                         CLEAR: float(((part["ci_low"] > 0) | (part["ci_high"] < 0)).mean()),
+                         NEGATIVE: float((part["score"] < 0).mean())})  # fmt: skip
         for estimator, part in ok.groupby("estimator"):  # schemes of one estimator share work
             costs.append({"model": model, "batches": batches, "estimator": estimator,
                           "cells": len(part), "seconds": float(part["seconds"].sum()),
                           "s per cell": float(part["seconds"].mean())})  # fmt: skip
     return rows, costs
+
+
+CLEAR, NEGATIVE = "intervals clear of 0", "negative scores"
 
 
 def ray_cost(config: dict[str, Any]) -> pd.DataFrame:
@@ -144,6 +149,16 @@ def verdicts(frame: pd.DataFrame, cost: pd.DataFrame, ray: pd.DataFrame) -> list
                                         for b, v in row.dropna().items())
                 for model, row in agreement.iterrows()
             ) + "."
+        )  # fmt: skip
+        most = hessian[hessian["batches"] == hessian.groupby("model")["batches"].transform("max")]
+        shares = most.groupby("model")[[CLEAR, NEGATIVE]].mean()
+        lines.append(
+            "- Where the Hessian trace cannot rank, at the most batches: the share of its cells "
+            "whose 95% interval excludes 0 and of those with a negative mean trace (which a "
+            "positive semi-definite Hessian, HAWQ's assumption, cannot give): "
+            + "; ".join(f"{m} {row[CLEAR]:.0%} and {row[NEGATIVE]:.0%}"
+                        for m, row in shares.iterrows())
+            + ". A trace whose interval holds 0 has no sign to rank layers by."
         )  # fmt: skip
     return lines
 

@@ -193,6 +193,9 @@ ray_model = "digits-cnn"
     [ranked] = tables_with(text, "batches", "estimator", "spearman vs drop")
     expected = {(b, e) for b in ("1", "2") for e in ("fisher", "hessian", "isolation")}
     assert {(row["batches"], row["estimator"]) for row in ranked} == expected
+    shares = [float(row[k]) for row in ranked for k in ("intervals clear of 0", "negative scores")]
+    assert all(0 <= share <= 1 for share in shares)
+    assert "Where the Hessian trace cannot rank" in text
     [costs] = tables_with(text, "batches", "estimator", "cells", "s per cell")
     assert {(row["batches"], row["estimator"]) for row in costs} == expected
     assert all(float(row["s per cell"]) > 0 for row in costs)
