@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from coverage_study import DEFAULTS as COVERAGE
 from coverage_study import coverage, coverage_verdicts
+from smollm2 import text_files
 from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
@@ -30,6 +31,7 @@ from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.sensitivity.runner import score_bundle
 from mixprec.sensitivity.table import ScoreTable
+from mixprec.textdata import TextData
 
 DEFAULTS: dict[str, object] = {
     "models": ["minilm", "tiny-gpt"],
@@ -37,7 +39,15 @@ DEFAULTS: dict[str, object] = {
     "budgets": ["4bits", "4.5bits", "5bits", "6bits"],
     "calib_batches": 4,
     "exclude": ["none"],  # every layer may be quantized, so 4 bits fits tiny-gpt too
-    "coverage": COVERAGE,
+    "dtype": "auto",  # the models' own
+    # smollm2 scores on one part of Python's reference topics and is measured on the other
+    "smollm2_text": {
+        "calib_seq_len": 128,
+        "calib_samples": 4,
+        "eval_seq_len": 512,
+        "eval_samples": 64,
+    },
+    "coverage": COVERAGE,  # repeats = 0 leaves the coverage section out
 }
 METHODS = ("fisher", "adaptive", "isolation")
 RELATIVE = "gap vs isolation's"  # a plan's gap to FP over full isolation's at that budget
@@ -58,14 +68,37 @@ def scored(bundle: ModelBundle, method: str, config: dict[str, Any]) -> tuple[Sc
         return table, time.perf_counter() - started
 
 
+def bundles(model: str, config: dict[str, Any], folder: Path) -> tuple[ModelBundle, ModelBundle]:
+    """The model as scored (its calibration data) and as measured (its evaluation data):
+    smollm2's come from disjoint parts of a local text, the bundled models' from their splits."""
+    if model != "smollm2":
+        bundle = load_model(model, dtype=config["dtype"])
+        return bundle, bundle
+    text = config["smollm2_text"]
+    calibration, held_out = text_files(folder)
+    calib = TextData(str(calibration), seq_len=int(text["calib_seq_len"]),
+                     calib_samples=int(text["calib_samples"]), eval_samples=1)  # fmt: skip
+    held = TextData(str(held_out), seq_len=int(text["eval_seq_len"]), calib_samples=1,
+                    eval_samples=int(text["eval_samples"]))  # fmt: skip
+    return load_model(model, 0, calib, config["dtype"]), load_model(model, 0, held, config["dtype"])
+
+
 def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Cost per method; measured metric of each method's plan per budget."""
-    bundle = load_model(model)
-    name = PRIMARY[model][0]
+    with tempfile.TemporaryDirectory(prefix="mixprec-adaptive-") as folder:
+        scoring, bundle = bundles(model, config, Path(folder))
+        return compared(scoring, bundle, config)
+
+
+def compared(
+    scoring: ModelBundle, bundle: ModelBundle, config: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each method scores on `scoring`; its plans are measured on `bundle`."""
+    model, name = bundle.name, PRIMARY[bundle.name][0]
     baseline = evaluate(bundle, {}).metrics[name]
     costs, plans, samples = [], [], {}
     for method in METHODS:
-        table, seconds = scored(bundle, method, config)
+        table, seconds = scored(scoring, method, config)
         frame = table.ok()
         cells = {
             f"{e} cells": int((frame["estimator"] == e).sum()) for e in ("fisher", "isolation")
@@ -130,36 +163,50 @@ def main() -> int:
     costs, plans = with_ratios(pd.DataFrame([c for cs, _ in results for c in cs]),
                                pd.DataFrame([p for _, ps in results for p in ps]))  # fmt: skip
     settings = {**COVERAGE, **config["coverage"]}
-    covers = coverage(settings)
+    covers = coverage(settings) if settings["repeats"] else None
     seconds = time.perf_counter() - started
     metrics = "; ".join(f"{m}: {PRIMARY[m][0]}" for m in config["models"])
     what = (
         f"{len(config['schemes'])} schemes ({', '.join(config['schemes'])}), layer level, "
-        f"{config['calib_batches']} calibration batches, serial (1 torch thread); each method "
-        "scores from an empty cache, and its plans are the ILP's at each budget (exclude: "
-        f"{', '.join(config['exclude'])}), measured on the evaluation split ({metrics}). "
-        "Adaptive: Fisher on every cell, isolation on the probes and where the plans' decision "
-        "is in doubt (defaults of AdaptiveConfig). Coverage: on "
-        f"{settings['model']} ({', '.join(settings['schemes'])}, every layer), "
-        f"{settings['repeats']} seeded repeats each draw {settings['samples']} calibration "
-        "samples with replacement from the held-out pool (calibration and evaluation splits), "
-        "whose mean score is the large-sample value (hessian's with tighter probe settings: "
-        f"{settings['reference'].get('hessian', {})}); a repeat's interval covers it or not."
+        f"{config['calib_batches']} calibration batches, dtype {config['dtype']}, serial (1 "
+        "torch thread); each method scores from an empty cache, and its plans are the ILP's at "
+        f"each budget (exclude: {', '.join(config['exclude'])}), measured on the evaluation "
+        f"split ({metrics}). Adaptive: Fisher on every cell, isolation on the probes and where "
+        "the plans' decision is in doubt (defaults of AdaptiveConfig)."
     )
+    if "smollm2" in config["models"]:
+        text = config["smollm2_text"]
+        what += (
+            f" smollm2 scores on {text['calib_samples']} x {text['calib_seq_len']} tokens of one "
+            f"part of Python's reference topics and is measured on {text['eval_samples']} x "
+            f"{text['eval_seq_len']} tokens of the other (split by topic)."
+        )
+    sections = [
+        ("1. Scoring cost per model and method", frame_markdown(costs, digits=3)),
+        ("2. Measured metric of each method's plan per budget", frame_markdown(plans, digits=4)),
+    ]
+    covered: list[str] = []
+    if covers is not None:
+        what += (
+            f" Coverage: on {settings['model']} ({', '.join(settings['schemes'])}, every layer), "
+            f"{settings['repeats']} seeded repeats each draw {settings['samples']} calibration "
+            "samples with replacement from the held-out pool (calibration and evaluation "
+            "splits), whose mean score is the large-sample value (hessian's with tighter probe "
+            f"settings: {settings['reference'].get('hessian', {})}); a repeat's interval covers "
+            "it or not."
+        )
+        sections.append(("3. Coverage of the estimators' 95% intervals",
+                         frame_markdown(covers, digits=3)))  # fmt: skip
+        covered = coverage_verdicts(covers, settings)
     return publish_study(
         args,
         "Adaptive scoring: plan quality and cost vs Fisher only and full isolation",
         seconds,
         what,
-        [*verdicts(costs, plans), *budget_verdicts(plans), *coverage_verdicts(covers, settings)],
-        [
-            ("1. Scoring cost per model and method", frame_markdown(costs, digits=3)),
-            ("2. Measured metric of each method's plan per budget",
-             frame_markdown(plans, digits=4)),
-            ("3. Coverage of the estimators' 95% intervals", frame_markdown(covers, digits=3)),
-        ],
+        [*verdicts(costs, plans), *budget_verdicts(plans), *covered],
+        sections,
         "No plots: the tables are the result.\n",
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

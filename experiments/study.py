@@ -36,6 +36,7 @@ PRIMARY: dict[str, tuple[str, bool]] = {
     "minilm": ("cosine", True),
     "tiny-gpt": ("perplexity", False),
     "digits-cnn": ("accuracy", True),
+    "smollm2": ("perplexity", False),
 }
 
 

@@ -232,6 +232,16 @@ def test_adaptive_study(tmp_path: Path) -> None:
     assert "- Budget, adaptive: at most" in text  # how much of its budget a plan leaves
 
 
+def test_adaptive_study_without_coverage(tmp_path: Path) -> None:
+    config = ('models = ["digits-cnn"]\nschemes = ["w:int8", "w:int2"]\nbudgets = ["6bits"]\n'
+              'calib_batches = 1\ncoverage = {repeats = 0}\n')  # fmt: skip
+    text = run_study("adaptive", config, tmp_path, plots=False)
+    [costs] = tables_with(text, "method", "seconds", "fisher cells", "isolation cells")
+    assert {row["method"] for row in costs} == {"fisher", "adaptive", "isolation"}
+    assert not tables_with(text, "estimator", "interval", "intervals", "coverage")
+    assert "Coverage" not in text and "dtype auto" in text
+
+
 def test_interactions_study(tmp_path: Path) -> None:
     config = ('models = ["tiny-gpt"]\nschemes = ["w:int3_g128", "w:int8"]\n'
               'budgets = ["4bits", "5bits"]\ncalib_batches = 2\n')  # fmt: skip
