@@ -17,21 +17,20 @@ import pandas as pd
 import torch
 from coverage_study import DEFAULTS as COVERAGE
 from coverage_study import coverage, coverage_verdicts
-from smollm2 import text_files
+from smollm2 import TEXT_SIZES, bundles
 from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
-from mixprec.models import ModelBundle, load_model
+from mixprec.models import ModelBundle
 from mixprec.scheme import DEFAULT_SCHEMES
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.sensitivity.runner import score_bundle
 from mixprec.sensitivity.table import ScoreTable
-from mixprec.textdata import TextData
 
 DEFAULTS: dict[str, object] = {
     "models": ["minilm", "tiny-gpt"],
@@ -40,13 +39,7 @@ DEFAULTS: dict[str, object] = {
     "calib_batches": 4,
     "exclude": ["none"],  # every layer may be quantized, so 4 bits fits tiny-gpt too
     "dtype": "auto",  # the models' own
-    # smollm2 scores on one part of Python's reference topics and is measured on the other
-    "smollm2_text": {
-        "calib_seq_len": 128,
-        "calib_samples": 4,
-        "eval_seq_len": 512,
-        "eval_samples": 64,
-    },
+    "smollm2_text": TEXT_SIZES,
     "coverage": COVERAGE,  # repeats = 0 leaves the coverage section out
 }
 METHODS = ("fisher", "adaptive", "isolation")
@@ -66,21 +59,6 @@ def scored(bundle: ModelBundle, method: str, config: dict[str, Any]) -> tuple[Sc
         started = time.perf_counter()
         table = score_bundle(spec, bundle, progress=True, cache=CellCache(Path(cache)))
         return table, time.perf_counter() - started
-
-
-def bundles(model: str, config: dict[str, Any], folder: Path) -> tuple[ModelBundle, ModelBundle]:
-    """The model as scored (its calibration data) and as measured (its evaluation data):
-    smollm2's come from disjoint parts of a local text, the bundled models' from their splits."""
-    if model != "smollm2":
-        bundle = load_model(model, dtype=config["dtype"])
-        return bundle, bundle
-    text = config["smollm2_text"]
-    calibration, held_out = text_files(folder)
-    calib = TextData(str(calibration), seq_len=int(text["calib_seq_len"]),
-                     calib_samples=int(text["calib_samples"]), eval_samples=1)  # fmt: skip
-    held = TextData(str(held_out), seq_len=int(text["eval_seq_len"]), calib_samples=1,
-                    eval_samples=int(text["eval_samples"]))  # fmt: skip
-    return load_model(model, 0, calib, config["dtype"]), load_model(model, 0, held, config["dtype"])
 
 
 def study(model: str, config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

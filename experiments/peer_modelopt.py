@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from smollm2 import TEXT_SIZES, bundles
 from study import (
     LEFT,
     PRIMARY,
@@ -34,14 +35,16 @@ from study import (
     save_figure,
 )
 
-from mixprec import AnalysisSpec, analyze
+from mixprec import AnalysisSpec
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
-from mixprec.models import load_model
+from mixprec.models import ModelBundle
 from mixprec.search.cost import Budget
+from mixprec.search.space import NONE
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.configs import AdaptiveConfig
+from mixprec.sensitivity.runner import score_bundle
 from mixprec.tasks import Observed
 
 SCHEMES = ("w:int8", "w:int4_g128")
@@ -50,23 +53,41 @@ DEFAULTS: dict[str, object] = {
     "budgets": [4.5, 5.0, 6.0, 7.0],
     "calib_batches": 2,
     "estimators": ["fisher", "adaptive", "isolation"],
+    "dtype": "auto",  # the model's own
+    "lm_head": False,  # both search the LM head (true) or both keep it as stored (false)
+    "smollm2_text": TEXT_SIZES,
 }
 
 
-def modelopt_plan(model_name: str, bits: float, calib: int) -> dict[str, object]:
+def modelopt_formats(lm_head: bool) -> list[dict[str, Any]]:
+    """ModelOpt's INT8 and INT4-g128 weight-only configs; with `lm_head` the LM head is a
+    candidate too (ModelOpt's defaults keep it as stored)."""
+    import modelopt.torch.quantization as mtq
+
+    formats = [mtq.INT8_WEIGHT_ONLY_CFG, mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG]
+    if not lm_head:
+        return formats
+    return [{**config, "quant_cfg": [entry for entry in config["quant_cfg"]
+                                     if entry.get("quantizer_name") != "*lm_head*"]}
+            for config in copy.deepcopy(formats)]  # fmt: skip
+
+
+def modelopt_plan(
+    scoring: ModelBundle, measuring: ModelBundle, bits: float, config: dict[str, Any]
+) -> dict[str, object]:
+    """ModelOpt searches on `scoring`'s calibration batches; its plan is measured on `measuring`."""
     import modelopt
     import modelopt.torch.quantization as mtq
 
-    bundle = load_model(model_name)
-    model = copy.deepcopy(bundle.model)
-    batches = list(bundle.calibration[:calib])
+    model = copy.deepcopy(scoring.model)
+    batches = list(scoring.calibration[: config["calib_batches"]])
     start = time.perf_counter()
     quantized, state = mtq.auto_quantize(
         model,
         constraints={"effective_bits": bits},
-        quantization_formats=[mtq.INT8_WEIGHT_ONLY_CFG, mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG],
+        quantization_formats=modelopt_formats(config["lm_head"]),
         data_loader=batches,
-        forward_step=lambda m, batch: bundle.task.loss(m, batch),
+        forward_step=lambda m, batch: scoring.task.loss(m, batch),
         loss_func=lambda loss, batch: loss,
         num_calib_steps=len(batches),
         num_score_steps=len(batches),
@@ -74,8 +95,10 @@ def modelopt_plan(model_name: str, bits: float, calib: int) -> dict[str, object]
     )
     seconds = time.perf_counter() - start
     with torch.inference_mode():
-        outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
-    metrics = bundle.task.metrics(Observed(outputs, bundle.reference_outputs, bundle.evaluation))
+        outputs = [measuring.task.outputs(quantized, b) for b in measuring.evaluation]
+    metrics = measuring.task.metrics(
+        Observed(outputs, measuring.reference_outputs, measuring.evaluation)
+    )
     return {
         "method": f"modelopt {modelopt.__version__} auto_quantize (gradient)",
         "budget bits": bits,
@@ -86,46 +109,50 @@ def modelopt_plan(model_name: str, bits: float, calib: int) -> dict[str, object]
     }
 
 
-def mixprec_plans(model_name: str, config: dict[str, Any]) -> list[dict[str, object]]:
+def mixprec_plans(
+    scoring: ModelBundle, measuring: ModelBundle, config: dict[str, Any]
+) -> list[dict[str, object]]:
     """Score once per estimator (empty cache, so the time is honest), re-solve each budget."""
-    bundle = load_model(model_name)
     rows = []
     budgets = tuple(f"{bits:g}bits" for bits in config["budgets"])  # what adaptive decides for
+    exclude = [NONE if config["lm_head"] else "default"]
     for estimator in config["estimators"]:
-        entry = AdaptiveConfig(budgets=budgets) if estimator == "adaptive" else estimator
-        spec = AnalysisSpec(model_name, SCHEMES, (entry,), ("layer",),
+        entry = (AdaptiveConfig(budgets=budgets, exclude=tuple(exclude))
+                 if estimator == "adaptive" else estimator)  # fmt: skip
+        spec = AnalysisSpec(scoring.name, SCHEMES, (entry,), ("layer",),
                             calib_batches=config["calib_batches"])  # fmt: skip
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            table = analyze(spec, cache=CellCache(Path(cache)), progress=False)
-            scoring = time.perf_counter() - start
-        problem = AllocationProblem.build(table, bundle, estimator)
+            table = score_bundle(spec, scoring, cache=CellCache(Path(cache)))
+            scoring_seconds = time.perf_counter() - start
+        problem = AllocationProblem.build(table, measuring, estimator, exclude=exclude)
         for bits in config["budgets"]:
             start = time.perf_counter()
             plan = allocate(problem, Budget(bits, "bits"))
             solving = time.perf_counter() - start
-            result = evaluate(bundle, plan.assignment)
+            result = evaluate(measuring, plan.assignment)
             rows.append(
                 {"method": f"mixprec ilp ({estimator})", "budget bits": bits,
                  "bits (own accounting)": result.bits_per_weight,
                  LEFT: 100 * plan.predicted["budget_left"], **result.metrics,
-                 "seconds": scoring + solving, "scoring s": scoring,
+                 "seconds": scoring_seconds + solving, "scoring s": scoring_seconds,
                  "solve s": solving}
             )  # fmt: skip
     return rows
 
 
-def verdicts(frame: pd.DataFrame, metric: str) -> list[str]:
+def verdicts(frame: pd.DataFrame, metric: str, higher_is_better: bool) -> list[str]:
     lines = []
+    better, word = (pd.Series.gt, "higher") if higher_is_better else (pd.Series.lt, "lower")
     peer = frame[frame["method"].str.startswith("modelopt")].set_index("budget bits")
     for method in sorted(m for m in frame["method"].unique() if m.startswith("mixprec")):
         ours = frame[frame["method"] == method].set_index("budget bits")
         common = ours.index.intersection(peer.index)
-        wins = int((ours.loc[common, metric] > peer.loc[common, metric]).sum())
+        wins = int(better(ours.loc[common, metric], peer.loc[common, metric]).sum())
         total_ours = ours["scoring s"].iloc[0] + ours["solve s"].sum()
         total_peer = peer["seconds"].sum()
         lines.append(
-            f"- {method}: higher {metric} than ModelOpt at {wins} of {len(common)} budgets; all "
+            f"- {method}: {word} {metric} than ModelOpt at {wins} of {len(common)} budgets; all "
             f"{len(common)} budgets in {total_ours:.1f} s (one scoring pass + "
             f"{ours['solve s'].sum():.2f} s of solves) vs ModelOpt's {total_peer:.1f} s "
             f"({total_peer / total_ours:.2f}x), which re-scores for every budget."
@@ -154,17 +181,21 @@ def main() -> int:
         fail("needs nvidia-modelopt: .venv/bin/pip install -e '.[compare]'")
     torch.set_num_threads(1)
     model, calib = config["model"], config["calib_batches"]
-    metric = PRIMARY[model][0]
+    metric, higher_is_better = PRIMARY[model]
     started = time.perf_counter()
-    rows = [modelopt_plan(model, bits, calib) for bits in config["budgets"]]
-    rows += mixprec_plans(model, config)
+    with tempfile.TemporaryDirectory(prefix="mixprec-peer-") as folder:
+        scoring, measuring = bundles(model, config, Path(folder))
+        rows = [modelopt_plan(scoring, measuring, bits, config) for bits in config["budgets"]]
+        rows += mixprec_plans(scoring, measuring, config)
     frame = pd.DataFrame(rows).sort_values(["budget bits", "method"], kind="stable")
     seconds = time.perf_counter() - started
     what = (
-        f"Model {model}, {calib} calibration batches, candidates INT8 weight-only (per channel), "
-        "INT4 weight-only (blocks of 128) or unquantized. Metrics on the evaluation split "
-        f"({metric}: higher is better). `seconds` = scoring + search for that budget; mixprec "
-        "scores once and re-solves each budget, so its scoring time is counted again in every row."
+        f"Model {model} ({config['dtype']}), {calib} calibration batches, candidates INT8 "
+        "weight-only (per channel), INT4 weight-only (blocks of 128) or unquantized; the LM head "
+        f"{'is searched by both' if config['lm_head'] else 'is kept by both'}. Metrics on the "
+        f"evaluation split ({metric}: {'higher' if higher_is_better else 'lower'} is better). "
+        "`seconds` = scoring + search for that budget; mixprec scores once and re-solves each "
+        "budget, so its scoring time is counted again in every row."
     )
     note = (
         "\nModelOpt's score is the gradient-based (Fisher-like) estimate from the task loss; "
@@ -177,7 +208,7 @@ def main() -> int:
         "mixprec vs NVIDIA ModelOpt auto_quantize: same model, data, formats, budget",
         seconds,
         what,
-        [*verdicts(frame, metric), *budget_verdicts(frame), note],
+        [*verdicts(frame, metric, higher_is_better), *budget_verdicts(frame), note],
         [("Every plan", frame_markdown(frame, digits=4))],
         plot(frame, metric, args.out),
     )

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -29,22 +30,28 @@ from mixprec.allocation import AllocationProblem, allocate
 from mixprec.markdown import frame_markdown
 from mixprec.memory import read_peak, reset_peak
 from mixprec.metrics import evaluate
-from mixprec.models import load_model
+from mixprec.models import ModelBundle, load_model
 from mixprec.scoring import score
 from mixprec.search.space import NONE
 from mixprec.sensitivity.cache import CellCache
 from mixprec.textdata import TextData
 from mixprec.units import discover_units, select
 
+# smollm2 scores on one part of Python's reference topics and is measured on the other
+TEXT_SIZES: dict[str, int] = {
+    "calib_seq_len": 128,
+    "calib_samples": 4,
+    "eval_seq_len": 512,
+    "eval_samples": 64,
+}
+
+
 DEFAULTS: dict[str, object] = {
     "dtype": "bf16",
     "schemes": ["w:int8", "w:fp8_e4m3", "w:int4_g128", "w:mxfp4", "w:nvfp4"],
     "estimators": ["fisher", "isolation"],
     "budgets": [4.5, 5.0, 6.0],
-    "calib_seq_len": 128,
-    "calib_samples": 4,
-    "eval_seq_len": 512,
-    "eval_samples": 64,
+    **TEXT_SIZES,
     "workers": 0,
 }
 
@@ -61,6 +68,22 @@ def text_files(folder: Path) -> tuple[Path, Path]:
     for path, texts in zip(paths, (parts[True], parts[False]), strict=True):
         path.write_text("\n\n".join(texts), encoding="utf-8")
     return paths
+
+
+def bundles(model: str, config: dict[str, Any], folder: Path) -> tuple[ModelBundle, ModelBundle]:
+    """The model as scored (its calibration data) and as measured (its evaluation data) in
+    `config["dtype"]`: smollm2's from disjoint parts of Python's reference topics (sizes in
+    `config["smollm2_text"]`), the bundled models' from their own splits."""
+    if model != "smollm2":
+        bundle = load_model(model, dtype=config["dtype"])
+        return bundle, bundle
+    text = config["smollm2_text"]
+    calibration, held_out = text_files(folder)
+    calib = TextData(str(calibration), seq_len=int(text["calib_seq_len"]),
+                     calib_samples=int(text["calib_samples"]), eval_samples=1)  # fmt: skip
+    held = TextData(str(held_out), seq_len=int(text["eval_seq_len"]), calib_samples=1,
+                    eval_samples=int(text["eval_samples"]))  # fmt: skip
+    return load_model(model, 0, calib, config["dtype"]), load_model(model, 0, held, config["dtype"])
 
 
 def main() -> int:

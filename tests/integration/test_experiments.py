@@ -116,7 +116,7 @@ def test_study_config_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "peer_modelopt.py: bad.toml: unknown key 'budget'; valid keys: model, budgets, "
-        "calib_batches, estimators"
+        "calib_batches, estimators, dtype, lm_head, smollm2_text"
     ]
     (tmp_path / "typed.toml").write_text('size_fractions = "0.5"\n')
     proc = run_script([str(ROOT / "experiments" / "hawq.py"), "--config", "typed.toml"], tmp_path)
