@@ -70,6 +70,17 @@ def text_files(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
+def text_data(sizes: dict[str, Any], folder: Path) -> tuple[TextData, TextData]:
+    """The calibration part as calibration data and the held-out part as evaluation data, at
+    `sizes` (keys of TEXT_SIZES); each also holds 4 sequences of the other kind, unused."""
+    calibration, held_out = text_files(folder)
+    calib = TextData(str(calibration), seq_len=int(sizes["calib_seq_len"]),
+                     calib_samples=int(sizes["calib_samples"]), eval_samples=4)  # fmt: skip
+    held = TextData(str(held_out), seq_len=int(sizes["eval_seq_len"]), calib_samples=4,
+                    eval_samples=int(sizes["eval_samples"]))  # fmt: skip
+    return calib, held
+
+
 def bundles(model: str, config: dict[str, Any], folder: Path) -> tuple[ModelBundle, ModelBundle]:
     """The model as scored (its calibration data) and as measured (its evaluation data) in
     `config["dtype"]`: smollm2's from disjoint parts of Python's reference topics (sizes in
@@ -77,12 +88,7 @@ def bundles(model: str, config: dict[str, Any], folder: Path) -> tuple[ModelBund
     if model != "smollm2":
         bundle = load_model(model, dtype=config["dtype"])
         return bundle, bundle
-    text = config["smollm2_text"]
-    calibration, held_out = text_files(folder)
-    calib = TextData(str(calibration), seq_len=int(text["calib_seq_len"]),
-                     calib_samples=int(text["calib_samples"]), eval_samples=1)  # fmt: skip
-    held = TextData(str(held_out), seq_len=int(text["eval_seq_len"]), calib_samples=1,
-                    eval_samples=int(text["eval_samples"]))  # fmt: skip
+    calib, held = text_data(config["smollm2_text"], folder)
     return load_model(model, 0, calib, config["dtype"]), load_model(model, 0, held, config["dtype"])
 
 
@@ -91,12 +97,8 @@ def main() -> int:
     config = load_config(args.config, DEFAULTS)
     started = time.perf_counter()
     text = tempfile.TemporaryDirectory(prefix="mixprec-smollm2-")
-    calibration_file, held_out_file = text_files(Path(text.name))
     dtype, schemes = str(config["dtype"]), [str(s) for s in config["schemes"]]
-    calib = TextData(str(calibration_file), seq_len=int(config["calib_seq_len"]),
-                     calib_samples=int(config["calib_samples"]), eval_samples=4)  # fmt: skip
-    held_out = TextData(str(held_out_file), seq_len=int(config["eval_seq_len"]),
-                        calib_samples=4, eval_samples=int(config["eval_samples"]))  # fmt: skip
+    calib, held_out = text_data(config, Path(text.name))
     reset_peak()
     costs = []
     tables = {}
