@@ -57,7 +57,7 @@ typecheck: $(STAMP)
 	$(PY) tools/typecheck.py
 
 test: $(STAMP) lint typecheck browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # The dashboard's browser test drives Debian's chromium; install it where it is missing.
 browser:

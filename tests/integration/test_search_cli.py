@@ -44,7 +44,8 @@ def test_search_writes_a_plan_within_budget(
     assert code == 0, text
     plan = PrecisionPlan.load(out)
     assert plan.predicted["bits_per_weight"] <= 5
-    assert plan.provenance["strategy"] == method
+    made = plan.provenance["strategy"]  # or a uniform plan that measured better (the guard)
+    assert made == method or f"than the {method} plan" in plan.provenance["note"], made
     digest = hashlib.sha256((scored / "scores.parquet").read_bytes()).hexdigest()
     assert plan.provenance["table_sha256"] == digest
     assert 0 < plan.measured["accuracy"] <= 1  # measured on the evaluation split
@@ -57,7 +58,7 @@ def test_search_writes_a_plan_within_budget(
     if method == "sac":  # policy, logs and a checkpoint a longer training would resume
         assert (scored / "sac" / "sac_policy.pt").is_file()
         assert len(list((scored / "sac" / "checkpoints").glob("*.pt"))) == 1
-        assert plan.provenance["objective"] == "measured"
+        assert made != "sac" or plan.provenance["objective"] == "measured"
 
 
 def test_fisher_scores_and_a_size_budget(
