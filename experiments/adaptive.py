@@ -18,7 +18,7 @@ import torch
 from coverage_study import DEFAULTS as COVERAGE
 from coverage_study import coverage, coverage_verdicts
 from smollm2 import TEXT_SIZES, bundles
-from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
+from study import PRIMARY, budget_columns, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
@@ -89,7 +89,7 @@ def compared(
             value, samples[method, budget] = measured.metrics[name], measured.per_sample[name]
             plans.append({"model": model, "budget": budget, "method": method,
                           "bits": plan.predicted["bits_per_weight"],
-                          LEFT: 100 * plan.predicted["budget_left"], "metric": value,
+                          **budget_columns(problem, budget, plan), "metric": value,
                           "gap to FP": abs(value - baseline)})  # fmt: skip
     for row in plans:  # each plan against full isolation's, paired over evaluation samples
         pair = samples[row["method"], row["budget"]], samples["isolation", row["budget"]]

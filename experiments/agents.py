@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from study import LEFT, PRIMARY, budget_verdicts, isolation_problem, publish
+from study import PRIMARY, budget_columns, budget_verdicts, isolation_problem, publish
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
@@ -68,7 +68,7 @@ def compare(
             rows.append({"model": problem.bundle.name, "budget": budget, "method": name,
                          "objective": objective, "gap to ilp %": 100 * (objective / optimum - 1),
                          primary[0]: measured, "bits/weight": plan.predicted["bits_per_weight"],
-                         LEFT: 100 * plan.predicted["budget_left"],
+                         **budget_columns(problem, budget, plan),
                          "training steps": steps if name == "sac" else None,
                          "seconds": seconds})  # fmt: skip
     return rows

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from study import (
-    LEFT,
     PRIMARY,
+    budget_columns,
     budget_verdicts,
     isolation_problem,
     load_config,
@@ -87,7 +87,7 @@ def study(model: str, config: dict[str, Any], cache: Path) -> list[dict[str, obj
             gap = 100 * (objective / optimum - 1) if optimum else float("nan")
             rows.append({"model": model, "budget bits": bits, "method": method,
                          "bits/weight": plan.predicted["bits_per_weight"],
-                         LEFT: 100 * plan.predicted["budget_left"],
+                         **budget_columns(problem, f"{bits}bits", plan),
                          "predicted": objective, "gap to ilp %": gap,
                          metric: measure(plan.assignment),
                          "solve s": seconds})  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from study import LEFT, PRIMARY, budget_verdicts, load_config, parse_args, publish_study
+from study import PRIMARY, budget_columns, budget_verdicts, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
@@ -64,7 +64,7 @@ def study(
             divergence = measured_divergence(bundle, plan.assignment)
             plans[label], samples[label] = plan, measured.per_sample[name]
             rows.append({"model": model, "budget": budget, "objective": label,
-                         LEFT: 100 * plan.predicted["budget_left"],
+                         **budget_columns(problem, budget, plan),
                          "predicted": plan.predicted["score"], "measured divergence": divergence,
                          "error": plan.predicted["score"] / divergence - 1,
                          name: measured.metrics[name], "solve s": solve})  # fmt: skip

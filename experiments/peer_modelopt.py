@@ -26,6 +26,7 @@ from smollm2 import TEXT_SIZES, bundles
 from study import (
     LEFT,
     PRIMARY,
+    budget_columns,
     budget_verdicts,
     fail,
     load_config,
@@ -134,7 +135,8 @@ def mixprec_plans(
             rows.append(
                 {"method": f"mixprec ilp ({estimator})", "budget bits": bits,
                  "bits (own accounting)": result.bits_per_weight,
-                 LEFT: 100 * plan.predicted["budget_left"], **result.metrics,
+                 **budget_columns(problem, Budget(bits, "bits"), plan),
+                 **result.metrics,
                  "seconds": scoring_seconds + solving, "scoring s": scoring_seconds,
                  "solve s": solving}
             )  # fmt: skip

@@ -25,6 +25,7 @@ from mixprec.search.selection import (
     Constraint,
     Interactions,
     Selection,
+    feasible_mask,
     reduced_cost_mask,
     undominated,
 )
@@ -126,6 +127,19 @@ def solve_ilp(
         # (tests/unit/search/test_ilp.py has such a problem); never return the worse one
         return Selection(incumbent.choice, status, incumbent.objective)
     return Selection(tuple(choice), status, objective)
+
+
+def least_left(scores: np.ndarray, cost: np.ndarray, limit: float, solver: str = "cbc") -> float:
+    """The least share of `limit` any plan (one finite-score cell per unit) leaves unused,
+    exactly: whether a budget can be filled to within some share at all, whatever the scores.
+    NaN where no plan fits."""
+    allowed = feasible_mask(scores)
+    dearest = np.where(allowed, cost, -np.inf).max(axis=1, keepdims=True)
+    unused = np.where(allowed, (dearest - cost) / limit, np.inf)  # least total = fullest plan
+    fullest = solve_ilp(unused, [(cost, limit)], solver)
+    if not fullest.choice:
+        return float("nan")
+    return float((limit - cost[np.arange(len(cost)), list(fullest.choice)].sum()) / limit)
 
 
 @register_strategy(ILPConfig)

@@ -188,6 +188,7 @@ def test_estimators_study(tmp_path: Path) -> None:
 schemes = ["w:mxfp4"]
 batches = [1, 2]
 ray_model = "digits-cnn"
+estimators = [{name = "hessian", max_probes = 2}, "fisher", "isolation"]
 """
     text = run_study("estimators", config, tmp_path)
     [ranked] = tables_with(text, "batches", "estimator", "spearman vs drop")
@@ -230,6 +231,8 @@ def test_adaptive_study(tmp_path: Path) -> None:
                                                   "percentile over 2 batch means"}  # fmt: skip
     assert "Coverage, fisher, 20 samples: the 95% interval held" in text
     assert "- Budget, adaptive: at most" in text  # how much of its budget a plan leaves
+    assert "plans whose budget some plan fills that closely" in text  # the fullest plan's
+    assert all(float(r["budget left %"]) >= float(r["fullest left %"]) - 1e-9 for r in plans)
 
 
 def test_adaptive_study_without_coverage(tmp_path: Path) -> None:
@@ -311,7 +314,10 @@ def test_runtimes_study_quick(tmp_path: Path) -> None:
     """MiniLM inside llama.cpp on a small config: the F32 file, two llama-quantize types and a
     plan, each measured by llama-embedding, and the verdict against the uniform types."""
     llamacpp.build("tools")  # the cached build (made here on first use: minutes)
-    config = 'models = ["minilm"]\nschemes = ["w:q8_0", "w:q4_0"]\nuniform = ["Q4_0", "Q8_0"]\n'
+    config = (
+        'models = ["minilm"]\nschemes = ["w:q8_0", "w:q4_0"]\nuniform = ["Q4_0", "Q8_0"]\n'
+        'estimators = {minilm = "fisher"}\n'
+    )  # fisher: the study's code, isolation's time
     text = run_study("runtimes", config + "budgets = [6.0]\n", tmp_path, plots=False)
     [rows] = tables_with(text, "file", "method", "bits/weight", "cosine")
     assert [r["file"] for r in rows] == ["F32 (converter)", "Q4_0", "Q8_0", "mixprec 6.0 bits"]
@@ -344,7 +350,7 @@ def test_runtimes_vllm_study_quick(tmp_path: Path) -> None:
     predicted."""
     config = ('models = ["minilm"]\nschemes = ["w:ct_w8a16", "w:ct_w4a16"]\n'
               'uniform_schemes = ["w:fp8_e4m3_tensor,a:fp8_e4m3_tensor"]\n'
-              'budgets = {minilm = [6.0]}\n')  # fmt: skip
+              'budgets = {minilm = [6.0]}\nestimators = {minilm = "fisher"}\n')  # fmt: skip
     text = run_study("runtimes_vllm", config, tmp_path, plots=False)
     [rows] = tables_with(text, "file", "method", "bits/weight", "cosine", "cosine (mixprec)")
     assert [r["file"] for r in rows] == ["fp32 (unquantized)", "w:ct_w8a16", "w:ct_w4a16",

@@ -18,7 +18,10 @@ from mixprec.sensitivity.table import ScoreTable
 from mixprec.store import read_manifest
 from tests.helpers.ray_head import free_port, port_open, running_head
 
-SPEC = AnalysisSpec("digits-cnn", schemes=("w:int4", "w:mxfp8_e4m3"), chunk=4)
+# Ray against serial for the Hessian too: tests/integration/test_runner.py
+SPEC = AnalysisSpec(
+    "digits-cnn", schemes=("w:int4", "w:mxfp8_e4m3"), estimators=("fisher", "isolation"), chunk=4
+)
 
 
 @pytest.fixture
@@ -35,7 +38,8 @@ def test_analysis_on_an_existing_cluster_matches_serial(ray_head: str, tmp_path:
     local = analyze(SPEC, workers=1, cache=CellCache(tmp_path / "l"), progress=False)
     command = [
         sys.executable, "-m", "mixprec", "analyze", "--model", SPEC.model,
-        "--schemes", ",".join(SPEC.schemes), "--workers", "2", "--address", ray_head,
+        "--schemes", ",".join(SPEC.schemes), "--estimators", "fisher,isolation",
+        "--workers", "2", "--address", ray_head,
         "--out", str(tmp_path / "run"),
     ]  # fmt: skip
     env = {**os.environ, "MIXPREC_CACHE_DIR": str(tmp_path / "fresh")}  # every cell on the cluster

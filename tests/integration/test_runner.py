@@ -14,11 +14,14 @@ from mixprec.scheme import parse_list
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec, Cell, CellWorker
 from mixprec.sensitivity.cluster import schedule, start_local_ray, undo_environment_changes
+from mixprec.sensitivity.configs import HessianConfig
 from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8"), chunk=3)
+# the three estimators; the Hessian with two probe rounds, its slowest part cut short
+ESTIMATORS = (HessianConfig(max_probes=2), "fisher", "isolation")
+SPEC = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8"), estimators=ESTIMATORS, chunk=3)
 
 
 class CountingCache(CellCache):
@@ -75,7 +78,8 @@ def test_local_ray_workers_keep_the_drivers_priority() -> None:
 def test_added_schemes_compute_only_new_cells(cache: CountingCache) -> None:
     analyze(SPEC, cache=cache, progress=False)
     assert cache.puts == 48
-    wider = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8", "w:nvfp4"), chunk=3)
+    wider = AnalysisSpec("digits-cnn", schemes=("w:mxfp4", "w:int8", "w:nvfp4"),
+                         estimators=ESTIMATORS, chunk=3)  # fmt: skip
     table = analyze(wider, cache=cache, progress=False)
     assert cache.puts == 48 + 24
     assert len(table.frame) == 72

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
-from mixprec.search.ilp import solve_ilp
+from mixprec.search.ilp import least_left, solve_ilp
 from mixprec.search.selection import lagrangian_bound, reduced_cost_mask, undominated
 from tests.helpers.search import brute_force
 
@@ -26,6 +27,28 @@ def test_hand_solved_knapsack() -> None:
     assert solve_ilp(scores, [(costs, 12.0)]).choice == (2, 2)
     assert solve_ilp(scores, [(costs, 12.0)]).objective == 0.0
     assert solve_ilp(scores, [(costs, 2.0)]).status == "infeasible"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_least_left_is_the_fullest_plan_by_brute_force(seed: int) -> None:
+    """What the study verdicts compare a plan's unused budget with: the fullest plan's."""
+    gen = np.random.default_rng(seed)
+    units, schemes = int(gen.integers(2, 7)), int(gen.integers(2, 5))
+    scores = np.where(gen.uniform(size=(units, schemes)) < 0.2, np.inf, 1.0)
+    scores[:, 0] = 1.0  # every unit keeps one choice
+    costs = gen.integers(1, 40, (units, schemes)).astype(float)
+    least, most = costs.min(1).sum(), costs.max(1).sum()
+    limit = float(least + gen.uniform(0, 1) * (most - least))
+    rows, best = np.arange(units), np.inf
+    for choice in itertools.product(range(schemes), repeat=units):
+        total = costs[rows, list(choice)].sum()
+        if np.isfinite(scores[rows, list(choice)]).all() and total <= limit:
+            best = min(best, (limit - total) / limit)
+    assert least_left(scores, costs, limit) == pytest.approx(best, abs=1e-12)
+
+
+def test_least_left_without_a_plan_is_nan() -> None:
+    assert np.isnan(least_left(np.ones((2, 2)), np.full((2, 2), 5.0), 4.0))
 
 
 def test_secondary_constraint_changes_the_optimum() -> None:
