@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,19 @@ import torch
 from coverage_study import DEFAULTS as COVERAGE
 from coverage_study import coverage, coverage_verdicts
 from smollm2 import TEXT_SIZES, bundles
-from study import PRIMARY, budget_columns, budget_verdicts, load_config, parse_args, publish_study
+from study import (
+    PRIMARY,
+    budget_columns,
+    budget_verdicts,
+    fail,
+    load_config,
+    parse_args,
+    publish_study,
+)
 
 from mixprec.allocation import AllocationProblem, allocate
 from mixprec.comparison import compare
+from mixprec.errors import MixprecError
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle
@@ -41,18 +51,30 @@ DEFAULTS: dict[str, object] = {
     "dtype": "auto",  # the models' own
     "smollm2_text": TEXT_SIZES,
     "coverage": COVERAGE,  # repeats = 0 leaves the coverage section out
+    "adaptive": {},  # AdaptiveConfig's settings other than budgets and exclude (default: its own)
 }
 METHODS = ("fisher", "adaptive", "isolation")
 RELATIVE = "gap vs isolation's"  # a plan's gap to FP over full isolation's at that budget
 GOAL_GAP, GOAL_TIME = 0.01, 0.25  # adaptive's gap within 1% of isolation's, at <= 25% its time
 
 
+def adaptive_config(config: dict[str, Any]) -> AdaptiveConfig:
+    """Adaptive's settings: the study's budgets and exclude, the config's `adaptive` table."""
+    settings = config["adaptive"]
+    known = sorted({f.name for f in fields(AdaptiveConfig)} - {"budgets", "exclude"})
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        fail(f"adaptive: unknown setting {unknown[0]!r}; valid: {', '.join(known)}")
+    try:
+        return AdaptiveConfig(budgets=tuple(config["budgets"]), exclude=tuple(config["exclude"]),
+                              **settings)  # fmt: skip
+    except (MixprecError, TypeError) as err:
+        fail(f"adaptive: {err}")
+
+
 def scored(bundle: ModelBundle, method: str, config: dict[str, Any]) -> tuple[ScoreTable, float]:
     """The table `method` plans with, scored from an empty cache, and its wall time."""
-    estimator: Any = method
-    if method == "adaptive":
-        estimator = AdaptiveConfig(budgets=tuple(config["budgets"]),
-                                   exclude=tuple(config["exclude"]))  # fmt: skip
+    estimator: Any = adaptive_config(config) if method == "adaptive" else method
     spec = AnalysisSpec(bundle.name, tuple(config["schemes"]), (estimator,), ("layer",),
                         config["calib_batches"])  # fmt: skip
     with tempfile.TemporaryDirectory() as cache:
@@ -135,6 +157,7 @@ def verdicts(costs: pd.DataFrame, plans: pd.DataFrame) -> list[str]:
 def main() -> int:
     args = parse_args("adaptive", __doc__.splitlines()[0])
     config = load_config(args.config, DEFAULTS)
+    adaptive_config(config)  # a bad setting is an error before any work
     torch.set_num_threads(1)
     started = time.perf_counter()
     results = [study(m, config) for m in config["models"]]
@@ -150,7 +173,9 @@ def main() -> int:
         "torch thread); each method scores from an empty cache, and its plans are the ILP's at "
         f"each budget (exclude: {', '.join(config['exclude'])}), measured on the evaluation "
         f"split ({metrics}). Adaptive: Fisher on every cell, isolation on the probes and where "
-        "the plans' decision is in doubt (defaults of AdaptiveConfig)."
+        "the plans' decision is in doubt (AdaptiveConfig's defaults"
+        + "".join(f", {key} = {value}" for key, value in config["adaptive"].items())
+        + ")."
     )
     if "smollm2" in config["models"]:
         text = config["smollm2_text"]

@@ -118,6 +118,13 @@ def test_study_config_errors_are_one_line(tmp_path: Path) -> None:
         "peer_modelopt.py: bad.toml: unknown key 'budget'; valid keys: model, budgets, "
         "calib_batches, estimators, dtype, lm_head, smollm2_text"
     ]
+    script = str(ROOT / "experiments" / "adaptive.py")
+    for setting, said in (("cell_limit = 0", "cell_limit 0"), ("speed = 2", "'speed'")):
+        (tmp_path / "adaptive.toml").write_text(f"adaptive = {{{setting}}}\n")
+        proc = run_script([script, "--config", "adaptive.toml"], tmp_path)
+        assert proc.returncode == 2
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith("adaptive.py: adaptive: ") and said in line, line
     (tmp_path / "typed.toml").write_text('size_fractions = "0.5"\n')
     proc = run_script([str(ROOT / "experiments" / "hawq.py"), "--config", "typed.toml"], tmp_path)
     assert proc.returncode == 2
@@ -237,8 +244,10 @@ def test_adaptive_study(tmp_path: Path) -> None:
 
 def test_adaptive_study_without_coverage(tmp_path: Path) -> None:
     config = ('models = ["digits-cnn"]\nschemes = ["w:int8", "w:int2"]\nbudgets = ["6bits"]\n'
-              'calib_batches = 1\ncoverage = {repeats = 0}\n')  # fmt: skip
+              'calib_batches = 1\ncoverage = {repeats = 0}\n'
+              'adaptive = {tolerance = 0.05, rounds = 2}\n')  # fmt: skip
     text = run_study("adaptive", config, tmp_path, plots=False)
+    assert "AdaptiveConfig's defaults, tolerance = 0.05, rounds = 2)" in text
     [costs] = tables_with(text, "method", "seconds", "fisher cells", "isolation cells")
     assert {row["method"] for row in costs} == {"fisher", "adaptive", "isolation"}
     assert not tables_with(text, "estimator", "interval", "intervals", "coverage")
