@@ -254,6 +254,24 @@ def test_adaptive_study_without_coverage(tmp_path: Path) -> None:
     assert "Coverage" not in text and "dtype auto" in text
 
 
+def test_adaptive_tolerance_study(tmp_path: Path) -> None:
+    config = ('model = "digits-cnn"\nschemes = ["w:int8", "w:int4_g128", "w:int2"]\n'
+              'budgets = ["5bits"]\ncalib_batches = 1\ntolerances = [0.5, 0.0]\n')  # fmt: skip
+    text = run_study("adaptive_tolerance", config, tmp_path, plots=False)
+    [costs] = tables_with(text, "method", "seconds", "isolation cells", "decision s")
+    cells = {row["method"]: int(row["isolation cells"]) for row in costs}
+    assert cells["isolation"] == 18 and cells["fisher"] == 0
+    loose, exact = cells["adaptive, tolerance 0.5"], cells["adaptive, tolerance 0"]
+    assert 9 <= loose <= exact <= 18  # probes: 3 per scheme; a lower tolerance measures more
+    [plans] = tables_with(text, "budget", "method", "bits", "gap vs isolation's")
+    assert {row["method"] for row in plans} == set(cells)
+    assert "- Tolerances meeting both goals at every budget:" in text
+    (tmp_path / "bad.toml").write_text("tolerances = [-1.0]\n")
+    script = str(ROOT / "experiments" / "adaptive_tolerance.py")
+    proc = run_script([script, "--config", "bad.toml"], tmp_path)
+    assert proc.returncode == 2 and "tolerance -1" in proc.stderr, proc.stderr
+
+
 def test_interactions_study(tmp_path: Path) -> None:
     config = ('models = ["tiny-gpt"]\nschemes = ["w:int3_g128", "w:int8"]\n'
               'budgets = ["4bits", "5bits"]\ncalib_batches = 2\n')  # fmt: skip
