@@ -25,6 +25,7 @@ from mixprec.files import atomic_write_text
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle, load_model
 from mixprec.plan import PrecisionPlan
+from mixprec.search.configs import ILPConfig
 from mixprec.search.cost import Budget
 from mixprec.search.ilp import least_left
 from mixprec.sensitivity.cache import CellCache
@@ -100,7 +101,8 @@ def fits_verdicts(metric: str, higher: bool, plans: Sequence[dict[str, Any]],
     return lines
 
 
-BUDGET_GOAL = 0.5  # % of the budget a plan may leave unused where a closer plan is feasible
+BUDGET_GOAL = 100 * ILPConfig.fill  # % of the budget a plan may leave unused where a fuller
+# plan is feasible: what the ILP fills to by default
 LEFT = "budget left %"
 FULLEST = "fullest left %"  # the least any plan of the same units and formats can leave
 

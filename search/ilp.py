@@ -7,6 +7,8 @@ a budget fast; CBC (bundled with PuLP) or HiGHS then solves the rest exactly.
 Pairwise `interactions` (what two cells cost together beyond their two scores) enter exactly,
 each product of two picks linearised with one auxiliary variable; dominance pruning then keeps
 every cell of a unit that interacts, and the additive reduced-cost bound is not used.
+A plan that leaves more of the byte budget unused than `ILPConfig.fill` is replaced by the best
+plan that does not, where one exists (users expect the budget they give to be used).
 """
 
 from __future__ import annotations
@@ -62,20 +64,22 @@ def solve_ilp(
     solver: str = "cbc",
     time_limit: float | None = None,
     interactions: Interactions | None = None,
+    floor: float | None = None,
 ) -> Selection:
     """Minimise the summed score of one scheme per unit (plus the `interactions` of the pairs
-    picked) subject to sum(cost) <= limit for each constraint. Cells with a non-finite score
-    are never picked."""
+    picked) subject to sum(cost) <= limit for each constraint, and the first constraint's sum
+    >= `floor` where given. Cells with a non-finite score are never picked."""
     one_of("solver", solver, SOLVERS)
     pairs = dict(interactions or {})
     check_interactions(scores, pairs)
     costs = [c for c, _ in constraints]
-    allowed = undominated(scores, costs)
+    allowed = undominated(scores, costs) if floor is None else feasible_mask(scores)
     interacting = sorted({i for i, _, _, _ in pairs} | {j for _, _, j, _ in pairs})
     allowed[interacting] = np.isfinite(scores[interacting])  # dominance assumes additivity
     if not allowed.any(axis=1).all():
         return Selection((), "infeasible", float("nan"))
-    incumbent = solve_greedy(scores, constraints)
+    # the greedy plan bounds the optimum only where it also meets the floor
+    incumbent = solve_greedy(scores, constraints) if floor is None else Selection((), "", 0.0)
     if incumbent.choice and pairs:
         incumbent = Selection(incumbent.choice, incumbent.status,
                               total_score(scores, incumbent.choice, pairs))  # fmt: skip
@@ -109,6 +113,8 @@ def solve_ilp(
     for c, (cost, limit) in enumerate(constraints):
         terms = [(picks[n], float(cost[i, k])) for n, (i, k) in enumerate(cells)]
         problem += pulp.LpAffineExpression(terms) <= float(limit), f"budget_{c}"
+        if c == 0 and floor is not None:
+            problem += pulp.LpAffineExpression(terms) >= float(floor), "floor"
     backend = (
         pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, threads=1, gapRel=GAP, gapAbs=GAP)
         if solver == "cbc"
@@ -144,7 +150,7 @@ def least_left(
     fullest = solve_ilp(unused, [(cost, limit)], solver, time_limit)
     if not fullest.choice:
         return float("nan")
-    return float((limit - cost[np.arange(len(cost)), list(fullest.choice)].sum()) / limit)
+    return float((limit - selected_total(cost, fullest.choice)) / limit)
 
 
 @register_strategy(ILPConfig)
@@ -163,4 +169,25 @@ class ILPStrategy(SearchStrategy):
                 "problem.with_interactions(measure_interactions(...)) first"
             )
         pairs = self.interactions if self.config.interactions else None
-        return solve_ilp(scores, constraints, self.config.solver, self.config.time_limit, pairs)
+        return solve_filled(scores, constraints, self.config.fill, self.config.solver,
+                            self.config.time_limit, pairs)  # fmt: skip
+
+
+def solve_filled(
+    scores: np.ndarray, constraints: Sequence[Constraint], fill: float, solver: str = "cbc",
+    time_limit: float | None = None, interactions: Interactions | None = None,
+) -> Selection:  # fmt: skip
+    """The optimum, unless it leaves more than `fill` of the first constraint's limit unused
+    and some plan does not: then the best of the plans that full."""
+    best = solve_ilp(scores, constraints, solver, time_limit, interactions)
+    cost, limit = constraints[0]
+    if not best.choice or limit - selected_total(cost, best.choice) <= fill * limit:
+        return best
+    fuller = solve_ilp(scores, constraints, solver, time_limit, interactions,
+                       floor=(1 - fill) * limit)  # fmt: skip
+    return fuller if fuller.choice else best  # none that full: the optimum is the answer
+
+
+def selected_total(cost: np.ndarray, choice: Sequence[int]) -> float:
+    """The summed cost of one cell per unit."""
+    return float(cost[np.arange(len(choice)), list(choice)].sum())

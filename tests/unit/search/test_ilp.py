@@ -10,7 +10,7 @@ import pytest
 
 from mixprec.errors import MixprecError
 from mixprec.search.greedy import solve_greedy
-from mixprec.search.ilp import least_left, solve_ilp
+from mixprec.search.ilp import least_left, selected_total, solve_filled, solve_ilp
 from mixprec.search.selection import lagrangian_bound, reduced_cost_mask, undominated
 from tests.helpers.search import brute_force
 
@@ -45,6 +45,34 @@ def test_least_left_is_the_fullest_plan_by_brute_force(seed: int) -> None:
         if np.isfinite(scores[rows, list(choice)]).all() and total <= limit:
             best = min(best, (limit - total) / limit)
     assert least_left(scores, costs, limit) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+@pytest.mark.parametrize("seed", range(10))
+def test_a_filled_plan_is_the_best_of_the_plans_that_full_by_brute_force(
+    solver: str, seed: int
+) -> None:
+    gen = np.random.default_rng(seed)
+    units, schemes = int(gen.integers(2, 7)), int(gen.integers(2, 5))
+    scores = gen.uniform(0, 10, (units, schemes))
+    scores[gen.uniform(size=(units, schemes)) < 0.15] = np.inf
+    scores[:, 0] = gen.uniform(0, 10, units)  # every unit keeps one choice
+    costs = gen.integers(1, 40, (units, schemes)).astype(float)
+    least, most = costs.min(1).sum(), costs.max(1).sum()
+    limit, fill = float(least + gen.uniform(0, 1) * (most - least)), 0.05
+    optimum = brute_force(scores, [(costs, limit)])
+    full = brute_force(scores, [(costs, limit), (-costs, -(1 - fill) * limit)])
+    plan = solve_filled(scores, [(costs, limit)], fill, solver)
+    if not optimum.choice:
+        assert plan.status == optimum.status == "infeasible"
+        return
+    expected = optimum
+    if limit - selected_total(costs, optimum.choice) > fill * limit and full.choice:
+        expected = full
+    assert plan.objective == pytest.approx(expected.objective, rel=1e-9)
+    assert selected_total(costs, plan.choice) <= limit
+    if full.choice:  # some plan is that full: so is the answer
+        assert selected_total(costs, plan.choice) >= (1 - fill) * limit - 1e-9
 
 
 def test_least_left_without_a_plan_is_nan() -> None:

@@ -63,12 +63,19 @@ def test_every_registered_strategy_is_in_the_conformance_suite() -> None:
 
 
 def test_ilp_is_at_least_as_good_as_greedy_and_optuna() -> None:
+    """Unrestricted, the ILP beats every plan; filling the budget, every plan as full."""
     _, table, costs = digits_problem()
+    fill = ILPConfig().fill
     for budget in ("3bits", "4.5bits", "6bits"):
-        ilp = strategy("ilp").solve(table, costs, budget).predicted["score"]
+        optimum = strategy("ilp", fill=1.0).solve(table, costs, budget).predicted
+        filled = strategy("ilp").solve(table, costs, budget).predicted
+        assert filled["budget_left"] <= fill or filled["score"] == optimum["score"]
         others = ("greedy", "uniform")
         for other in (*map(strategy, others), strategy("optuna", trials=10)):
-            assert other.solve(table, costs, budget).predicted["score"] >= ilp - 1e-9
+            plan = other.solve(table, costs, budget).predicted
+            assert plan["score"] >= optimum["score"] - 1e-9
+            if plan["budget_left"] <= fill:
+                assert plan["score"] >= filled["score"] - 1e-9
 
 
 def test_robust_plan_weighs_the_interval() -> None:
@@ -97,7 +104,7 @@ def test_optuna_resumes_from_its_sqlite_storage(tmp_path: Path) -> None:
 
 def test_optuna_first_trial_is_the_ilp_plan() -> None:
     _, table, costs = digits_problem()
-    ilp = ILPStrategy().solve(table, costs, "4bits")
+    ilp = ILPStrategy(ILPConfig(fill=1.0)).solve(table, costs, "4bits")  # the score's optimum
     assert (
         OptunaStrategy(OptunaConfig(trials=1)).solve(table, costs, "4bits").assignment
         == ilp.assignment
