@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from study import PRIMARY, budget_columns, budget_verdicts, isolation_problem, publish
+from study import OPTIMUM, PRIMARY, budget_columns, budget_verdicts, isolation_problem, publish
 
 from mixprec.agents.env import AllocationEnv
 from mixprec.agents.sac import SACStrategy, save_policy
@@ -30,7 +30,7 @@ from mixprec.logs import quiet_optional_backends
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.search.base import Limits, constraints_for
-from mixprec.search.configs import GreedyConfig, ILPConfig, OptunaConfig, SACConfig
+from mixprec.search.configs import GreedyConfig, OptunaConfig, SACConfig
 from mixprec.search.cost import Budget
 from mixprec.search.greedy import solve_greedy
 
@@ -52,7 +52,7 @@ def compare(
     rows = []
     for budget in budgets:
         methods = {
-            "ilp": ILPConfig(),
+            "ilp": OPTIMUM,  # the score's optimum: what SAC's objective is compared with
             "greedy": GreedyConfig(),
             "optuna": OptunaConfig(trials=trials),
             "sac": SACConfig(timesteps=steps),
@@ -103,7 +103,7 @@ def transfer(
     save_policy(agent, policy)
     rows = []
     for budget in budgets:
-        optimum = allocate(target, budget)
+        optimum = allocate(target, budget, OPTIMUM)
         for label, tune in (("zero-shot", 0), ("fine-tuned", max(steps // 6, 1))):
             plan = allocate(target, budget, SACConfig(timesteps=tune, policy=policy))
             objective, best = plan.predicted["score"], optimum.predicted["score"]

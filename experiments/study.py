@@ -101,6 +101,7 @@ def fits_verdicts(metric: str, higher: bool, plans: Sequence[dict[str, Any]],
     return lines
 
 
+OPTIMUM = ILPConfig(fill=1.0)  # the additive score's optimum, wherever it leaves the budget
 BUDGET_GOAL = 100 * ILPConfig.fill  # % of the budget a plan may leave unused where a fuller
 # plan is feasible: what the ILP fills to by default
 LEFT = "budget left %"
