@@ -68,7 +68,8 @@ class AdaptiveConfig(EstimatorConfig):
     a `probes` share of layers per scheme, then isolation only where a cell's interval
     straddles the ILP's decision at `budgets` (plans that keep `exclude` for `target`) until
     the expected regret left is under `tolerance` of the plan's score, at most `cell_limit`
-    isolation cells; intervals are at `confidence`."""
+    isolation cells, at most `round_cells` a round (the rest re-ranked after a refit);
+    intervals are at `confidence`."""
 
     name: ClassVar[str] = "adaptive"
     VERSION: ClassVar[int] = 2  # 2: fisher and isolation scores per sample
@@ -76,6 +77,7 @@ class AdaptiveConfig(EstimatorConfig):
     probes: float = 0.05
     cell_limit: int | None = None
     rounds: int = 8
+    round_cells: int | None = None
     confidence: float = 0.95
     tolerance: float = 0.1
     exclude: tuple[str, ...] = ("default",)
@@ -92,6 +94,8 @@ class AdaptiveConfig(EstimatorConfig):
         if self.cell_limit is not None:
             at_least("cell_limit", self.cell_limit, 1)
         at_least("rounds", self.rounds, 1)
+        if self.round_cells is not None:
+            at_least("round_cells", self.round_cells, 1)
         at_least("tolerance", self.tolerance, 0)
         if not 0 < self.confidence < 1:
             raise MixprecError(f"confidence {self.confidence} must lie strictly between 0 and 1")

@@ -166,6 +166,7 @@ def refine(
         wanted = _wanted(problem, table_of(), budgets, found, layers, config)
         if limit is not None:
             wanted = wanted[: max(limit - spent, 0)]
+        wanted = wanted[: config.round_cells]  # None: every contested cell at once
         if not wanted:
             reached = limit is not None and spent >= limit
             stopped = f"cell limit {limit} reached" if reached else "plans stable"

@@ -255,3 +255,23 @@ def test_the_python_api_scores_a_model_object_adaptively() -> None:
     adaptive = frame[frame["estimator"] == "adaptive"]
     assert len(adaptive) == len(frame[frame["estimator"] == "fisher"]) == 12
     assert (adaptive["status"] == "ok").all()
+
+
+def test_round_cells_caps_what_each_round_measures(tmp_path: Path) -> None:
+    """Contested cells measured a few at a time, re-ranked after each refit."""
+    from mixprec.scoring import score
+
+    cache = CellCache(tmp_path)  # shared: later calls only read what earlier ones scored
+
+    def isolation_cells(**settings: Any) -> int:
+        config = AdaptiveConfig(budgets=("5bits",), tolerance=0.0, **settings)
+        frame = score("digits-cnn", schemes=["w:int8", "w:int4_g128", "w:int2"],
+                      estimators=[config], levels=["layer"], cache=cache).frame  # fmt: skip
+        return int((frame["estimator"] == "isolation").sum())
+
+    probes = isolation_cells(cell_limit=1) - 1
+    capped = isolation_cells(rounds=2, round_cells=1)
+    every = isolation_cells()
+    assert probes < capped <= probes + 2 < every  # one a round; at once, every contested one
+    with pytest.raises(MixprecError, match="round_cells 0 must be a finite number >= 1"):
+        AdaptiveConfig(round_cells=0)
