@@ -272,6 +272,24 @@ def test_adaptive_tolerance_study(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "tolerance -1" in proc.stderr, proc.stderr
 
 
+def test_isolation_noise_study(tmp_path: Path) -> None:
+    config = ('model = "digits-cnn"\nschemes = ["w:int4_g128", "w:int2"]\nbudgets = ["4bits"]\n'
+              'calib_batches = 1\nrepeats = 3\n')  # fmt: skip
+    text = run_study("isolation_noise", config, tmp_path, plots=False)
+    [plans] = tables_with(text, "budget", "redraw", "gap / as measured", "vs as measured (paired)")
+    assert [row["redraw"] for row in plans] == ["0", "1", "2", "3"]
+    assert float(plans[0]["gap / as measured"]) == 1.0
+    assert plans[0]["vs as measured (paired)"] == "not distinguishable"  # itself
+    [spread] = tables_with(text, "budget", "redraws", "min", "median", "max")
+    assert spread[0]["redraws"] == "3"
+    assert float(spread[0]["min"]) <= float(spread[0]["median"]) <= float(spread[0]["max"])
+    assert "- 4bits: plans from redrawn scores measure" in text
+    (tmp_path / "bad.toml").write_text("repeats = 0\n")
+    script = str(ROOT / "experiments" / "isolation_noise.py")
+    proc = run_script([script, "--config", "bad.toml"], tmp_path)
+    assert proc.returncode == 2 and "repeats 0 must be at least 1" in proc.stderr, proc.stderr
+
+
 def test_interactions_study(tmp_path: Path) -> None:
     config = ('models = ["tiny-gpt"]\nschemes = ["w:int3_g128", "w:int8"]\n'
               'budgets = ["4bits", "5bits"]\ncalib_batches = 2\n')  # fmt: skip
