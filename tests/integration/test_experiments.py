@@ -59,6 +59,14 @@ def run_study(name: str, config: str, tmp_path: Path, plots: bool = True) -> str
     return text
 
 
+def assert_config_refused(name: str, config: str, said: str, tmp_path: Path) -> None:
+    """experiments/NAME.py with a bad config: one line naming the problem, exit code 2."""
+    (tmp_path / "bad.toml").write_text(config)
+    proc = run_script([str(ROOT / "experiments" / f"{name}.py"), "--config", "bad.toml"], tmp_path)
+    [line] = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and said in line, proc.stderr
+
+
 def markdown_tables(text: str) -> list[tuple[list[str], list[dict[str, str]]]]:
     """Every Markdown table in `text`: its header and its rows keyed by that header."""
 
@@ -266,10 +274,7 @@ def test_adaptive_tolerance_study(tmp_path: Path) -> None:
     [plans] = tables_with(text, "budget", "method", "bits", "gap vs isolation's")
     assert {row["method"] for row in plans} == set(cells)
     assert "- Tolerances meeting both goals at every budget:" in text
-    (tmp_path / "bad.toml").write_text("tolerances = [-1.0]\n")
-    script = str(ROOT / "experiments" / "adaptive_tolerance.py")
-    proc = run_script([script, "--config", "bad.toml"], tmp_path)
-    assert proc.returncode == 2 and "tolerance -1" in proc.stderr, proc.stderr
+    assert_config_refused("adaptive_tolerance", "tolerances = [-1.0]\n", "tolerance -1", tmp_path)
 
 
 def test_isolation_noise_study(tmp_path: Path) -> None:
@@ -284,10 +289,7 @@ def test_isolation_noise_study(tmp_path: Path) -> None:
     assert spread[0]["redraws"] == "3"
     assert float(spread[0]["min"]) <= float(spread[0]["median"]) <= float(spread[0]["max"])
     assert "- 4bits: plans from redrawn scores measure" in text
-    (tmp_path / "bad.toml").write_text("repeats = 0\n")
-    script = str(ROOT / "experiments" / "isolation_noise.py")
-    proc = run_script([script, "--config", "bad.toml"], tmp_path)
-    assert proc.returncode == 2 and "repeats 0 must be at least 1" in proc.stderr, proc.stderr
+    assert_config_refused("isolation_noise", "repeats = 0\n", "repeats 0 must be", tmp_path)
 
 
 def test_interactions_study(tmp_path: Path) -> None:
