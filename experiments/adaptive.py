@@ -94,29 +94,42 @@ def compared(
     scoring: ModelBundle, bundle: ModelBundle, config: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each method scores on `scoring`; its plans are measured on `bundle`."""
-    model, name = bundle.name, PRIMARY[bundle.name][0]
-    baseline = evaluate(bundle, {}).metrics[name]
-    costs, plans, samples = [], [], {}
+    costs, tables = [], {}
     for method in METHODS:
-        table, seconds = scored(scoring, method, config)
-        frame = table.ok()
+        tables[method], seconds = scored(scoring, method, config)
+        frame = tables[method].ok()
         cells = {
             f"{e} cells": int((frame["estimator"] == e).sum()) for e in ("fisher", "isolation")
         }
-        costs.append({"model": model, "method": method, "seconds": seconds, **cells})
-        problem = AllocationProblem.build(table, bundle, method, exclude=config["exclude"])
+        costs.append({"model": bundle.name, "method": method, "seconds": seconds, **cells})
+    return costs, plan_rows(tables, bundle, config)
+
+
+def plan_rows(tables: dict[str, ScoreTable], bundle: ModelBundle,
+              config: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """The ILP's plan from each method's table (`method` or `method, detail`) at each budget,
+    measured (a plan several methods share, once) and paired against full isolation's."""
+    name = PRIMARY[bundle.name][0]
+    baseline = evaluate(bundle, {}).metrics[name]
+    rows, samples, measured = [], {}, {}
+    for method, table in tables.items():
+        problem = AllocationProblem.build(table, bundle, method.split(",")[0],
+                                          exclude=config["exclude"])  # fmt: skip
         for budget in config["budgets"]:
             plan = allocate(problem, budget)
-            measured = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
-            value, samples[method, budget] = measured.metrics[name], measured.per_sample[name]
-            plans.append({"model": model, "budget": budget, "method": method,
-                          "bits": plan.predicted["bits_per_weight"],
-                          **budget_columns(problem, budget, plan), "metric": value,
-                          "gap to FP": abs(value - baseline)})  # fmt: skip
-    for row in plans:  # each plan against full isolation's, paired over evaluation samples
+            key = tuple(sorted(plan.assignment.items()))
+            if key not in measured:
+                result = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
+                measured[key] = result.metrics[name], result.per_sample[name]
+            value, samples[method, budget] = measured[key]
+            rows.append({"model": bundle.name, "budget": budget, "method": method,
+                         "bits": plan.predicted["bits_per_weight"],
+                         **budget_columns(problem, budget, plan), "metric": value,
+                         "gap to FP": abs(value - baseline)})  # fmt: skip
+    for row in rows:  # each plan against full isolation's, paired over evaluation samples
         pair = samples[row["method"], row["budget"]], samples["isolation", row["budget"]]
         row["vs isolation (paired)"] = compare(name, *pair).verdict
-    return costs, plans
+    return rows
 
 
 def with_ratios(costs: pd.DataFrame, plans: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

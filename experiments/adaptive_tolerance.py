@@ -17,14 +17,11 @@ from typing import Any
 import pandas as pd
 import torch
 from adaptive import DEFAULTS as ADAPTIVE_DEFAULTS
-from adaptive import GOAL_GAP, GOAL_TIME, RELATIVE, adaptive_config, with_ratios
+from adaptive import GOAL_GAP, GOAL_TIME, RELATIVE, adaptive_config, plan_rows, with_ratios
 from smollm2 import bundles
 from study import PRIMARY, fail, load_config, parse_args, publish_study
 
-from mixprec.allocation import AllocationProblem, allocate
-from mixprec.comparison import compare
 from mixprec.markdown import frame_markdown
-from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
@@ -76,32 +73,6 @@ def cost_rows(scoring: ModelBundle, config: dict[str, Any], cache: CellCache
     for row in rows:
         row["isolation share"] = row["isolation cells"] / max(total, 1)
     return rows, tables
-
-
-def plan_rows(tables: dict[str, ScoreTable], bundle: ModelBundle,
-              config: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
-    """The ILP's plan from each method's table at each budget, measured; and paired against
-    full isolation's."""
-    name = PRIMARY[bundle.name][0]
-    baseline = evaluate(bundle, {}).metrics[name]
-    rows, samples, measured_plans = [], {}, {}
-    for method, table in tables.items():
-        problem = AllocationProblem.build(table, bundle, method.split(",")[0],
-                                          exclude=config["exclude"])  # fmt: skip
-        for budget in config["budgets"]:
-            plan = allocate(problem, budget)
-            key = tuple(sorted(plan.assignment.items()))
-            if key not in measured_plans:  # the same plan is measured once
-                result = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
-                measured_plans[key] = result.metrics[name], result.per_sample[name]
-            value, samples[method, budget] = measured_plans[key]
-            rows.append({"model": bundle.name, "budget": budget, "method": method,
-                         "bits": plan.predicted["bits_per_weight"], "metric": value,
-                         "gap to FP": abs(value - baseline)})  # fmt: skip
-    for row in rows:
-        pair = samples[row["method"], row["budget"]], samples["isolation", row["budget"]]
-        row["vs isolation (paired)"] = compare(name, *pair).verdict
-    return rows
 
 
 def verdicts(costs: pd.DataFrame, plans: pd.DataFrame, tolerances: list[float]) -> list[str]:

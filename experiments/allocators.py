@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from study import (
+    BUDGET_GOAL,
     OPTIMUM,
     PRIMARY,
     budget_columns,
@@ -32,7 +33,6 @@ from study import (
 
 from mixprec.allocation import allocate
 from mixprec.markdown import frame_markdown
-from mixprec.search.configs import ILPConfig
 from mixprec.search.cost import InfeasibleBudget
 from mixprec.strategies import strategy_config
 
@@ -140,7 +140,7 @@ def verdicts(frame: pd.DataFrame, models: list[str]) -> list[str]:
             )
     lines.append(
         f"- Expected: the ILP's optimum is optimal for the table, so no method has a negative "
-        f"'{GAP}'; the default ILP fills the budget to within {ILPConfig().fill:.1%} where some "
+        f"'{GAP}'; the default ILP fills the budget to within {BUDGET_GOAL:g}% where some "
         "plan can, so a method whose plan leaves more unused may predict lower than it. Where "
         "another method measures better, the table's additive prediction is off, not the solver."
     )
