@@ -20,8 +20,9 @@ from scipy import stats
 
 from mixprec.scheme import KEEP
 from mixprec.search.base import Limits, check_feasible, constraints_for, score_matrix
+from mixprec.search.configs import ILPConfig
 from mixprec.search.cost import Budget, InfeasibleBudget
-from mixprec.search.ilp import solve_ilp, total_score
+from mixprec.search.ilp import solve_filled, total_score
 from mixprec.sensitivity.adaptive import CHEAP, EXACT, calibrate, probe_cells
 from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.configs import AdaptiveConfig
@@ -31,6 +32,7 @@ from mixprec.units import Unit
 ADAPTIVE = AdaptiveConfig.name
 NEIGHBOUR_STEP = 0.02  # the plans just below and above a budget: this share of it apart
 PRICE_STEPS = 100  # bisection steps for the Lagrange multiplier
+PLANS = ILPConfig()  # the plans decided for are the default ILP's (filled to its budget)
 Key = tuple[str, str, str]  # (estimator, scheme, unit)
 Entry = dict[str, Any]  # a cell's result: score, ci_low, ci_high, samples, seconds, status, error
 
@@ -214,12 +216,7 @@ def _wanted(
     spread = np.where(np.isfinite(point), (high - np.where(np.isfinite(low), low, 0)) / (2 * z), 0)
     wanted: dict[Key, float] = {}
     for budget in budgets:
-        plans = []
-        for factor in (1.0, 1 - NEIGHBOUR_STEP, 1 + NEIGHBOUR_STEP):
-            shifted = Budget(budget.value * factor, budget.unit)
-            selection = solve_ilp(point, constraints_for(costs, shifted, Limits()))
-            if selection.choice:
-                plans.append(selection.choice)
+        plans = decided_plans(point, costs, budget)
         if not plans:
             continue
         limit = constraints_for(costs, budget, Limits())[0][1]
@@ -239,6 +236,18 @@ def _wanted(
             for key in open_cells[cell]:
                 wanted[key] = max(wanted.get(key, 0.0), regrets[cell])
     return sorted(wanted, key=lambda key: (-wanted[key], key))
+
+
+def decided_plans(point: np.ndarray, costs: Any, budget: Budget) -> list[tuple[int, ...]]:
+    """The default ILP's plans (filled as `allocate` fills them) at `budget`, then just below
+    and above it; a plan that does not fit is left out."""
+    plans = []
+    for factor in (1.0, 1 - NEIGHBOUR_STEP, 1 + NEIGHBOUR_STEP):
+        constraints = constraints_for(costs, Budget(budget.value * factor, budget.unit), Limits())
+        selection = solve_filled(point, constraints, PLANS.fill, PLANS.solver)
+        if selection.choice:
+            plans.append(tuple(selection.choice))
+    return plans
 
 
 def _unmeasured(

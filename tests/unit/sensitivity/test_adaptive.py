@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mixprec.allocation import AllocationProblem
 from mixprec.errors import MixprecError
 from mixprec.models import load_model
-from mixprec.search.cost import InfeasibleBudget
+from mixprec.search.cost import Budget, InfeasibleBudget
+from mixprec.search.ilp import selected_total
 from mixprec.sensitivity.adaptive import (
     calibrate,
     probe_cells,
@@ -23,7 +25,7 @@ from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
 from mixprec.sensitivity.configs import AdaptiveConfig
-from mixprec.sensitivity.refine import contested, lagrange_price
+from mixprec.sensitivity.refine import PLANS, contested, decided_plans, lagrange_price
 from mixprec.sensitivity.runner import analyze
 from mixprec.sensitivity.table import ScoreTable
 from tests.helpers.cli import run
@@ -130,6 +132,21 @@ def test_analyze_scores_every_cell_and_isolation_only_some(
     blocks = frame[(frame["level"] == "block") & (frame["estimator"] == "adaptive")]
     assert len(blocks) == 4 * len(SCHEMES) and (blocks["score"] > 0).all()
     table.check_usable("adaptive")
+
+
+def test_adaptive_decides_for_the_filled_plans_allocate_makes(
+    tiny_gpt_adaptive: tuple[ScoreTable, Path],
+) -> None:
+    table, _ = tiny_gpt_adaptive
+    problem = AllocationProblem.build(table, load_model("tiny-gpt"), "adaptive", exclude=["none"])
+    flat = np.where(np.isfinite(problem.scores()), 0.0, np.inf)  # the optimum: the cheapest plan
+    budget = Budget.parse("6bits")
+    plans = decided_plans(flat, problem.costs, budget)
+    assert len(plans) == 3
+    for plan, factor in zip(plans, (1.0, 0.98, 1.02), strict=True):
+        limit = Budget(budget.value * factor, budget.unit).weight_bytes(problem.costs)
+        used = selected_total(problem.costs.bytes, plan)
+        assert (1 - PLANS.fill) * limit <= used <= limit
 
 
 class CountingCache(CellCache):
