@@ -274,6 +274,10 @@ def test_adaptive_tolerance_study(tmp_path: Path) -> None:
     [plans] = tables_with(text, "budget", "method", "bits", "gap vs isolation's")
     assert {row["method"] for row in plans} == set(cells)
     assert "- Tolerances meeting both goals at every budget:" in text
+    [misfits] = tables_with(text, "scheme", "misfit sd (log)", "layers with a rival within reach")
+    assert [row["scheme"] for row in misfits] == ["w:int2", "w:int4_g128", "w:int8"]
+    assert all(float(row["misfit sd (log)"]) > 0 for row in misfits)
+    assert "- Why the goals conflict:" in text
     assert_config_refused("adaptive_tolerance", "tolerances = [-1.0]\n", "tolerance -1", tmp_path)
 
 
