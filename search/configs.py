@@ -48,22 +48,25 @@ class StrategyConfig:
 class ILPConfig(StrategyConfig):
     """The optimal plan under the additive model, solved exactly (`time_limit` in seconds);
     `interactions`: with the problem's measured pairwise terms (sensitivity/pairs.py); `fill`:
-    the most of the byte budget a plan may leave unused where some plan is that full (the best
-    such plan is taken; 1 lets the scores alone decide)."""
+    the most of the byte budget a plan may leave unused where the best plan that full scores
+    at most `fill_cost` (a share of the optimum's score) worse: a fuller plan predicted worse
+    than that is not worth its bytes (1 lets the scores alone decide)."""
 
     name: ClassVar[str] = "ilp"
-    VERSION: ClassVar[int] = 2  # 2: fills the budget to within `fill`
+    VERSION: ClassVar[int] = 3  # 2: fills the budget to within `fill`; 3: at most `fill_cost`
     FAST: ClassVar[bool] = True
     solver: str = "cbc"
     time_limit: float | None = None
     interactions: bool = False
     fill: float = 0.005
+    fill_cost: float = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of("solver", self.solver, SOLVERS)
         if not 0 <= self.fill <= 1:
             raise MixprecError(f"fill {self.fill} must be a share of the budget in [0, 1]")
+        at_least("fill_cost", self.fill_cost, 0)
         if self.time_limit is not None:
             at_least("time_limit", self.time_limit, 0)
 

@@ -170,22 +170,28 @@ class ILPStrategy(SearchStrategy):
             )
         pairs = self.interactions if self.config.interactions else None
         return solve_filled(scores, constraints, self.config.fill, self.config.solver,
-                            self.config.time_limit, pairs)  # fmt: skip
+                            self.config.time_limit, pairs, self.config.fill_cost)  # fmt: skip
 
 
 def solve_filled(
     scores: np.ndarray, constraints: Sequence[Constraint], fill: float, solver: str = "cbc",
     time_limit: float | None = None, interactions: Interactions | None = None,
+    fill_cost: float = np.inf,
 ) -> Selection:  # fmt: skip
     """The optimum, unless it leaves more than `fill` of the first constraint's limit unused
-    and some plan does not: then the best of the plans that full."""
+    and the best of the plans that full scores at most `fill_cost` (a share of the optimum's
+    score) worse: then that plan."""
     best = solve_ilp(scores, constraints, solver, time_limit, interactions)
     cost, limit = constraints[0]
     if not best.choice or limit - selected_total(cost, best.choice) <= fill * limit:
         return best
     fuller = solve_ilp(scores, constraints, solver, time_limit, interactions,
                        floor=(1 - fill) * limit)  # fmt: skip
-    return fuller if fuller.choice else best  # none that full: the optimum is the answer
+    if not fuller.choice:  # none that full: the optimum is the answer
+        return best
+    optimum = total_score(scores, best.choice, interactions)
+    worth = total_score(scores, fuller.choice, interactions) - optimum <= fill_cost * abs(optimum)
+    return fuller if worth else best
 
 
 def selected_total(cost: np.ndarray, choice: Sequence[int]) -> float:

@@ -244,7 +244,9 @@ def decided_plans(point: np.ndarray, costs: Any, budget: Budget) -> list[tuple[i
     plans = []
     for factor in (1.0, 1 - NEIGHBOUR_STEP, 1 + NEIGHBOUR_STEP):
         constraints = constraints_for(costs, Budget(budget.value * factor, budget.unit), Limits())
-        selection = solve_filled(point, constraints, PLANS.fill, PLANS.solver)
+        selection = solve_filled(
+            point, constraints, PLANS.fill, PLANS.solver, fill_cost=PLANS.fill_cost
+        )
         if selection.choice:
             plans.append(tuple(selection.choice))
     return plans

@@ -48,9 +48,10 @@ def test_least_left_is_the_fullest_plan_by_brute_force(seed: int) -> None:
 
 
 @pytest.mark.parametrize("solver", ["cbc", "highs"])
+@pytest.mark.parametrize("fill_cost", [0.0, 0.1, np.inf])
 @pytest.mark.parametrize("seed", range(10))
 def test_a_filled_plan_is_the_best_of_the_plans_that_full_by_brute_force(
-    solver: str, seed: int
+    solver: str, fill_cost: float, seed: int
 ) -> None:
     gen = np.random.default_rng(seed)
     units, schemes = int(gen.integers(2, 7)), int(gen.integers(2, 5))
@@ -62,17 +63,28 @@ def test_a_filled_plan_is_the_best_of_the_plans_that_full_by_brute_force(
     limit, fill = float(least + gen.uniform(0, 1) * (most - least)), 0.05
     optimum = brute_force(scores, [(costs, limit)])
     full = brute_force(scores, [(costs, limit), (-costs, -(1 - fill) * limit)])
-    plan = solve_filled(scores, [(costs, limit)], fill, solver)
+    plan = solve_filled(scores, [(costs, limit)], fill, solver, fill_cost=fill_cost)
     if not optimum.choice:
         assert plan.status == optimum.status == "infeasible"
         return
     expected = optimum
-    if limit - selected_total(costs, optimum.choice) > fill * limit and full.choice:
+    loose = limit - selected_total(costs, optimum.choice) > fill * limit
+    if loose and full.choice and full.objective <= (1 + fill_cost) * optimum.objective + 1e-9:
         expected = full
     assert plan.objective == pytest.approx(expected.objective, rel=1e-9)
     assert selected_total(costs, plan.choice) <= limit
-    if full.choice:  # some plan is that full: so is the answer
+    if full.choice and fill_cost == np.inf:  # some plan is that full: so is the answer
         assert selected_total(costs, plan.choice) >= (1 - fill) * limit - 1e-9
+    assert plan.objective <= (1 + fill_cost) * optimum.objective + 1e-9
+
+
+def test_a_fuller_plan_predicted_much_worse_is_not_taken() -> None:
+    scores = np.array([[0.0, 1.0, 100.0], [0.0, 1.0, 100.0]])  # 32, 8 or 2 bytes a unit
+    costs = np.array([[32.0, 8.0, 2.0], [32.0, 8.0, 2.0]])
+    # within 34 bytes the optimum is 8 + 8 (score 2, 18 bytes left); only 32 + 2 fills it
+    cheap = solve_filled(scores, [(costs, 34.0)], 0.005, fill_cost=0.01)
+    assert cheap.choice == (1, 1)
+    assert solve_filled(scores, [(costs, 34.0)], 0.005, fill_cost=np.inf).choice in [(0, 2), (2, 0)]
 
 
 def test_least_left_without_a_plan_is_nan() -> None:
