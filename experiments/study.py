@@ -27,7 +27,7 @@ from mixprec.models import ModelBundle, load_model
 from mixprec.plan import PrecisionPlan
 from mixprec.search.configs import ILPConfig
 from mixprec.search.cost import Budget
-from mixprec.search.ilp import least_left
+from mixprec.search.ilp import best_full, least_left, total_score
 from mixprec.sensitivity.cache import CellCache
 
 HERE = Path(__file__).resolve().parent
@@ -106,16 +106,26 @@ BUDGET_GOAL = 100 * ILPConfig.fill  # % of the budget a plan may leave unused wh
 # plan is feasible: what the ILP fills to by default
 LEFT = "budget left %"
 FULLEST = "fullest left %"  # the least any plan of the same units and formats can leave
+FULLER = "full plan's score +%"  # how much worse the best plan within BUDGET_GOAL predicts
 
 
 def budget_columns(problem: AllocationProblem, budget: Budget | str,
                    plan: PrecisionPlan) -> dict[str, float]:  # fmt: skip
-    """How much of its budget a plan leaves unused, beside the least any plan could (%)."""
+    """How much of its budget a plan leaves unused, beside the least any plan could (%); where
+    it leaves more than BUDGET_GOAL though some plan does not, how much worse the best such
+    plan predicts (% of this plan's score): why the ILP did not take it (ILPConfig.fill_cost)."""
     scores, limit = problem.scores(), Budget.parse(budget).weight_bytes(problem.costs)
     key = (problem.costs.bytes.tobytes(), np.isfinite(scores).tobytes(), limit)
     if key not in _FULLEST:
         _FULLEST[key] = 100 * least_left(scores, problem.costs.bytes, limit)
-    return {LEFT: 100 * plan.predicted["budget_left"], FULLEST: _FULLEST[key]}
+    left, fullest = 100 * plan.predicted["budget_left"], _FULLEST[key]
+    worse = float("nan")
+    if left > BUDGET_GOAL >= fullest:
+        full = best_full(scores, [(problem.costs.bytes, limit)], BUDGET_GOAL / 100)
+        own = plan.predicted["score"]
+        if full.choice:
+            worse = 100 * (total_score(scores, full.choice) - own) / abs(own)
+    return {LEFT: left, FULLEST: fullest, FULLER: worse}
 
 
 _FULLEST: dict[tuple[bytes, bytes, float], float] = {}  # one solve per units, formats, budget
@@ -137,11 +147,16 @@ def budget_verdicts(frame: Any, by: str = "method") -> list[str]:
         reachable = part[part[FULLEST] <= BUDGET_GOAL]
         met = int((reachable[LEFT] <= BUDGET_GOAL).sum())
         beyond = len(part) - len(reachable)
+        costly = reachable[FULLER].dropna() if FULLER in reachable else reachable[[]]
         lines.append(
             f"{said}; within {BUDGET_GOAL:g}% at {met} of the {len(reachable)} plans whose "
             f"budget some plan fills that closely" + (
                 f" (at {beyond} no plan can: the fullest leaves up to "
-                f"{float(part[FULLEST].max()):.3g}%)" if beyond else "") + "."
+                f"{float(part[FULLEST].max()):.3g}%)" if beyond else "") + (
+                f"; at the other {len(costly)} the best plan that full predicts "
+                f"{float(costly.min()):.3g}% to {float(costly.max()):.3g}% worse (the ILP fills "
+                f"only at most {100 * ILPConfig.fill_cost:g}% worse)" if len(costly) else "")
+            + "."
         )  # fmt: skip
     return lines
 

@@ -181,20 +181,28 @@ def solve_filled(
 ) -> Selection:  # fmt: skip
     """The optimum, unless it leaves more than `fill` of the first constraint's limit unused
     and the best of the plans that full scores at most `fill_cost` (a share of the optimum's
-    score) worse: then that plan. The fuller plan is searched by FULLEST_SOLVER within
-    FULLEST_SECONDS (or `time_limit` where shorter); not found by then, the optimum stands."""
+    score) worse: then that plan (`best_full`; not found in its time, the optimum stands)."""
     best = solve_ilp(scores, constraints, solver, time_limit, interactions)
     cost, limit = constraints[0]
     if not best.choice or limit - selected_total(cost, best.choice) <= fill * limit:
         return best
-    bound = min(time_limit or FULLEST_SECONDS, FULLEST_SECONDS)
-    fuller = solve_ilp(scores, constraints, FULLEST_SOLVER, bound, interactions,
-                       floor=(1 - fill) * limit)  # fmt: skip
+    fuller = best_full(scores, constraints, fill, time_limit, interactions)
     if not fuller.choice:  # none that full: the optimum is the answer
         return best
     optimum = total_score(scores, best.choice, interactions)
     worth = total_score(scores, fuller.choice, interactions) - optimum <= fill_cost * abs(optimum)
     return fuller if worth else best
+
+
+def best_full(
+    scores: np.ndarray, constraints: Sequence[Constraint], fill: float,
+    time_limit: float | None = None, interactions: Interactions | None = None,
+) -> Selection:  # fmt: skip
+    """The best plan that leaves at most `fill` of the first constraint's limit unused, searched
+    by FULLEST_SOLVER within FULLEST_SECONDS (or `time_limit` where shorter); none: no choice."""
+    bound = min(time_limit or FULLEST_SECONDS, FULLEST_SECONDS)
+    floor = (1 - fill) * constraints[0][1]
+    return solve_ilp(scores, constraints, FULLEST_SOLVER, bound, interactions, floor=floor)
 
 
 def selected_total(cost: np.ndarray, choice: Sequence[int]) -> float:
