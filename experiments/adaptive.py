@@ -35,6 +35,7 @@ from mixprec.errors import MixprecError
 from mixprec.markdown import frame_markdown
 from mixprec.metrics import evaluate
 from mixprec.models import ModelBundle
+from mixprec.plan import PrecisionPlan
 from mixprec.scheme import DEFAULT_SCHEMES
 from mixprec.sensitivity.cache import CellCache
 from mixprec.sensitivity.cells import AnalysisSpec
@@ -105,23 +106,33 @@ def compared(
     return costs, plan_rows(tables, bundle, config)
 
 
+Measured = dict[tuple[tuple[str, str], ...], tuple[float, Any]]  # assignment -> metric, samples
+
+
+def measured_once(bundle: ModelBundle, plan: PrecisionPlan, name: str,
+                  measured: Measured) -> tuple[float, Any]:  # fmt: skip
+    """`plan`'s metric `name` and its per-sample values, evaluated only the first time its
+    assignment is seen (`measured` holds them)."""
+    key = tuple(sorted(plan.assignment.items()))
+    if key not in measured:
+        result = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
+        measured[key] = result.metrics[name], result.per_sample[name]
+    return measured[key]
+
+
 def plan_rows(tables: dict[str, ScoreTable], bundle: ModelBundle,
               config: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
     """The ILP's plan from each method's table (`method` or `method, detail`) at each budget,
     measured (a plan several methods share, once) and paired against full isolation's."""
     name = PRIMARY[bundle.name][0]
     baseline = evaluate(bundle, {}).metrics[name]
-    rows, samples, measured = [], {}, {}
+    rows, samples, measured = [], {}, Measured()
     for method, table in tables.items():
         problem = AllocationProblem.build(table, bundle, method.split(",")[0],
                                           exclude=config["exclude"])  # fmt: skip
         for budget in config["budgets"]:
             plan = allocate(problem, budget)
-            key = tuple(sorted(plan.assignment.items()))
-            if key not in measured:
-                result = evaluate(bundle, plan.assignment, input_ranges=plan.input_ranges)
-                measured[key] = result.metrics[name], result.per_sample[name]
-            value, samples[method, budget] = measured[key]
+            value, samples[method, budget] = measured_once(bundle, plan, name, measured)
             rows.append({"model": bundle.name, "budget": budget, "method": method,
                          "bits": plan.predicted["bits_per_weight"],
                          **budget_columns(problem, budget, plan), "metric": value,

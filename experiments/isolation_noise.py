@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from adaptive import GOAL_GAP
+from adaptive import GOAL_GAP, Measured, measured_once
 from study import PRIMARY, fail, load_config, parse_args, publish_study
 
 from mixprec.allocation import AllocationProblem, allocate
@@ -56,18 +56,13 @@ def study(config: dict[str, Any], cache: CellCache) -> list[dict[str, Any]]:
     table = score_bundle(spec, bundle, progress=True, cache=cache)
     name = PRIMARY[bundle.name][0]
     baseline = evaluate(bundle, {}).metrics[name]
-    measured: dict[tuple[tuple[str, str], ...], tuple[float, Any]] = {}
+    measured = Measured()
     rows = []
     for seed in range(config["repeats"] + 1):  # seed 0: the scores as measured
         scores = table if seed == 0 else redrawn(table, seed)
         problem = AllocationProblem.build(scores, bundle, "isolation", exclude=config["exclude"])
         for budget in config["budgets"]:
-            plan = allocate(problem, budget)
-            key = tuple(sorted(plan.assignment.items()))
-            if key not in measured:  # the same plan is measured once
-                result = evaluate(bundle, plan.assignment)
-                measured[key] = result.metrics[name], result.per_sample[name]
-            value, samples = measured[key]
+            value, samples = measured_once(bundle, allocate(problem, budget), name, measured)
             rows.append({"budget": budget, "redraw": seed, "metric": value,
                          "gap to FP": abs(value - baseline), "samples": samples})  # fmt: skip
     reference = {r["budget"]: r for r in rows if r["redraw"] == 0}

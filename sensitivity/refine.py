@@ -20,9 +20,8 @@ from scipy import stats
 
 from mixprec.scheme import KEEP
 from mixprec.search.base import Limits, check_feasible, constraints_for, score_matrix
-from mixprec.search.configs import ILPConfig
 from mixprec.search.cost import Budget, InfeasibleBudget
-from mixprec.search.ilp import solve_filled, total_score
+from mixprec.search.ilp import ILPStrategy, total_score
 from mixprec.sensitivity.adaptive import CHEAP, EXACT, calibrate, probe_cells
 from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.configs import AdaptiveConfig
@@ -32,7 +31,7 @@ from mixprec.units import Unit
 ADAPTIVE = AdaptiveConfig.name
 NEIGHBOUR_STEP = 0.02  # the plans just below and above a budget: this share of it apart
 PRICE_STEPS = 100  # bisection steps for the Lagrange multiplier
-PLANS = ILPConfig()  # the plans decided for are the default ILP's (filled to its budget)
+PLANS = ILPStrategy()  # the plans decided for are the default ILP's (filled to its budget)
 Key = tuple[str, str, str]  # (estimator, scheme, unit)
 Entry = dict[str, Any]  # a cell's result: score, ci_low, ci_high, samples, seconds, status, error
 
@@ -244,9 +243,7 @@ def decided_plans(point: np.ndarray, costs: Any, budget: Budget) -> list[tuple[i
     plans = []
     for factor in (1.0, 1 - NEIGHBOUR_STEP, 1 + NEIGHBOUR_STEP):
         constraints = constraints_for(costs, Budget(budget.value * factor, budget.unit), Limits())
-        selection = solve_filled(
-            point, constraints, PLANS.fill, PLANS.solver, fill_cost=PLANS.fill_cost
-        )
+        selection = PLANS.select(point, costs, constraints)
         if selection.choice:
             plans.append(tuple(selection.choice))
     return plans

@@ -37,7 +37,7 @@ def test_a_loose_plan_says_how_much_worse_the_best_full_plan_predicts(study: Any
     problem = AllocationProblem.build(analyze(spec, progress=False), load_model("digits-cnn"),
                                       "fisher", exclude=["none"])  # fmt: skip
     scores, cost = problem.scores(), problem.costs.bytes
-    plans = [p for p in itertools.product(*(np.flatnonzero(np.isfinite(r)) for r in scores))]
+    plans = list(itertools.product(*(np.flatnonzero(np.isfinite(r)) for r in scores)))
     rows = np.arange(len(scores))
     checked = 0
     for bits in np.arange(3.0, 9.01, 0.25):

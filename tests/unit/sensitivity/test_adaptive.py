@@ -146,7 +146,7 @@ def test_adaptive_decides_for_the_filled_plans_allocate_makes(
     for plan, factor in zip(plans, (1.0, 0.98, 1.02), strict=True):
         limit = Budget(budget.value * factor, budget.unit).weight_bytes(problem.costs)
         used = selected_total(problem.costs.bytes, plan)
-        assert (1 - PLANS.fill) * limit <= used <= limit
+        assert (1 - PLANS.config.fill) * limit <= used <= limit
 
 
 class CountingCache(CellCache):
