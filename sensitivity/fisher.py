@@ -50,7 +50,7 @@ class FisherEstimator(SensitivityEstimator):
         """Per-layer, per-sample scores; a scheme not yet seen costs one pass over the batches,
         which also scores every expected scheme not yet seen."""
         scores = self._scores.setdefault((bundle.fingerprint, calibration), {})
-        first = next(iter(quantizable_layers(bundle.model)))
+        first = next(iter(self._deltas.layers(bundle.model)))
         wanted = {str(s): s for s in (*self.expected, scheme) if (first, str(s)) not in scores}
         if not wanted:
             return scores
@@ -67,14 +67,15 @@ class FisherEstimator(SensitivityEstimator):
         """Each (layer, scheme)'s score per sample of one batch, from one backward pass."""
         size = bundle.task.samples(batch)
         parts = {(name, label): torch.zeros(size, dtype=torch.float64)
-                 for name in quantizable_layers(bundle.model) for label in wanted}  # fmt: skip
+                 for name in self._deltas.layers(bundle.model) for label in wanted}  # fmt: skip
 
         def reduce(name: str, start: int, squares: torch.Tensor) -> None:
-            deltas = torch.stack([self._deltas.squared(bundle, name, each) for each in
-                                  wanted.values()]).to(squares.device, squares.dtype)  # fmt: skip
-            got = (squares.flatten(1) @ deltas.flatten(1).T).double().cpu()  # [samples, schemes]
-            for column, label in enumerate(wanted):  # one pass over the squares for all schemes
-                parts[name, label][start : start + len(got)] += got[:, column]
+            flat = squares.flatten(1)
+            for label, each in wanted.items():  # no stacked copy of a large layer's deltas
+                delta = self._deltas.squared(bundle, name, each).to(flat.device, flat.dtype)
+                parts[name, label][start : start + len(flat)] += (
+                    (flat @ delta.flatten()).double().cpu()
+                )
 
         stream_squares(bundle, batch, reduce)
         return parts

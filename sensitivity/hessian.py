@@ -99,7 +99,7 @@ class HessianEstimator(SensitivityEstimator):
         calibration: str,
     ) -> list[float]:
         traces = self.traces(bundle, batches, calibration)
-        layers = quantizable_layers(bundle.model)
+        layers = self._deltas.layers(bundle.model)
         params = sum(layer_weight(layers[m]).numel() for m in unit.modules)
         distortion = sum(float(self._deltas.squared(bundle, m, scheme).sum()) for m in unit.modules)
         trace = sum(traces[m] for m in unit.modules)
