@@ -1,5 +1,6 @@
-"""How adaptive's `tolerance` trades isolation cells for plan quality: full isolation and Fisher
-score once into one cache, then adaptive runs at each tolerance from that cache, so each run's
+"""How adaptive's `tolerance` (and its cap, `max_share`) trades isolation cells for plan quality:
+full isolation and Fisher score once into one cache, then adaptive runs at each tolerance, and
+at each cap in `max_shares`, from that cache, so each run's
 cost is Fisher's wall time plus the recorded time of the isolation cells it used plus its own
 decision work; and why no tolerance is both close and cheap: how far isolation's scores lie from
 Fisher's calibrated on every cell, per scheme. Writes experiments/results/adaptive_tolerance.md.
@@ -36,11 +37,20 @@ DEFAULTS: dict[str, object] = {
     **{k: v for k, v in ADAPTIVE_DEFAULTS.items() if k not in ("coverage", "models")},
     "model": "minilm",
     "tolerances": [0.1, 0.05, 0.02, 0.01, 0.0],
+    "max_shares": [],  # caps on isolation's share of the cells, at the config's tolerance
 }
+Setting = tuple[str, float]  # an AdaptiveConfig field and its value, one adaptive run
 
 
-def label(tolerance: float) -> str:
-    return f"adaptive, tolerance {tolerance:g}"
+def label(setting: Setting) -> str:
+    return f"adaptive, {setting[0]} {setting[1]:g}"
+
+
+def settings_of(config: dict[str, Any]) -> list[Setting]:
+    """Each adaptive run: every tolerance, then every cap."""
+    return [("tolerance", float(t)) for t in config["tolerances"]] + [
+        ("max_share", float(s)) for s in config["max_shares"]
+    ]
 
 
 def scored(bundle: ModelBundle, estimator: Any, config: dict[str, Any],
@@ -64,15 +74,15 @@ def cost_rows(scoring: ModelBundle, config: dict[str, Any], cache: CellCache
         rows.append({"method": method, "seconds": seconds, "decision s": 0.0,
                      "isolation cells": exact})  # fmt: skip
     total, fisher_seconds = rows[0]["isolation cells"], rows[1]["seconds"]
-    for tolerance in config["tolerances"]:
-        settings = {**config, "adaptive": {**config["adaptive"], "tolerance": tolerance}}
+    for setting in settings_of(config):
+        settings = {**config, "adaptive": {**config["adaptive"], setting[0]: setting[1]}}
         table, decision = scored(scoring, adaptive_config(settings), config, cache)
         frame = table.ok()
         exact = frame[frame["estimator"] == "isolation"]
-        rows.append({"method": label(tolerance),
+        rows.append({"method": label(setting),
                      "seconds": fisher_seconds + float(exact["seconds"].sum()) + decision,
                      "isolation cells": len(exact), "decision s": decision})  # fmt: skip
-        tables[label(tolerance)] = table
+        tables[label(setting)] = table
     for row in rows:
         row["isolation share"] = row["isolation cells"] / max(total, 1)
     return rows, tables
@@ -127,22 +137,22 @@ def residual_verdict(residuals: pd.DataFrame) -> str:
     )
 
 
-def verdicts(costs: pd.DataFrame, plans: pd.DataFrame, tolerances: list[float]) -> list[str]:
+def verdicts(costs: pd.DataFrame, plans: pd.DataFrame, settings: list[Setting]) -> list[str]:
     lines, meeting = [], []
-    for tolerance in tolerances:
-        method = label(tolerance)
+    for setting in settings:
+        method = label(setting)
         ratios = plans[plans["method"] == method][RELATIVE]
         share = float(costs[costs["method"] == method]["time / isolation"].iloc[0])
         close, fast = bool((ratios <= 1 + GOAL_GAP).all()), share <= GOAL_TIME
         if close and fast:
-            meeting.append(f"{tolerance:g}")
+            meeting.append(f"{setting[0]} {setting[1]:g}")
         lines.append(
-            f"- tolerance {tolerance:g}: gap {ratios.min():.3g}x to {ratios.max():.3g}x "
+            f"- {setting[0]} {setting[1]:g}: gap {ratios.min():.3g}x to {ratios.max():.3g}x "
             f"isolation's ({'within' if close else 'NOT within'} {1 + GOAL_GAP:g}x), "
             f"{share:.0%} of its time ({'within' if fast else 'NOT within'} {GOAL_TIME:.0%})."
         )
     said = ", ".join(meeting) if meeting else "none"
-    lines.append(f"- Tolerances meeting both goals at every budget: {said}.")
+    lines.append(f"- Settings meeting both goals at every budget: {said}.")
     return lines
 
 
@@ -151,12 +161,11 @@ def main() -> int:
     config = load_config(args.config, DEFAULTS)
     if config["model"] not in PRIMARY:
         fail(f"model {config['model']!r} is unknown; valid: {', '.join(PRIMARY)}")
-    tolerances = [float(t) for t in config["tolerances"]]
-    if not tolerances:
+    settings = settings_of(config)
+    if not config["tolerances"]:
         fail("tolerances: give at least one")
-    for tolerance in tolerances:  # a bad setting is an error before any work
-        adaptive_config({**config, "adaptive": {**config["adaptive"], "tolerance": tolerance}})
-    config["tolerances"] = tolerances
+    for name, value in settings:  # a bad setting is an error before any work
+        adaptive_config({**config, "adaptive": {**config["adaptive"], name: value}})
     torch.set_num_threads(1)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mixprec-tolerance-") as folder:
@@ -183,7 +192,7 @@ def main() -> int:
         "Adaptive scoring: isolation cells and plan quality per tolerance",
         seconds,
         what,
-        [*verdicts(costs, plans, tolerances), residual_verdict(residuals)],
+        [*verdicts(costs, plans, settings), residual_verdict(residuals)],
         [
             ("1. Cost per method", frame_markdown(costs, digits=3)),
             (

@@ -45,6 +45,7 @@ from mixprec.units import Unit, discover_units, select
 
 CHEAP, EXACT = FisherConfig.name, IsolationConfig.name  # what adaptive is built from
 SLOPE_POINTS = 6  # the slope is fitted with this many points beyond one per family; else 1
+MIN_PROBED_LAYERS = 2  # under every scheme, where one probe per layer would pass the cap
 Cell = tuple[str, str]  # (layer, scheme)
 
 
@@ -156,11 +157,32 @@ def calibrate(
     return Calibration(families, layers, coefficients, slope, inverse, sigma, spread, quantile)
 
 
+def isolation_cap(layers: Sequence[str], schemes: Iterable[str], config: AdaptiveConfig) -> int:
+    """The most isolation cells adaptive measures, probes included: `max_share` of the layer cells
+    (keep scores 0 both ways and is no cell)."""
+    quantized = [s for s in schemes if not Scheme.parse(s).is_keep]
+    return math.floor(config.max_share * len(layers) * len(quantized))
+
+
 def probe_cells(layers: Sequence[str], schemes: Iterable[str], config: AdaptiveConfig) -> set[Cell]:
     """One scheme for every layer (its own offset; the schemes in turn over the layers in a
     seeded order, so every family is seen) and each scheme's extra `probes` share (keep has
-    none: it scores 0 both ways)."""
+    none: it scores 0 both ways). Where those pass the isolation cap (few schemes: a probe per
+    layer is a large share of the cells), half the cap goes to a seeded few layers under every
+    scheme, at least MIN_PROBED_LAYERS: their offsets' spread stands for the other layers'."""
     chosen = sorted(s for s in schemes if not Scheme.parse(s).is_keep)
+    cells = _per_layer_probes(layers, chosen, config)
+    cap = isolation_cap(layers, chosen, config)
+    if len(cells) <= cap or not chosen:
+        return cells
+    count = max(MIN_PROBED_LAYERS, cap // (2 * len(chosen)))
+    ranked = sorted(layers, key=lambda name: derive_seed(config.seed, "whole probe", name))
+    return {(layer, scheme) for layer in ranked[:count] for scheme in chosen}
+
+
+def _per_layer_probes(
+    layers: Sequence[str], chosen: list[str], config: AdaptiveConfig
+) -> set[Cell]:
     cells = {
         (layer, scheme)
         for scheme in chosen

@@ -52,14 +52,25 @@ class FisherConfig(EstimatorConfig):
     VERSION: ClassVar[int] = 2  # 2: a score per sample (1: per batch)
 
 
+COMPUTE = ("float32", "stored")  # what isolation computes a 16-bit model in
+
+
 @dataclass(frozen=True, kw_only=True)
 class IsolationConfig(EstimatorConfig):
     """Distance of the model's output to FP32 with one unit quantized; `replay` feeds the
-    unit's block its FP32 inputs so the errors of earlier blocks do not mix in."""
+    unit's block its FP32 inputs so the errors of earlier blocks do not mix in. `compute`:
+    "float32" runs a 16-bit model on a float32 copy of its weights (at the stored width any
+    change to one weight re-rounds everything after it: on SmolLM2 in bf16 that floor, a KL of
+    about 0.002, is above INT8's whole effect), "stored" at the model's own dtype (no copy)."""
 
     name: ClassVar[str] = "isolation"
-    VERSION: ClassVar[int] = 3  # 3: a score per sample; 2: a position's KL is never below 0
+    VERSION: ClassVar[int] = 4  # 4: 16-bit models computed in float32; 3: a score per sample
     replay: bool = True
+    compute: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.compute not in COMPUTE:
+            raise MixprecError(f"compute {self.compute!r} is unknown; valid: {', '.join(COMPUTE)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,12 +80,15 @@ class AdaptiveConfig(EstimatorConfig):
     straddles the ILP's decision at `budgets` (plans that keep `exclude` for `target`) until
     the expected regret left is under `tolerance` of the plan's score, at most `cell_limit`
     isolation cells, at most `round_cells` a round (the rest re-ranked after a refit);
-    intervals are at `confidence`."""
+    intervals are at `confidence`. Isolation never covers more than `max_share` of the layer
+    cells, probes included: where one probe per layer would not fit, a seeded few layers are
+    probed under every scheme instead."""
 
     name: ClassVar[str] = "adaptive"
     VERSION: ClassVar[int] = 2  # 2: fisher and isolation scores per sample
     budgets: tuple[str, ...] = ()
     probes: float = 0.05
+    max_share: float = 1.0
     cell_limit: int | None = None
     rounds: int = 8
     round_cells: int | None = None
@@ -91,6 +105,8 @@ class AdaptiveConfig(EstimatorConfig):
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not 0 <= self.probes <= 1:
             raise MixprecError(f"probes {self.probes} must be a share of layers in [0, 1]")
+        if not 0 < self.max_share <= 1:
+            raise MixprecError(f"max_share {self.max_share} must be a share of cells in (0, 1]")
         if self.cell_limit is not None:
             at_least("cell_limit", self.cell_limit, 1)
         at_least("rounds", self.rounds, 1)

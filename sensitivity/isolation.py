@@ -7,9 +7,12 @@ before the unit replay their recorded FP32 outputs (sensitivity/replay.py).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from mixprec.metrics import calibrated
 from mixprec.models import ModelBundle
@@ -22,6 +25,7 @@ from mixprec.tasks import Batch
 from mixprec.units import Unit
 
 Reference = tuple[list[torch.Tensor], BlockRecording]
+NARROW = (torch.bfloat16, torch.float16)  # stored widths computed in float32 by default
 
 
 @register_estimator(IsolationConfig)
@@ -32,13 +36,35 @@ class IsolationEstimator(SensitivityEstimator):
     def __init__(self, config: IsolationConfig | None = None) -> None:
         super().__init__(config)
         self._references: dict[tuple[str, str], Reference] = {}
+        self._computed: tuple[str, nn.Module] | None = None  # the latest model's float32 copy
+
+    def _widened(self, bundle: ModelBundle) -> bool:
+        narrow = any(p.dtype in NARROW for p in bundle.model.parameters())
+        return narrow and self.config.compute == "float32"
+
+    def _model(self, bundle: ModelBundle) -> nn.Module:
+        """The model the outputs are computed with: a float32 copy of a 16-bit model (its
+        weights exactly, so the quantized ones are the same), unless `compute` is "stored"."""
+        if not self._widened(bundle):
+            return bundle.model
+        if self._computed is None or self._computed[0] != bundle.fingerprint:
+            self._computed = None  # the old copy goes before the new one is made
+            self._computed = (bundle.fingerprint, copy.deepcopy(bundle.model).float())
+        return self._computed[1]
+
+    def _batches(self, bundle: ModelBundle, batches: Sequence[Batch]) -> list[Batch]:
+        """The batches as the computing model takes them: 16-bit inputs widened with it."""
+        if not self._widened(bundle):
+            return list(batches)
+        return [tree_map_only(torch.Tensor, _widen, batch) for batch in batches]
 
     def _reference(
         self, bundle: ModelBundle, batches: Sequence[Batch], calibration: str
     ) -> Reference:
         key = (bundle.fingerprint, calibration)
         if key not in self._references:
-            self._references[key] = record_blocks(bundle.model, batches, bundle.task.outputs)
+            model, widened = self._model(bundle), self._batches(bundle, batches)
+            self._references[key] = record_blocks(model, widened, bundle.task.outputs)
         return self._references[key]
 
     def per_sample(
@@ -53,11 +79,16 @@ class IsolationEstimator(SensitivityEstimator):
         modules = unit.modules if self.config.replay else ()
         values: list[float] = []
         assignment = dict.fromkeys(unit.modules, scheme)
-        applied = temporarily_applied(bundle.model, assignment, importance=bundle.importance,
+        applied = temporarily_applied(self._model(bundle), assignment, importance=bundle.importance,
                                       input_ranges=calibrated(bundle, assignment))  # fmt: skip
         with applied as model:
-            for index, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
+            widened = self._batches(bundle, batches)
+            for index, (batch, ref) in enumerate(zip(widened, reference, strict=True)):
                 with torch.inference_mode(), replaying(model, recording, modules, index):
                     out = bundle.task.outputs(model, batch)
                 values.extend(bundle.task.divergence_per_sample(out, ref).tolist())
         return values
+
+
+def _widen(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.dtype in NARROW else tensor

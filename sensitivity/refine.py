@@ -22,7 +22,7 @@ from mixprec.scheme import KEEP
 from mixprec.search.base import Limits, check_feasible, constraints_for, score_matrix
 from mixprec.search.cost import Budget, InfeasibleBudget
 from mixprec.search.ilp import ILPStrategy, total_score
-from mixprec.sensitivity.adaptive import CHEAP, EXACT, calibrate, probe_cells
+from mixprec.sensitivity.adaptive import CHEAP, EXACT, calibrate, isolation_cap, probe_cells
 from mixprec.sensitivity.base import Score
 from mixprec.sensitivity.configs import AdaptiveConfig
 from mixprec.sensitivity.table import ScoreTable
@@ -155,22 +155,25 @@ def refine(
     table_of: Callable[[], ScoreTable],
 ) -> Refinement:
     """Measure the probes, then the contested cells, round by round (at most `cell_limit` of
-    them after the probes); `problem` is the
-    AllocationProblem of the adaptive scores (its costs and allowed cells are used), `measure`
-    scores missing cells into `found`, `table_of` builds the table of what `found` holds."""
+    them after the probes, and `max_share` of the cells in all); `problem` is the AllocationProblem
+    of the adaptive scores (its costs and allowed cells are used), `measure` scores missing
+    cells into `found`, `table_of` builds the table of what `found` holds."""
     layers = [u.name for u in units if u.level == "layer"]
     budgets, skipped = _feasible(problem, [Budget.parse(b) for b in config.budgets])
-    measure([(EXACT, s, layer) for layer, s in sorted(probe_cells(layers, schemes, config))])
-    limit, spent = config.cell_limit, 0
+    probes = probe_cells(layers, schemes, config)
+    measure([(EXACT, s, layer) for layer, s in sorted(probes)])
+    capped = max(isolation_cap(layers, schemes, config) - len(probes), 0)
+    limit = capped if config.cell_limit is None else min(config.cell_limit, capped)
+    spent = 0
     stopped, rounds = f"{config.rounds} rounds run, the most asked (rounds)", config.rounds
     for round_ in range(1, config.rounds + 1):
-        wanted = _wanted(problem, table_of(), budgets, found, layers, config)
-        if limit is not None:
-            wanted = wanted[: max(limit - spent, 0)]
-        wanted = wanted[: config.round_cells]  # None: every contested cell at once
+        open_cells = _wanted(problem, table_of(), budgets, found, layers, config)
+        wanted = open_cells[: max(limit - spent, 0)][: config.round_cells]  # None: all at once
         if not wanted:
-            reached = limit is not None and spent >= limit
-            stopped = f"cell limit {limit} reached" if reached else "plans stable"
+            stopped = "plans stable"
+            if open_cells:
+                cap = f"isolation cap of {config.max_share:g} of the cells reached (max_share)"
+                stopped = f"cell limit {limit} reached" if limit == config.cell_limit else cap
             rounds = round_ - 1
             break
         measure(wanted)

@@ -264,21 +264,25 @@ def test_adaptive_study_without_coverage(tmp_path: Path) -> None:
 
 def test_adaptive_tolerance_study(tmp_path: Path) -> None:
     config = ('model = "digits-cnn"\nschemes = ["w:int8", "w:int4_g128", "w:int2"]\n'
-              'budgets = ["5bits"]\ncalib_batches = 1\ntolerances = [0.5, 0.0]\n')  # fmt: skip
+              'budgets = ["5bits"]\ncalib_batches = 1\ntolerances = [0.5, 0.0]\n'
+              'max_shares = [0.2]\n')  # fmt: skip
     text = run_study("adaptive_tolerance", config, tmp_path, plots=False)
     [costs] = tables_with(text, "method", "seconds", "isolation cells", "decision s")
     cells = {row["method"]: int(row["isolation cells"]) for row in costs}
     assert cells["isolation"] == 18 and cells["fisher"] == 0
     loose, exact = cells["adaptive, tolerance 0.5"], cells["adaptive, tolerance 0"]
     assert 9 <= loose <= exact <= 18  # probes: 3 per scheme; a lower tolerance measures more
+    assert cells["adaptive, max_share 0.2"] == 6  # a cap of 3 cells: 2 layers' probes, no more
     [plans] = tables_with(text, "budget", "method", "bits", "gap vs isolation's")
     assert {row["method"] for row in plans} == set(cells)
-    assert "- Tolerances meeting both goals at every budget:" in text
+    assert "- Settings meeting both goals at every budget:" in text
+    assert "- max_share 0.2: gap" in text
     [misfits] = tables_with(text, "scheme", "misfit sd (log)", "layers with a rival within reach")
     assert [row["scheme"] for row in misfits] == ["w:int2", "w:int4_g128", "w:int8"]
     assert all(float(row["misfit sd (log)"]) > 0 for row in misfits)
     assert "- Why the goals conflict:" in text
     assert_config_refused("adaptive_tolerance", "tolerances = [-1.0]\n", "tolerance -1", tmp_path)
+    assert_config_refused("adaptive_tolerance", "max_shares = [0.0]\n", "max_share 0", tmp_path)
 
 
 def test_isolation_noise_study(tmp_path: Path) -> None:

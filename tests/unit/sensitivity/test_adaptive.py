@@ -4,6 +4,7 @@ whole loop through analyze, the CLI and the config, and its bad input."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from mixprec.models import load_model
 from mixprec.search.cost import Budget, InfeasibleBudget
 from mixprec.search.ilp import selected_total
 from mixprec.sensitivity.adaptive import (
+    MIN_PROBED_LAYERS,
     calibrate,
+    isolation_cap,
     probe_cells,
     probe_layers,
     with_budgets,
@@ -77,8 +80,25 @@ def test_probes_cover_every_layer_and_scheme_and_depend_only_on_the_seed() -> No
     per_scheme = {s: sum(1 for _, t in cells if t == s) for s in schemes}
     assert per_scheme["keep"] == 0 and all(14 <= per_scheme[s] <= 16 for s in schemes[:3])
     assert cells == probe_cells(layers, schemes, config)
-    assert cells != probe_cells(layers, schemes, AdaptiveConfig(probes=0.05, seed=4))
+    assert cells != probe_cells(layers, schemes, replace(config, seed=4))
     assert len(probe_layers(layers, "w:int8", 0.05, seed=3)) == 2
+
+
+def test_where_a_probe_per_layer_passes_the_cap_a_few_layers_are_probed_under_every_scheme() -> (
+    None
+):
+    layers = [f"layer{i}" for i in range(40)]
+    schemes = ["w:int8", "w:int4_g128", "w:mxfp4", "keep"]
+    config = AdaptiveConfig(seed=3, max_share=0.2)  # of 120 cells: 24, half of it for probes
+    assert isolation_cap(layers, schemes, config) == 24
+    cells = probe_cells(layers, schemes, config)
+    probed = {layer for layer, _ in cells}
+    assert len(probed) == 4 and cells == {(layer, s) for layer in probed for s in schemes[:3]}
+    assert cells != probe_cells(layers, schemes, replace(config, seed=4))
+    tiny = probe_cells(layers[:5], schemes, config)  # a cap of 3: still enough to calibrate
+    assert len({layer for layer, _ in tiny}) == MIN_PROBED_LAYERS and len(tiny) == 6
+    roomier = probe_cells(layers, schemes, replace(config, max_share=0.4))  # 48: one per layer fits
+    assert {layer for layer, _ in roomier} == set(layers)
 
 
 def test_the_lagrange_price_makes_every_units_priced_pick_fit() -> None:
@@ -215,6 +235,8 @@ def test_bad_adaptive_settings_are_refused() -> None:
         AdaptiveConfig(budgets=("4bits",), cell_limit=0)
     with pytest.raises(MixprecError, match=r"probes 1.5 must be a share of layers in \[0, 1\]"):
         AdaptiveConfig(probes=1.5)
+    with pytest.raises(MixprecError, match=r"max_share 0 must be a share of cells in \(0, 1\]"):
+        AdaptiveConfig(max_share=0)
     with pytest.raises(MixprecError, match="bad budget"):
         AdaptiveConfig(budgets=("4 bytes",))
 
@@ -290,5 +312,6 @@ def test_round_cells_caps_what_each_round_measures(tmp_path: Path) -> None:
     capped = isolation_cells(rounds=2, round_cells=1)
     every = isolation_cells()
     assert probes < capped <= probes + 2 < every  # one a round; at once, every contested one
+    assert probes <= isolation_cells(max_share=0.5) <= 9 < every  # half of 18 cells at most
     with pytest.raises(MixprecError, match="round_cells 0 must be a finite number >= 1"):
         AdaptiveConfig(round_cells=0)
