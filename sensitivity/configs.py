@@ -85,10 +85,10 @@ class AdaptiveConfig(EstimatorConfig):
     probed under every scheme instead."""
 
     name: ClassVar[str] = "adaptive"
-    VERSION: ClassVar[int] = 2  # 2: fisher and isolation scores per sample
+    VERSION: ClassVar[int] = 3  # 3: isolation capped at `max_share` of the cells
     budgets: tuple[str, ...] = ()
     probes: float = 0.05
-    max_share: float = 1.0
+    max_share: float = 0.2
     cell_limit: int | None = None
     rounds: int = 8
     round_cells: int | None = None

@@ -74,7 +74,7 @@ def test_too_few_measured_cells_to_calibrate_is_one_line() -> None:
 def test_probes_cover_every_layer_and_scheme_and_depend_only_on_the_seed() -> None:
     layers = [f"layer{i}" for i in range(40)]
     schemes = ["w:int8", "w:int4_g128", "w:mxfp4", "keep"]
-    config = AdaptiveConfig(probes=0.05, seed=3)
+    config = AdaptiveConfig(probes=0.05, seed=3, max_share=1.0)
     cells = probe_cells(layers, schemes, config)
     assert {layer for layer, _ in cells} == set(layers)
     per_scheme = {s: sum(1 for _, t in cells if t == s) for s in schemes}
@@ -89,7 +89,7 @@ def test_where_a_probe_per_layer_passes_the_cap_a_few_layers_are_probed_under_ev
 ):
     layers = [f"layer{i}" for i in range(40)]
     schemes = ["w:int8", "w:int4_g128", "w:mxfp4", "keep"]
-    config = AdaptiveConfig(seed=3, max_share=0.2)  # of 120 cells: 24, half of it for probes
+    config = AdaptiveConfig(seed=3)  # max_share 0.2 of 120 cells: 24, half of it for probes
     assert isolation_cap(layers, schemes, config) == 24
     cells = probe_cells(layers, schemes, config)
     probed = {layer for layer, _ in cells}
@@ -144,7 +144,9 @@ def test_analyze_scores_every_cell_and_isolation_only_some(
     fisher = layers[layers["estimator"] == "fisher"]
     isolation = layers[layers["estimator"] == "isolation"].set_index(["unit", "scheme"])
     assert len(adaptive) == len(fisher) == 17 * len(SCHEMES)
-    assert 3 * len(SCHEMES) <= len(isolation) < len(adaptive)  # the probes, and not everything
+    cap = isolation_cap(list(adaptive.index.unique("unit")), SCHEMES, AdaptiveConfig())
+    assert cap == 13  # a fifth of 68 cells: below one probe per layer, so 2 layers' worth
+    assert MIN_PROBED_LAYERS * len(SCHEMES) <= len(isolation) <= cap
     measured = adaptive.loc[isolation.index]
     assert (measured["score"] == isolation["score"]).all()
     assert (adaptive["ci_low"] <= adaptive["score"]).all()
@@ -194,7 +196,8 @@ def test_a_later_budget_computes_only_the_cells_it_adds(
     after = later.set_index(["estimator", "unit", "scheme"]).loc["isolation"]
     assert len(set(after.index) - set(before.index)) == counting.written
     common = before.index.intersection(after.index)
-    assert len(common) >= 17 and (after.loc[common, "score"] == before.loc[common, "score"]).all()
+    assert len(common) >= MIN_PROBED_LAYERS * len(SCHEMES)
+    assert (after.loc[common, "score"] == before.loc[common, "score"]).all()
 
 
 def test_analyze_through_the_cli_reports_the_cells_per_estimator(
@@ -207,7 +210,8 @@ def test_analyze_through_the_cli_reports_the_cells_per_estimator(
             "--out", str(tmp_path / "run")]  # fmt: skip
     code, out, err = run(argv, capsys)
     assert code == 0, err
-    assert "adaptive: 18 fisher cells, " in out and "isolation cells of 18" in out
+    assert "adaptive: 18 fisher cells, 6 isolation cells of 18" in out  # 2 layers' probes
+    assert "isolation cap of 0.2 of the cells reached (max_share)" in out  # 3 cells: none left
     frame = ScoreTable.load(tmp_path / "run" / "scores.parquet").frame
     assert set(frame["estimator"]) == {"adaptive", "fisher", "isolation"}
 
@@ -303,7 +307,7 @@ def test_round_cells_caps_what_each_round_measures(tmp_path: Path) -> None:
     cache = CellCache(tmp_path)  # shared: later calls only read what earlier ones scored
 
     def isolation_cells(**settings: Any) -> int:
-        config = AdaptiveConfig(budgets=("5bits",), tolerance=0.0, **settings)
+        config = AdaptiveConfig(budgets=("5bits",), tolerance=0.0, **{"max_share": 1.0, **settings})
         frame = score("digits-cnn", schemes=["w:int8", "w:int4_g128", "w:int2"],
                       estimators=[config], levels=["layer"], cache=cache).frame  # fmt: skip
         return int((frame["estimator"] == "isolation").sum())
