@@ -36,6 +36,7 @@ class IsolationEstimator(SensitivityEstimator):
     def __init__(self, config: IsolationConfig | None = None) -> None:
         super().__init__(config)
         self._references: dict[tuple[str, str], Reference] = {}
+        self._inputs: dict[tuple[str, str], list[Batch]] = {}  # the batches as computed on
         self._computed: tuple[str, nn.Module] | None = None  # the latest model's float32 copy
 
     def _widened(self, bundle: ModelBundle) -> bool:
@@ -63,8 +64,9 @@ class IsolationEstimator(SensitivityEstimator):
     ) -> Reference:
         key = (bundle.fingerprint, calibration)
         if key not in self._references:
-            model, widened = self._model(bundle), self._batches(bundle, batches)
-            self._references[key] = record_blocks(model, widened, bundle.task.outputs)
+            self._inputs[key] = self._batches(bundle, batches)  # widened once, not per cell
+            model = self._model(bundle)
+            self._references[key] = record_blocks(model, self._inputs[key], bundle.task.outputs)
         return self._references[key]
 
     def per_sample(
@@ -81,9 +83,9 @@ class IsolationEstimator(SensitivityEstimator):
         assignment = dict.fromkeys(unit.modules, scheme)
         applied = temporarily_applied(self._model(bundle), assignment, importance=bundle.importance,
                                       input_ranges=calibrated(bundle, assignment))  # fmt: skip
+        inputs = self._inputs[bundle.fingerprint, calibration]
         with applied as model:
-            widened = self._batches(bundle, batches)
-            for index, (batch, ref) in enumerate(zip(widened, reference, strict=True)):
+            for index, (batch, ref) in enumerate(zip(inputs, reference, strict=True)):
                 with torch.inference_mode(), replaying(model, recording, modules, index):
                     out = bundle.task.outputs(model, batch)
                 values.extend(bundle.task.divergence_per_sample(out, ref).tolist())
