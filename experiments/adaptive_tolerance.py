@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 from adaptive import DEFAULTS as ADAPTIVE_DEFAULTS
-from adaptive import GOAL_GAP, GOAL_TIME, RELATIVE, adaptive_config, plan_rows, with_ratios
+from adaptive import (
+    EXACT_SCORE,
+    GOAL_GAP,
+    GOAL_TIME,
+    RELATIVE,
+    adaptive_config,
+    plan_rows,
+    with_ratios,
+)
 from smollm2 import bundles
 from study import PRIMARY, fail, load_config, parse_args, publish_study
 
@@ -141,7 +149,8 @@ def verdicts(costs: pd.DataFrame, plans: pd.DataFrame, settings: list[Setting]) 
     lines, meeting = [], []
     for setting in settings:
         method = label(setting)
-        ratios = plans[plans["method"] == method][RELATIVE]
+        mine = plans[plans["method"] == method]
+        ratios, exact = mine[RELATIVE], mine[EXACT_SCORE]
         share = float(costs[costs["method"] == method]["time / isolation"].iloc[0])
         close, fast = bool((ratios <= 1 + GOAL_GAP).all()), share <= GOAL_TIME
         if close and fast:
@@ -149,7 +158,9 @@ def verdicts(costs: pd.DataFrame, plans: pd.DataFrame, settings: list[Setting]) 
         lines.append(
             f"- {setting[0]} {setting[1]:g}: gap {ratios.min():.3g}x to {ratios.max():.3g}x "
             f"isolation's ({'within' if close else 'NOT within'} {1 + GOAL_GAP:g}x), "
-            f"{share:.0%} of its time ({'within' if fast else 'NOT within'} {GOAL_TIME:.0%})."
+            f"{share:.0%} of its time ({'within' if fast else 'NOT within'} {GOAL_TIME:.0%}); "
+            f"on isolation's own scores its plans sum to {exact.min():+.2f}% to "
+            f"{exact.max():+.2f}% of isolation's plans' total."
         )
     said = ", ".join(meeting) if meeting else "none"
     lines.append(f"- Settings meeting both goals at every budget: {said}.")

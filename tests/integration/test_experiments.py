@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mixprec import llamacpp
+from mixprec.search.configs import ILPConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("ilp", "greedy", "optuna", "sac", "uniform")
@@ -239,6 +240,13 @@ def test_adaptive_study(tmp_path: Path) -> None:
     }
     assert all(float(row["bits"]) <= float(row["budget"][:-4]) for row in plans)
     assert "digits-cnn: adaptive's gap to FP is" in text
+    # on isolation's own scores no plan within the budget beats isolation's by more than the
+    # ILP gives up to fill the budget (fill_cost of the optimum)
+    exact = {(row["method"], row["budget"]): float(row["isolation score +%"]) for row in plans}
+    assert all(exact["isolation", b] == 0 for b in ("5bits", "6bits"))
+    least = 100 * (1 / (1 + ILPConfig.fill_cost) - 1) - 1e-6
+    assert all(value >= least for value in exact.values())
+    assert "digits-cnn: on isolation's own scores, adaptive's plans sum to" in text
     [covers] = tables_with(text, "estimator", "interval", "intervals", "coverage")
     assert {row["estimator"] for row in covers} == {"fisher", "isolation"}
     assert all(row["intervals"] == "24" and 0 <= float(row["coverage"]) <= 1 for row in covers)
