@@ -172,12 +172,12 @@ def submit_command(
 
 @jobs_app.command("list")
 def jobs_list(address: AddressOption = DEFAULT_ADDRESS) -> None:
-    """Every job on the cluster. Example: mixprec jobs list"""
+    """Every job on the cluster, newest first. Example: mixprec jobs list"""
     from mixprec import jobs
 
-    table = Table("job", "status", "entrypoint", title=address)
-    for info in jobs.list_jobs(address):
-        table.add_row(info.job_id, info.status, info.entrypoint)
+    table = Table("job", "status", "run (or entrypoint)", title=address)
+    for info in jobs.list_jobs(address):  # newest first
+        table.add_row(info.job_id, info.status, info.run or info.entrypoint)
     console.print(table)
 
 
@@ -266,6 +266,8 @@ def serve_until_stopped(command: list[str], env: dict[str, str]) -> int:
     import signal
     import subprocess
 
+    from mixprec.processes import terminate
+
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -276,13 +278,7 @@ def serve_until_stopped(command: list[str], env: dict[str, str]) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=15)
+        terminate(server)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code

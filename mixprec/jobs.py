@@ -36,7 +36,8 @@ class JobInfo:
     status: str
     entrypoint: str
     message: str = ""
-    start_time: int | None = None
+    start_time: int | None = None  # milliseconds since the epoch, as Ray gives it
+    run: str = ""  # the run folder the job writes (mixprec's own jobs)
 
 
 def client(address: str = DEFAULT_ADDRESS) -> Any:
@@ -190,11 +191,14 @@ def _info(details: Any) -> JobInfo:
         details.entrypoint,
         details.message or "",
         details.start_time,
+        str((details.metadata or {}).get("mixprec_run", "")),
     )
 
 
 def list_jobs(address: str = DEFAULT_ADDRESS) -> list[JobInfo]:
-    return [_info(d) for d in client(address).list_jobs()]
+    """Every job on the cluster, newest first."""
+    listed = [_info(d) for d in client(address).list_jobs()]
+    return sorted(listed, key=lambda info: info.start_time or 0, reverse=True)
 
 
 def status(job_id: str, address: str = DEFAULT_ADDRESS) -> JobInfo:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,6 +95,18 @@ def footprint(model: nn.Module, assignment: Assignment) -> Footprint:
     return Footprint(total, quantizable, params)
 
 
+def _outputs(
+    bundle: ModelBundle, model: nn.Module, progress: Callable[[int, int], None] | None
+) -> list[Any]:
+    """The task's outputs on each evaluation batch, saying how far it got after each."""
+    outputs = []
+    for batch in bundle.evaluation:
+        outputs.append(bundle.task.outputs(model, batch))
+        if progress is not None:
+            progress(len(outputs), len(bundle.evaluation))
+    return outputs
+
+
 def evaluate(
     bundle: ModelBundle,
     assignment: Mapping[str, Scheme | str],
@@ -101,11 +114,12 @@ def evaluate(
     packed: bool = False,
     importance: Mapping[str, torch.Tensor] | None = None,
     input_ranges: Mapping[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Apply the assignment to the model in place (restored afterwards; no copy of the model)
     and measure it on the evaluation split; `packed` measures a packed copy; `importance`
     (default: the bundle's) and `input_ranges` (default: a plan's own, else the bundle's
-    calibration): see `apply_plan`.
+    calibration): see `apply_plan`; `progress(done, total)` after each evaluation batch.
 
     The result names the kernel that ran (`kernel` resolved for the model's device).
     """
@@ -117,11 +131,11 @@ def evaluate(
         quantized = apply_plan(bundle.model, assignment, kernel=kernel, packed=True,
                                input_ranges=ranges)  # fmt: skip
         with torch.inference_mode():
-            outputs = [bundle.task.outputs(quantized, b) for b in bundle.evaluation]
+            outputs = _outputs(bundle, quantized, progress)
     else:
         applied = temporarily_applied(bundle.model, assignment, kernel, importance, ranges)
         with applied as model, torch.inference_mode():
-            outputs = [bundle.task.outputs(model, b) for b in bundle.evaluation]
+            outputs = _outputs(bundle, model, progress)
     run = Observed(outputs, reference, bundle.evaluation)
     size = footprint(bundle.model, assignment)
     return Evaluation(bundle.task.metrics(run), size.size_mb, size.bits_per_weight, str(choice),

@@ -268,9 +268,7 @@ class Pipeline:
                                        imatrix=weighted)  # fmt: skip
             except MixprecError as err:  # e.g. no llama.cpp names for this architecture
                 return f"not exported: {err}"
-            for warning in exported.warnings:
-                self.say(f"  warning: {warning}")
-            return None
+            return "; ".join(f"warning: {w}" for w in exported.warnings) or None  # kept as note
 
         weighted = [self.config.imatrix] if self.config.imatrix else []
         inputs = inputs_hash(plan_path, target, *weighted)

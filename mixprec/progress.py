@@ -3,6 +3,7 @@ output goes to a log (a Ray job, a redirected run), so a log never sits silent f
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,23 @@ def progress_line(
     eta = f", ETA {_clock(elapsed / done * (total - done))}" if 0 < done < total else ""
     return (f"{description}: {done}/{total} {unit} ({share:.0%}), "
             f"{_clock(elapsed)} elapsed{eta}")  # fmt: skip
+
+
+PROGRESS_LINE = re.compile(
+    r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \(\d+%\), "
+    r"(?P<elapsed>[\d:]+) elapsed(?:, ETA (?P<eta>[\d:]+))?$"
+)
+
+
+def last_progress(log: str) -> str:
+    """The newest progress line in a log (a job's output), shortened for a table cell:
+    `scoring X: 12/40 cells, ETA 0:00:35`; empty when the log has none."""
+    for line in reversed(log.splitlines()):
+        found = PROGRESS_LINE.match(line.strip())
+        if found:
+            eta = f", ETA {found['eta']}" if found["eta"] else ""
+            return f"{found['what']}: {found['done']}/{found['total']} {found['unit']}{eta}"
+    return ""
 
 
 @contextmanager

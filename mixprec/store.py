@@ -138,6 +138,7 @@ class AnalysisRecord(BaseModel):
     failed: list[FailedCell] = []
     seconds: float
     blocks: dict[str, list[str]] = {}
+    units: list[str] = []  # every unit scored, in the model's order (the table's is by name)
     torch: str = ""
     peak_rss_mb: float | None = None  # the scoring process's peak (Ray workers not counted)
     peak_cuda_mb: float | None = None
@@ -170,6 +171,7 @@ class Manifest(BaseModel):
     failed: list[FailedCell] = []
     seconds: float | None = None
     blocks: dict[str, list[str]] = {}
+    units: list[str] = []
     torch: str | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
@@ -239,6 +241,10 @@ class RunFolder:
     def eval_path(self, plan: Path) -> Path:
         """Where the measurement of `plan` goes."""
         return self.path / "eval" / plan.name
+
+    def reference_path(self) -> Path:
+        """Where the measurement of the unquantized model goes (every plan's FP reference)."""
+        return self.path / "reference" / "fp.json"
 
     def export_path(self, plan: Path, target: str) -> Path:
         return self.path / "exports" / f"{plan.stem}{EXPORT_SUFFIX[target]}"

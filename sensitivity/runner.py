@@ -204,7 +204,18 @@ def _score_all(
     if out is not None:
         blocks = {u.name: list(u.modules) for u in units if u.level == "block"}
         elapsed = time.perf_counter() - started
-        _write_outputs(out, table, spec, bundle, calibration, blocks, elapsed, device, peaks)
+        _write_outputs(
+            out,
+            table,
+            spec,
+            bundle,
+            calibration,
+            blocks,
+            elapsed,
+            device,
+            peaks,
+            [u.name for u in units],
+        )
     return table
 
 
@@ -282,6 +293,7 @@ def _write_outputs(
     seconds: float,
     device: str,
     peaks: list[PeakMemory],
+    order: list[str],
 ) -> None:
     """The table into RUN/scores.parquet, and its record handed to the run store."""
     peak = read_peak()
@@ -307,6 +319,7 @@ def _write_outputs(
         failed=[FailedCell(**row) for row in failed.to_dict("records")],
         seconds=seconds,
         blocks=blocks,
+        units=order,
         torch=torch.__version__,
         peak_rss_mb=peak.rss_mb,
         peak_cuda_mb=peak.cuda_mb,

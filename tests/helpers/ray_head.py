@@ -4,7 +4,6 @@ started) when the block ends, and the loopback port helpers it needs."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,13 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mixprec.dashboard.browser import free_port
+from mixprec.processes import terminate
 from mixprec.sensitivity.cluster import LOOPBACK_ONLY
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "port_open", "running_head"]
 
 
 @contextmanager
@@ -54,12 +51,7 @@ def running_head(
             yield head
         finally:
             children = psutil.Process(head.pid).children(recursive=True)
-            head.send_signal(signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                head.kill()
-                head.wait(timeout=30)
+            terminate(head, timeout=60)
             _, alive = psutil.wait_procs(children, timeout=30)
             for process in alive:
                 process.kill()

@@ -427,3 +427,21 @@ def test_runtimes_vllm_study_quick(tmp_path: Path) -> None:
     # both shown to 5 digits: the same weights, the same model code
     assert all(abs(float(r["cosine"]) - float(r["cosine (mixprec)"])) <= 1e-5 for r in rows)
     assert 4.2 < float(rows[3]["bits/weight"]) <= 6.1 and "- minilm, mixprec 6.0 bits" in text
+
+
+def test_dashboard_benchmark_script(tmp_path: Path) -> None:
+    """Times each page's first chart in Chromium on a small run; a bad key is one line."""
+    (tmp_path / "bench.toml").write_text(
+        'model = "digits-cnn"\nschemes = ["w:int8", "w:mxfp4"]\nbudgets = ["6bits"]\nrepeats = 1\n'
+    )
+    out = tmp_path / "dashboard.md"
+    script = str(ROOT / "experiments" / "bench_dashboard.py")
+    proc = run_script([script, "--config", "bench.toml", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    [summary] = tables_with(text, "page", "first opening s (server caches empty)")
+    assert [row["page"] for row in summary] == ["Sensitivity", "Budget"]
+    assert all(float(row["first opening s (server caches empty)"]) > 0 for row in summary)
+    (tmp_path / "bad.toml").write_text('model = "digits-cnn"\nrepeat = 1\n')
+    proc = run_script([script, "--config", "bad.toml"], tmp_path)
+    assert proc.returncode == 2 and "unknown key 'repeat'" in proc.stderr

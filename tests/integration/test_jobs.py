@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,9 +84,44 @@ def test_submit_runs_the_config_on_the_cluster(
     code, _, err = run(["jobs", "stop", "raysubmit_nope", "--address", job_api], capsys)
     assert code == 2 and "no job 'raysubmit_nope'" in err
     page = jobs_page(job_api)
-    assert job_id in list(page.dataframe[0].value["job_id"])
+    listed = page.dataframe[0].value.set_index("job")
+    assert listed.loc[job_id, "status"] == "SUCCEEDED" and listed.loc[job_id, "run"] == str(out)
     page.selectbox(key="jobs_pick").set_value(job_id).run()
     assert not page.exception and "report.md" in page.code[0].value
+    assert "jobs_stop" not in [b.key for b in page.button]  # nothing to stop once it ended
+    a_running_job_shows_progress_and_stops(job_api, job_id)
+
+
+def a_running_job_shows_progress_and_stops(address: str, finished: str) -> None:
+    """A job that reports progress and then waits: listed first, its progress in its row,
+    stopped from the page, then shown as STOPPED."""
+    from mixprec import jobs
+    from mixprec.progress import progress_line
+
+    line = progress_line("scoring digits-cnn", 3, 10, 6.0)
+    script = f"import time; print({line!r}, flush=True); time.sleep(300)"
+    waiting = jobs.client(address).submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"
+    )
+    page = jobs_page(address)
+    for _ in range(60):  # the job starts, then prints its line: bounded, 1 s apart
+        listed = page.dataframe[0].value
+        if listed["progress"].iloc[0].startswith("scoring"):
+            break
+        time.sleep(1.0)
+        page.run()
+    assert list(listed["job"][:2]) == [waiting, finished]  # newest first
+    assert listed["progress"].iloc[0] == "scoring digits-cnn: 3/10 cells, ETA 0:00:14"
+    assert listed["status"].iloc[0] == "RUNNING" and listed["progress"].iloc[1] == "done"
+    assert page.selectbox(key="jobs_pick").value == waiting
+    page.button(key="jobs_stop").click().run()
+    assert not page.exception and page.success[0].value == f"asked {address} to stop {waiting}"
+    for _ in range(60):
+        if page.dataframe[0].value["status"].iloc[0] == "STOPPED":
+            break
+        time.sleep(1.0)
+        page.run()
+    assert page.dataframe[0].value["status"].iloc[0] == "STOPPED"
 
 
 def jobs_page(address: str) -> AppTest:
