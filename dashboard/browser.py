@@ -87,9 +87,21 @@ def chromium() -> Iterator[Any]:
 
 
 def open_page(page: Any, url: str, run: str, name: str, timeout_s: float = 120.0) -> float:
-    """Open page `name` of `run` by its deep link; seconds until its chart (or header) shows."""
+    """Open page `name` of `run` by its deep link; seconds until its chart (or header) shows.
+    Returns once the app has finished its run (Streamlit's status widget is gone), so keys
+    and clicks that follow meet a page at rest."""
     started = time.monotonic()
     page.goto(f"{url}/?run={run}&page={name}", timeout=timeout_s * 1000)
     shown = CHART.get(name, f"h2:has-text('{name}')")
     page.wait_for_selector(shown, timeout=timeout_s * 1000)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    wait_until_idle(page, timeout_s)
+    return seconds
+
+
+def wait_until_idle(page: Any, timeout_s: float = 120.0) -> None:
+    """Until the app's script run has ended: the status widget ("Stop") shows while it runs."""
+    page.wait_for_selector(RUNNING, state="detached", timeout=timeout_s * 1000)
+
+
+RUNNING = '[data-testid="stStatusWidget"]'

@@ -84,8 +84,10 @@ def _budget_input(label: str, unit: str, low: float, high: float, digits: int) -
     slider, typed = f"budget_{unit}", f"budget_{unit}_typed"
     start = min(max(DEFAULT_BITS, low), high) if unit == "bits" else round((low + high) / 2, digits)
     current = st.session_state.get(slider, start)
-    st.session_state[slider] = min(max(round(float(current), digits), low), high)
-    st.session_state.setdefault(typed, st.session_state[slider])
+    clamped = min(max(round(float(current), digits), low), high)
+    if clamped != current or slider not in st.session_state:  # set only when it must change:
+        st.session_state[slider] = clamped  # a value set here is pushed back to the browser
+    st.session_state.setdefault(typed, clamped)
 
     def slid() -> None:
         st.session_state[typed] = st.session_state[slider]

@@ -14,7 +14,7 @@ from mixprec.errors import MixprecError
 
 LOG_TAIL = 20_000  # characters of a job's log shown
 REFRESH_S = 2.0  # how often the page looks again while a job runs
-PROGRESS_LOGS = 10  # running jobs whose logs are read for their progress, newest first
+LOGS_READ = 10  # newest running or failed jobs whose logs give their progress or error
 
 
 def jobs_page() -> None:
@@ -80,11 +80,11 @@ def jobs_frame(listed: list[jobs.JobInfo], address: str) -> pd.DataFrame:
     rows, read = [], 0
     for info in listed:
         progress = "done" if info.status == "SUCCEEDED" else ""
-        if info.status not in jobs.FINAL_STATES and read < PROGRESS_LOGS:
+        running = info.status not in jobs.FINAL_STATES
+        if (running or info.status == "FAILED") and read < LOGS_READ:
             read += 1
-            progress = last_progress(jobs.logs(info.job_id, address)) or "starting"
-        elif info.status == "FAILED":
-            progress = jobs.job_error(info, jobs.logs(info.job_id, address))
+            log = jobs.logs(info.job_id, address)
+            progress = (last_progress(log) or "starting") if running else jobs.job_error(info, log)
         started = (datetime.fromtimestamp(info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
                    if info.start_time else "")  # fmt: skip
         rows.append({"job": info.job_id, "status": info.status, "run": info.run,

@@ -435,13 +435,15 @@ def test_pages_in_headless_chromium(store: Path, tmp_path: Path) -> None:
         typed = page.get_by_label("or type it", exact=False)
         start = float(slider.input_value())
         slider.focus()
-        for _ in range(3):
+        for step in (1, 2, 3):  # one key at a time, as a user reads the result of each
             slider.press("ArrowRight")
-        expect_value(typed, f"{start + 0.03:.2f}")  # the typed field follows the keyboard
+            expect_value(typed, f"{start + 0.01 * step:.2f}")  # the typed field follows
+            browser.wait_until_idle(page)
         typed.fill("5.25")
         typed.press("Enter")
         page.wait_for_selector("text=ilp plan within 5.25 bits", timeout=60_000)
         expect_value(slider, "5.25")
+        browser.wait_until_idle(page)
         page.get_by_role("button", name="Save this plan to the run").click()
         page.wait_for_selector("text=Saved as plans/saved-ilp-5.25bits.json", timeout=60_000)
     plan = PrecisionPlan.load(tmp_path / "store" / "digits" / "plans" / "saved-ilp-5.25bits.json")
