@@ -6,7 +6,7 @@ comes from the MIXPREC_RUNS environment variable (default: ./runs).
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 import streamlit as st
 
@@ -16,7 +16,7 @@ from mixprec.dashboard.export_page import export_page
 from mixprec.dashboard.jobs_page import jobs_page
 from mixprec.dashboard.pareto_page import pareto_page
 from mixprec.dashboard.sensitivity_page import sensitivity_page
-from mixprec.dashboard.state import picked_run, root, run_stamp
+from mixprec.dashboard.state import picked_run, root
 
 st.set_page_config(page_title="mixprec", layout="wide")
 
@@ -47,13 +47,8 @@ def runs_page() -> None:
                              file_name=f"{run.name}-report.md", key="download_report")  # fmt: skip
     else:
         left.caption("No report yet: the run writes report.md when it finishes.")
-    right.download_button("Download the run (zip)", cached_archive(str(run), run_stamp(run)),
+    right.download_button("Download the run (zip)", partial(views.run_archive, run),
                           file_name=f"{run.name}.zip", key="download_run")  # fmt: skip
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def cached_archive(run: str, stamp: float) -> bytes:
-    return views.run_archive(Path(run))
 
 
 PAGES = {"Runs": runs_page, "Sensitivity": sensitivity_page, "Budget": budget_page,

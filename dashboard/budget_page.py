@@ -157,7 +157,7 @@ def _measured(run: str, work: Measurer, plan: PrecisionPlan) -> None:
         rows = [{"plan": m.label, "status": m.status(), **m.metrics} for m in jobs]
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         mine = work.get(run, plan)
-        if mine is not None and mine.error is None and mine.result is None:
+        if mine is not None and mine.running:
             st.caption(f"Measuring this plan: {mine.status()}; the page stays usable.")
 
     if work.running():

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from mixprec.dashboard import exports, plans
-from mixprec.dashboard.state import SAVED_PLAN, page_run, run_stamp, trusted
+from mixprec.dashboard.state import SAVED_PLAN, page_run, trusted
 from mixprec.errors import MixprecError
 from mixprec.plan import PrecisionPlan
 
@@ -24,11 +24,6 @@ def cached_model(name: str, origin: str, dtype: str = "auto") -> tuple[Any, str]
 
     bundle = load_model(source_from_file(name, origin, trusted()), dtype=dtype, device="cpu")
     return bundle.model, bundle.fingerprint
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def cached_bundle(run: str, plan: str, stamp: float) -> bytes:
-    return exports.plan_bundle(Path(run), Path(plan))
 
 
 def export_page() -> None:
@@ -52,8 +47,8 @@ def export_page() -> None:
                f"{len(plan.assignment)} layers")  # fmt: skip
     found = exports.export_files(run, plan_path)
     st.dataframe(_overview(found), hide_index=True, width="stretch")
-    st.download_button("Download everything of this plan (zip)",
-                       cached_bundle(str(run), str(plan_path), run_stamp(run)),
+    st.download_button("Download everything of this plan (zip)",  # zipped when clicked
+                       partial(exports.plan_bundle, run, plan_path),
                        file_name=f"{run.name}-{name}.zip", key="download_bundle")  # fmt: skip
     for export in found:
         with st.expander(export.label, expanded=export.size is not None):
@@ -77,8 +72,8 @@ def _target(run: Path, plan: PrecisionPlan, plan_path: Path, export: exports.Exp
         st.code(command, language="bash")
     path = export.path
     if path.is_file():
-        st.download_button(f"Download {export.label}", path.read_bytes(), file_name=path.name,
-                           key=f"download_{export.target}")  # fmt: skip
+        st.download_button(f"Download {export.label}", path.read_bytes,  # read when clicked
+                           file_name=path.name, key=f"download_{export.target}")  # fmt: skip
     elif path.is_dir():  # a checkpoint folder: loaded from where it is
         st.caption(f"`{path}`")
     elif st.button(f"Write {export.label}", key=f"write_{export.target}"):

@@ -29,19 +29,22 @@ def jobs_page() -> None:
         except MixprecError as err:
             st.warning(str(err))
     try:
-        running = any(j.status not in jobs.FINAL_STATES for j in jobs.list_jobs(address))
+        listed = jobs.list_jobs(address)
     except MixprecError as err:
         st.warning(str(err))
         return
-    if running:
-        st.fragment(run_every=REFRESH_S)(_listing)(address, True)
+    if any(j.status not in jobs.FINAL_STATES for j in listed):
+        st.fragment(run_every=REFRESH_S)(_listing)(address, None)
     else:
-        _listing(address, False)
+        _listing(address, listed)
 
 
-def _listing(address: str, refreshing: bool) -> None:
+def _listing(address: str, listed: list[jobs.JobInfo] | None) -> None:
+    """The jobs (`listed`, or fetched again on every refresh where None: while one runs),
+    the one picked, its stop button and its log."""
+    refreshing = listed is None
     try:
-        listed = jobs.list_jobs(address)
+        listed = jobs.list_jobs(address) if listed is None else listed
         frame = jobs_frame(listed, address)
     except MixprecError as err:
         st.warning(str(err))

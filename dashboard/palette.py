@@ -87,6 +87,8 @@ def method_symbols(methods: Iterable[str]) -> dict[str, str]:
 
 
 ROW_PX = 16  # chart height per labelled row: every label readable
+PLAN_MARKER = {"size": 12, "opacity": 0.75, "line": {"width": 1}}  # a plan on a scatter chart:
+# large, with an outline, and see-through where plans of several methods overlap
 
 
 def row_layout(rows: list[str], x_title: str, y_title: str, top: int = 0) -> dict[str, Any]:

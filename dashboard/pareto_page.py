@@ -13,9 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mixprec.dashboard import palette, plans, views
-from mixprec.dashboard.reference import fp_reference
+from mixprec.dashboard.reference import add_fp_line, fp_reference
 from mixprec.dashboard.state import (
     cached_estimator,
+    cached_intervals,
     cached_plans,
     cached_problem,
     page_run,
@@ -39,14 +40,13 @@ def pareto_page() -> None:
         st.warning(str(err))
         return
     frame = frame.assign(run=run.name)
-    others = _compared_runs(run)
-    shown = pd.concat([frame, *others], ignore_index=True)
+    parts = [(run, frame), *_compared_runs(run)]
+    shown = pd.concat([part for _, part in parts], ignore_index=True)
     metrics = [m for m in plans.measured_metrics(shown) if m != "run"]
     if not metrics:
         st.info("No plan of this run has been measured yet; showing predicted scores.")
     metric = st.selectbox("Metric", metrics or ["predicted score"], key="pareto_metric")
-    compared = [_with_intervals(views.run_path(run.parent, str(part["run"].iloc[0])), part, metric)
-                for part in (frame, *others)]  # fmt: skip
+    compared = [_with_intervals(path, part, metric) for path, part in parts]
     fp = fp_reference(run, partial(_bundle, run)) if metrics else {}
     st.plotly_chart(_pareto_figure(compared, metric, fp.get(metric)), width="stretch")
     if len(compared) > 1:
@@ -62,7 +62,7 @@ def pareto_page() -> None:
 
 def _with_intervals(run: Path, frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """`frame` with the distances from `metric` to its 95% interval's ends (error bars)."""
-    found = plans.intervals(run, metric)
+    found = cached_intervals(str(run), plans_stamp(run), metric)
     if metric not in frame or not found:
         return frame
     value = frame[metric].astype(float)
@@ -71,13 +71,14 @@ def _with_intervals(run: Path, frame: pd.DataFrame, metric: str) -> pd.DataFrame
     return frame.assign(**{ABOVE: high - value, BELOW: value - low})
 
 
-def _compared_runs(run: Path) -> list[pd.DataFrame]:
-    """The plans of the runs picked for comparison on the Runs page (those that have plans)."""
+def _compared_runs(run: Path) -> list[tuple[Path, pd.DataFrame]]:
+    """The runs picked for comparison on the Runs page (those that have plans), each with its
+    plans."""
     frames = []
     for name in st.session_state.get("compare", []):
         try:
             other = views.run_path(run.parent, str(name))
-            frames.append(cached_plans(str(other), plans_stamp(other)).assign(run=name))
+            frames.append((other, cached_plans(str(other), plans_stamp(other)).assign(run=name)))
         except MixprecError as err:
             st.warning(f"{name}: {err}")
     return frames
@@ -107,7 +108,7 @@ def _pareto_figure(compared: list[pd.DataFrame], metric: str, fp: float | None) 
                         symbol_map=palette.method_symbols(methods),
                         **({"error_y": ABOVE, "error_y_minus": BELOW} if ABOVE in shown
                            else {}))  # fmt: skip
-    figure.update_traces(marker={"size": 12, "opacity": 0.75, "line": {"width": 1}})
+    figure.update_traces(marker=palette.PLAN_MARKER)
     for part in compared:
         front = plans.frontier(part, metric) if metric in part else part.iloc[:0]
         if len(front) < 2:
@@ -118,9 +119,7 @@ def _pareto_figure(compared: list[pd.DataFrame], metric: str, fp: float | None) 
                           name=f"front of {name}" if several else "front (best at each size)",
                           line={"color": colour, "dash": "dot"})  # fmt: skip
         figure.add_trace(line)
-    if fp is not None:
-        figure.add_hline(y=fp, line={"dash": "dash", "color": "#222"},
-                         annotation_text=f"FP (unquantized): {fp:.4g}")  # fmt: skip
+    add_fp_line(figure, fp)
     figure.update_layout(xaxis={"title": {"text": "bits per weight (scales included)"}},
                          yaxis={"title": {"text": metric}})  # fmt: skip
     return figure

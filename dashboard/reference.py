@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from mixprec.dashboard.state import POLL_S, measurer
@@ -25,6 +26,13 @@ def fp_metrics(run: Path) -> dict[str, float]:
     if not isinstance(metrics, dict):
         return {}
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def add_fp_line(figure: go.Figure, fp: float | None) -> None:
+    """The FP metric as a dashed line across a chart of plans, where it was measured."""
+    if fp is not None:
+        figure.add_hline(y=fp, line={"dash": "dash", "color": "#222"},
+                         annotation_text=f"FP (unquantized): {fp:.4g}")  # fmt: skip
 
 
 def fp_reference(run: Path, bundle: Callable[[], ModelBundle]) -> dict[str, float]:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from mixprec.comparison import HIGHER_IS_BETTER
 from mixprec.dashboard import palette, plans, views
-from mixprec.dashboard.reference import fp_metrics
+from mixprec.dashboard.reference import add_fp_line, fp_metrics
 from mixprec.dashboard.state import (
     cached_estimator,
     cached_plans,
@@ -136,13 +136,10 @@ def _predicted_vs_measured(run: Path, stamp: float) -> None:
                          color_discrete_map=palette.method_colours(methods),
                          symbol_map=palette.method_symbols(methods),
                          title="Plans: predicted vs measured")  # fmt: skip
-    scatter.update_traces(marker={"size": 12, "opacity": 0.75, "line": {"width": 1}})
+    scatter.update_traces(marker=palette.PLAN_MARKER)
     scatter.update_layout(xaxis={"title": {"text": "predicted score (summed over units)"},
                                  "exponentformat": "e"})  # fmt: skip
-    fp = fp_metrics(run).get(metric)  # measured from the Budget or Pareto page
-    if fp is not None:
-        scatter.add_hline(y=fp, line={"dash": "dash", "color": "#222"},
-                          annotation_text=f"FP (unquantized): {fp:.4g}")  # fmt: skip
+    add_fp_line(scatter, fp_metrics(run).get(metric))  # measured on the Budget or Pareto page
     st.plotly_chart(scatter, width="stretch")
     good = "negative" if metric in HIGHER_IS_BETTER else "positive"
     way = "higher" if metric in HIGHER_IS_BETTER else "lower"

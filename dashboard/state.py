@@ -82,6 +82,11 @@ def cached_plans(run: str, stamp: float) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
+def cached_intervals(run: str, stamp: float, metric: str) -> dict[str, tuple[float, float]]:
+    return plans.intervals(Path(run), metric)
+
+
+@st.cache_data(show_spinner=False)
 def cached_estimator(run: str, stamp: float) -> str | None:
     return plans.plans_estimator(Path(run))
 
@@ -95,8 +100,3 @@ def default_index(options: list[str], preferred: Any) -> int:
 def measurer() -> Measurer:
     """The server's one measuring worker and what it measured."""
     return Measurer()
-
-
-def run_stamp(run: Path) -> float:
-    """Changes whenever any file of the run is written."""
-    return max((f.stat().st_mtime for f in run.rglob("*") if f.is_file()), default=0.0)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -430,6 +431,13 @@ def test_pages_in_headless_chromium(store: Path, tmp_path: Path) -> None:
             page.wait_for_timeout(1000)  # let the chart finish drawing
             assert page.locator('[data-testid="stException"]').count() == 0, name
             page.screenshot(path=str(SCREENSHOTS / f"{name.lower()}.png"), full_page=True)
+        browser.open_page(page, url, "digits", "Export")  # downloads are made when clicked
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download everything of this plan (zip)").click()
+        bundle = zipfile.ZipFile(download.value.path())
+        assert set(bundle.namelist()) == {"ilp-5bits/plans/ilp-5bits.json",
+                                          "ilp-5bits/eval/ilp-5bits.json",
+                                          "ilp-5bits/exports/ilp-5bits.json"}  # fmt: skip
         browser.open_page(page, url, "digits", "Budget")
         slider = page.get_by_role("slider")
         typed = page.get_by_label("or type it", exact=False)
